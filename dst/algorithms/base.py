@@ -1,0 +1,153 @@
+"""The algorithm protocol and the shared prune-and-regrow core.
+
+Every algorithm is a :class:`SparseAlgorithm`: a pair of pure functions ::
+
+    state = algo.init(params, masks)
+    params, masks, state = algo.update(state, key, params, masks, grads)
+
+``grads`` is the dense gradient of the loss with respect to the effective weights. ``update`` runs once
+per optimizer step inside the jitted train step, increments ``state.step`` and changes the topology only
+at scheduled steps, under ``lax.cond``, so a whole run compiles once.
+
+Every state carries ``grown`` (bool pytree of the weights (re)initialised by the latest topology update)
+and ``updated`` (whether this call changed the topology): the trainer zeroes the optimizer moments of
+``grown`` weights when ``updated`` is set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from dst.distributions import SparsifiableFilter, default_sparsifiable
+from dst.masks import path_name
+from dst import schedules
+from dst.selection import bottom_k_mask, top_k_mask
+
+GROW_INITS = ("zeros", "normal")
+
+
+class SparseAlgorithm(NamedTuple):
+    """A sparse-training algorithm: pure ``init`` and ``update`` (optax style)."""
+
+    init: Callable[..., Any]
+    update: Callable[..., tuple[Any, Any, Any]]
+
+
+class PruneRegrowState(NamedTuple):
+    step: jax.Array      # int32 number of update calls so far
+    grown: Any           # bool pytree: weights (re)initialised at the latest topology update
+    updated: jax.Array   # bool: this call changed the topology
+
+
+# Per-layer rules. `w`, `g`, `mask` are one layer's arrays; `f` is the (traced) drop fraction.
+DropRule = Callable[[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
+GrowScore = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+def drop_count(f, n):
+    """``k = int(f * n)`` for a float32 fraction and an integer count, as int32."""
+    return jnp.floor(f * n.astype(jnp.float32)).astype(jnp.int32)
+
+
+def magnitude_drop(key, w, g, mask, f):
+    """Drop the ``int(f * n)`` active weights of smallest ``|w|``."""
+    del g
+    n = jnp.sum(mask, dtype=jnp.int32)
+    return bottom_k_mask(jnp.abs(w), mask, drop_count(f, n), key)
+
+
+def check_schedule(update_every, start_step, end_step, drop_fraction_, drop_schedule):
+    """Raise one clear sentence for any schedule hyper-parameter out of range."""
+    if not isinstance(update_every, int) or update_every <= 0:
+        raise ValueError(f"update_every must be a positive integer; got {update_every!r}.")
+    if not isinstance(start_step, int) or start_step < 0:
+        raise ValueError(f"start_step must be a non-negative integer; got {start_step!r}.")
+    if not isinstance(end_step, int) or end_step <= start_step:
+        raise ValueError(f"end_step must be an integer greater than start_step={start_step}; got {end_step!r}.")
+    if not 0.0 <= float(drop_fraction_) <= 1.0:
+        raise ValueError(f"drop_fraction must be in [0, 1]; got {drop_fraction_!r}.")
+    if drop_schedule not in schedules.DROP_SCHEDULES:
+        raise ValueError(f"drop_schedule must be one of {', '.join(schedules.DROP_SCHEDULES)}; got {drop_schedule!r}.")
+
+
+def _grow_values(key, w, kept, grow_init):
+    if grow_init == "zeros":
+        return jnp.zeros_like(w)
+    # "normal": N(0, sigma^2) with sigma the RMS of the layer's surviving weights, so regrown weights
+    # match the scale the layer has now rather than its scale at initialisation.
+    n = jnp.maximum(jnp.sum(kept), 1).astype(w.dtype)
+    sigma = jnp.sqrt(jnp.sum(jnp.where(kept, w * w, 0.0)) / n)
+    return sigma * jax.random.normal(key, w.shape, w.dtype)
+
+
+def _update_layer(key, w, g, mask, f, drop_rule, grow_score, grow_init):
+    k_drop, k_grow, k_init = jax.random.split(key, 3)
+    dropped = drop_rule(k_drop, w, g, mask, f)
+    # A layer with no inactive weight (dense by its distribution) has nowhere to explore: leave it.
+    dropped = dropped & (jnp.sum(mask, dtype=jnp.int32) < mask.size)
+    kept = mask & ~dropped
+    k = jnp.sum(dropped, dtype=jnp.int32)
+    grown = top_k_mask(grow_score(k_grow, w, g), ~kept, k, k_grow)
+    new_mask = kept | grown
+    new_w = jnp.where(grown, _grow_values(k_init, w, kept, grow_init), jnp.where(new_mask, w, 0.0))
+    return new_w, new_mask, grown
+
+
+def prune_and_regrow(*, drop_rule: DropRule, grow_score: GrowScore, update_every: int, end_step: int,
+                     start_step: int = 0, drop_fraction: float = 0.3, drop_schedule: str = "cosine",
+                     grow_init: str = "zeros",
+                     sparsifiable: SparsifiableFilter | None = None) -> SparseAlgorithm:
+    """The shared core of the dynamic algorithms: at each scheduled step, in every sparse layer, drop
+    the weights chosen by ``drop_rule`` and grow as many inactive ones by the largest ``grow_score``.
+
+    With ``n`` active weights and ``f(t)`` the drop fraction, ``k = int(f(t) n)`` are dropped and exactly
+    ``k`` grown (a just-dropped weight may be regrown), so every layer keeps its count. Grown weights
+    take ``grow_init`` values; dropped ones become exact zeros. Updates happen at
+    ``t = start_step + i * update_every < end_step``.
+    """
+    check_schedule(update_every, start_step, end_step, drop_fraction, drop_schedule)
+    if grow_init not in GROW_INITS:
+        raise ValueError(f"grow_init must be one of {', '.join(GROW_INITS)}; got {grow_init!r}.")
+    keep_leaf = sparsifiable or default_sparsifiable
+    alpha = float(drop_fraction)
+
+    def init(params, masks):
+        del params
+        return PruneRegrowState(step=jnp.zeros((), jnp.int32),
+                                grown=jax.tree_util.tree_map(lambda m: jnp.zeros(m.shape, bool), masks),
+                                updated=jnp.zeros((), bool))
+
+    def topology(state, key, f, params, masks, grads):
+        flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+        mask_leaves = treedef.flatten_up_to(masks)
+        grad_leaves = treedef.flatten_up_to(grads)
+        grown_leaves = treedef.flatten_up_to(state.grown)
+        out_w, out_m, out_g = [], [], []
+        for i, ((path, w), m, g, gr) in enumerate(zip(flat, mask_leaves, grad_leaves, grown_leaves)):
+            if keep_leaf(path_name(path), tuple(w.shape)):
+                w, m, gr = _update_layer(jax.random.fold_in(key, i), w, g, m, f, drop_rule, grow_score,
+                                         grow_init)
+            else:
+                gr = jnp.zeros_like(gr)
+            out_w.append(w)
+            out_m.append(m)
+            out_g.append(gr)
+        unflatten = treedef.unflatten
+        return unflatten(out_w), unflatten(out_m), unflatten(out_g)
+
+    def update(state, key, params, masks, grads):
+        due = schedules.is_update_step(state.step, update_every, start_step, end_step)
+        f = schedules.drop_fraction(state.step, alpha, drop_schedule, end_step)
+        params, masks, grown = lax.cond(
+            due,
+            lambda ops: topology(state, key, f, *ops),
+            lambda ops: (ops[0], ops[1], state.grown),
+            (params, masks, grads))
+        return params, masks, PruneRegrowState(step=state.step + 1, grown=grown, updated=due)
+
+    return SparseAlgorithm(init=init, update=update)

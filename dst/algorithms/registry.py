@@ -1,0 +1,39 @@
+"""Name -> factory registry behind :func:`dst.algorithms.make`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from dst.algorithms.base import SparseAlgorithm
+from dst.algorithms.rigl import rigl
+from dst.algorithms.set import set_
+from dst.algorithms.static import dense, static
+
+_REGISTRY: dict[str, Callable[..., SparseAlgorithm]] = {
+    "dense": dense,
+    "static": static,
+    "set": set_,
+    "rigl": rigl,
+}
+
+
+def names() -> list[str]:
+    """The registered algorithm names."""
+    return sorted(_REGISTRY)
+
+
+def register(name: str, factory: Callable[..., SparseAlgorithm]) -> None:
+    """Add an algorithm factory under ``name`` (raises if the name is taken)."""
+    if name in _REGISTRY:
+        raise ValueError(f"algorithm {name!r} is already registered.")
+    _REGISTRY[name] = factory
+
+
+def make(name: str, **hparams) -> SparseAlgorithm:
+    """Build a registered algorithm: ``make("rigl", update_every=100, end_step=7500)``."""
+    if name not in _REGISTRY:
+        raise ValueError(f"algorithm must be one of {', '.join(names())}; got {name!r}.")
+    try:
+        return _REGISTRY[name](**hparams)
+    except TypeError as err:
+        raise ValueError(f"bad hyper-parameters for algorithm {name!r}: {err}.") from None

@@ -1,0 +1,37 @@
+"""``static`` and ``dense``: the topology never changes."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from dst.algorithms.base import PruneRegrowState, SparseAlgorithm
+
+
+def static() -> SparseAlgorithm:
+    """Train the initial sparse topology as it is (the sparse baseline of every DST paper).
+
+    ``update`` only counts steps: params and masks pass through untouched, so inactive weights stay
+    exact zeros and every layer keeps its initial count.
+
+    Example::
+
+        algo = dst.algorithms.make("static")
+    """
+
+    def init(params, masks):
+        del params
+        return PruneRegrowState(step=jnp.zeros((), jnp.int32),
+                                grown=jax.tree_util.tree_map(lambda m: jnp.zeros(m.shape, bool), masks),
+                                updated=jnp.zeros((), bool))
+
+    def update(state, key, params, masks, grads):
+        del key, grads
+        return params, masks, state._replace(step=state.step + 1)
+
+    return SparseAlgorithm(init=init, update=update)
+
+
+def dense() -> SparseAlgorithm:
+    """Dense training: the same pass-through as :func:`static`; use it with all-True masks (sparsity 0)."""
+    return static()

@@ -1,0 +1,132 @@
+"""Mask pytrees: creation, application, density reports and topology diffs.
+
+A mask pytree has exactly the structure of the params pytree; every leaf is a ``bool`` array of the
+param's shape. Leaves that are dense by design are all-True. Effective weights are
+``where(mask, param, 0)`` and inactive params are stored as exact zeros.
+
+Layers are named by their pytree path joined with ``/`` (``"Dense_0/kernel"``); the same names key the
+densities returned by :func:`dst.layer_densities` and the per-layer entries of the reports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def path_name(path) -> str:
+    """``(DictKey('Dense_0'), DictKey('kernel'))`` -> ``"Dense_0/kernel"``."""
+    parts = []
+    for entry in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(entry, attr):
+                parts.append(str(getattr(entry, attr)))
+                break
+        else:
+            parts.append(str(entry))
+    return "/".join(parts)
+
+
+def named_leaves(tree) -> dict[str, jax.Array]:
+    """The leaves of ``tree`` keyed by their path names, in tree order."""
+    return {path_name(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def map_named(fn, tree, *rest):
+    """``tree_map`` whose function also receives the leaf's path name first."""
+    return jax.tree_util.tree_map_with_path(lambda p, *xs: fn(path_name(p), *xs), tree, *rest)
+
+
+def active_count(density: float, size: int) -> int:
+    """Exact number of active weights of a layer of ``size`` weights at ``density``: ``round(d * N)``."""
+    return int(round(float(density) * int(size)))
+
+
+def _exact_random_mask(key, shape, n_active: int) -> jax.Array:
+    size = int(np.prod(shape))
+    order = jax.random.permutation(key, size)
+    flat = jnp.zeros((size,), bool).at[order[:n_active]].set(True)
+    return flat.reshape(shape)
+
+
+def init_masks(key: jax.Array, params, densities: Mapping[str, float]):
+    """Random masks with exactly ``round(d * N)`` active weights in every layer named in ``densities``.
+
+    Leaves not named in ``densities`` are dense (all-True). Each layer's positions are drawn uniformly
+    at random from its own key (``fold_in`` of the leaf's index), so adding a layer does not reshuffle
+    the others.
+
+    Example::
+
+        densities = dst.layer_densities(params, sparsity=0.9, distribution="erk")
+        masks = dst.init_masks(jax.random.key(0), params, densities)
+    """
+    names = list(named_leaves(params))
+    unknown = sorted(set(densities) - set(names))
+    if unknown:
+        raise ValueError(f"densities name layers that are not in params: {unknown}; params have {names}.")
+    index = {name: i for i, name in enumerate(names)}
+
+    def leaf_mask(name, leaf):
+        if name not in densities:
+            return jnp.ones(leaf.shape, bool)
+        n = active_count(densities[name], leaf.size)
+        return _exact_random_mask(jax.random.fold_in(key, index[name]), leaf.shape, n)
+
+    return map_named(leaf_mask, params)
+
+
+def apply_masks(params, masks):
+    """Effective weights: ``where(mask, param, 0)`` leaf by leaf (exact zeros, no multiply)."""
+    return jax.tree_util.tree_map(lambda p, m: jnp.where(m, p, jnp.zeros_like(p)), params, masks)
+
+
+def sparse_layer_names(masks, layers: Iterable[str] | None = None) -> list[str]:
+    """Names of the sparsifiable layers: ``layers`` when given, else every leaf with ``ndim >= 2``."""
+    named = named_leaves(masks)
+    if layers is None:
+        return [n for n, m in named.items() if m.ndim >= 2]
+    layers = list(layers)
+    missing = sorted(set(layers) - set(named))
+    if missing:
+        raise ValueError(f"layers {missing} are not in the mask pytree; it has {list(named)}.")
+    return layers
+
+
+def layer_counts(masks, layers: Iterable[str] | None = None) -> dict[str, tuple[int, int]]:
+    """``{layer: (active, size)}`` over the sparsifiable layers, as Python ints."""
+    named = named_leaves(masks)
+    return {n: (int(np.count_nonzero(np.asarray(named[n]))), int(named[n].size))
+            for n in sparse_layer_names(masks, layers)}
+
+
+def density_report(masks, layers: Iterable[str] | None = None) -> dict[str, float]:
+    """Density (active / size) of each sparsifiable layer and of all of them together (``"global"``).
+
+    Only sparsifiable layers count (``layers``, or every leaf with ``ndim >= 2``): biases and norm
+    scales are dense by design and would otherwise hide the sparsity that matters.
+    """
+    counts = layer_counts(masks, layers)
+    active = sum(a for a, _ in counts.values())
+    size = sum(s for _, s in counts.values())
+    report = {"global": active / size if size else 1.0}
+    report.update({name: a / s for name, (a, s) in counts.items()})
+    return report
+
+
+def topology_diff(old_masks, new_masks, layers: Iterable[str] | None = None) -> dict[str, dict[str, int]]:
+    """Per-layer and total counts of weights ``dropped`` (active -> inactive) and ``grown`` (inactive
+    -> active) between two mask pytrees.
+
+    A weight dropped and regrown at the same update is active in both and counts in neither.
+    """
+    old, new = named_leaves(old_masks), named_leaves(new_masks)
+    diff = {}
+    for name in sparse_layer_names(old_masks, layers):
+        o, n = np.asarray(old[name]), np.asarray(new[name])
+        diff[name] = {"dropped": int(np.count_nonzero(o & ~n)), "grown": int(np.count_nonzero(n & ~o))}
+    diff["total"] = {k: sum(d[k] for d in diff.values()) for k in ("dropped", "grown")}
+    return diff

@@ -1,0 +1,176 @@
+"""The train state, the one jitted train step, on-device epochs and evaluation.
+
+Invariant: inactive params are stored as exact zeros, so the params *are* the effective weights and the
+forward pass needs no masking; the gradient the model returns is the dense gradient with respect to the
+effective weights (nonzero at inactive positions too), which is what the growth rules read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from dst.algorithms.base import SparseAlgorithm
+from dst.masks import apply_masks
+
+
+class TrainState(NamedTuple):
+    params: Any        # stored with exact zeros at inactive positions
+    masks: Any         # bool pytree of the params' structure
+    opt_state: Any
+    algo_state: Any
+    ever_active: Any   # bool pytree: weights active at any step so far (ITOP rate)
+    step: jax.Array    # int32 optimizer steps taken
+    rng: jax.Array
+
+
+def create_train_state(key, params, masks, tx: optax.GradientTransformation,
+                       algo: SparseAlgorithm) -> TrainState:
+    """Mask the params, initialise the optimizer and the algorithm."""
+    params = apply_masks(params, masks)
+    return TrainState(params=params, masks=masks, opt_state=tx.init(params),
+                      algo_state=algo.init(params, masks), ever_active=masks,
+                      step=jnp.zeros((), jnp.int32), rng=key)
+
+
+def map_param_like(fn: Callable, opt_state, params, *rest):
+    """Apply ``fn(leaf, *rest_leaves)`` to every subtree of ``opt_state`` shaped like ``params``.
+
+    This reaches the per-weight moments of any optax optimizer (SGD's trace, Adam's mu and nu, states
+    nested in ``chain``, ``inject_hyperparams`` or ``masked``) without knowing its state classes.
+    """
+    params_def = jax.tree_util.tree_structure(params)
+    leaf_shapes = [x.shape for x in jax.tree_util.tree_leaves(params)]
+
+    def param_like(node):
+        if jax.tree_util.tree_structure(node) != params_def:
+            return False
+        return [getattr(x, "shape", None) for x in jax.tree_util.tree_leaves(node)] == leaf_shapes
+
+    def visit(node):
+        if param_like(node):
+            return jax.tree_util.tree_map(fn, node, *rest)
+        return node
+
+    return jax.tree_util.tree_map(visit, opt_state, is_leaf=param_like)
+
+
+def reset_moments(opt_state, params, reset):
+    """Zero every optimizer moment at the positions where ``reset`` (bool pytree) is True."""
+    return map_param_like(lambda m, r: jnp.where(r, jnp.zeros_like(m), m), opt_state, params, reset)
+
+
+def cross_entropy(logits, labels):
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, algo: SparseAlgorithm,
+                    loss_fn: Callable = cross_entropy):
+    """The pure train step ``(state, (x, y)) -> (state, metrics)``.
+
+    ``apply_fn(params, x, train, rng)`` returns logits. One step: dense gradient at the effective
+    weights; the optimizer sees it masked; params are re-masked; the algorithm updates the topology
+    (under its own ``lax.cond``); grown weights get zeroed optimizer moments and join ``ever_active``.
+    """
+
+    def step(state: TrainState, batch):
+        x, y = batch
+        rng, k_dropout, k_algo = jax.random.split(state.rng, 3)
+
+        def objective(params):
+            logits = apply_fn(params, x, True, k_dropout)
+            return loss_fn(logits, y), logits
+
+        (loss, logits), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        masked = jax.tree_util.tree_map(lambda g, m: jnp.where(m, g, 0.0), grads, state.masks)
+        updates, opt_state = tx.update(masked, state.opt_state, state.params)
+        params = jax.tree_util.tree_map(lambda p, u, m: jnp.where(m, p + u, 0.0),
+                                        state.params, updates, state.masks)
+        params, masks, algo_state = algo.update(state.algo_state, k_algo, params, state.masks, grads)
+
+        def after_topology(ops):
+            opt_state, ever_active = ops
+            grown = algo_state.grown
+            return (reset_moments(opt_state, params, grown),
+                    jax.tree_util.tree_map(jnp.logical_or, ever_active, grown))
+
+        opt_state, ever_active = lax.cond(algo_state.updated, after_topology, lambda ops: ops,
+                                          (opt_state, state.ever_active))
+        metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
+        new_state = TrainState(params=params, masks=masks, opt_state=opt_state, algo_state=algo_state,
+                               ever_active=ever_active, step=state.step + 1, rng=rng)
+        return new_state, metrics
+
+    return step
+
+
+def epoch_batches(key, num_examples: int, batch_size: int) -> jax.Array:
+    """A fresh permutation cut into ``(num_batches, batch_size)`` index rows (the remainder is dropped)."""
+    num_batches = num_examples // batch_size
+    if num_batches == 0:
+        raise ValueError(f"batch_size={batch_size} is larger than the {num_examples} training examples.")
+    return jax.random.permutation(key, num_examples)[: num_batches * batch_size].reshape(num_batches, -1)
+
+
+def train_epoch_fn(step: Callable, batch_size: int):
+    """A jitted ``(state, x, y, key) -> (state, metrics)`` running one shuffled epoch as a ``lax.scan``.
+
+    ``x`` and ``y`` stay on the device; each scan iteration gathers its batch by index, so an epoch is
+    one dispatch. Metrics come back stacked per step.
+    """
+
+    @jax.jit
+    def epoch(state, x, y, key):
+        order = epoch_batches(key, x.shape[0], batch_size)
+
+        def body(state, idx):
+            return step(state, (x[idx], y[idx]))
+
+        return lax.scan(body, state, order)
+
+    return epoch
+
+
+def evaluate_fn(apply_fn: Callable, batch_size: int = 1000):
+    """Jitted ``(params, x, y) -> {"loss", "accuracy"}`` over the whole set, in fixed-size chunks.
+
+    A last partial chunk is padded and its padding excluded, so every example counts exactly once.
+    """
+
+    @jax.jit
+    def evaluate(params, x, y):
+        n = x.shape[0]
+        chunks = -(-n // batch_size)
+        pad = chunks * batch_size - n
+        xp = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)]).reshape(
+            (chunks, batch_size) + x.shape[1:])
+        yp = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)]).reshape(chunks, batch_size)
+        valid = (jnp.arange(chunks * batch_size) < n).reshape(chunks, batch_size)
+
+        def body(totals, batch):
+            xb, yb, vb = batch
+            logits = apply_fn(params, xb, False, None)
+            losses = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
+            correct = jnp.argmax(logits, -1) == yb
+            return (totals[0] + jnp.sum(jnp.where(vb, losses, 0.0)),
+                    totals[1] + jnp.sum(jnp.where(vb, correct, False))), None
+
+        (loss_sum, correct), _ = lax.scan(body, (jnp.float32(0), jnp.int32(0)), (xp, yp, valid))
+        return {"loss": loss_sum / n, "accuracy": correct / n}
+
+    return evaluate
+
+
+def flax_apply(model) -> Callable:
+    """Adapt a flax.linen model to ``apply_fn(params, x, train, rng)``."""
+
+    def apply_fn(params, x, train, rng):
+        rngs = {"dropout": rng} if (train and rng is not None) else None
+        return model.apply({"params": params}, x, train=train, rngs=rngs)
+
+    return apply_fn
