@@ -75,12 +75,20 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, algo: 
 
     ``apply_fn(params, x, train, rng)`` returns logits. One step: dense gradient at the effective
     weights; the optimizer sees it masked; params are re-masked; the algorithm updates the topology
-    (under its own ``lax.cond``); grown weights get zeroed optimizer moments and join ``ever_active``.
+    (under its own ``lax.cond``) and its grown weights join ``ever_active``. Their optimizer moments
+    are zeroed at the start of the next step, before any optimizer update reads them (so a state saved
+    right after an update still holds them, with ``algo_state.updated`` set).
     """
 
     def step(state: TrainState, batch):
         x, y = batch
         rng, k_dropout, k_algo = jax.random.split(state.rng, 3)
+        # Moments of the weights grown by the previous step's topology update are zeroed here, before
+        # the optimizer reads them: a cond on the incoming state costs ~2% of a step, the same cond on
+        # the freshly updated optimizer state at the end of the step ~8% (it forces a copy).
+        grown = state.algo_state.grown
+        opt_state = lax.cond(state.algo_state.updated,
+                             lambda o: reset_moments(o, state.params, grown), lambda o: o, state.opt_state)
 
         def objective(params):
             logits = apply_fn(params, x, True, k_dropout)
@@ -88,19 +96,14 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, algo: 
 
         (loss, logits), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
         masked = jax.tree_util.tree_map(lambda g, m: jnp.where(m, g, 0.0), grads, state.masks)
-        updates, opt_state = tx.update(masked, state.opt_state, state.params)
+        updates, opt_state = tx.update(masked, opt_state, state.params)
         params = jax.tree_util.tree_map(lambda p, u, m: jnp.where(m, p + u, 0.0),
                                         state.params, updates, state.masks)
         params, masks, algo_state = algo.update(state.algo_state, k_algo, params, state.masks, grads)
-
-        def after_topology(ops):
-            opt_state, ever_active = ops
-            grown = algo_state.grown
-            return (reset_moments(opt_state, params, grown),
-                    jax.tree_util.tree_map(jnp.logical_or, ever_active, grown))
-
-        opt_state, ever_active = lax.cond(algo_state.updated, after_topology, lambda ops: ops,
-                                          (opt_state, state.ever_active))
+        ever_active = lax.cond(
+            algo_state.updated,
+            lambda e: jax.tree_util.tree_map(jnp.logical_or, e, algo_state.grown), lambda e: e,
+            state.ever_active)
         metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
         new_state = TrainState(params=params, masks=masks, opt_state=opt_state, algo_state=algo_state,
                                ever_active=ever_active, step=state.step + 1, rng=rng)

@@ -122,32 +122,28 @@ def prune_and_regrow(*, drop_rule: DropRule, grow_score: GrowScore, update_every
                                 grown=jax.tree_util.tree_map(lambda m: jnp.zeros(m.shape, bool), masks),
                                 updated=jnp.zeros((), bool))
 
-    def topology(state, key, f, params, masks, grads):
+    def update(state, key, params, masks, grads):
+        due = schedules.is_update_step(state.step, update_every, start_step, end_step)
+        f = schedules.drop_fraction(state.step, alpha, drop_schedule, end_step)
         flat, treedef = jax.tree_util.tree_flatten_with_path(params)
-        mask_leaves = treedef.flatten_up_to(masks)
-        grad_leaves = treedef.flatten_up_to(grads)
-        grown_leaves = treedef.flatten_up_to(state.grown)
+        leaves = zip(flat, treedef.flatten_up_to(masks), treedef.flatten_up_to(grads),
+                     treedef.flatten_up_to(state.grown))
         out_w, out_m, out_g = [], [], []
-        for i, ((path, w), m, g, gr) in enumerate(zip(flat, mask_leaves, grad_leaves, grown_leaves)):
+        for i, ((path, w), m, g, gr) in enumerate(leaves):
             if keep_leaf(path_name(path), tuple(w.shape)):
-                w, m, gr = _update_layer(jax.random.fold_in(key, i), w, g, m, f, drop_rule, grow_score,
-                                         grow_init)
-            else:
-                gr = jnp.zeros_like(gr)
+                # One cond per layer rather than one for the model: layers do not wait for each
+                # other, so on non-update steps the next forward pass overlaps the remaining updates.
+                layer_key = jax.random.fold_in(key, i)
+                w, m, gr = lax.cond(
+                    due,
+                    lambda ops, k=layer_key: _update_layer(k, *ops[:3], f, drop_rule, grow_score, grow_init),
+                    lambda ops: (ops[0], ops[2], ops[3]),
+                    (w, g, m, gr))
             out_w.append(w)
             out_m.append(m)
             out_g.append(gr)
         unflatten = treedef.unflatten
-        return unflatten(out_w), unflatten(out_m), unflatten(out_g)
-
-    def update(state, key, params, masks, grads):
-        due = schedules.is_update_step(state.step, update_every, start_step, end_step)
-        f = schedules.drop_fraction(state.step, alpha, drop_schedule, end_step)
-        params, masks, grown = lax.cond(
-            due,
-            lambda ops: topology(state, key, f, *ops),
-            lambda ops: (ops[0], ops[1], state.grown),
-            (params, masks, grads))
-        return params, masks, PruneRegrowState(step=state.step + 1, grown=grown, updated=due)
+        return (unflatten(out_w), unflatten(out_m),
+                PruneRegrowState(step=state.step + 1, grown=unflatten(out_g), updated=due))
 
     return SparseAlgorithm(init=init, update=update)
