@@ -8,7 +8,8 @@ import dst
 from dst.masks import active_count, named_leaves
 
 
-@pytest.mark.parametrize("sparsity, expected", [(0.9, [0.0796, 0.2302, 1.0]), (0.98, [0.0154, 0.0445, 0.3674])])
+@pytest.mark.parametrize("sparsity, expected",
+                         [(0.9, [0.0796, 0.2302, 1.0]), (0.98, [0.0154, 0.0445, 0.3674])])
 def test_erk_matches_design_reference_values(lenet300_params, sparsity, expected):
     d = dst.layer_densities(lenet300_params, sparsity, "erk")
     got = [d[f"Dense_{i}/kernel"] for i in range(3)]

@@ -23,9 +23,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from dst import schedules
 from dst.distributions import SparsifiableFilter, default_sparsifiable
 from dst.masks import path_name
-from dst import schedules
 from dst.selection import bottom_k_mask, top_k_mask
 
 GROW_INITS = ("zeros", "normal")
@@ -68,11 +68,13 @@ def check_schedule(update_every, start_step, end_step, drop_fraction_, drop_sche
     if not isinstance(start_step, int) or start_step < 0:
         raise ValueError(f"start_step must be a non-negative integer; got {start_step!r}.")
     if not isinstance(end_step, int) or end_step <= start_step:
-        raise ValueError(f"end_step must be an integer greater than start_step={start_step}; got {end_step!r}.")
+        raise ValueError(f"end_step must be an integer greater than start_step={start_step}; "
+                         f"got {end_step!r}.")
     if not 0.0 <= float(drop_fraction_) <= 1.0:
         raise ValueError(f"drop_fraction must be in [0, 1]; got {drop_fraction_!r}.")
     if drop_schedule not in schedules.DROP_SCHEDULES:
-        raise ValueError(f"drop_schedule must be one of {', '.join(schedules.DROP_SCHEDULES)}; got {drop_schedule!r}.")
+        allowed = ", ".join(schedules.DROP_SCHEDULES)
+        raise ValueError(f"drop_schedule must be one of {allowed}; got {drop_schedule!r}.")
 
 
 def _grow_values(key, w, kept, grow_init):

@@ -1,8 +1,6 @@
 """Flax linen models. They never see masks: the trainer feeds them masked params."""
 
 from dst.models.lenet5 import LeNet5
-from dst.models.mlp import MLP
-from dst.models.mlp import lenet300
-from dst.models.mlp import set_mlp
+from dst.models.mlp import MLP, lenet300, set_mlp
 
 __all__ = ["LeNet5", "MLP", "lenet300", "set_mlp"]

@@ -1,0 +1,28 @@
+"""The README's library example runs as written, so the docs cannot rot."""
+
+import pathlib
+import re
+import subprocess
+import sys
+
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+
+
+def python_blocks():
+    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def test_readme_opens_with_the_two_commands():
+    first_block = re.search(r"```\n(.*?)```", README.read_text(), flags=re.S).group(1)
+    commands = [line.split("#")[0].strip() for line in first_block.strip().splitlines()]
+    assert commands == ["make train", "make test"]
+
+
+def test_readme_library_example_runs(tmp_path):
+    blocks = python_blocks()
+    assert blocks, "README has no python example"
+    script = tmp_path / "example.py"
+    script.write_text(blocks[0])
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "loss" in out.stdout and "'global': 0.1" in out.stdout.replace("0.1000", "0.1")

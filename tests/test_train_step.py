@@ -1,0 +1,95 @@
+"""The train step: optimizer moments of grown weights, ITOP bookkeeping, evaluation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from algo_helpers import initial_masks, make_algorithm, tiny_problem
+
+import dst
+from dst.masks import named_leaves
+from dst.train import map_param_like
+
+OPTAX_STATES = {
+    "sgd_momentum": (lambda: optax.sgd(0.1, momentum=0.9), 1),
+    "nesterov": (lambda: optax.sgd(0.1, momentum=0.9, nesterov=True), 1),
+    "adam": (lambda: optax.adam(1e-3), 2),
+    "adamw": (lambda: optax.adamw(1e-3, weight_decay=1e-4), 2),
+    "chain_clip_adamw": (lambda: optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-3)), 2),
+    "inject_hyperparams_adam": (lambda: optax.inject_hyperparams(optax.adam)(learning_rate=1e-3), 2),
+    "schedule_sgd": (lambda: optax.sgd(optax.cosine_decay_schedule(0.1, 100), momentum=0.9), 1),
+}
+
+
+@pytest.mark.parametrize("opt", sorted(OPTAX_STATES))
+def test_reset_moments_reaches_every_param_shaped_state(opt, tiny_mlp):
+    make, n_moments = OPTAX_STATES[opt]
+    _, params = tiny_mlp
+    tx = make()
+    ones = map_param_like(jnp.ones_like, tx.init(params), params)
+    reset = jax.tree_util.tree_map(lambda p: jax.random.bernoulli(jax.random.key(0), 0.3, p.shape), params)
+    out = dst.reset_moments(ones, params, reset)
+    touched = []
+    map_param_like(lambda m: touched.append(m) or m, out, params)
+    assert len(touched) == n_moments * len(jax.tree_util.tree_leaves(params))
+    for m, r in zip(touched, jax.tree_util.tree_leaves(reset) * n_moments):
+        np.testing.assert_array_equal(np.asarray(m), np.where(np.asarray(r), 0.0, 1.0))
+
+
+@pytest.mark.parametrize("opt", ["sgd_momentum", "adam"])
+def test_grown_weights_start_with_zero_moments(opt):
+    """After an update, the next optimizer step sees no history at grown positions."""
+    model, params, x, y = tiny_problem()
+    masks = initial_masks("rigl", params, 0.8)
+    algo = make_algorithm("rigl", update_every=3, drop_fraction=0.5)
+    tx = OPTAX_STATES[opt][0]()
+    state = dst.create_train_state(jax.random.key(0), params, masks, tx, algo)
+    step = jax.jit(dst.make_train_step(dst.flax_apply(model), tx, algo))
+    batch = (x[:64], y[:64])
+    for _ in range(3):                      # steps 0 (update), 1, 2: moments build up
+        state, _ = step(state, batch)
+    state, _ = step(state, batch)           # step 3: update grows weights
+    assert bool(state.algo_state.updated)
+    grown = named_leaves(state.algo_state.grown)["Dense_0/kernel"]
+    assert grown.sum() > 0
+    before = state
+    state, _ = step(state, batch)           # step 4: moments of grown weights were zeroed first
+
+    grads = jax.grad(lambda p: dst.train.cross_entropy(dst.flax_apply(model)(p, *batch[:1], True, None),
+                                                       batch[1]))(before.params)
+    g = np.asarray(named_leaves(grads)["Dense_0/kernel"])[np.asarray(grown)]
+    moments = []
+    map_param_like(lambda m: moments.append(np.asarray(m)) or m, state.opt_state, state.params)
+    first = moments[list(named_leaves(state.params)).index("Dense_0/kernel")][np.asarray(grown)]
+    expected = g if opt == "sgd_momentum" else (1 - 0.9) * g   # trace = g + 0.9*0; mu = 0.9*0 + 0.1*g
+    np.testing.assert_allclose(first, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_ever_active_tracks_itop():
+    model, params, x, y = tiny_problem()
+    masks = initial_masks("rigl", params, 0.8)
+    algo = make_algorithm("rigl")
+    tx = optax.sgd(0.05, momentum=0.9)
+    state = dst.create_train_state(jax.random.key(0), params, masks, tx, algo)
+    epoch = dst.train_epoch_fn(dst.make_train_step(dst.flax_apply(model), tx, algo), 32)
+    union = jax.tree_util.tree_map(np.asarray, masks)
+    for e in range(2):
+        state, _ = epoch(state, x, y, jax.random.key(e))
+        union = jax.tree_util.tree_map(lambda u, m: u | np.asarray(m), union, state.masks)
+    for a, b, m in zip(jax.tree_util.tree_leaves(state.ever_active), jax.tree_util.tree_leaves(union),
+                       jax.tree_util.tree_leaves(state.masks)):
+        assert (np.asarray(a) >= np.asarray(m)).all() and (np.asarray(a) >= b).all()
+    k = named_leaves(state.ever_active)["Dense_0/kernel"]
+    assert k.sum() > named_leaves(masks)["Dense_0/kernel"].sum()
+
+
+def test_evaluate_counts_every_example_once(tiny_mlp):
+    model, params = tiny_mlp
+    x = jax.random.normal(jax.random.key(0), (1234, 64))
+    logits = model.apply({"params": params}, x)
+    y = jnp.argmax(logits, -1).at[:34].set((jnp.argmax(logits[:34], -1) + 1) % 10)
+    out = dst.evaluate_fn(dst.flax_apply(model), batch_size=500)(params, x, y)
+    assert float(out["accuracy"]) == pytest.approx(1200 / 1234)
+    ref = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    assert float(out["loss"]) == pytest.approx(float(ref), rel=1e-5)
