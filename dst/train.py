@@ -16,7 +16,7 @@ import optax
 from jax import lax
 
 from dst.algorithms.base import SparseAlgorithm
-from dst.masks import apply_masks
+from dst.masks import apply_masks, named_leaves
 
 
 class TrainState(NamedTuple):
@@ -80,6 +80,9 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, algo: 
                     loss_fn: Callable = cross_entropy):
     """The pure train step ``(state, (x, y)) -> (state, metrics)``.
 
+    ``metrics`` holds the batch ``loss`` and ``accuracy``, whether the topology ``updated``, and per
+    layer name the ``grown`` and ``dropped`` counts of that update (zeros at other steps).
+
     ``apply_fn(params, x, train, rng)`` returns logits. One step: dense gradient at the effective
     weights; the optimizer sees it masked; params are re-masked; the algorithm updates the topology
     (under its own ``lax.cond``) and its grown weights join ``ever_active``. Their optimizer moments
@@ -105,11 +108,21 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, algo: 
         params = jax.tree_util.tree_map(lambda p, u, m: jnp.where(m, p + u, 0.0),
                                         state.params, updates, state.masks)
         params, masks, algo_state = algo.update(state.algo_state, k_algo, params, state.masks, grads)
-        ever_active = lax.cond(
-            algo_state.updated,
-            lambda e: jax.tree_util.tree_map(jnp.logical_or, e, algo_state.grown), lambda e: e,
-            state.ever_active)
-        metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
+        def record_topology(ever_active):
+            # Only at updates: fold grown weights into ever_active and count the change per layer.
+            count = lambda t: {name: jnp.sum(leaf, dtype=jnp.int32) for name, leaf in named_leaves(t).items()}
+            grown, before, after = count(algo_state.grown), count(state.masks), count(masks)
+            dropped = {n: before[n] - after[n] + grown[n] for n in grown}
+            return jax.tree_util.tree_map(jnp.logical_or, ever_active, algo_state.grown), grown, dropped
+
+        def no_change(ever_active):
+            zeros = {name: jnp.int32(0) for name in named_leaves(ever_active)}
+            return ever_active, zeros, zeros
+
+        ever_active, grown, dropped = lax.cond(algo_state.updated, record_topology, no_change,
+                                               state.ever_active)
+        metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == y),
+                   "updated": algo_state.updated, "grown": grown, "dropped": dropped}
         new_state = TrainState(params=params, masks=masks, opt_state=opt_state, algo_state=algo_state,
                                ever_active=ever_active, step=state.step + 1, rng=rng)
         return new_state, metrics
@@ -182,3 +195,9 @@ def flax_apply(model) -> Callable:
         return model.apply({"params": params}, x, train=train, rngs=rngs)
 
     return apply_fn
+
+
+if __name__ == "__main__":  # `python -m dst.train` is `dst-train`
+    from dst.app.cli import main
+
+    main()

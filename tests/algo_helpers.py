@@ -15,7 +15,7 @@ SCHEDULE = dict(update_every=2, end_step=1000, drop_fraction=0.3)
 
 def make_algorithm(name, **overrides):
     """``dst.algorithms.make(name)`` with a fast schedule where the factory takes one."""
-    factory = dst.algorithms.registry._REGISTRY[name]
+    factory = dst.algorithms.registry.factory(name)
     accepted = inspect.signature(factory).parameters
     kwargs = {k: v for k, v in {**SCHEDULE, **overrides}.items() if k in accepted}
     return dst.algorithms.make(name, **kwargs)

@@ -10,6 +10,7 @@ __all__ = [
     "PruneRegrowState",
     "SparseAlgorithm",
     "dense",
+    "factory",
     "magnitude_drop",
     "make",
     "names",

@@ -29,11 +29,17 @@ def register(name: str, factory: Callable[..., SparseAlgorithm]) -> None:
     _REGISTRY[name] = factory
 
 
-def make(name: str, **hparams) -> SparseAlgorithm:
-    """Build a registered algorithm: ``make("rigl", update_every=100, end_step=7500)``."""
+def factory(name: str) -> Callable[..., SparseAlgorithm]:
+    """The factory registered under ``name`` (to inspect its hyper-parameters)."""
     if name not in _REGISTRY:
         raise ValueError(f"algorithm must be one of {', '.join(names())}; got {name!r}.")
+    return _REGISTRY[name]
+
+
+def make(name: str, **hparams) -> SparseAlgorithm:
+    """Build a registered algorithm: ``make("rigl", update_every=100, end_step=7500)``."""
+    build = factory(name)
     try:
-        return _REGISTRY[name](**hparams)
+        return build(**hparams)
     except TypeError as err:
         raise ValueError(f"bad hyper-parameters for algorithm {name!r}: {err}.") from None

@@ -1,0 +1,1 @@
+"""The command-line program over ``conf/``: validation, the run loop, Hydra glue."""

@@ -1,0 +1,161 @@
+"""Check every user-facing setting before anything is compiled.
+
+Each problem is reported as one sentence naming the field and its allowed values; the CLI prints it and
+exits non-zero.
+"""
+
+from __future__ import annotations
+
+import inspect
+import numbers
+
+from dst import algorithms
+from dst.data import DATASETS, locate
+from dst.data.datasets import NORMALIZATIONS
+from dst.distributions import DISTRIBUTIONS
+from dst.logging import WANDB_MODES
+from dst.models import MODELS
+from dst.optimizers import LR_SCHEDULES, OPTIMIZERS
+from dst.schedules import DROP_SCHEDULES
+
+LOGGERS = ("wandb", "none")
+# Keys of conf/sparsity that describe the initial distribution or the run length, not the algorithm.
+DISTRIBUTION_KEYS = ("algorithm", "sparsity", "distribution", "erk_power_scale", "dense_layers", "end_fraction")
+
+
+class ConfigError(ValueError):
+    """A setting is out of range; the message names the field and the allowed values."""
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _choice(cfg, path, allowed):
+    value = _get(cfg, path)
+    if value not in allowed:
+        raise ConfigError(f"{path} must be one of {', '.join(allowed)}; got {value!r}.")
+
+
+def _range(cfg, path, lo, hi, *, lo_open=False, hi_open=True, integer=False, optional=False):
+    value = _get(cfg, path)
+    if optional and value is None:
+        return
+    ok = _is_int(value) if integer else _is_num(value)
+    if ok:
+        ok = (value > lo if lo_open else value >= lo) if lo is not None else True
+        ok = ok and ((value < hi if hi_open else value <= hi) if hi is not None else True)
+    if not ok and integer and lo == 0 and hi is None:
+        raise ConfigError(f"{path} must be a {'positive' if lo_open else 'non-negative'} integer; got {value!r}.")
+    if not ok:
+        kind = "an integer" if integer else "a number"
+        left = "(" if lo_open else "["
+        right = ")" if hi_open else "]"
+        bounds = f"in {left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
+        raise ConfigError(f"{path} must be {kind} {bounds}; got {value!r}.")
+
+
+def _get(cfg, path):
+    node = cfg
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(f"{path} is missing from the config.")
+        node = node[part]
+    return node
+
+
+def algorithm_hparams(sparsity_cfg: dict, total_steps: int) -> dict:
+    """The keyword arguments of ``dst.algorithms.make`` from ``conf/sparsity`` (end_step resolved)."""
+    hparams = {k: v for k, v in sparsity_cfg.items() if k not in DISTRIBUTION_KEYS}
+    if "end_step" in hparams and hparams["end_step"] is None:
+        hparams["end_step"] = max(1, int(sparsity_cfg.get("end_fraction", 1.0) * total_steps))
+    return hparams
+
+
+def validate(cfg: dict, total_steps: int | None = None) -> None:
+    """Raise :class:`ConfigError` for the first setting out of range (data presence included)."""
+    _range(cfg, "seed", 0, None, integer=True)
+    _choice(cfg, "model.name", MODELS)
+    _range(cfg, "model.dropout", 0.0, 1.0)
+    if cfg["model"]["name"] == "mlp":
+        hidden = _get(cfg, "model.hidden")
+        if not hidden or not all(_is_int(h) and h > 0 for h in hidden):
+            raise ConfigError(f"model.hidden must be a non-empty list of positive integers; got {hidden!r}.")
+
+    _choice(cfg, "dataset.name", DATASETS)
+    _range(cfg, "dataset.val_fraction", 0.0, 1.0)
+    _choice(cfg, "dataset.normalize", NORMALIZATIONS)
+
+    sp = _get(cfg, "sparsity")
+    _choice(cfg, "sparsity.algorithm", algorithms.names())
+    _range(cfg, "sparsity.sparsity", 0.0, 1.0)
+    _choice(cfg, "sparsity.distribution", DISTRIBUTIONS)
+    _range(cfg, "sparsity.erk_power_scale", 0.0, None, lo_open=True)
+    if sp["algorithm"] == "dense" and sp["sparsity"] != 0:
+        raise ConfigError(f"sparsity.sparsity must be 0 with sparsity.algorithm=dense; got {sp['sparsity']}.")
+    if "update_every" in sp:
+        _range(cfg, "sparsity.update_every", 0, None, lo_open=True, integer=True)
+    if "start_step" in sp:
+        _range(cfg, "sparsity.start_step", 0, None, integer=True)
+    if "end_step" in sp:
+        _range(cfg, "sparsity.end_step", 0, None, lo_open=True, integer=True, optional=True)
+    if "end_fraction" in sp:
+        _range(cfg, "sparsity.end_fraction", 0.0, 1.0, lo_open=True, hi_open=False)
+    if "drop_fraction" in sp:
+        _range(cfg, "sparsity.drop_fraction", 0.0, 1.0, hi_open=False)
+    if "drop_schedule" in sp:
+        _choice(cfg, "sparsity.drop_schedule", DROP_SCHEDULES)
+    if "grow_init" in sp:
+        _choice(cfg, "sparsity.grow_init", algorithms.base.GROW_INITS)
+
+    _choice(cfg, "optimizer.name", OPTIMIZERS)
+    _range(cfg, "optimizer.lr", 0.0, None, lo_open=True)
+    _range(cfg, "optimizer.weight_decay", 0.0, None)
+    for key in ("momentum", "b1", "b2"):
+        if key in cfg["optimizer"]:
+            _range(cfg, f"optimizer.{key}", 0.0, 1.0)
+    _choice(cfg, "optimizer.schedule", LR_SCHEDULES)
+    _range(cfg, "optimizer.warmup_steps", 0, None, integer=True)
+    _range(cfg, "optimizer.gamma", 0.0, 1.0, lo_open=True, hi_open=False)
+    milestones = _get(cfg, "optimizer.milestones")
+    if not all(_is_num(m) and 0 < m < 1 for m in milestones) or list(milestones) != sorted(milestones):
+        raise ConfigError(f"optimizer.milestones must be increasing fractions in (0, 1); got {milestones!r}.")
+
+    _range(cfg, "trainer.epochs", 1, None, integer=True)
+    _range(cfg, "trainer.batch_size", 1, None, integer=True)
+    _range(cfg, "trainer.eval_batch_size", 1, None, integer=True)
+    _range(cfg, "trainer.log_every_epochs", 1, None, integer=True)
+
+    _choice(cfg, "logger.name", LOGGERS)
+    if cfg["logger"]["name"] == "wandb":
+        _choice(cfg, "logger.mode", WANDB_MODES)
+
+    if total_steps is not None:
+        check_algorithm(sp, total_steps)
+
+
+def check_algorithm(sparsity_cfg: dict, total_steps: int):
+    """Build the algorithm once so its own checks (schedule, hyper-parameter names) run early."""
+    name = sparsity_cfg["algorithm"]
+    hparams = algorithm_hparams(sparsity_cfg, total_steps)
+    accepted = inspect.signature(algorithms.registry.factory(name)).parameters
+    unknown = sorted(set(hparams) - set(accepted))
+    if unknown:
+        raise ConfigError(f"sparsity.{unknown[0]} is not a setting of algorithm {name}; its settings are "
+                          f"{', '.join(sorted(accepted)) or 'none'}.")
+    try:
+        return algorithms.make(name, **hparams)
+    except ValueError as err:
+        raise ConfigError(f"sparsity.{err}") from None
+
+
+def check_data(cfg: dict) -> None:
+    """The data set must be present before anything else happens."""
+    try:
+        locate(cfg["dataset"]["name"], cfg["dataset"].get("data_dir"))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None

@@ -1,0 +1,43 @@
+"""A PNG of a run's curves: test accuracy, density (global and per layer), ITOP rate, drop fraction."""
+
+from __future__ import annotations
+
+import pathlib
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on training machines
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_curves(records: list[dict], path, title: str = "") -> pathlib.Path:
+    """Draw the four panels from ``metrics.jsonl`` records (x axis: step) and save them to ``path``."""
+    path = pathlib.Path(path)
+    steps = [r["step"] for r in records]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    ax = axes[0, 0]
+    ax.plot(steps, [r["test/accuracy"] for r in records], marker="o", label="test")
+    ax.plot(steps, [r["train/accuracy"] for r in records], marker=".", label="train")
+    ax.set_title("accuracy")
+    ax.legend()
+    ax = axes[0, 1]
+    ax.plot(steps, [1 - r["sparsity/global"] for r in records], lw=3, color="k", label="global")
+    layers = sorted(k for k in records[0] if k.startswith("sparsity/") and k != "sparsity/global")
+    for key in layers:
+        ax.plot(steps, [1 - r[key] for r in records], label=key.removeprefix("sparsity/"))
+    ax.set_title("density (active / size)")
+    ax.legend(fontsize=7)
+    ax = axes[1, 0]
+    ax.plot(steps, [r["itop_rate"] for r in records], marker="o")
+    ax.set_title("ITOP rate (ever active / size)")
+    ax = axes[1, 1]
+    ax.plot(steps, [r["drop_fraction"] for r in records], marker="o")
+    ax.set_title("drop fraction f(t)")
+    for a in axes.flat:
+        a.set_xlabel("step")
+        a.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
