@@ -1,19 +1,23 @@
 """dst: dynamic sparse training in JAX with exact sparsity and one compiled train step."""
 
-from dst import algorithms, schedules
-from dst.distributions import layer_densities, sparsifiable_layers
-from dst.masks import apply_masks, density_report, init_masks, topology_diff
-from dst.selection import bottom_k_mask, top_k_mask
-from dst.train import (
-    TrainState,
-    create_train_state,
-    evaluate_fn,
-    flax_apply,
-    make_train_step,
-    reset_grown_moments,
-    reset_moments,
-    train_epoch_fn,
-)
+from dst import algorithms
+from dst import schedules
+from dst.distributions import layer_densities
+from dst.distributions import sparsifiable_layers
+from dst.masks import apply_masks
+from dst.masks import density_report
+from dst.masks import init_masks
+from dst.masks import topology_diff
+from dst.selection import bottom_k_mask
+from dst.selection import top_k_mask
+from dst.train import TrainState
+from dst.train import create_train_state
+from dst.train import evaluate_fn
+from dst.train import flax_apply
+from dst.train import make_train_step
+from dst.train import reset_grown_moments
+from dst.train import reset_moments
+from dst.train import train_epoch_fn
 
 __version__ = "0.1.0"
 

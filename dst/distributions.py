@@ -7,7 +7,8 @@ dense. Feed it to :func:`dst.init_masks`.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from collections.abc import Iterable
 
 import numpy as np
 

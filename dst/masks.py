@@ -11,7 +11,8 @@ densities returned by :func:`dst.layer_densities` and the per-layer entries of t
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp

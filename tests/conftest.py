@@ -4,7 +4,10 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from dst.models import MLP, LeNet5, lenet300, set_mlp
+from dst.models import MLP
+from dst.models import LeNet5
+from dst.models import lenet300
+from dst.models import set_mlp
 
 
 def init_params(model, shape=(1, 784), seed=0):

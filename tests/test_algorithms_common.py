@@ -4,7 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from algo_helpers import OPTIMIZERS, initial_masks, make_algorithm, tiny_problem
+from algo_helpers import OPTIMIZERS
+from algo_helpers import initial_masks
+from algo_helpers import make_algorithm
+from algo_helpers import tiny_problem
 
 import dst
 from dst.masks import named_leaves

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 import dst
-from dst.masks import active_count, named_leaves
+from dst.masks import active_count
+from dst.masks import named_leaves
 
 
 @pytest.mark.parametrize("sparsity, expected",

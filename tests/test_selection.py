@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dst.selection import bottom_k_mask, top_k_mask
+from dst.selection import bottom_k_mask
+from dst.selection import top_k_mask
 
 
 @pytest.mark.parametrize("seed", range(5))

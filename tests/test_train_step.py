@@ -5,7 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from algo_helpers import initial_masks, make_algorithm, tiny_problem
+from algo_helpers import initial_masks
+from algo_helpers import make_algorithm
+from algo_helpers import tiny_problem
 
 import dst
 from dst.masks import named_leaves

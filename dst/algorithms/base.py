@@ -17,16 +17,19 @@ and ``updated`` (whether this call changed the topology): the trainer zeroes the
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from dst import schedules
-from dst.distributions import SparsifiableFilter, default_sparsifiable
+from dst.distributions import SparsifiableFilter
+from dst.distributions import default_sparsifiable
 from dst.masks import path_name
-from dst.selection import bottom_k_mask, top_k_mask
+from dst.selection import bottom_k_mask
+from dst.selection import top_k_mask
 
 GROW_INITS = ("zeros", "normal")
 

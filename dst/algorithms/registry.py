@@ -7,7 +7,8 @@ from collections.abc import Callable
 from dst.algorithms.base import SparseAlgorithm
 from dst.algorithms.rigl import rigl
 from dst.algorithms.set import set_
-from dst.algorithms.static import dense, static
+from dst.algorithms.static import dense
+from dst.algorithms.static import static
 
 _REGISTRY: dict[str, Callable[..., SparseAlgorithm]] = {
     "dense": dense,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from dst.algorithms.base import SparseAlgorithm, magnitude_drop, prune_and_regrow
+from dst.algorithms.base import SparseAlgorithm
+from dst.algorithms.base import magnitude_drop
+from dst.algorithms.base import prune_and_regrow
 
 
 def gradient_grow_score(key, w, g):

@@ -5,8 +5,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from dst.algorithms.base import SparseAlgorithm, drop_count, magnitude_drop, prune_and_regrow
-from dst.selection import bottom_k_mask, top_k_mask
+from dst.algorithms.base import SparseAlgorithm
+from dst.algorithms.base import drop_count
+from dst.algorithms.base import magnitude_drop
+from dst.algorithms.base import prune_and_regrow
+from dst.selection import bottom_k_mask
+from dst.selection import top_k_mask
 
 
 def sign_split_drop(key, w, g, mask, f):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from dst.algorithms.base import PruneRegrowState, SparseAlgorithm
+from dst.algorithms.base import PruneRegrowState
+from dst.algorithms.base import SparseAlgorithm
 
 
 def static() -> SparseAlgorithm:

@@ -18,9 +18,14 @@ import numpy as np
 import dst
 from dst import metrics as run_metrics
 from dst import schedules
-from dst.app.validate import ConfigError, algorithm_hparams, check_algorithm, check_data, validate
+from dst.app.validate import ConfigError
+from dst.app.validate import algorithm_hparams
+from dst.app.validate import check_algorithm
+from dst.app.validate import check_data
+from dst.app.validate import validate
 from dst.data import load
-from dst.logging import Progress, RunLogger
+from dst.logging import Progress
+from dst.logging import RunLogger
 from dst.models import build_model
 from dst.optimizers import make_optimizer
 from dst.plotting import plot_curves

@@ -10,12 +10,14 @@ import inspect
 import numbers
 
 from dst import algorithms
-from dst.data import DATASETS, locate
+from dst.data import DATASETS
+from dst.data import locate
 from dst.data.datasets import NORMALIZATIONS
 from dst.distributions import DISTRIBUTIONS
 from dst.logging import WANDB_MODES
 from dst.models import MODELS
-from dst.optimizers import LR_SCHEDULES, OPTIMIZERS
+from dst.optimizers import LR_SCHEDULES
+from dst.optimizers import OPTIMIZERS
 from dst.schedules import DROP_SCHEDULES
 
 LOGGERS = ("wandb", "none")

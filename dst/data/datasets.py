@@ -19,7 +19,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from dst.data.idx import DataError, read_idx
+from dst.data.idx import DataError
+from dst.data.idx import read_idx
 
 DATASETS = ("fashion_mnist", "mnist", "kmnist")
 FILES = {

@@ -8,7 +8,8 @@ effective weights (nonzero at inactive positions too), which is what the growth 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +17,8 @@ import optax
 from jax import lax
 
 from dst.algorithms.base import SparseAlgorithm
-from dst.masks import apply_masks, named_leaves
+from dst.masks import apply_masks
+from dst.masks import named_leaves
 
 
 class TrainState(NamedTuple):
@@ -195,9 +197,3 @@ def flax_apply(model) -> Callable:
         return model.apply({"params": params}, x, train=train, rngs=rngs)
 
     return apply_fn
-
-
-if __name__ == "__main__":  # `python -m dst.train` is `dst-train`
-    from dst.app.cli import main
-
-    main()

@@ -1,0 +1,39 @@
+"""Real Fashion-MNIST runs (Debian's dataset-fashion-mnist; .ci/run and `make` install it)."""
+
+import json
+
+import pytest
+from cli_helpers import dst_train
+
+from dst.data import DataNotFoundError, locate
+
+
+def _have_fashion_mnist():
+    try:
+        locate("fashion_mnist")
+        return True
+    except DataNotFoundError:
+        return False
+
+
+pytestmark = pytest.mark.skipif(not _have_fashion_mnist(),
+                                reason="Fashion-MNIST not installed: apt-get install dataset-fashion-mnist")
+
+
+def test_one_epoch_rigl_erk90_lenet300_reaches_80_percent(tmp_path):
+    out = dst_train("sparsity=rigl", "sparsity.sparsity=0.9", "model=lenet300", "dataset=fashion_mnist",
+                    "trainer.epochs=1", "logger=none", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["test/accuracy"] >= 0.80
+    assert summary["sparsity/global"] == pytest.approx(0.9, abs=1e-4)
+
+
+def test_default_experiment_reaches_85_percent(tmp_path):
+    """`dst-train` with no overrides: RigL, ERK 90%, LeNet-300-100, Fashion-MNIST, offline wandb."""
+    out = dst_train(f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["test/accuracy"] >= 0.85
+    assert (tmp_path / "run" / "curves.png").is_file()
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
