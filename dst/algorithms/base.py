@@ -127,28 +127,31 @@ def prune_and_regrow(*, drop_rule: DropRule, grow_score: GrowScore, update_every
                                 grown=jax.tree_util.tree_map(lambda m: jnp.zeros(m.shape, bool), masks),
                                 updated=jnp.zeros((), bool))
 
-    def update(state, key, params, masks, grads):
-        due = schedules.is_update_step(state.step, update_every, start_step, end_step)
-        f = schedules.drop_fraction(state.step, alpha, drop_schedule, end_step)
+    def topology(step, key, params, masks, grads):
+        # Everything here, the per-layer keys and f(t) included, runs only at update steps: scalar ops
+        # cost microseconds each on CPU, which adds up to percents of a step if done every step.
+        f = schedules.drop_fraction(step, alpha, drop_schedule, end_step)
         flat, treedef = jax.tree_util.tree_flatten_with_path(params)
-        leaves = zip(flat, treedef.flatten_up_to(masks), treedef.flatten_up_to(grads),
-                     treedef.flatten_up_to(state.grown))
         out_w, out_m, out_g = [], [], []
-        for i, ((path, w), m, g, gr) in enumerate(leaves):
+        for i, ((path, w), m, g) in enumerate(zip(flat, treedef.flatten_up_to(masks),
+                                                 treedef.flatten_up_to(grads))):
             if keep_leaf(path_name(path), tuple(w.shape)):
-                # One cond per layer rather than one for the model: layers do not wait for each
-                # other, so on non-update steps the next forward pass overlaps the remaining updates.
-                layer_key = jax.random.fold_in(key, i)
-                w, m, gr = lax.cond(
-                    due,
-                    lambda ops, k=layer_key: _update_layer(k, *ops[:3], f, drop_rule, grow_score, grow_init),
-                    lambda ops: (ops[0], ops[2], ops[3]),
-                    (w, g, m, gr))
+                w, m, grown = _update_layer(jax.random.fold_in(key, i), w, g, m, f, drop_rule, grow_score,
+                                            grow_init)
+            else:
+                grown = jnp.zeros(m.shape, bool)
             out_w.append(w)
             out_m.append(m)
-            out_g.append(gr)
-        unflatten = treedef.unflatten
-        return (unflatten(out_w), unflatten(out_m),
-                PruneRegrowState(step=state.step + 1, grown=unflatten(out_g), updated=due))
+            out_g.append(grown)
+        return treedef.unflatten(out_w), treedef.unflatten(out_m), treedef.unflatten(out_g)
+
+    def update(state, key, params, masks, grads):
+        due = schedules.is_update_step(state.step, update_every, start_step, end_step)
+        params, masks, grown = lax.cond(
+            due,
+            lambda ops: topology(state.step, key, *ops),
+            lambda ops: (ops[0], ops[1], state.grown),
+            (params, masks, grads))
+        return params, masks, PruneRegrowState(step=state.step + 1, grown=grown, updated=due)
 
     return SparseAlgorithm(init=init, update=update)

@@ -13,6 +13,7 @@ from dst.train.step import make_train_step
 from dst.train.step import map_param_like
 from dst.train.step import reset_grown_moments
 from dst.train.step import reset_moments
+from dst.train.step import settle_topology
 from dst.train.step import train_epoch_fn
 
 __all__ = [
@@ -26,5 +27,6 @@ __all__ = [
     "map_param_like",
     "reset_grown_moments",
     "reset_moments",
+    "settle_topology",
     "train_epoch_fn",
 ]

@@ -27,6 +27,7 @@ class TrainState(NamedTuple):
     opt_state: Any
     algo_state: Any
     ever_active: Any   # bool pytree: weights active at any step so far (ITOP rate)
+    active: Any        # {layer name: int32} active count per leaf at the last bookkeeping
     step: jax.Array    # int32 optimizer steps taken
     rng: jax.Array
 
@@ -36,8 +37,43 @@ def create_train_state(key, params, masks, tx: optax.GradientTransformation,
     """Mask the params, initialise the optimizer and the algorithm."""
     params = apply_masks(params, masks)
     return TrainState(params=params, masks=masks, opt_state=tx.init(params),
-                      algo_state=algo.init(params, masks), ever_active=masks,
+                      algo_state=algo.init(params, masks), ever_active=masks, active=_counts(masks),
                       step=jnp.zeros((), jnp.int32), rng=key)
+
+
+def _counts(tree):
+    return {name: jnp.sum(leaf, dtype=jnp.int32) for name, leaf in named_leaves(tree).items()}
+
+
+def settle_topology(state: TrainState):
+    """Bookkeeping of the latest topology update, when ``state.algo_state.updated`` is set: zero the
+    optimizer moments of grown weights, add them to ``ever_active`` and count per layer what was
+    ``grown`` and ``dropped``. Returns ``(state, {"grown": ..., "dropped": ...})`` with the flag cleared.
+
+    It runs under a ``lax.cond`` on values the step receives (the start of the next step, or the end
+    of an epoch), where it costs ~1% of a step; the same cond at the end of the step, on values the
+    step has just computed, costs several times more.
+    """
+    algo_state = state.algo_state
+
+    def settle(ops):
+        opt_state, ever_active, active = ops
+        grown = _counts(algo_state.grown)
+        now = _counts(state.masks)
+        dropped = {n: active[n] - now[n] + grown[n] for n in grown}
+        return (reset_moments(opt_state, state.params, algo_state.grown),
+                jax.tree_util.tree_map(jnp.logical_or, ever_active, algo_state.grown), now,
+                {"grown": grown, "dropped": dropped})
+
+    def nothing(ops):
+        zeros = {name: jnp.int32(0) for name in ops[2]}
+        return ops + ({"grown": zeros, "dropped": zeros},)
+
+    opt_state, ever_active, active, counts = lax.cond(
+        algo_state.updated, settle, nothing, (state.opt_state, state.ever_active, state.active))
+    state = state._replace(opt_state=opt_state, ever_active=ever_active, active=active,
+                           algo_state=algo_state._replace(updated=jnp.zeros((), bool)))
+    return state, counts
 
 
 def map_param_like(fn: Callable, opt_state, params, *rest):
@@ -82,23 +118,20 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, algo: 
                     loss_fn: Callable = cross_entropy):
     """The pure train step ``(state, (x, y)) -> (state, metrics)``.
 
-    ``metrics`` holds the batch ``loss`` and ``accuracy``, whether the topology ``updated``, and per
-    layer name the ``grown`` and ``dropped`` counts of that update (zeros at other steps).
-
     ``apply_fn(params, x, train, rng)`` returns logits. One step: dense gradient at the effective
     weights; the optimizer sees it masked; params are re-masked; the algorithm updates the topology
-    (under its own ``lax.cond``) and its grown weights join ``ever_active``. Their optimizer moments
-    are zeroed at the start of the next step, before any optimizer update reads them (so a state saved
-    right after an update still holds them, with ``algo_state.updated`` set).
+    (under its own ``lax.cond``). The bookkeeping of an update (:func:`settle_topology`: zeroed
+    optimizer moments of grown weights, ``ever_active``, grown/dropped counts) runs at the start of
+    the next step, before any optimizer update reads those moments, or at the end of the epoch.
+
+    ``metrics`` holds the batch ``loss`` and ``accuracy``, whether this step ``updated`` the topology,
+    and per layer the ``grown`` and ``dropped`` counts settled at this step (zeros at most steps).
     """
 
     def step(state: TrainState, batch):
         x, y = batch
         rng, k_dropout, k_algo = jax.random.split(state.rng, 3)
-        # Moments of the weights grown by the previous step's topology update are zeroed here, before
-        # the optimizer reads them: a cond on the incoming state costs ~2% of a step, the same cond on
-        # the freshly updated optimizer state at the end of the step ~8% (it forces a copy).
-        opt_state = reset_grown_moments(state.opt_state, state.params, state.algo_state)
+        state, topology = settle_topology(state)
 
         def objective(params):
             logits = apply_fn(params, x, True, k_dropout)
@@ -106,27 +139,14 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, algo: 
 
         (loss, logits), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
         masked = jax.tree_util.tree_map(lambda g, m: jnp.where(m, g, 0.0), grads, state.masks)
-        updates, opt_state = tx.update(masked, opt_state, state.params)
+        updates, opt_state = tx.update(masked, state.opt_state, state.params)
         params = jax.tree_util.tree_map(lambda p, u, m: jnp.where(m, p + u, 0.0),
                                         state.params, updates, state.masks)
         params, masks, algo_state = algo.update(state.algo_state, k_algo, params, state.masks, grads)
-        def record_topology(ever_active):
-            # Only at updates: fold grown weights into ever_active and count the change per layer.
-            count = lambda t: {name: jnp.sum(leaf, dtype=jnp.int32) for name, leaf in named_leaves(t).items()}
-            grown, before, after = count(algo_state.grown), count(state.masks), count(masks)
-            dropped = {n: before[n] - after[n] + grown[n] for n in grown}
-            return jax.tree_util.tree_map(jnp.logical_or, ever_active, algo_state.grown), grown, dropped
-
-        def no_change(ever_active):
-            zeros = {name: jnp.int32(0) for name in named_leaves(ever_active)}
-            return ever_active, zeros, zeros
-
-        ever_active, grown, dropped = lax.cond(algo_state.updated, record_topology, no_change,
-                                               state.ever_active)
         metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == y),
-                   "updated": algo_state.updated, "grown": grown, "dropped": dropped}
-        new_state = TrainState(params=params, masks=masks, opt_state=opt_state, algo_state=algo_state,
-                               ever_active=ever_active, step=state.step + 1, rng=rng)
+                   "updated": algo_state.updated, **topology}
+        new_state = state._replace(params=params, masks=masks, opt_state=opt_state, algo_state=algo_state,
+                                   step=state.step + 1, rng=rng)
         return new_state, metrics
 
     return step
@@ -154,7 +174,12 @@ def train_epoch_fn(step: Callable, batch_size: int):
         def body(state, idx):
             return step(state, (x[idx], y[idx]))
 
-        return lax.scan(body, state, order)
+        state, metrics = lax.scan(body, state, order)
+        # Settle an update made by the epoch's last step, so the epoch's counts and ITOP are complete.
+        state, topology = settle_topology(state)
+        for kind in ("grown", "dropped"):
+            metrics[kind] = {n: c.at[-1].add(topology[kind][n]) for n, c in metrics[kind].items()}
+        return state, metrics
 
     return epoch
 
