@@ -5,7 +5,8 @@ import json
 import pytest
 from cli_helpers import dst_train
 
-from dst.data import DataNotFoundError, locate
+from dst.data import DataNotFoundError
+from dst.data import locate
 
 
 def _have_fashion_mnist():

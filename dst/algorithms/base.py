@@ -35,10 +35,15 @@ GROW_INITS = ("zeros", "normal")
 
 
 class SparseAlgorithm(NamedTuple):
-    """A sparse-training algorithm: pure ``init`` and ``update`` (optax style)."""
+    """A sparse-training algorithm: pure ``init`` and ``update`` (optax style).
+
+    ``dynamic=False`` declares that ``update`` never changes the topology (static, dense), so the
+    trainer can leave out the per-step bookkeeping of updates.
+    """
 
     init: Callable[..., Any]
     update: Callable[..., tuple[Any, Any, Any]]
+    dynamic: bool = True
 
 
 class PruneRegrowState(NamedTuple):

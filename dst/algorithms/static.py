@@ -30,7 +30,7 @@ def static() -> SparseAlgorithm:
         del key, grads
         return params, masks, state._replace(step=state.step + 1)
 
-    return SparseAlgorithm(init=init, update=update)
+    return SparseAlgorithm(init=init, update=update, dynamic=False)
 
 
 def dense() -> SparseAlgorithm:

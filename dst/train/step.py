@@ -131,7 +131,11 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, algo: 
     def step(state: TrainState, batch):
         x, y = batch
         rng, k_dropout, k_algo = jax.random.split(state.rng, 3)
-        state, topology = settle_topology(state)
+        if algo.dynamic:
+            state, topology = settle_topology(state)
+        else:
+            zeros = {name: jnp.int32(0) for name in state.active}
+            topology = {"grown": zeros, "dropped": zeros}
 
         def objective(params):
             logits = apply_fn(params, x, True, k_dropout)
