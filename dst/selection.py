@@ -85,3 +85,20 @@ def top_k_mask(scores: jax.Array, eligible: jax.Array, k, key: jax.Array) -> jax
 def bottom_k_mask(scores: jax.Array, eligible: jax.Array, k, key: jax.Array) -> jax.Array:
     """Bool mask of the ``k`` eligible elements with the smallest ``scores`` (see :func:`top_k_mask`)."""
     return top_k_mask(-scores.astype(jnp.float32), eligible, k, key)
+
+
+def global_top_k_masks(scores: dict, eligible: dict, k, key: jax.Array) -> dict:
+    """:func:`top_k_mask` over several layers at once (one threshold for all): ``{name: bool mask}``.
+
+    Used by global magnitude pruning (GMP ``global``, GraNet) and one-shot saliency (SNIP, GraSP).
+    """
+    names = list(scores)
+    flat_scores = jnp.concatenate([scores[n].reshape(-1).astype(jnp.float32) for n in names])
+    flat_eligible = jnp.concatenate([eligible[n].reshape(-1) for n in names])
+    chosen = top_k_mask(flat_scores, flat_eligible, k, key)
+    out, start = {}, 0
+    for n in names:
+        size = scores[n].size
+        out[n] = chosen[start:start + size].reshape(scores[n].shape)
+        start += size
+    return out

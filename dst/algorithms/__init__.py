@@ -8,23 +8,34 @@ from dst.algorithms.registry import make
 from dst.algorithms.registry import names
 from dst.algorithms.registry import register
 from dst.algorithms.rigl import rigl
+from dst.algorithms.saliency import grasp
+from dst.algorithms.saliency import snip
 from dst.algorithms.set import set_
 from dst.algorithms.set import sign_split_drop
+from dst.algorithms.snfs import snfs
 from dst.algorithms.static import dense
 from dst.algorithms.static import static
+from dst.algorithms.topkast import topkast
 
 __all__ = [
     "PruneRegrowState",
     "SparseAlgorithm",
     "dense",
     "factory",
+    "gmp",
+    "granet",
+    "grasp",
     "magnitude_drop",
     "make",
+    "mest",
     "names",
     "prune_and_regrow",
     "register",
     "rigl",
     "set_",
     "sign_split_drop",
+    "snfs",
+    "snip",
     "static",
+    "topkast",
 ]

@@ -35,26 +35,44 @@ GROW_INITS = ("zeros", "normal")
 
 
 class SparseAlgorithm(NamedTuple):
-    """A sparse-training algorithm: pure ``init`` and ``update`` (optax style).
+    """A sparse-training algorithm: pure ``init`` and ``update`` (optax style), plus optional hooks.
 
-    ``dynamic=False`` declares that ``update`` never changes the topology (static, dense), so the
-    trainer can leave out the per-step bookkeeping of updates.
+    The hooks extend the protocol for algorithms that ``init``/``update`` alone cannot express; the
+    trainer uses each one the same way for every algorithm that sets it:
+
+    * ``dynamic=False``: ``update`` never changes the topology (static, dense), so the trainer leaves
+      out the per-step bookkeeping of updates.
+    * ``prune_at_init(key, params, masks, loss_fn, batches) -> masks`` with ``init_batches`` batches:
+      one-shot pruning from data before training (SNIP, GraSP). ``loss_fn(params, batch)`` is the
+      training loss; the trainer calls the hook once, before ``init``.
+    * ``trainable(state, masks) -> bool pytree``: the weights the optimizer updates when that set is
+      larger than the forward mask (Top-KAST's backward set). Setting it means *dense storage*:
+      params outside the forward mask keep their values, the forward pass applies the mask, and the
+      loss gradient is taken with respect to the masked (effective) weights.
+    * ``penalty(state, params, masks) -> scalar``: a regulariser added to the loss the optimizer sees
+      (Top-KAST's exploration penalty); growth scores still read the plain loss gradient.
     """
 
     init: Callable[..., Any]
     update: Callable[..., tuple[Any, Any, Any]]
     dynamic: bool = True
+    prune_at_init: Callable[..., Any] | None = None
+    init_batches: int = 0
+    trainable: Callable[..., Any] | None = None
+    penalty: Callable[..., Any] | None = None
 
 
 class PruneRegrowState(NamedTuple):
     step: jax.Array      # int32 number of update calls so far
     grown: Any           # bool pytree: weights (re)initialised at the latest topology update
     updated: jax.Array   # bool: this call changed the topology
+    extra: Any = ()      # algorithm-specific state (per-layer targets, momentum, ...)
 
 
-# Per-layer rules. `w`, `g`, `mask` are one layer's arrays; `f` is the (traced) drop fraction.
-DropRule = Callable[[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
-GrowScore = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+# Per-layer rules. `w`, `g`, `mask` are one layer's arrays; `f` is the (traced) drop fraction and
+# `excess` a count to drop on top of int(f * n) without regrowing it (sparsity decay).
+DropRule = Callable[..., jax.Array]          # (key, w, g, mask, f, excess) -> bool mask of dropped
+GrowScore = Callable[..., jax.Array]         # (key, w, g) -> scores, largest grown first
 
 
 def drop_count(f, n):
@@ -62,11 +80,11 @@ def drop_count(f, n):
     return jnp.floor(f * n.astype(jnp.float32)).astype(jnp.int32)
 
 
-def magnitude_drop(key, w, g, mask, f):
-    """Drop the ``int(f * n)`` active weights of smallest ``|w|``."""
+def magnitude_drop(key, w, g, mask, f, excess=0):
+    """Drop the ``int(f * n) + excess`` active weights of smallest ``|w|``."""
     del g
     n = jnp.sum(mask, dtype=jnp.int32)
-    return bottom_k_mask(jnp.abs(w), mask, drop_count(f, n), key)
+    return bottom_k_mask(jnp.abs(w), mask, drop_count(f, n) + excess, key)
 
 
 def check_schedule(update_every, start_step, end_step, drop_fraction_, drop_schedule):
@@ -95,13 +113,13 @@ def _grow_values(key, w, kept, grow_init):
     return sigma * jax.random.normal(key, w.shape, w.dtype)
 
 
-def _update_layer(key, w, g, mask, f, drop_rule, grow_score, grow_init):
+def _update_layer(key, w, g, mask, f, excess, drop_rule, grow_score, grow_init):
     k_drop, k_grow, k_init = jax.random.split(key, 3)
-    dropped = drop_rule(k_drop, w, g, mask, f)
+    dropped = drop_rule(k_drop, w, g, mask, f, excess)
     # A layer with no inactive weight (dense by its distribution) has nowhere to explore: leave it.
     dropped = dropped & (jnp.sum(mask, dtype=jnp.int32) < mask.size)
     kept = mask & ~dropped
-    k = jnp.sum(dropped, dtype=jnp.int32)
+    k = jnp.maximum(jnp.sum(dropped, dtype=jnp.int32) - excess, 0)
     grown = top_k_mask(grow_score(k_grow, w, g), ~kept, k, k_grow)
     new_mask = kept | grown
     new_w = jnp.where(grown, _grow_values(k_init, w, kept, grow_init), jnp.where(new_mask, w, 0.0))
@@ -110,8 +128,9 @@ def _update_layer(key, w, g, mask, f, drop_rule, grow_score, grow_init):
 
 def prune_and_regrow(*, drop_rule: DropRule, grow_score: GrowScore, update_every: int, end_step: int,
                      start_step: int = 0, drop_fraction: float = 0.3, drop_schedule: str = "cosine",
-                     grow_init: str = "zeros",
-                     sparsifiable: SparsifiableFilter | None = None) -> SparseAlgorithm:
+                     grow_init: str = "zeros", sparsifiable: SparsifiableFilter | None = None,
+                     init_extra: Callable[..., Any] | None = None,
+                     excess: Callable[..., Any] | None = None) -> SparseAlgorithm:
     """The shared core of the dynamic algorithms: at each scheduled step, in every sparse layer, drop
     the weights chosen by ``drop_rule`` and grow as many inactive ones by the largest ``grow_score``.
 
@@ -119,6 +138,10 @@ def prune_and_regrow(*, drop_rule: DropRule, grow_score: GrowScore, update_every
     ``k`` grown (a just-dropped weight may be regrown), so every layer keeps its count. Grown weights
     take ``grow_init`` values; dropped ones become exact zeros. Updates happen at
     ``t = start_step + i * update_every < end_step``.
+
+    Sparsity decay (MEST): ``init_extra(params, masks)`` builds ``state.extra`` and
+    ``excess(step, extra, name, n)`` says how many weights a layer drops at ``step`` on top of
+    ``int(f(t) n)`` without regrowing them.
     """
     check_schedule(update_every, start_step, end_step, drop_fraction, drop_schedule)
     if grow_init not in GROW_INITS:
@@ -127,12 +150,12 @@ def prune_and_regrow(*, drop_rule: DropRule, grow_score: GrowScore, update_every
     alpha = float(drop_fraction)
 
     def init(params, masks):
-        del params
         return PruneRegrowState(step=jnp.zeros((), jnp.int32),
                                 grown=jax.tree_util.tree_map(lambda m: jnp.zeros(m.shape, bool), masks),
-                                updated=jnp.zeros((), bool))
+                                updated=jnp.zeros((), bool),
+                                extra=init_extra(params, masks) if init_extra else ())
 
-    def topology(step, key, params, masks, grads):
+    def topology(step, extra, key, params, masks, grads):
         # Everything here, the per-layer keys and f(t) included, runs only at update steps: scalar ops
         # cost microseconds each on CPU, which adds up to percents of a step if done every step.
         f = schedules.drop_fraction(step, alpha, drop_schedule, end_step)
@@ -140,9 +163,12 @@ def prune_and_regrow(*, drop_rule: DropRule, grow_score: GrowScore, update_every
         out_w, out_m, out_g = [], [], []
         for i, ((path, w), m, g) in enumerate(zip(flat, treedef.flatten_up_to(masks),
                                                  treedef.flatten_up_to(grads))):
-            if keep_leaf(path_name(path), tuple(w.shape)):
-                w, m, grown = _update_layer(jax.random.fold_in(key, i), w, g, m, f, drop_rule, grow_score,
-                                            grow_init)
+            name = path_name(path)
+            if keep_leaf(name, tuple(w.shape)):
+                n = jnp.sum(m, dtype=jnp.int32)
+                more = jnp.int32(0) if excess is None else excess(step, extra, name, n)
+                w, m, grown = _update_layer(jax.random.fold_in(key, i), w, g, m, f, more, drop_rule,
+                                            grow_score, grow_init)
             else:
                 grown = jnp.zeros(m.shape, bool)
             out_w.append(w)
@@ -154,9 +180,9 @@ def prune_and_regrow(*, drop_rule: DropRule, grow_score: GrowScore, update_every
         due = schedules.is_update_step(state.step, update_every, start_step, end_step)
         params, masks, grown = lax.cond(
             due,
-            lambda ops: topology(state.step, key, *ops),
+            lambda ops: topology(state.step, state.extra, key, *ops),
             lambda ops: (ops[0], ops[1], state.grown),
             (params, masks, grads))
-        return params, masks, PruneRegrowState(step=state.step + 1, grown=grown, updated=due)
+        return params, masks, state._replace(step=state.step + 1, grown=grown, updated=due)
 
     return SparseAlgorithm(init=init, update=update)

@@ -5,16 +5,30 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from dst.algorithms.base import SparseAlgorithm
+from dst.algorithms.gmp import gmp
+from dst.algorithms.granet import granet
+from dst.algorithms.mest import mest
 from dst.algorithms.rigl import rigl
+from dst.algorithms.saliency import grasp
+from dst.algorithms.saliency import snip
 from dst.algorithms.set import set_
+from dst.algorithms.snfs import snfs
 from dst.algorithms.static import dense
 from dst.algorithms.static import static
+from dst.algorithms.topkast import topkast
 
 _REGISTRY: dict[str, Callable[..., SparseAlgorithm]] = {
     "dense": dense,
     "static": static,
     "set": set_,
     "rigl": rigl,
+    "snfs": snfs,
+    "gmp": gmp,
+    "snip": snip,
+    "grasp": grasp,
+    "mest": mest,
+    "granet": granet,
+    "topkast": topkast,
 }
 
 

@@ -13,11 +13,11 @@ from dst.selection import bottom_k_mask
 from dst.selection import top_k_mask
 
 
-def sign_split_drop(key, w, g, mask, f):
+def sign_split_drop(key, w, g, mask, f, excess=0):
     """Mocanu's rule: drop the fraction ``f`` closest to zero among the positive and, separately, among
     the negative active weights (``int(f * n_pos)`` smallest positive, ``int(f * n_neg)`` largest
     negative). Active weights that are exactly zero count with the positive ones."""
-    del g
+    del g, excess  # SET keeps its density: no decay
     k_pos, k_neg = jax.random.split(key)
     pos = mask & (w >= 0)
     neg = mask & (w < 0)

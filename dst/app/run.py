@@ -78,21 +78,26 @@ def run(cfg: dict, run_dir, *, stream=None) -> dict:
     key = jax.random.key(cfg["seed"])
     k_init, k_mask, k_state, k_data = jax.random.split(key, 4)
     params = model.init(k_init, jnp.zeros((1,) + data.train_x.shape[1:]))["params"]
-    densities = ({} if sp["algorithm"] == "dense" else
-                 dst.layer_densities(params, sp["sparsity"], sp["distribution"],
+    # Algorithms that prune during training start from `initial_sparsity` (0: dense).
+    start_sparsity = sp.get("initial_sparsity")
+    start_sparsity = sp["sparsity"] if start_sparsity is None else start_sparsity
+    densities = ({} if start_sparsity == 0 else
+                 dst.layer_densities(params, start_sparsity, sp["distribution"],
                                      erk_power_scale=sp["erk_power_scale"], dense_layers=sp["dense_layers"]))
     masks = dst.init_masks(k_mask, params, densities)
     layers = dst.sparsifiable_layers(params)
     flops = run_metrics.layer_flops(model, params, data.train_x.shape)
     f_dense = sum(flops.values())
-    f_sparse = run_metrics.sparse_forward_flops(flops, densities)
+    apply_fn = dst.flax_apply(model)
+    train_x, train_y = jnp.asarray(data.train_x), jnp.asarray(data.train_y)
+    masks = dst.train.prune_at_init(algo, k_mask, params, masks, apply_fn, train_x, train_y,
+                                    trainer["batch_size"])
+    densities = {n: d for n, d in dst.density_report(masks, layers).items() if n != "global"}
 
     tx = _optimizer(cfg, total_steps)
     state = dst.create_train_state(k_state, params, masks, tx, algo)
-    apply_fn = dst.flax_apply(model)
     epoch_fn = dst.train_epoch_fn(dst.make_train_step(apply_fn, tx, algo), trainer["batch_size"])
     evaluate = dst.evaluate_fn(apply_fn, trainer["eval_batch_size"])
-    train_x, train_y = jnp.asarray(data.train_x), jnp.asarray(data.train_y)
     test_x, test_y = jnp.asarray(data.test_x), jnp.asarray(data.test_y)
     val = (jnp.asarray(data.val_x), jnp.asarray(data.val_y)) if len(data.val_y) else None
 
@@ -121,11 +126,15 @@ def run(cfg: dict, run_dir, *, stream=None) -> dict:
             seconds = time.perf_counter() - t0
             interval = _accumulate(interval, m, seconds)
             step = int(state.step)
+            report = dst.density_report(state.masks, layers)
+            f_sparse = run_metrics.sparse_forward_flops(flops, report)
+            f_backward = (run_metrics.sparse_forward_flops(flops, dst.density_report(
+                algo.trainable(state.algo_state, state.masks), layers)) if algo.trainable else f_sparse)
             cumulative_flops += sum(
                 run_metrics.train_step_flops(sp["algorithm"], f_sparse, f_dense, t,
                                              update_every=hparams.get("update_every"),
                                              start_step=hparams.get("start_step", 0),
-                                             end_step=hparams.get("end_step"))
+                                             end_step=hparams.get("end_step"), f_backward=f_backward)
                 for t in range(step - len(m["loss"]), step))
             finite = bool(np.all(np.isfinite(m["loss"])))
             if epoch % trainer["log_every_epochs"] and epoch != trainer["epochs"] and finite:
@@ -134,12 +143,14 @@ def run(cfg: dict, run_dir, *, stream=None) -> dict:
             record.update(_prefixed("test", evaluate(state.params, test_x, test_y)))
             if val is not None:
                 record.update(_prefixed("val", evaluate(state.params, *val)))
-            report = dst.density_report(state.masks, layers)
             record["sparsity/global"] = 1.0 - report["global"]
             record.update({f"sparsity/{n}": 1.0 - report[n] for n in layers})
             record["itop_rate"] = run_metrics.itop_rate(state.ever_active, layers)
             record["drop_fraction"] = _drop_fraction(sp, hparams, step)
             record.update(_topology(interval, layers))
+            dead = run_metrics.dead_units(state.masks, layers)
+            record["dead_units/total"] = sum(dead.values())
+            record.update({f"dead_units/{n}": c for n, c in dead.items()})
             record["flops/train_relative"] = cumulative_flops / (step * 3.0 * f_dense)
             record["steps_per_sec"] = len(interval["loss"]) / interval["seconds"]
             record["time/elapsed"] = time.perf_counter() - start
@@ -160,7 +171,7 @@ def run(cfg: dict, run_dir, *, stream=None) -> dict:
         summary.update({"status": status, "best/test_accuracy": max((r["test/accuracy"] for r in records),
                                                                    default=float("nan")),
                         "total_steps": int(state.step), "wall_time": time.perf_counter() - start,
-                        "run_dir": str(run_dir), "densities": json.dumps(densities)})
+                        "run_dir": str(run_dir), "initial_densities": json.dumps(densities)})
         if records:
             plot_curves(records, run_dir / "curves.png", title=cfg.get("name", ""))
         logger.finish(summary, exit_code=0 if status == "finished" else 1)

@@ -21,8 +21,10 @@ from dst.optimizers import OPTIMIZERS
 from dst.schedules import DROP_SCHEDULES
 
 LOGGERS = ("wandb", "none")
-# Keys of conf/sparsity that describe the initial distribution or the run length, not the algorithm.
-DISTRIBUTION_KEYS = ("algorithm", "sparsity", "distribution", "erk_power_scale", "dense_layers", "end_fraction")
+# Keys of conf/sparsity that every algorithm may carry: they describe the initial masks or the run
+# length. They reach an algorithm's factory only when it takes them (GMP takes `sparsity`, RigL does not).
+COMMON_KEYS = ("algorithm", "sparsity", "distribution", "erk_power_scale", "dense_layers", "end_fraction",
+               "initial_sparsity")
 
 
 class ConfigError(ValueError):
@@ -72,7 +74,9 @@ def _get(cfg, path):
 
 def algorithm_hparams(sparsity_cfg: dict, total_steps: int) -> dict:
     """The keyword arguments of ``dst.algorithms.make`` from ``conf/sparsity`` (end_step resolved)."""
-    hparams = {k: v for k, v in sparsity_cfg.items() if k not in DISTRIBUTION_KEYS}
+    accepted = inspect.signature(algorithms.registry.factory(sparsity_cfg["algorithm"])).parameters
+    hparams = {k: v for k, v in sparsity_cfg.items()
+               if k != "algorithm" and (k not in COMMON_KEYS or k in accepted)}
     if "end_step" in hparams and hparams["end_step"] is None:
         hparams["end_step"] = max(1, int(sparsity_cfg.get("end_fraction", 1.0) * total_steps))
     return hparams
@@ -97,6 +101,8 @@ def validate(cfg: dict, total_steps: int | None = None) -> None:
     _range(cfg, "sparsity.sparsity", 0.0, 1.0)
     _choice(cfg, "sparsity.distribution", DISTRIBUTIONS)
     _range(cfg, "sparsity.erk_power_scale", 0.0, None, lo_open=True)
+    if sp.get("initial_sparsity") is not None:
+        _range(cfg, "sparsity.initial_sparsity", 0.0, 1.0)
     if sp["algorithm"] == "dense" and sp["sparsity"] != 0:
         raise ConfigError(f"sparsity.sparsity must be 0 with sparsity.algorithm=dense; got {sp['sparsity']}.")
     if "update_every" in sp:

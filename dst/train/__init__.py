@@ -11,6 +11,7 @@ from dst.train.step import evaluate_fn
 from dst.train.step import flax_apply
 from dst.train.step import make_train_step
 from dst.train.step import map_param_like
+from dst.train.step import prune_at_init
 from dst.train.step import reset_grown_moments
 from dst.train.step import reset_moments
 from dst.train.step import settle_topology
@@ -25,6 +26,7 @@ __all__ = [
     "flax_apply",
     "make_train_step",
     "map_param_like",
+    "prune_at_init",
     "reset_grown_moments",
     "reset_moments",
     "settle_topology",

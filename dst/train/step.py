@@ -35,10 +35,25 @@ class TrainState(NamedTuple):
 def create_train_state(key, params, masks, tx: optax.GradientTransformation,
                        algo: SparseAlgorithm) -> TrainState:
     """Mask the params, initialise the optimizer and the algorithm."""
-    params = apply_masks(params, masks)
+    if algo.trainable is None:  # dense storage (Top-KAST) keeps the weights outside the mask
+        params = apply_masks(params, masks)
     return TrainState(params=params, masks=masks, opt_state=tx.init(params),
                       algo_state=algo.init(params, masks), ever_active=masks, active=_counts(masks),
                       step=jnp.zeros((), jnp.int32), rng=key)
+
+
+def prune_at_init(algo: SparseAlgorithm, key, params, masks, apply_fn: Callable, x, y, batch_size: int,
+                  loss_fn: Callable = None):
+    """Run the algorithm's one-shot pruning hook (SNIP, GraSP) on ``algo.init_batches`` shuffled
+    batches of ``(x, y)``; the masks come back unchanged for every other algorithm."""
+    if algo.prune_at_init is None:
+        return masks
+    loss_fn = loss_fn or cross_entropy
+    k_order, k_prune = jax.random.split(key)
+    order = epoch_batches(k_order, x.shape[0], batch_size)[: algo.init_batches]
+    batches = [(x[idx], y[idx]) for idx in order]
+    objective = lambda p, batch: loss_fn(apply_fn(p, batch[0], False, None), batch[1])
+    return jax.jit(algo.prune_at_init, static_argnums=3)(k_prune, params, masks, objective, batches)
 
 
 def _counts(tree):
@@ -137,15 +152,25 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, algo: 
             zeros = {name: jnp.int32(0) for name in state.active}
             topology = {"grown": zeros, "dropped": zeros}
 
-        def objective(params):
-            logits = apply_fn(params, x, True, k_dropout)
+        def objective(weights):
+            logits = apply_fn(weights, x, True, k_dropout)
             return loss_fn(logits, y), logits
 
-        (loss, logits), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
-        masked = jax.tree_util.tree_map(lambda g, m: jnp.where(m, g, 0.0), grads, state.masks)
+        # Stored params are the effective weights (exact zeros outside the mask), except with dense
+        # storage, where the mask is applied here. Either way `grads` is the dense gradient with
+        # respect to the effective weights.
+        dense_storage = algo.trainable is not None
+        weights = apply_masks(state.params, state.masks) if dense_storage else state.params
+        (loss, logits), grads = jax.value_and_grad(objective, has_aux=True)(weights)
+        train_set = algo.trainable(state.algo_state, state.masks) if dense_storage else state.masks
+        opt_grads = grads
+        if algo.penalty is not None:
+            pen = jax.grad(lambda p: algo.penalty(state.algo_state, p, state.masks))(state.params)
+            opt_grads = jax.tree_util.tree_map(jnp.add, grads, pen)
+        masked = jax.tree_util.tree_map(lambda g, m: jnp.where(m, g, 0.0), opt_grads, train_set)
         updates, opt_state = tx.update(masked, state.opt_state, state.params)
-        params = jax.tree_util.tree_map(lambda p, u, m: jnp.where(m, p + u, 0.0),
-                                        state.params, updates, state.masks)
+        params = jax.tree_util.tree_map(lambda p, u, m: jnp.where(m, p + u, p if dense_storage else 0.0),
+                                        state.params, updates, train_set)
         params, masks, algo_state = algo.update(state.algo_state, k_algo, params, state.masks, grads)
         metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == y),
                    "updated": algo_state.updated, **topology}

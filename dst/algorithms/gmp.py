@@ -1,0 +1,114 @@
+"""Gradual magnitude pruning (Zhu & Gupta 2017): dense to sparse on a cubic schedule."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from dst import schedules
+from dst.algorithms.base import PruneRegrowState
+from dst.algorithms.base import SparseAlgorithm
+from dst.algorithms.targets import check_sparsity
+from dst.algorithms.targets import final_counts
+from dst.masks import named_leaves
+from dst.selection import global_top_k_masks
+from dst.selection import top_k_mask
+
+SCOPES = ("layer", "global")
+
+
+def pruning_due(step, update_every, start_step, end_step):
+    """Pruning steps ``start_step + i * update_every`` up to and including ``end_step``, so the last
+    one reaches the final sparsity."""
+    return (step >= start_step) & (step <= end_step) & ((step - start_step) % update_every == 0)
+
+
+def keep_largest(key, params, masks, names, counts):
+    """New masks keeping the largest ``|w|`` among active weights: ``counts[name]`` per layer, or, when
+    ``counts`` is one number, that many over all ``names`` together (a global threshold)."""
+    w, m = named_leaves(params), named_leaves(masks)
+    if not isinstance(counts, dict):
+        return global_top_k_masks({n: jnp.abs(w[n]) for n in names}, {n: m[n] for n in names}, counts, key)
+    return {n: top_k_mask(jnp.abs(w[n]), m[n], counts[n], jax.random.fold_in(key, i))
+            for i, n in enumerate(names)}
+
+
+def replace_named(tree, updates: dict):
+    """``tree`` with the leaves named in ``updates`` replaced."""
+    from dst.masks import map_named
+
+    return map_named(lambda name, leaf: updates.get(name, leaf), tree)
+
+
+def gmp(*, sparsity: float, update_every: int, end_step: int, start_step: int = 0,
+        initial_sparsity: float = 0.0, distribution: str = "erk", erk_power_scale: float = 1.0,
+        dense_layers=(), scope: str = "layer", sparsifiable=None) -> SparseAlgorithm:
+    """Gradual magnitude pruning.
+
+    At ``t = t0 + i dt <= t0 + n dt`` (``t0 = start_step``, ``n dt = end_step - start_step``) the
+    sparsity target is the cubic ``s_t = s_f + (s_i - s_f) (1 - (t - t0) / (n dt))^3``:
+
+    * ``scope="layer"``: each layer follows its own cubic towards its final sparsity ``s_f,l`` from
+      ``distribution`` and keeps its ``round((1 - s_t,l) N_l)`` largest ``|w|``;
+    * ``scope="global"``: one threshold over all sparsifiable layers keeps the
+      ``round((1 - s_t) sum N_l)`` largest ``|w|``.
+
+    Weights are only removed (a pruned weight never returns); pruned weights become exact zeros.
+    Training starts from masks at ``initial_sparsity`` (dense by default).
+
+    References:
+        Zhu & Gupta 2017, "To prune, or not to prune: exploring the efficacy of pruning for model
+        compression", arXiv:1710.01878.
+
+    Example::
+
+        algo = dst.algorithms.make("gmp", sparsity=0.9, update_every=100, start_step=1000, end_step=6000)
+    """
+    check_sparsity("sparsity", sparsity)
+    check_sparsity("initial_sparsity", initial_sparsity)
+    if not isinstance(update_every, int) or update_every <= 0:
+        raise ValueError(f"update_every must be a positive integer; got {update_every!r}.")
+    if not isinstance(end_step, int) or not isinstance(start_step, int) or not 0 <= start_step < end_step:
+        raise ValueError(f"end_step must be an integer greater than start_step={start_step}; got {end_step!r}.")
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {', '.join(SCOPES)}; got {scope!r}.")
+
+    def init(params, masks):
+        finals = final_counts(params, sparsity, distribution, erk_power_scale=erk_power_scale,
+                              dense_layers=dense_layers, sparsifiable=sparsifiable)
+        return PruneRegrowState(step=jnp.zeros((), jnp.int32),
+                                grown=jax.tree_util.tree_map(lambda m: jnp.zeros(m.shape, bool), masks),
+                                updated=jnp.zeros((), bool),
+                                extra={n: jnp.int32(c) for n, c in finals.items()})
+
+    def targets(step, finals, params):
+        sizes = {n: leaf.size for n, leaf in named_leaves(params).items()}
+        if scope == "global":
+            s_t = schedules.cubic_sparsity(step, initial_sparsity, sparsity, start_step, end_step)
+            total = sum(sizes[n] for n in finals)
+            return jnp.round((1.0 - s_t) * total).astype(jnp.int32)
+        out = {}
+        for n, final in finals.items():
+            s_final = 1.0 - final.astype(jnp.float32) / sizes[n]
+            s_t = s_final + (initial_sparsity - s_final) * (1.0 - jnp.clip(
+                (step - start_step) / (end_step - start_step), 0.0, 1.0)) ** 3
+            out[n] = jnp.round((1.0 - s_t) * sizes[n]).astype(jnp.int32)
+        return out
+
+    def update(state, key, params, masks, grads):
+        del grads
+        due = pruning_due(state.step, update_every, start_step, end_step)
+
+        def prune(ops):
+            params, masks = ops
+            counts = targets(state.step.astype(jnp.float32), state.extra, params)
+            kept = keep_largest(key, params, masks, list(state.extra), counts)
+            masks = replace_named(masks, kept)
+            params = jax.tree_util.tree_map(lambda p, m: jnp.where(m, p, 0.0), params, masks)
+            return params, masks
+
+        params, masks = lax.cond(due, prune, lambda ops: ops, (params, masks))
+        return params, masks, state._replace(step=state.step + 1, updated=due)
+
+    return SparseAlgorithm(init=init, update=update)

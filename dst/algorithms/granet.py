@@ -1,0 +1,88 @@
+"""GraNet (Liu et al. 2021): gradual global magnitude pruning combined with gradient regrowth."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from dst import schedules
+from dst.algorithms.base import PruneRegrowState
+from dst.algorithms.base import SparseAlgorithm
+from dst.algorithms.base import _update_layer
+from dst.algorithms.base import check_schedule
+from dst.algorithms.base import magnitude_drop
+from dst.algorithms.gmp import keep_largest
+from dst.algorithms.gmp import pruning_due
+from dst.algorithms.gmp import replace_named
+from dst.algorithms.rigl import gradient_grow_score
+from dst.algorithms.targets import check_sparsity
+from dst.distributions import default_sparsifiable
+from dst.masks import named_leaves
+
+
+def granet(*, sparsity: float, update_every: int, end_step: int, start_step: int = 0,
+           initial_sparsity: float = 0.5, drop_fraction: float = 0.5, drop_schedule: str = "cosine",
+           grow_init: str = "zeros", sparsifiable=None) -> SparseAlgorithm:
+    """Gradual pruning with zero-cost neuroregeneration.
+
+    At each update ``t = t0 + i dt <= end_step``:
+
+    1. gradual pruning: keep the ``round((1 - s_t) sum N_l)`` largest ``|w|`` over all sparsifiable
+       layers (one global threshold), with ``s_t`` Zhu & Gupta's cubic from ``initial_sparsity`` to
+       ``sparsity`` over ``[start_step, end_step]``;
+    2. regeneration, per layer with ``n`` active weights: drop the ``k = int(f(t) n)`` smallest
+       ``|w|`` and grow the ``k`` inactive weights of largest ``|dL/dw|``, initialised to zero, with
+       ``f(t)`` the ``drop_schedule`` anneal of ``drop_fraction``.
+
+    Training starts from masks at ``initial_sparsity``.
+
+    References:
+        Liu et al. 2021, "Sparse Training via Boosting Pruning Plasticity with Neuroregeneration",
+        NeurIPS.
+
+    Example::
+
+        algo = dst.algorithms.make("granet", sparsity=0.9, initial_sparsity=0.5, update_every=100,
+                                   end_step=5000)
+    """
+    check_sparsity("sparsity", sparsity)
+    check_sparsity("initial_sparsity", initial_sparsity)
+    check_schedule(update_every, start_step, end_step, drop_fraction, drop_schedule)
+    keep_leaf = sparsifiable or default_sparsifiable
+    alpha = float(drop_fraction)
+
+    def init(params, masks):
+        del params
+        return PruneRegrowState(step=jnp.zeros((), jnp.int32),
+                                grown=jax.tree_util.tree_map(lambda m: jnp.zeros(m.shape, bool), masks),
+                                updated=jnp.zeros((), bool))
+
+    def update(state, key, params, masks, grads):
+        due = pruning_due(state.step, update_every, start_step, end_step)
+        names = [n for n, x in named_leaves(params).items() if keep_leaf(n, tuple(x.shape))]
+
+        def topology(ops):
+            params, masks, grads = ops
+            k_prune, k_regrow = jax.random.split(key)
+            t = state.step.astype(jnp.float32)
+            s_t = schedules.cubic_sparsity(t, initial_sparsity, sparsity, start_step, end_step)
+            total = sum(named_leaves(params)[n].size for n in names)
+            kept = keep_largest(k_prune, params, masks, names, jnp.round((1.0 - s_t) * total).astype(jnp.int32))
+            masks = replace_named(masks, kept)
+            params = jax.tree_util.tree_map(lambda p, m: jnp.where(m, p, 0.0), params, masks)
+            f = schedules.drop_fraction(state.step, alpha, drop_schedule, end_step)
+            w, m, g = named_leaves(params), named_leaves(masks), named_leaves(grads)
+            new_w, new_m, new_g = {}, {}, {}
+            for i, n in enumerate(names):
+                new_w[n], new_m[n], new_g[n] = _update_layer(
+                    jax.random.fold_in(k_regrow, i), w[n], g[n], m[n], f, jnp.int32(0), magnitude_drop,
+                    gradient_grow_score, grow_init)
+            grown = replace_named(jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, bool), masks), new_g)
+            return replace_named(params, new_w), replace_named(masks, new_m), grown
+
+        params, masks, grown = lax.cond(due, topology, lambda ops: (ops[0], ops[1], state.grown),
+                                        (params, masks, grads))
+        return params, masks, state._replace(step=state.step + 1, grown=grown, updated=due)
+
+    return SparseAlgorithm(init=init, update=update)

@@ -1,0 +1,112 @@
+"""Top-KAST (Jayakumar et al. 2020): forward set by top-k |w|, a larger backward set, dense storage."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from dst import schedules
+from dst.algorithms.base import PruneRegrowState
+from dst.algorithms.base import SparseAlgorithm
+from dst.algorithms.base import check_schedule
+from dst.algorithms.gmp import replace_named
+from dst.algorithms.targets import check_sparsity
+from dst.algorithms.targets import final_counts
+from dst.masks import named_leaves
+from dst.selection import top_k_mask
+
+
+def topkast(*, sparsity: float, backward_sparsity: float, update_every: int, end_step: int,
+            start_step: int = 0, penalty: float = 1e-4, distribution: str = "erk",
+            erk_power_scale: float = 1.0, dense_layers=(), sparsifiable=None) -> SparseAlgorithm:
+    """Top-K Always Sparse Training.
+
+    The dense parameters ``theta`` are stored. At each update, per layer: the forward set ``A`` is
+    the ``round(D_l N_l)`` largest ``|theta|`` and the backward set ``B`` the ``round(B_l N_l)``
+    largest (``D_l``, ``B_l`` from ``distribution`` at ``sparsity`` and ``backward_sparsity``; ties
+    share one key, so ``A`` is inside ``B``). The forward pass uses ``theta`` masked by ``A``
+    (``masks``); the optimizer updates ``theta`` on ``B`` with the gradient at the masked weights plus
+    the exploration penalty ``penalty/2 * (sum_A theta^2 + sum_{B \\ A} theta^2 / D_l)``, which makes
+    weights outside the forward set pay more to stay, in proportion to the sparsity. Weights outside
+    ``B`` keep their values and may re-enter when others shrink.
+
+    The protocol's ``trainable`` and ``penalty`` hooks exist for this algorithm: its optimizer set is
+    larger than its forward mask and its stored weights are not zero outside the mask.
+
+    References:
+        Jayakumar et al. 2020, "Top-KAST: Top-K Always Sparse Training", NeurIPS.
+
+    Example::
+
+        algo = dst.algorithms.make("topkast", sparsity=0.9, backward_sparsity=0.8, update_every=100,
+                                   end_step=5000)
+    """
+    check_sparsity("sparsity", sparsity)
+    check_sparsity("backward_sparsity", backward_sparsity)
+    if backward_sparsity > sparsity:
+        raise ValueError(f"backward_sparsity must be at most sparsity={sparsity} (the backward set contains "
+                         f"the forward set); got {backward_sparsity}.")
+    check_schedule(update_every, start_step, end_step, 0.0, "constant")
+    if penalty < 0:
+        raise ValueError(f"penalty must be non-negative; got {penalty!r}.")
+    counts = lambda params, s: final_counts(params, s, distribution, erk_power_scale=erk_power_scale,
+                                            dense_layers=dense_layers, sparsifiable=sparsifiable)
+
+    def top_sets(key, params):
+        w = named_leaves(params)
+        fwd, bwd = counts(params, sparsity), counts(params, backward_sparsity)
+        a, b = {}, {}
+        for i, n in enumerate(fwd):
+            k = jax.random.fold_in(key, i)      # one key for both: equal priorities, so A is inside B
+            everything = jnp.ones(w[n].shape, bool)
+            a[n] = top_k_mask(jnp.abs(w[n]), everything, fwd[n], k)
+            b[n] = top_k_mask(jnp.abs(w[n]), everything, bwd[n], k)
+        return a, b
+
+    def init(params, masks):
+        m, w = named_leaves(masks), named_leaves(params)
+        fwd, bwd = counts(params, sparsity), counts(params, backward_sparsity)
+        # B starts as the forward mask plus the largest |theta| outside it, so that A is inside B.
+        backward = {n: m[n] | top_k_mask(jnp.abs(w[n]), ~m[n], bwd[n] - jnp.sum(m[n], dtype=jnp.int32),
+                                         jax.random.key(i))
+                    for i, n in enumerate(fwd)}
+        del fwd
+        return PruneRegrowState(step=jnp.zeros((), jnp.int32),
+                                grown=jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, bool), masks),
+                                updated=jnp.zeros((), bool),
+                                extra={"backward": replace_named(masks, backward)})
+
+    def update(state, key, params, masks, grads):
+        del grads
+        due = schedules.is_update_step(state.step, update_every, start_step, end_step)
+
+        def topology(ops):
+            params, masks, backward = ops
+            a, b = top_sets(key, params)
+            old = named_leaves(masks)
+            grown = replace_named(jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, bool), masks),
+                                  {n: a[n] & ~old[n] for n in a})
+            return replace_named(masks, a), replace_named(backward, b), grown
+
+        masks, backward, grown = lax.cond(due, topology, lambda ops: (ops[1], ops[2], state.grown),
+                                          (params, masks, state.extra["backward"]))
+        return params, masks, state._replace(step=state.step + 1, grown=grown, updated=due,
+                                             extra={"backward": backward})
+
+    def trainable(state, masks):
+        del masks
+        return state.extra["backward"]
+
+    def exploration_penalty(state, params, masks):
+        total = 0.0
+        back, fwd = named_leaves(state.extra["backward"]), named_leaves(masks)
+        for n, w in named_leaves(params).items():
+            if n not in back or w.ndim < 2 or n not in fwd:
+                continue
+            density = jnp.maximum(jnp.sum(fwd[n]) / fwd[n].size, 1e-6)
+            scale = jnp.where(fwd[n], 1.0, jnp.where(back[n], 1.0 / density, 0.0))
+            total = total + jnp.sum(scale * w * w)
+        return 0.5 * penalty * total
+
+    return SparseAlgorithm(init=init, update=update, trainable=trainable, penalty=exploration_penalty)
