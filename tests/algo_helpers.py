@@ -10,14 +10,21 @@ import optax
 import dst
 from dst.models import MLP
 
-SCHEDULE = dict(update_every=2, end_step=1000, drop_fraction=0.3)
+SPARSITY = 0.8
+HPARAMS = dict(update_every=2, end_step=1000, drop_fraction=0.3, sparsity=SPARSITY, backward_sparsity=0.6,
+               batches=2)
+# Where each algorithm starts: most at SPARSITY; these from another density (0.0: dense).
+INITIAL_SPARSITY = {"dense": 0.0, "gmp": 0.0, "snip": 0.0, "grasp": 0.0, "granet": 0.5}
+# What each algorithm promises about its active counts.
+PER_LAYER_CONSTANT = {"dense", "static", "set", "rigl", "mest", "topkast", "snip", "grasp"}
+TOTAL_CONSTANT = {"snfs"}
+SHRINKING = {"gmp", "granet"}
 
 
 def make_algorithm(name, **overrides):
-    """``dst.algorithms.make(name)`` with a fast schedule where the factory takes one."""
-    factory = dst.algorithms.registry.factory(name)
-    accepted = inspect.signature(factory).parameters
-    kwargs = {k: v for k, v in {**SCHEDULE, **overrides}.items() if k in accepted}
+    """``dst.algorithms.make(name)`` with a fast schedule, passing only what the factory takes."""
+    accepted = inspect.signature(dst.algorithms.factory(name)).parameters
+    kwargs = {k: v for k, v in {**HPARAMS, **overrides}.items() if k in accepted}
     return dst.algorithms.make(name, **kwargs)
 
 
@@ -29,11 +36,23 @@ def tiny_problem(seed=0, n=256, dim=64):
     return model, params, x, y
 
 
-def initial_masks(name, params, sparsity=0.8, seed=0):
-    if name == "dense":
+def initial_masks(name, params, sparsity=SPARSITY, seed=0):
+    start = INITIAL_SPARSITY.get(name, sparsity)
+    if start == 0:
         return jax.tree_util.tree_map(lambda p: jnp.ones(p.shape, bool), params)
-    densities = dst.layer_densities(params, sparsity, "erk")
+    densities = dst.layer_densities(params, start, "erk")
     return dst.init_masks(jax.random.key(seed), params, densities)
+
+
+def start_state(name, optimizer="sgd_momentum", key=0, **overrides):
+    """(model, x, y, algo, tx, state) as the trainer builds them, one-shot pruning included."""
+    model, params, x, y = tiny_problem()
+    algo = make_algorithm(name, **overrides)
+    tx = OPTIMIZERS[optimizer]()
+    masks = dst.train.prune_at_init(algo, jax.random.key(key), params, initial_masks(name, params),
+                                    dst.flax_apply(model), x, y, 32)
+    state = dst.create_train_state(jax.random.key(key), params, masks, tx, algo)
+    return model, x, y, algo, tx, state
 
 
 OPTIMIZERS = {

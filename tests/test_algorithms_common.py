@@ -4,23 +4,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from algo_helpers import OPTIMIZERS
-from algo_helpers import initial_masks
-from algo_helpers import make_algorithm
-from algo_helpers import tiny_problem
+from algo_helpers import PER_LAYER_CONSTANT
+from algo_helpers import SHRINKING
+from algo_helpers import TOTAL_CONSTANT
+from algo_helpers import start_state
 
 import dst
 from dst.masks import named_leaves
 
 ALGORITHMS = dst.algorithms.names()
+SPARSE = ("Dense_0/kernel", "Dense_1/kernel", "Dense_2/kernel")
 
 
-def _run(name, optimizer="sgd_momentum", steps=8, key=0):
-    model, params, x, y = tiny_problem()
-    masks = initial_masks(name, params)
-    algo = make_algorithm(name)
-    tx = OPTIMIZERS[optimizer]()
-    state = dst.create_train_state(jax.random.key(key), params, masks, tx, algo)
+def _run(name, optimizer="sgd_momentum", steps=8, key=0, **overrides):
+    model, x, y, algo, tx, state = start_state(name, optimizer, key, **overrides)
     step = jax.jit(dst.make_train_step(dst.flax_apply(model), tx, algo))
     history = [state]
     for i in range(steps):
@@ -28,11 +25,17 @@ def _run(name, optimizer="sgd_momentum", steps=8, key=0):
         state, metrics = step(state, (x[idx], y[idx]))
         assert np.isfinite(float(metrics["loss"]))
         history.append(state)
-    return masks, history
+    return algo, history
 
 
-def test_registry_lists_the_core_algorithms():
-    assert {"dense", "static", "set", "rigl"} <= set(ALGORITHMS)
+def _counts(masks):
+    return {n: int(m.sum()) for n, m in named_leaves(masks).items()}
+
+
+def test_every_algorithm_is_classified():
+    assert set(ALGORITHMS) == PER_LAYER_CONSTANT | TOTAL_CONSTANT | SHRINKING
+    assert {"dense", "static", "set", "rigl", "snfs", "gmp", "snip", "grasp", "mest", "granet",
+            "topkast"} <= set(ALGORITHMS)
 
 
 def test_unknown_algorithm_lists_valid_names():
@@ -41,18 +44,45 @@ def test_unknown_algorithm_lists_valid_names():
 
 
 @pytest.mark.parametrize("name", ALGORITHMS)
-@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("optimizer", ["sgd_momentum", "adam", "adamw"])
 def test_invariants_hold_after_every_step(name, optimizer):
-    masks0, history = _run(name, optimizer)
-    counts0 = {n: int(m.sum()) for n, m in named_leaves(masks0).items()}
+    algo, history = _run(name, optimizer)
+    counts0 = _counts(history[0].masks)
     params_def = jax.tree_util.tree_structure(history[0].params)
+    previous = history[0]
     for state in history[1:]:
         assert jax.tree_util.tree_structure(state.masks) == params_def
+        counts = _counts(state.masks)
         for n, m in named_leaves(state.masks).items():
             p = named_leaves(state.params)[n]
             assert m.dtype == jnp.bool_ and m.shape == p.shape
-            assert int(m.sum()) == counts0[n], f"{name}: {n} count drifted"
-            assert (np.asarray(p)[~np.asarray(m)] == 0).all(), f"{name}: inactive weights of {n} not zero"
+            if algo.trainable is None:
+                assert (np.asarray(p)[~np.asarray(m)] == 0).all(), f"{name}: inactive weights of {n} not zero"
+            else:  # dense storage: weights outside the previous backward set were not trained
+                outside = ~np.asarray(named_leaves(algo.trainable(previous.algo_state, previous.masks))[n])
+                np.testing.assert_array_equal(np.asarray(p)[outside],
+                                              np.asarray(named_leaves(previous.params)[n])[outside])
+        if name in PER_LAYER_CONSTANT:
+            assert counts == counts0, f"{name}: a layer's count drifted"
+        elif name in TOTAL_CONSTANT:
+            assert sum(counts[n] for n in SPARSE) == sum(counts0[n] for n in SPARSE)
+        else:
+            assert all(counts[n] <= _counts(previous.masks)[n] for n in SPARSE)
+        previous = state
+
+
+@pytest.mark.parametrize("name", sorted(SHRINKING))
+def test_gradual_pruning_reaches_its_final_sparsity_at_end_step(name):
+    _, history = _run(name, steps=10, end_step=8)
+    params = history[0].params
+    sizes = {n: x.size for n, x in named_leaves(params).items()}
+    counts = _counts(history[-1].masks)
+    if name == "granet":   # one global threshold: only the total is fixed
+        assert sum(counts[n] for n in SPARSE) == round(0.2 * sum(sizes[n] for n in SPARSE))
+    else:                  # per layer: each reaches its ERK count at 80% sparsity
+        assert {n: counts[n] for n in SPARSE} == dst.algorithms.targets.final_counts(params, 0.8, "erk")
+    assert _counts(history[-2].masks) == counts   # the last pruning step is end_step itself
+
 
 
 @pytest.mark.parametrize("name", ALGORITHMS)
@@ -64,9 +94,9 @@ def test_same_key_same_result(name):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-@pytest.mark.parametrize("name", [n for n in ALGORITHMS if n not in ("dense", "static")])
+@pytest.mark.parametrize("name", ["set", "rigl", "snfs", "mest", "granet", "topkast"])
 def test_dynamic_algorithms_change_topology_only_on_schedule(name):
-    masks0, history = _run(name, steps=6)
+    _, history = _run(name, steps=6)
     changed = [not all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(
         jax.tree_util.tree_leaves(history[i].masks), jax.tree_util.tree_leaves(history[i + 1].masks)))
         for i in range(len(history) - 1)]
@@ -77,10 +107,7 @@ def test_dynamic_algorithms_change_topology_only_on_schedule(name):
 
 @pytest.mark.parametrize("name", ALGORITHMS)
 def test_whole_run_traces_the_step_once(name):
-    model, params, x, y = tiny_problem()
-    algo = make_algorithm(name)
-    tx = OPTIMIZERS["adam"]()
-    state = dst.create_train_state(jax.random.key(0), params, initial_masks(name, params), tx, algo)
+    model, x, y, algo, tx, state = start_state(name, "adam")
     inner = dst.make_train_step(dst.flax_apply(model), tx, algo)
     traces = []
 

@@ -4,6 +4,10 @@ from dst.algorithms.base import PruneRegrowState
 from dst.algorithms.base import SparseAlgorithm
 from dst.algorithms.base import magnitude_drop
 from dst.algorithms.base import prune_and_regrow
+from dst.algorithms.gmp import gmp
+from dst.algorithms.granet import granet
+from dst.algorithms.mest import mest
+from dst.algorithms.registry import factory
 from dst.algorithms.registry import make
 from dst.algorithms.registry import names
 from dst.algorithms.registry import register
