@@ -31,8 +31,8 @@ def _keep_top(key, scores: dict, masks, params, sparsity, scope, distribution, e
     m = named_leaves(masks)
     names = list(finals)
     if scope == "global":
-        kept = global_top_k_masks({n: scores[n] for n in names}, {n: m[n] for n in names},
-                                  sum(finals.values()), key)
+        total = round((1.0 - sparsity) * sum(m[n].size for n in names))
+        kept = global_top_k_masks({n: scores[n] for n in names}, {n: m[n] for n in names}, total, key)
     else:
         kept = {n: top_k_mask(scores[n], m[n], finals[n], jax.random.fold_in(key, i))
                 for i, n in enumerate(names)}
