@@ -18,7 +18,7 @@ from dst.models import lenet300
 
 REQUIRED = ("step", "epoch", "train/loss", "train/accuracy", "test/loss", "test/accuracy", "sparsity/global",
             "itop_rate", "drop_fraction", "topology/updates", "topology/dropped", "topology/grown",
-            "flops/train_relative", "steps_per_sec")
+            "flops/train_relative", "steps_per_sec", "dead_units/total", "dead_units/Dense_0/kernel")
 LAYERS = ("Dense_0/kernel", "Dense_1/kernel", "Dense_2/kernel")
 
 

@@ -19,9 +19,11 @@ SCOPES = ("layer", "global")
 
 
 def pruning_due(step, update_every, start_step, end_step):
-    """Pruning steps ``start_step + i * update_every`` up to and including ``end_step``, so the last
-    one reaches the final sparsity."""
-    return (step >= start_step) & (step <= end_step) & ((step - start_step) % update_every == 0)
+    """Pruning steps ``start_step + i * update_every`` up to ``end_step``, and ``end_step`` itself, so
+    the final sparsity is always reached even when ``end_step - start_step`` is not a multiple of
+    ``update_every``."""
+    on_grid = (step - start_step) % update_every == 0
+    return (step >= start_step) & (step <= end_step) & (on_grid | (step == end_step))
 
 
 def keep_largest(key, params, masks, names, counts):

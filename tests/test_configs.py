@@ -1,0 +1,51 @@
+"""Every config group composes, and every algorithm's conf/sparsity file runs end to end in-process."""
+
+import pathlib
+
+import pytest
+from hydra import compose
+from hydra import initialize_config_dir
+from idx_data import write_dataset
+from omegaconf import OmegaConf
+
+import dst
+from dst.app.run import run
+
+CONF = pathlib.Path(__file__).resolve().parents[1] / "conf"
+
+
+def composed(*overrides):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return OmegaConf.to_container(compose("config", overrides=list(overrides)), resolve=True)
+
+
+def test_every_group_has_a_default_and_the_default_is_rigl_erk90_lenet300_fmnist():
+    cfg = composed()
+    assert (cfg["sparsity"]["algorithm"], cfg["sparsity"]["sparsity"], cfg["sparsity"]["distribution"],
+            cfg["model"]["name"], cfg["dataset"]["name"]) == ("rigl", 0.9, "erk", "lenet300", "fashion_mnist")
+    for group in ("model", "dataset", "sparsity", "optimizer", "trainer", "logger"):
+        assert cfg[group], group
+
+
+def test_every_registered_algorithm_has_a_config():
+    files = {p.stem for p in (CONF / "sparsity").glob("*.yaml")}
+    assert set(dst.algorithms.names()) <= files
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("idx") / "d")
+
+
+@pytest.mark.parametrize("algorithm", dst.algorithms.names())
+def test_each_algorithm_config_trains_to_its_sparsity(algorithm, data_dir, tmp_path):
+    overrides = [f"sparsity={algorithm}", f"dataset.data_dir={data_dir}", "trainer.epochs=2",
+                 "trainer.batch_size=64", "logger=none"]
+    if "update_every" in composed(f"sparsity={algorithm}")["sparsity"]:
+        overrides.append("sparsity.update_every=3")
+    cfg = composed(*overrides)
+    summary = run(cfg, tmp_path, stream=open("/dev/null", "w"))
+    assert summary["status"] == "finished"
+    target = cfg["sparsity"]["sparsity"]
+    assert summary["sparsity/global"] == pytest.approx(target, abs=0.005), algorithm
+    assert "dead_units/total" in summary and summary["test/accuracy"] > 0.3
