@@ -62,6 +62,8 @@ def test_metrics_have_every_key_and_densities_stay_on_target(rigl_run):
             assert r[f"sparsity/{n}"] == pytest.approx(expected, abs=1e-12)
         assert r["sparsity/global"] == pytest.approx(0.9, abs=3 / sum(sizes[n] for n in LAYERS))
         assert r["topology/dropped"] == r["topology/grown"]
+        if r["topology/updates"]:
+            assert r["topology/grown_per_update"] == r["topology/grown"] / r["topology/updates"]
     assert records[0]["topology/updates"] > 0 and records[0]["topology/grown"] > 0
     assert records[-1]["itop_rate"] > 0.1                # regrowth explored new weights
     assert 0.1 < records[-1]["flops/train_relative"] < 0.2

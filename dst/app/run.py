@@ -7,7 +7,6 @@ call it with a dict.
 from __future__ import annotations
 
 import json
-import math
 import pathlib
 import time
 
@@ -199,13 +198,11 @@ def _prefixed(prefix, values) -> dict:
 
 def _topology(interval, layers) -> dict:
     """Update count and dropped/grown totals over the interval, overall and per sparse layer."""
-    out = {"topology/updates": int(np.sum(interval["updated"]))}
+    updates = int(np.sum(interval["updated"]))
+    out = {"topology/updates": updates}
     for kind in ("dropped", "grown"):
         per_layer = {n: int(np.sum(interval[kind][n])) for n in layers}
         out[f"topology/{kind}"] = sum(per_layer.values())
+        out[f"topology/{kind}_per_update"] = sum(per_layer.values()) / updates if updates else 0.0
         out.update({f"topology/{kind}/{n}": c for n, c in per_layer.items()})
     return out
-
-
-def is_finite_number(x) -> bool:
-    return isinstance(x, float) and math.isfinite(x)
