@@ -69,6 +69,17 @@ class PruneRegrowState(NamedTuple):
     extra: Any = ()      # algorithm-specific state (per-layer targets, momentum, ...)
 
 
+def no_growth(masks):
+    """An all-False ``grown`` pytree shaped like ``masks``."""
+    return jax.tree_util.tree_map(lambda m: jnp.zeros(m.shape, bool), masks)
+
+
+def initial_state(masks, extra=()) -> PruneRegrowState:
+    """The state every algorithm starts from: step 0, nothing grown, not updated, its ``extra``."""
+    return PruneRegrowState(step=jnp.zeros((), jnp.int32), grown=no_growth(masks),
+                            updated=jnp.zeros((), bool), extra=extra)
+
+
 # Per-layer rules. `w`, `g`, `mask` are one layer's arrays; `f` is the (traced) drop fraction and
 # `excess` a count to drop on top of int(f * n) without regrowing it (sparsity decay).
 DropRule = Callable[..., jax.Array]          # (key, w, g, mask, f, excess) -> bool mask of dropped
@@ -150,10 +161,7 @@ def prune_and_regrow(*, drop_rule: DropRule, grow_score: GrowScore, update_every
     alpha = float(drop_fraction)
 
     def init(params, masks):
-        return PruneRegrowState(step=jnp.zeros((), jnp.int32),
-                                grown=jax.tree_util.tree_map(lambda m: jnp.zeros(m.shape, bool), masks),
-                                updated=jnp.zeros((), bool),
-                                extra=init_extra(params, masks) if init_extra else ())
+        return initial_state(masks, init_extra(params, masks) if init_extra else ())
 
     def topology(step, extra, key, params, masks, grads):
         # Everything here, the per-layer keys and f(t) included, runs only at update steps: scalar ops

@@ -7,10 +7,11 @@ import jax.numpy as jnp
 from jax import lax
 
 from dst import schedules
-from dst.algorithms.base import PruneRegrowState
 from dst.algorithms.base import SparseAlgorithm
+from dst.algorithms.base import initial_state
 from dst.algorithms.targets import check_sparsity
 from dst.algorithms.targets import final_counts
+from dst.masks import map_named
 from dst.masks import named_leaves
 from dst.selection import global_top_k_masks
 from dst.selection import top_k_mask
@@ -38,8 +39,6 @@ def keep_largest(key, params, masks, names, counts):
 
 def replace_named(tree, updates: dict):
     """``tree`` with the leaves named in ``updates`` replaced."""
-    from dst.masks import map_named
-
     return map_named(lambda name, leaf: updates.get(name, leaf), tree)
 
 
@@ -79,10 +78,7 @@ def gmp(*, sparsity: float, update_every: int, end_step: int, start_step: int = 
     def init(params, masks):
         finals = final_counts(params, sparsity, distribution, erk_power_scale=erk_power_scale,
                               dense_layers=dense_layers, sparsifiable=sparsifiable)
-        return PruneRegrowState(step=jnp.zeros((), jnp.int32),
-                                grown=jax.tree_util.tree_map(lambda m: jnp.zeros(m.shape, bool), masks),
-                                updated=jnp.zeros((), bool),
-                                extra={n: jnp.int32(c) for n, c in finals.items()})
+        return initial_state(masks, {n: jnp.int32(c) for n, c in finals.items()})
 
     def targets(step, finals, params):
         sizes = {n: leaf.size for n, leaf in named_leaves(params).items()}

@@ -7,11 +7,12 @@ import jax.numpy as jnp
 from jax import lax
 
 from dst import schedules
-from dst.algorithms.base import PruneRegrowState
 from dst.algorithms.base import SparseAlgorithm
 from dst.algorithms.base import _update_layer
 from dst.algorithms.base import check_schedule
+from dst.algorithms.base import initial_state
 from dst.algorithms.base import magnitude_drop
+from dst.algorithms.base import no_growth
 from dst.algorithms.gmp import keep_largest
 from dst.algorithms.gmp import pruning_due
 from dst.algorithms.gmp import replace_named
@@ -54,9 +55,7 @@ def granet(*, sparsity: float, update_every: int, end_step: int, start_step: int
 
     def init(params, masks):
         del params
-        return PruneRegrowState(step=jnp.zeros((), jnp.int32),
-                                grown=jax.tree_util.tree_map(lambda m: jnp.zeros(m.shape, bool), masks),
-                                updated=jnp.zeros((), bool))
+        return initial_state(masks)
 
     def update(state, key, params, masks, grads):
         due = pruning_due(state.step, update_every, start_step, end_step)
@@ -78,7 +77,7 @@ def granet(*, sparsity: float, update_every: int, end_step: int, start_step: int
                 new_w[n], new_m[n], new_g[n] = _update_layer(
                     jax.random.fold_in(k_regrow, i), w[n], g[n], m[n], f, jnp.int32(0), magnitude_drop,
                     gradient_grow_score, grow_init)
-            grown = replace_named(jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, bool), masks), new_g)
+            grown = replace_named(no_growth(masks), new_g)
             return replace_named(params, new_w), replace_named(masks, new_m), grown
 
         params, masks, grown = lax.cond(due, topology, lambda ops: (ops[0], ops[1], state.grown),

@@ -7,11 +7,12 @@ import jax.numpy as jnp
 from jax import lax
 
 from dst import schedules
-from dst.algorithms.base import PruneRegrowState
 from dst.algorithms.base import SparseAlgorithm
 from dst.algorithms.base import _grow_values
 from dst.algorithms.base import check_schedule
+from dst.algorithms.base import initial_state
 from dst.algorithms.base import magnitude_drop
+from dst.algorithms.base import no_growth
 from dst.algorithms.gmp import replace_named
 from dst.distributions import default_sparsifiable
 from dst.masks import named_leaves
@@ -84,10 +85,7 @@ def snfs(*, update_every: int, end_step: int, start_step: int = 0, drop_fraction
     keep_leaf = sparsifiable or default_sparsifiable
 
     def init(params, masks):
-        return PruneRegrowState(step=jnp.zeros((), jnp.int32),
-                                grown=jax.tree_util.tree_map(lambda m: jnp.zeros(m.shape, bool), masks),
-                                updated=jnp.zeros((), bool),
-                                extra={"momentum": jax.tree_util.tree_map(jnp.zeros_like, params)})
+        return initial_state(masks, {"momentum": jax.tree_util.tree_map(jnp.zeros_like, params)})
 
     def prune_rate(step):
         if drop_schedule == "constant":
@@ -124,8 +122,8 @@ def snfs(*, update_every: int, end_step: int, start_step: int = 0, drop_fraction
                 new_m[n] = kept[n] | grown[n]
                 new_w[n] = jnp.where(grown[n], _grow_values(ki, w[n], kept[n], grow_init),
                                      jnp.where(new_m[n], w[n], 0.0))
-            no_growth = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, bool), masks)
-            return replace_named(params, new_w), replace_named(masks, new_m), replace_named(no_growth, grown)
+            return (replace_named(params, new_w), replace_named(masks, new_m),
+                    replace_named(no_growth(masks), grown))
 
         params, masks, grown = lax.cond(due, topology, lambda ops: (ops[0], ops[1], state.grown),
                                         (params, masks))

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
-
-from dst.algorithms.base import PruneRegrowState
 from dst.algorithms.base import SparseAlgorithm
+from dst.algorithms.base import initial_state
 
 
 def static() -> SparseAlgorithm:
@@ -22,9 +19,7 @@ def static() -> SparseAlgorithm:
 
     def init(params, masks):
         del params
-        return PruneRegrowState(step=jnp.zeros((), jnp.int32),
-                                grown=jax.tree_util.tree_map(lambda m: jnp.zeros(m.shape, bool), masks),
-                                updated=jnp.zeros((), bool))
+        return initial_state(masks)
 
     def update(state, key, params, masks, grads):
         del key, grads

@@ -7,9 +7,10 @@ import jax.numpy as jnp
 from jax import lax
 
 from dst import schedules
-from dst.algorithms.base import PruneRegrowState
 from dst.algorithms.base import SparseAlgorithm
 from dst.algorithms.base import check_schedule
+from dst.algorithms.base import initial_state
+from dst.algorithms.base import no_growth
 from dst.algorithms.gmp import replace_named
 from dst.algorithms.targets import check_sparsity
 from dst.algorithms.targets import final_counts
@@ -72,10 +73,7 @@ def topkast(*, sparsity: float, backward_sparsity: float, update_every: int, end
                                          jax.random.key(i))
                     for i, n in enumerate(fwd)}
         del fwd
-        return PruneRegrowState(step=jnp.zeros((), jnp.int32),
-                                grown=jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, bool), masks),
-                                updated=jnp.zeros((), bool),
-                                extra={"backward": replace_named(masks, backward)})
+        return initial_state(masks, {"backward": replace_named(masks, backward)})
 
     def update(state, key, params, masks, grads):
         del grads
@@ -85,7 +83,7 @@ def topkast(*, sparsity: float, backward_sparsity: float, update_every: int, end
             params, masks, backward = ops
             a, b = top_sets(key, params)
             old = named_leaves(masks)
-            grown = replace_named(jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, bool), masks),
+            grown = replace_named(no_growth(masks),
                                   {n: a[n] & ~old[n] for n in a})
             return replace_named(masks, a), replace_named(backward, b), grown
 
