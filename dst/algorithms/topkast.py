@@ -28,9 +28,10 @@ def topkast(*, sparsity: float, backward_sparsity: float, update_every: int, end
     largest (``D_l``, ``B_l`` from ``distribution`` at ``sparsity`` and ``backward_sparsity``; ties
     share one key, so ``A`` is inside ``B``). The forward pass uses ``theta`` masked by ``A``
     (``masks``); the optimizer updates ``theta`` on ``B`` with the gradient at the masked weights plus
-    the exploration penalty ``penalty/2 * (sum_A theta^2 + sum_{B \\ A} theta^2 / D_l)``, which makes
-    weights outside the forward set pay more to stay, in proportion to the sparsity. Weights outside
-    ``B`` keep their values and may re-enter when others shrink.
+    the exploration penalty ``penalty/2 * sum_{B \\ A} theta^2 / D_l`` on the weights outside the
+    forward set (scaled by ``1/D_l``: the sparser the layer, the more a weight pays to stay in the
+    backward set without being used). Weights outside ``B`` keep their values and may re-enter when
+    others shrink; weights in ``A`` get no penalty (use the optimizer's weight decay).
 
     The protocol's ``trainable`` and ``penalty`` hooks exist for this algorithm: its optimizer set is
     larger than its forward mask and its stored weights are not zero outside the mask.
@@ -103,7 +104,7 @@ def topkast(*, sparsity: float, backward_sparsity: float, update_every: int, end
             if n not in back or w.ndim < 2 or n not in fwd:
                 continue
             density = jnp.maximum(jnp.sum(fwd[n]) / fwd[n].size, 1e-6)
-            scale = jnp.where(fwd[n], 1.0, jnp.where(back[n], 1.0 / density, 0.0))
+            scale = jnp.where(back[n] & ~fwd[n], 1.0 / density, 0.0)
             total = total + jnp.sum(scale * w * w)
         return 0.5 * penalty * total
 
