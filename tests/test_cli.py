@@ -139,3 +139,14 @@ def test_quick_sweep_runs_end_to_end_and_ends_with_a_table(tmp_path, data_dir):
     table = (sweep_dir / "summary.md").read_text().splitlines()
     assert table[0].startswith("| run | status | test/accuracy")
     assert len(table) == 2 + 6 and all("| finished |" in row for row in table[2:])
+
+
+def test_sweep_table_orders_jobs_by_number(tmp_path):
+    from dst.app.callbacks import sweep_table
+
+    for name, acc in (("10_rigl", 0.8), ("2_set", 0.7), ("0_static", 0.6)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps({"status": "finished", "test/accuracy": acc}))
+    rows = sweep_table(tmp_path).splitlines()[2:]
+    assert [r.split(" | ")[0].strip("| ") for r in rows] == ["0_static", "2_set", "10_rigl"]
+    assert "| 0.8000 |" in rows[2]

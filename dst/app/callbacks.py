@@ -12,14 +12,15 @@ COLUMNS = ("test/accuracy", "best/test_accuracy", "sparsity/global", "itop_rate"
 
 def sweep_table(sweep_dir) -> str:
     """A markdown table of every run's final metrics under ``sweep_dir`` (one row per summary.json)."""
-    rows = []
-    for path in sorted(pathlib.Path(sweep_dir).glob("*/summary.json")):
-        summary = json.loads(path.read_text())
-        config = (path.parent / ".hydra" / "config.yaml")
-        rows.append((path.parent.name, summary, config.exists()))
+    def job_order(path):  # Hydra names job dirs "<num>_<name>": order by the number, not as text
+        head = path.parent.name.split("_", 1)[0]
+        return (int(head), "") if head.isdigit() else (1 << 30, path.parent.name)
+
+    rows = [(p.parent.name, json.loads(p.read_text()))
+            for p in sorted(pathlib.Path(sweep_dir).glob("*/summary.json"), key=job_order)]
     header = "| run | status | " + " | ".join(COLUMNS) + " |"
     lines = [header, "|" + " --- |" * (len(COLUMNS) + 2)]
-    for name, summary, _ in rows:
+    for name, summary in rows:
         cells = [_fmt(summary.get(c)) for c in COLUMNS]
         lines.append(f"| {name} | {summary.get('status', '?')} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
