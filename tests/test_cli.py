@@ -133,9 +133,9 @@ def test_quick_sweep_runs_end_to_end_and_ends_with_a_table(tmp_path, data_dir):
     for run in runs:
         for name in (".hydra/config.yaml", "metrics.jsonl", "summary.json", "curves.png"):
             assert (run / name).is_file(), f"{run.name}/{name}"
-    algorithms = sorted(yaml.safe_load((r / ".hydra/config.yaml").read_text())["sparsity"]["algorithm"]
-                        for r in runs)
-    assert algorithms == ["rigl", "rigl", "set", "set", "static", "static"]
+    configs = [yaml.safe_load((r / ".hydra/config.yaml").read_text()) for r in runs]
+    assert sorted((c["sparsity"]["algorithm"], c["trainer"]["seed"]) for c in configs) == [
+        ("rigl", 0), ("rigl", 1), ("set", 0), ("set", 1), ("static", 0), ("static", 1)]
     table = (sweep_dir / "summary.md").read_text().splitlines()
     assert table[0].startswith("| run | status | test/accuracy")
     assert len(table) == 2 + 6 and all("| finished |" in row for row in table[2:])

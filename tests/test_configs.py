@@ -25,6 +25,7 @@ def test_every_group_has_a_default_and_the_default_is_rigl_erk90_lenet300_fmnist
             cfg["model"]["name"], cfg["dataset"]["name"]) == ("rigl", 0.9, "erk", "lenet300", "fashion_mnist")
     for group in ("model", "dataset", "sparsity", "optimizer", "trainer", "logger"):
         assert cfg[group], group
+    assert cfg["trainer"]["seed"] == 0 and cfg["name"] == "rigl_lenet300_fashion_mnist_s0"
 
 
 def test_every_registered_algorithm_has_a_config():

@@ -54,7 +54,7 @@ def prepare(cfg: dict):
     validate(cfg)
     check_data(cfg)
     data = load(cfg["dataset"]["name"], cfg["dataset"].get("data_dir"),
-                val_fraction=cfg["dataset"]["val_fraction"], seed=cfg["seed"],
+                val_fraction=cfg["dataset"]["val_fraction"], seed=cfg["trainer"]["seed"],
                 normalize=cfg["dataset"]["normalize"])
     batch = cfg["trainer"]["batch_size"]
     if batch > data.train_x.shape[0]:
@@ -74,7 +74,7 @@ def run(cfg: dict, run_dir, *, stream=None) -> dict:
 
     model = build_model(cfg["model"]["name"], num_classes=int(data.train_y.max()) + 1,
                         dropout=cfg["model"]["dropout"], hidden=cfg["model"].get("hidden", (300, 100)))
-    key = jax.random.key(cfg["seed"])
+    key = jax.random.key(cfg["trainer"]["seed"])
     k_init, k_mask, k_state, k_data = jax.random.split(key, 4)
     params = model.init(k_init, jnp.zeros((1,) + data.train_x.shape[1:]))["params"]
     # Algorithms that prune during training start from `initial_sparsity` (0: dense).

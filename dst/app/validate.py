@@ -84,7 +84,7 @@ def algorithm_hparams(sparsity_cfg: dict, total_steps: int) -> dict:
 
 def validate(cfg: dict, total_steps: int | None = None) -> None:
     """Raise :class:`ConfigError` for the first setting out of range (data presence included)."""
-    _range(cfg, "seed", 0, None, integer=True)
+    _range(cfg, "trainer.seed", 0, None, integer=True)
     _choice(cfg, "model.name", MODELS)
     _range(cfg, "model.dropout", 0.0, 1.0)
     if cfg["model"]["name"] == "mlp":
