@@ -44,6 +44,11 @@ def map_named(fn, tree, *rest):
     return jax.tree_util.tree_map_with_path(lambda p, *xs: fn(path_name(p), *xs), tree, *rest)
 
 
+def replace_named(tree, updates: dict):
+    """``tree`` with the leaves named in ``updates`` (``{path name: new leaf}``) replaced."""
+    return map_named(lambda name, leaf: updates.get(name, leaf), tree)
+
+
 def active_count(density: float, size: int) -> int:
     """Exact number of active weights of a layer of ``size`` weights at ``density``: ``round(d * N)``."""
     return int(round(float(density) * int(size)))

@@ -11,8 +11,8 @@ from dst.algorithms.base import SparseAlgorithm
 from dst.algorithms.base import initial_state
 from dst.algorithms.targets import check_sparsity
 from dst.algorithms.targets import final_counts
-from dst.masks import map_named
 from dst.masks import named_leaves
+from dst.masks import replace_named
 from dst.selection import global_top_k_masks
 from dst.selection import top_k_mask
 
@@ -35,11 +35,6 @@ def keep_largest(key, params, masks, names, counts):
         return global_top_k_masks({n: jnp.abs(w[n]) for n in names}, {n: m[n] for n in names}, counts, key)
     return {n: top_k_mask(jnp.abs(w[n]), m[n], counts[n], jax.random.fold_in(key, i))
             for i, n in enumerate(names)}
-
-
-def replace_named(tree, updates: dict):
-    """``tree`` with the leaves named in ``updates`` replaced."""
-    return map_named(lambda name, leaf: updates.get(name, leaf), tree)
 
 
 def gmp(*, sparsity: float, update_every: int, end_step: int, start_step: int = 0,

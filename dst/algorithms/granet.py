@@ -15,11 +15,11 @@ from dst.algorithms.base import magnitude_drop
 from dst.algorithms.base import no_growth
 from dst.algorithms.gmp import keep_largest
 from dst.algorithms.gmp import pruning_due
-from dst.algorithms.gmp import replace_named
 from dst.algorithms.rigl import gradient_grow_score
 from dst.algorithms.targets import check_sparsity
 from dst.distributions import default_sparsifiable
 from dst.masks import named_leaves
+from dst.masks import replace_named
 
 
 def granet(*, sparsity: float, update_every: int, end_step: int, start_step: int = 0,

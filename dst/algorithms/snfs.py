@@ -13,9 +13,9 @@ from dst.algorithms.base import check_schedule
 from dst.algorithms.base import initial_state
 from dst.algorithms.base import magnitude_drop
 from dst.algorithms.base import no_growth
-from dst.algorithms.gmp import replace_named
 from dst.distributions import default_sparsifiable
 from dst.masks import named_leaves
+from dst.masks import replace_named
 from dst.selection import top_k_mask
 
 

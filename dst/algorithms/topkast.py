@@ -11,10 +11,10 @@ from dst.algorithms.base import SparseAlgorithm
 from dst.algorithms.base import check_schedule
 from dst.algorithms.base import initial_state
 from dst.algorithms.base import no_growth
-from dst.algorithms.gmp import replace_named
 from dst.algorithms.targets import check_sparsity
 from dst.algorithms.targets import final_counts
 from dst.masks import named_leaves
+from dst.masks import replace_named
 from dst.selection import top_k_mask
 
 
