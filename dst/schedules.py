@@ -19,6 +19,18 @@ def is_update_step(step, update_every: int, start_step: int = 0, end_step: int |
     return due
 
 
+def steps_until_update(step, update_every: int, start_step: int = 0, end_step: int | None = None,
+                       never: int = 2**30):
+    """How many steps from ``step`` on are not update steps (0 when ``step`` is one); ``never`` when
+    no update step is left before ``end_step``."""
+    step = jnp.asarray(step)
+    phase = (step - start_step) % update_every
+    wait = jnp.where(step < start_step, start_step - step, jnp.where(phase == 0, 0, update_every - phase))
+    if end_step is None:
+        return wait
+    return jnp.where(step + wait >= end_step, never, wait)
+
+
 def drop_fraction(step, alpha: float, schedule: str = "cosine", end_step: int | None = None):
     """Fraction of a layer's active weights dropped at ``step``.
 

@@ -7,6 +7,7 @@ import pytest
 from algo_helpers import PER_LAYER_CONSTANT
 from algo_helpers import SHRINKING
 from algo_helpers import TOTAL_CONSTANT
+from algo_helpers import make_algorithm
 from algo_helpers import start_state
 
 import dst
@@ -108,15 +109,46 @@ def test_dynamic_algorithms_change_topology_only_on_schedule(name):
 @pytest.mark.parametrize("name", ALGORITHMS)
 def test_whole_run_traces_the_step_once(name):
     model, x, y, algo, tx, state = start_state(name, "adam")
-    inner = dst.make_train_step(dst.flax_apply(model), tx, algo)
+    apply_fn = dst.flax_apply(model)
     traces = []
 
-    def counted(state, batch):
+    def counted(*args):
         traces.append(1)
-        return inner(state, batch)
+        return apply_fn(*args)
 
-    epoch = dst.train_epoch_fn(counted, batch_size=32)
-    for e in range(3):
+    step = dst.make_train_step(counted, tx, algo)
+    epoch = dst.train_epoch_fn(step, batch_size=32)
+    state, _ = epoch(state, x, y, jax.random.key(0))
+    # One trace of the model per compiled step body: the step (+ its plain copy and one shape
+    # evaluation on the quiet path), all in the first epoch's single compile.
+    assert len(traces) == (3 if hasattr(step, "quiet_path") else 1)
+    for e in (1, 2):
         state, _ = epoch(state, x, y, jax.random.key(e))
-    assert len(traces) == 1
+    assert len(traces) == (3 if hasattr(step, "quiet_path") else 1)
     assert int(state.step) == 3 * (x.shape[0] // 32)
+
+
+@pytest.mark.parametrize("name", [n for n in ALGORITHMS if make_algorithm(n).quiet is not None])
+def test_quiet_calls_are_exactly_skipped_calls(name):
+    # `quiet(state)` promises that many update calls change nothing but what `skip` advances; the
+    # trainer relies on it to leave those calls out. Checked call by call around a shifted schedule.
+    model, x, y, algo, tx, state = start_state(name, update_every=3, start_step=2, end_step=14)
+    grads = jax.grad(lambda p: dst.train.cross_entropy(dst.flax_apply(model)(p, x[:32], True, None),
+                                                       y[:32]))(state.params)
+    update = jax.jit(algo.update)
+    algo_state, params, masks = state.algo_state, state.params, state.masks
+    due_steps = []
+    for t in range(18):
+        quiet = int(algo.quiet(algo_state))
+        new_params, new_masks, new_state = update(algo_state, jax.random.key(t), params, masks, grads)
+        if quiet > 0:
+            expected = algo.skip(algo_state, 1)
+            for a, b in zip(jax.tree_util.tree_leaves((new_params, new_masks, new_state)),
+                            jax.tree_util.tree_leaves((params, masks, expected))):
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        else:
+            due_steps.append(t)
+            assert bool(new_state.updated)
+        assert quiet == min([u - t for u in (2, 5, 8, 11) if u >= t], default=dst.algorithms.base.NEVER)
+        params, masks, algo_state = new_params, new_masks, new_state
+    assert due_steps == [2, 5, 8, 11]

@@ -33,3 +33,14 @@ def test_zhu_gupta_cubic(t):
     frac = np.clip((t - t0) / (t1 - t0), 0, 1)
     expected = sf + (si - sf) * (1 - frac) ** 3
     assert float(schedules.cubic_sparsity(t, si, sf, t0, t1)) == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("every,start,end", [(1, 0, 5), (3, 2, 14), (100, 0, 10**6), (4, 7, 8)])
+def test_steps_until_update_agrees_with_the_predicate(every, start, end):
+    due = [t for t in range(40) if bool(schedules.is_update_step(t, every, start, end))]
+    for t in range(40):
+        expected = min([u - t for u in due if u >= t], default=None)
+        if expected is None and end > 40:  # the next update lies beyond the checked range
+            continue
+        got = int(schedules.steps_until_update(t, every, start, end, never=-1))
+        assert got == (-1 if expected is None else expected), t

@@ -51,3 +51,63 @@ def test_nan_ranks_lowest_and_k_can_be_traced():
     f = jax.jit(lambda k: top_k_mask(scores, jnp.ones(4, bool), k, jax.random.key(0)))
     np.testing.assert_array_equal(np.asarray(f(2)), [False, True, True, False])
     assert int(f(3).sum()) == 3
+
+
+def _check_top_k(scores, eligible, k, key):
+    """Exact count, only eligible, and no unselected eligible score above a selected one."""
+    got = np.asarray(jax.jit(top_k_mask)(jnp.asarray(scores), jnp.asarray(eligible), k, key))
+    s = np.where(np.isnan(scores), -np.inf, scores)
+    assert got.sum() == min(k, eligible.sum())
+    assert not (got & ~eligible).any()
+    if got.any() and (eligible & ~got).any():
+        assert s[got].min() >= s[eligible & ~got].max()
+    return got
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("density", [0.05, 0.95])
+def test_large_layers_match_numpy_exactly(seed, density):
+    # Layers above the sample size take the sampled-bracket path; distinct scores fix the answer.
+    rng = np.random.default_rng(seed)
+    scores = (rng.standard_t(3, 300_000) * 1e-3).astype(np.float32)
+    eligible = rng.random(scores.size) < density
+    n = int(eligible.sum())
+    for k in [1, 2, 37, n // 3, n - 1, n, n + 5]:
+        got = _check_top_k(scores, eligible, k, jax.random.key(seed))
+        order = np.argsort(-np.where(eligible, scores, -np.inf), kind="stable")[: min(k, n)]
+        expected = np.zeros(scores.size, bool)
+        expected[order] = True
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_large_layers_with_heavy_ties_keep_exact_counts():
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 4, 200_000).astype(np.float32)   # four values, ~50k ties each
+    eligible = rng.random(scores.size) < 0.5
+    for k in [1, 25_000, 60_000, 99_000]:
+        _check_top_k(scores, eligible, k, jax.random.key(k))
+    zeros_and_some = np.where(rng.random(200_000) < 0.99, 0.0, rng.random(200_000)).astype(np.float32)
+    _check_top_k(zeros_and_some, np.ones(200_000, bool), 5_000, jax.random.key(1))   # k-th key is 0
+
+
+def test_a_sample_that_misses_the_structure_falls_back_exactly():
+    # Large scores sit exactly on the sample's stride, so the sample sees only them: its bracket is
+    # wrong and the search must widen it and still pick the exact top k.
+    n = 300_000
+    stride = n // 16384
+    scores = np.random.default_rng(1).random(n).astype(np.float32)
+    scores[::stride] += 100.0
+    eligible = np.ones(n, bool)
+    for k in [10, 5_000, 50_000]:
+        _check_top_k(scores, eligible, k, jax.random.key(0))
+    _check_top_k(-scores, eligible, 5_000, jax.random.key(0))
+
+
+def test_extreme_magnitudes_and_infinities():
+    rng = np.random.default_rng(2)
+    scores = (rng.standard_normal(100_000) * 10.0 ** rng.integers(-30, 30, 100_000)).astype(np.float32)
+    scores[:10] = np.inf
+    scores[10:20] = -np.inf
+    scores[20:30] = np.nan
+    for k in [5, 10, 11, 50_000, 99_990, 100_000]:
+        _check_top_k(scores, np.ones(100_000, bool), k, jax.random.key(k))

@@ -95,3 +95,27 @@ def test_evaluate_counts_every_example_once(tiny_mlp):
     assert float(out["accuracy"]) == pytest.approx(1200 / 1234)
     ref = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
     assert float(out["loss"]) == pytest.approx(float(ref), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["set", "rigl", "mest"])
+def test_quiet_path_epoch_equals_the_plain_scan(name):
+    # The epoch that leaves out quiet `update` calls must be the scan of the full step, bit for bit:
+    # params, masks, optimizer state, ITOP, and every per-step metric on the same row (an update
+    # on the epoch's last step included).
+    model, params, x, y = tiny_problem()
+    algo = make_algorithm(name, update_every=3, start_step=1, end_step=20)
+    tx = optax.adam(1e-2)
+    step = dst.make_train_step(dst.flax_apply(model), tx, algo)
+    assert hasattr(step, "quiet_path")
+    fast = dst.train_epoch_fn(step, 32)
+    scan = dst.train_epoch_fn(lambda state, batch: step(state, batch), 32)   # no quiet_path: a scan
+    a = b = dst.create_train_state(jax.random.key(0), params, initial_masks(name, params), tx, algo)
+    # 8 steps an epoch; updates at 1, 4, 7 (an epoch's last step), 10, 13, 16, 19.
+    for e, updates in enumerate([3, 2, 2]):
+        (a, ma), (b, mb) = fast(a, x, y, jax.random.key(e)), scan(b, x, y, jax.random.key(e))
+        np.testing.assert_array_equal(jax.random.key_data(a.rng), jax.random.key_data(b.rng))
+        for u, v in zip(jax.tree_util.tree_leaves((a._replace(rng=0), ma)),
+                        jax.tree_util.tree_leaves((b._replace(rng=0), mb))):
+            np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+        assert int(ma["updated"].sum()) == updates
+    assert int(a.step) == 24

@@ -51,6 +51,11 @@ class SparseAlgorithm(NamedTuple):
       loss gradient is taken with respect to the masked (effective) weights.
     * ``penalty(state, params, masks) -> scalar``: a regulariser added to the loss the optimizer sees
       (Top-KAST's exploration penalty); growth scores still read the plain loss gradient.
+    * ``quiet(state) -> int32`` with ``skip(state, n) -> state``: for schedule-driven algorithms,
+      how many of the next ``update`` calls cannot change params or masks, and the state after ``n``
+      such calls. The trainer then runs those steps without calling ``update`` (no ``lax.cond`` in
+      the hot loop: on CPU a cond carrying the params costs ~5% of every step even when it does not
+      fire) and calls ``update`` only where it may act. Results are identical either way.
     """
 
     init: Callable[..., Any]
@@ -60,6 +65,11 @@ class SparseAlgorithm(NamedTuple):
     init_batches: int = 0
     trainable: Callable[..., Any] | None = None
     penalty: Callable[..., Any] | None = None
+    quiet: Callable[..., Any] | None = None
+    skip: Callable[..., Any] | None = None
+
+
+NEVER = 2**30  # what ``quiet`` returns when no later call can act: more steps than any run takes
 
 
 class PruneRegrowState(NamedTuple):
@@ -193,4 +203,12 @@ def prune_and_regrow(*, drop_rule: DropRule, grow_score: GrowScore, update_every
             (params, masks, grads))
         return params, masks, state._replace(step=state.step + 1, grown=grown, updated=due)
 
-    return SparseAlgorithm(init=init, update=update)
+    def quiet(state):
+        return schedules.steps_until_update(state.step, update_every, start_step, end_step, NEVER)
+
+    return SparseAlgorithm(init=init, update=update, quiet=quiet, skip=skip_calls)
+
+
+def skip_calls(state, n):
+    """The state after ``n`` ``update`` calls that did not change the topology (``quiet`` ones)."""
+    return state._replace(step=state.step + n, updated=jnp.zeros((), bool))

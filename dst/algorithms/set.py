@@ -10,6 +10,7 @@ from dst.algorithms.base import drop_count
 from dst.algorithms.base import magnitude_drop
 from dst.algorithms.base import prune_and_regrow
 from dst.selection import bottom_k_mask
+from dst.selection import random_ranks
 from dst.selection import top_k_mask
 
 
@@ -27,8 +28,9 @@ def sign_split_drop(key, w, g, mask, f, excess=0):
 
 
 def random_grow_score(key, w, g):
+    """Unique random ranks: growth uniformly at random among the inactive weights."""
     del g
-    return jax.random.uniform(key, w.shape)
+    return random_ranks(key, w.shape)
 
 
 def set_(*, update_every: int, end_step: int, start_step: int = 0, drop_fraction: float = 0.3,

@@ -141,8 +141,24 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, algo: 
 
     ``metrics`` holds the batch ``loss`` and ``accuracy``, whether this step ``updated`` the topology,
     and per layer the ``grown`` and ``dropped`` counts settled at this step (zeros at most steps).
-    """
 
+    For algorithms with the ``quiet``/``skip`` hooks the returned step also carries ``quiet_path``,
+    which :func:`train_epoch_fn` uses to run the steps where ``update`` cannot act without it.
+    """
+    step = _build_step(apply_fn, tx, algo, loss_fn)
+    if algo.dynamic and algo.quiet is not None and algo.skip is not None:
+        skip_one = lambda algo_state, key, params, masks, grads: (params, masks, algo.skip(algo_state, 1))
+        plain = _build_step(apply_fn, tx, algo._replace(update=skip_one, dynamic=False), loss_fn)
+        step.quiet_path = QuietPath(plain=plain, quiet=algo.quiet)
+    return step
+
+
+class QuietPath(NamedTuple):
+    plain: Callable   # the train step without ``algo.update`` (its state advanced by ``algo.skip``)
+    quiet: Callable   # algo.quiet: how many of the next steps ``plain`` may take
+
+
+def _build_step(apply_fn, tx, algo, loss_fn):
     def step(state: TrainState, batch):
         x, y = batch
         rng, k_dropout, k_algo = jax.random.split(state.rng, 3)
@@ -190,11 +206,14 @@ def epoch_batches(key, num_examples: int, batch_size: int) -> jax.Array:
 
 
 def train_epoch_fn(step: Callable, batch_size: int):
-    """A jitted ``(state, x, y, key) -> (state, metrics)`` running one shuffled epoch as a ``lax.scan``.
+    """A jitted ``(state, x, y, key) -> (state, metrics)`` running one shuffled epoch on the device.
 
-    ``x`` and ``y`` stay on the device; each scan iteration gathers its batch by index, so an epoch is
-    one dispatch. Metrics come back stacked per step.
+    ``x`` and ``y`` stay on the device; each step gathers its batch by index, so an epoch is one
+    dispatch. Metrics come back stacked per step. The epoch is a ``lax.scan`` of ``step``, or, when
+    ``step`` has a ``quiet_path`` (see :func:`make_train_step`), runs of plain steps between the
+    steps where the algorithm may act, with identical results.
     """
+    quiet_path = getattr(step, "quiet_path", None)
 
     @jax.jit
     def epoch(state, x, y, key):
@@ -203,7 +222,10 @@ def train_epoch_fn(step: Callable, batch_size: int):
         def body(state, idx):
             return step(state, (x[idx], y[idx]))
 
-        state, metrics = lax.scan(body, state, order)
+        if quiet_path is None:
+            state, metrics = lax.scan(body, state, order)
+        else:
+            state, metrics = _segmented_epoch(step, quiet_path, state, x, y, order)
         # Settle an update made by the epoch's last step, so the epoch's counts and ITOP are complete.
         state, topology = settle_topology(state)
         for kind in ("grown", "dropped"):
@@ -211,6 +233,48 @@ def train_epoch_fn(step: Callable, batch_size: int):
         return state, metrics
 
     return epoch
+
+
+def _record(metrics, i, values):
+    """Add one step's metrics at row ``i`` (rows start at zero; only settled counts share a row)."""
+    def put(buf, v):
+        if buf.dtype == jnp.bool_:
+            return buf.at[i].set(buf[i] | v)
+        return buf.at[i].add(v.astype(buf.dtype))
+    return jax.tree_util.tree_map(put, metrics, values)
+
+
+def _segmented_epoch(step, path: QuietPath, state, x, y, order):
+    """The epoch of ``lax.scan(step)``, with the quiet steps run by ``path.plain`` in a loop free of
+    ``lax.cond``: a segment is the quiet steps before the next step where ``algo.update`` may act,
+    then that one full step and the bookkeeping the next step would do (:func:`settle_topology`),
+    recorded on the row the scan records it on."""
+    n = order.shape[0]
+    batch = lambda i: (x[order[i]], y[order[i]])
+    shapes = jax.eval_shape(step, state, batch(0))[1]
+    metrics = jax.tree_util.tree_map(lambda s: jnp.zeros((n,) + s.shape, s.dtype), shapes)
+
+    def plain_step(i, carry):
+        state, metrics = carry
+        state, values = path.plain(state, batch(i))
+        return state, _record(metrics, i, values)
+
+    def full_step(i, state, metrics):
+        state, values = step(state, batch(i))
+        metrics = _record(metrics, i, values)
+        state, topology = settle_topology(state)
+        counts = _record({kind: metrics[kind] for kind in topology}, jnp.minimum(i + 1, n - 1), topology)
+        return state, {**metrics, **counts}
+
+    def segment(carry):
+        i, state, metrics = carry
+        j = i + jnp.minimum(path.quiet(state.algo_state), n - i)
+        state, metrics = lax.fori_loop(i, j, plain_step, (state, metrics))
+        state, metrics = lax.cond(j < n, lambda ops: full_step(j, *ops), lambda ops: ops, (state, metrics))
+        return j + 1, state, metrics
+
+    _, state, metrics = lax.while_loop(lambda c: c[0] < n, segment, (jnp.int32(0), state, metrics))
+    return state, metrics
 
 
 def evaluate_fn(apply_fn: Callable, batch_size: int = 1000):
