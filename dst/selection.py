@@ -32,16 +32,17 @@ def _ordered_bits(scores: jax.Array) -> jax.Array:
     return jnp.where(negative, ~bits, bits | _U32(0x80000000))
 
 
-def _threshold(keys: jax.Array, k) -> jax.Array:
-    """Largest T with ``count(keys >= T) >= k`` (T = 0 when fewer than k keys are >= 1), by a 32-step
-    binary search over the bits. Used on small samples, where 32 cheap passes beat any cleverness."""
+def _sample_thresholds(sample: jax.Array, ranks: tuple, bits: int = 24) -> tuple:
+    """For each rank r: the largest T, to its top ``bits`` bits, with ``count(sample >= T) >= r``
+    (0 when fewer than r keys are >= 1). A bit-by-bit search, all ranks in one loop: on a small
+    sample the loop's iterations cost more than its passes, and 24 bits place a float score to
+    1 part in 2^15, closer than the sample itself can."""
 
-    def bit_step(i, t):
-        candidate = t | (_U32(1) << (_U32(31) - i.astype(_U32)))
-        enough = jnp.sum(keys >= candidate, dtype=jnp.int32) >= k
-        return jnp.where(enough, candidate, t)
+    def bit_step(i, ts):
+        bit = _U32(1) << (_U32(31) - i.astype(_U32))
+        return tuple(jnp.where(_count(sample, t | bit) >= r, t | bit, t) for t, r in zip(ts, ranks))
 
-    return lax.fori_loop(0, 32, bit_step, _U32(0))
+    return lax.fori_loop(0, bits, bit_step, tuple(_U32(0) for _ in ranks))
 
 
 _SAMPLE = 16384        # strided sample size that brackets the k-th key before any full pass
@@ -56,7 +57,7 @@ def _bracket(keys: jax.Array, k):
     """``(lo, c_lo, hi, c_hi)`` with ``c(x) = count(keys >= x)``, ``c_lo >= k > c_hi`` (or ``lo = 1``
     when fewer than ``k`` keys are eligible) and ``1 <= lo < hi``.
 
-    A strided sample predicts where the k-th key lies; the bracket is its rank +- 4 sigma. Exactness
+    A strided sample predicts where the k-th key lies; the bracket is its rank +- 3 sigma. Exactness
     never depends on the sample: the two counts are taken on the full array, and a wrong guess is
     widened to the full key range.
     """
@@ -67,14 +68,14 @@ def _bracket(keys: jax.Array, k):
         return one, _count(keys, one), _MAX_KEY, jnp.int32(0)
     sample = keys[::stride]
     expect = k.astype(jnp.float32) * (sample.size / n)
-    margin = 4.0 * jnp.sqrt(jnp.maximum(expect, 1.0)) + 2.0
+    margin = 3.0 * jnp.sqrt(jnp.maximum(expect, 1.0)) + 2.0
     more = jnp.ceil(expect + margin).astype(jnp.int32)    # sample rank of a lower key ...
     fewer = jnp.floor(expect - margin).astype(jnp.int32)  # ... and of a higher one
-    lo = jnp.maximum(_threshold(sample, more), one)
-    t_hi = _threshold(sample, fewer)
+    t_lo, t_hi = _sample_thresholds(sample, (more, fewer))
+    lo = jnp.maximum(t_lo, one)
     # With fewer than ~1 sampled key expected above the k-th one, the sample's top is the guess.
-    t_hi = jnp.where(fewer >= 1, t_hi, jnp.max(sample))
-    hi = jnp.where(t_hi >= lo, t_hi + one, _MAX_KEY)
+    t_hi = jnp.where(fewer >= 1, t_hi + _U32(0xFF), jnp.max(sample))   # round the 24-bit key up
+    hi = jnp.where((t_hi >= lo) & (t_hi < _MAX_KEY), t_hi + one, _MAX_KEY)
     c_lo, c_hi = _count(keys, lo), _count(keys, hi)
 
     def widen(b):
@@ -107,10 +108,7 @@ def _search(keys: jax.Array, k):
     def probe(s):
         lo, c_lo, hi, c_hi, i, older, old = s
         span = (c_lo - c_hi).astype(jnp.float32)    # keys inside the bracket
-        # Aim sqrt(span) past the k-th key, alternately from below and above: the empirical CDF
-        # strays ~sqrt(span) from a straight line, so two probes usually close in on it from both
-        # sides. Bisect when two probes did not halve the count in the bracket.
-        aim = (c_lo - k).astype(jnp.float32) + 0.5 + jnp.where(i % 2 == 0, -0.5, 0.5) * jnp.sqrt(span)
+        aim = (c_lo - k).astype(jnp.float32) + 0.5    # how many of them lie below the k-th key
         frac = jnp.clip(aim / span, 0.0, 1.0)
         width = hi - lo
         offset = jnp.clip(width.astype(jnp.float32) * frac, 1.0, 4.0e9).astype(_U32)

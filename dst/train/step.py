@@ -266,14 +266,20 @@ def _segmented_epoch(step, path: QuietPath, state, x, y, order):
         counts = _record({kind: metrics[kind] for kind in topology}, jnp.minimum(i + 1, n - 1), topology)
         return state, {**metrics, **counts}
 
+    def next_update(carry):
+        i, state, _ = carry
+        return i + jnp.minimum(path.quiet(state.algo_state), n) < n
+
     def segment(carry):
         i, state, metrics = carry
-        j = i + jnp.minimum(path.quiet(state.algo_state), n - i)
+        j = i + path.quiet(state.algo_state)
         state, metrics = lax.fori_loop(i, j, plain_step, (state, metrics))
-        state, metrics = lax.cond(j < n, lambda ops: full_step(j, *ops), lambda ops: ops, (state, metrics))
+        state, metrics = full_step(j, state, metrics)
         return j + 1, state, metrics
 
-    _, state, metrics = lax.while_loop(lambda c: c[0] < n, segment, (jnp.int32(0), state, metrics))
+    # No cond around the full step: on CPU a cond over the whole state costs a copy of it.
+    i, state, metrics = lax.while_loop(next_update, segment, (jnp.int32(0), state, metrics))
+    state, metrics = lax.fori_loop(i, n, plain_step, (state, metrics))
     return state, metrics
 
 
