@@ -119,12 +119,14 @@ def test_whole_run_traces_the_step_once(name):
     step = dst.make_train_step(counted, tx, algo)
     epoch = dst.train_epoch_fn(step, batch_size=32)
     state, _ = epoch(state, x, y, jax.random.key(0))
-    # One trace of the model per compiled step body: the step (+ its plain copy and one shape
-    # evaluation on the quiet path), all in the first epoch's single compile.
-    assert len(traces) == (3 if hasattr(step, "quiet_path") else 1)
+    # The scan traces the step once. The quiet path traces the model in each body it compiles, all in
+    # this first compile: the full step (and one shape evaluation of it) and the plain step (in the
+    # loop before each update and in the loop after the last).
+    first = len(traces)
+    assert first == (4 if hasattr(step, "quiet_path") else 1)
     for e in (1, 2):
         state, _ = epoch(state, x, y, jax.random.key(e))
-    assert len(traces) == (3 if hasattr(step, "quiet_path") else 1)
+    assert len(traces) == first and epoch._cache_size() == 1
     assert int(state.step) == 3 * (x.shape[0] // 32)
 
 
