@@ -44,3 +44,15 @@ def test_steps_until_update_agrees_with_the_predicate(every, start, end):
             continue
         got = int(schedules.steps_until_update(t, every, start, end, never=-1))
         assert got == (-1 if expected is None else expected), t
+
+
+@pytest.mark.parametrize("every,start,end", [(1, 0, 5), (3, 2, 14), (4, 1, 11), (5, 7, 8)])
+def test_steps_until_pruning_agrees_with_pruning_due(every, start, end):
+    from dst.algorithms.gmp import pruning_due
+    from dst.algorithms.gmp import steps_until_pruning
+
+    due = [t for t in range(30) if bool(pruning_due(t, every, start, end))]
+    assert due[-1] == end   # the last pruning step is always end_step itself
+    for t in range(30):
+        expected = min([u - t for u in due if u >= t], default=-1)
+        assert int(steps_until_pruning(t, every, start, end, never=-1)) == expected, t

@@ -97,8 +97,9 @@ def test_evaluate_counts_every_example_once(tiny_mlp):
     assert float(out["loss"]) == pytest.approx(float(ref), rel=1e-5)
 
 
-@pytest.mark.parametrize("name", ["set", "rigl", "mest"])
-def test_quiet_path_epoch_equals_the_plain_scan(name):
+@pytest.mark.parametrize("name,updates", [("set", [3, 2, 2]), ("rigl", [3, 2, 2]), ("mest", [3, 2, 2]),
+                                          ("gmp", [3, 2, 3]), ("granet", [3, 2, 3])])
+def test_quiet_path_epoch_equals_the_plain_scan(name, updates):
     # The epoch that leaves out quiet `update` calls must be the scan of the full step, bit for bit:
     # params, masks, optimizer state, ITOP, and every per-step metric on the same row (an update
     # on the epoch's last step included).
@@ -110,12 +111,12 @@ def test_quiet_path_epoch_equals_the_plain_scan(name):
     fast = dst.train_epoch_fn(step, 32)
     scan = dst.train_epoch_fn(lambda state, batch: step(state, batch), 32)   # no quiet_path: a scan
     a = b = dst.create_train_state(jax.random.key(0), params, initial_masks(name, params), tx, algo)
-    # 8 steps an epoch; updates at 1, 4, 7 (an epoch's last step), 10, 13, 16, 19.
-    for e, updates in enumerate([3, 2, 2]):
+    # 8 steps an epoch; updates at 1, 4, 7 (an epoch's last step), 10, 13, 16, 19 (pruning: and 20).
+    for e, count in enumerate(updates):
         (a, ma), (b, mb) = fast(a, x, y, jax.random.key(e)), scan(b, x, y, jax.random.key(e))
         np.testing.assert_array_equal(jax.random.key_data(a.rng), jax.random.key_data(b.rng))
         for u, v in zip(jax.tree_util.tree_leaves((a._replace(rng=0), ma)),
                         jax.tree_util.tree_leaves((b._replace(rng=0), mb))):
             np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
-        assert int(ma["updated"].sum()) == updates
+        assert int(ma["updated"].sum()) == count
     assert int(a.step) == 24

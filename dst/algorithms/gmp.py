@@ -7,8 +7,10 @@ import jax.numpy as jnp
 from jax import lax
 
 from dst import schedules
+from dst.algorithms.base import NEVER
 from dst.algorithms.base import SparseAlgorithm
 from dst.algorithms.base import initial_state
+from dst.algorithms.base import skip_calls
 from dst.algorithms.targets import check_sparsity
 from dst.algorithms.targets import final_counts
 from dst.masks import named_leaves
@@ -25,6 +27,14 @@ def pruning_due(step, update_every, start_step, end_step):
     ``update_every``."""
     on_grid = (step - start_step) % update_every == 0
     return (step >= start_step) & (step <= end_step) & (on_grid | (step == end_step))
+
+
+def steps_until_pruning(step, update_every, start_step, end_step, never=NEVER):
+    """How many steps from ``step`` on are not :func:`pruning_due` (0 when ``step`` is); ``never`` past
+    ``end_step``. The ``quiet`` hook of GMP and GraNet."""
+    step = jnp.asarray(step)
+    on_grid = schedules.steps_until_update(step, update_every, start_step)
+    return jnp.where(step > end_step, never, jnp.minimum(on_grid, end_step - step))
 
 
 def keep_largest(key, params, masks, names, counts):
@@ -104,4 +114,7 @@ def gmp(*, sparsity: float, update_every: int, end_step: int, start_step: int = 
         params, masks = lax.cond(due, prune, lambda ops: ops, (params, masks))
         return params, masks, state._replace(step=state.step + 1, updated=due)
 
-    return SparseAlgorithm(init=init, update=update)
+    def quiet(state):
+        return steps_until_pruning(state.step, update_every, start_step, end_step)
+
+    return SparseAlgorithm(init=init, update=update, quiet=quiet, skip=skip_calls)

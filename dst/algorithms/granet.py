@@ -13,8 +13,10 @@ from dst.algorithms.base import check_schedule
 from dst.algorithms.base import initial_state
 from dst.algorithms.base import magnitude_drop
 from dst.algorithms.base import no_growth
+from dst.algorithms.base import skip_calls
 from dst.algorithms.gmp import keep_largest
 from dst.algorithms.gmp import pruning_due
+from dst.algorithms.gmp import steps_until_pruning
 from dst.algorithms.rigl import gradient_grow_score
 from dst.algorithms.targets import check_sparsity
 from dst.distributions import default_sparsifiable
@@ -84,4 +86,7 @@ def granet(*, sparsity: float, update_every: int, end_step: int, start_step: int
                                         (params, masks, grads))
         return params, masks, state._replace(step=state.step + 1, grown=grown, updated=due)
 
-    return SparseAlgorithm(init=init, update=update)
+    def quiet(state):
+        return steps_until_pruning(state.step, update_every, start_step, end_step)
+
+    return SparseAlgorithm(init=init, update=update, quiet=quiet, skip=skip_calls)
