@@ -19,8 +19,11 @@ def is_update_step(step, update_every: int, start_step: int = 0, end_step: int |
     return due
 
 
+NEVER = 2**30  # steps until an update when none is left: more steps than any run takes
+
+
 def steps_until_update(step, update_every: int, start_step: int = 0, end_step: int | None = None,
-                       never: int = 2**30):
+                       never: int = NEVER):
     """How many steps from ``step`` on are not update steps (0 when ``step`` is one); ``never`` when
     no update step is left before ``end_step``."""
     step = jnp.asarray(step)

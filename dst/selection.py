@@ -4,7 +4,7 @@ A mask update must pick exactly ``k`` weights, where ``k = int(f(t) * n)`` chang
 ``lax.top_k`` (static k) does not fit and a full sort costs ~50x more. Instead we find the k-th largest
 score as a threshold on its order-preserving ``uint32`` bit pattern, with counting passes only (each
 ``count(keys >= t)``): a strided sample brackets the k-th key, interpolated probes narrow the bracket
-(~10 passes on smooth scores, where a bit-by-bit search always takes 32), and ties at the threshold
+(about 8 passes on smooth scores, where a bit-by-bit search always takes 32), and ties at the threshold
 are broken by a second search over per-element priorities drawn from the key. Priorities are a keyed
 bijective hash of the index, so they are unique and the choice among equal scores is a function of
 the key, never of array position alone.
@@ -75,7 +75,7 @@ def _bracket(keys: jax.Array, k):
     lo = jnp.maximum(t_lo, one)
     # With fewer than ~1 sampled key expected above the k-th one, the sample's top is the guess.
     t_hi = jnp.where(fewer >= 1, t_hi + _U32(0xFF), jnp.max(sample))   # round the 24-bit key up
-    hi = jnp.where((t_hi >= lo) & (t_hi < _MAX_KEY), t_hi + one, _MAX_KEY)
+    hi = jnp.where(t_hi >= lo, t_hi + one, _MAX_KEY)   # keys stop at 0xFF800000: no overflow
     c_lo, c_hi = _count(keys, lo), _count(keys, hi)
 
     def widen(b):

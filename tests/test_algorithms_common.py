@@ -153,4 +153,4 @@ def test_quiet_calls_are_exactly_skipped_calls(name):
     due = [t for t in range(18) if acted[t]]
     # The schedules: every 3 steps from 2, before 14 (pruning algorithms: up to and including 14).
     assert due == ([2, 5, 8, 11, 14] if name in ("gmp", "granet") else [2, 5, 8, 11])
-    assert quiet == [min([u - t for u in due if u >= t], default=dst.algorithms.base.NEVER) for t in range(18)]
+    assert quiet == [min([u - t for u in due if u >= t], default=dst.schedules.NEVER) for t in range(18)]

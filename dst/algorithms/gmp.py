@@ -7,7 +7,6 @@ import jax.numpy as jnp
 from jax import lax
 
 from dst import schedules
-from dst.algorithms.base import NEVER
 from dst.algorithms.base import SparseAlgorithm
 from dst.algorithms.base import initial_state
 from dst.algorithms.base import skip_calls
@@ -29,7 +28,7 @@ def pruning_due(step, update_every, start_step, end_step):
     return (step >= start_step) & (step <= end_step) & (on_grid | (step == end_step))
 
 
-def steps_until_pruning(step, update_every, start_step, end_step, never=NEVER):
+def steps_until_pruning(step, update_every, start_step, end_step, never=schedules.NEVER):
     """How many steps from ``step`` on are not :func:`pruning_due` (0 when ``step`` is); ``never`` past
     ``end_step``. The ``quiet`` hook of GMP and GraNet."""
     step = jnp.asarray(step)
