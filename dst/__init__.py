@@ -11,9 +11,11 @@ from dst.masks import topology_diff
 from dst.selection import bottom_k_mask
 from dst.selection import top_k_mask
 from dst.train import TrainState
+from dst.train import TrainStep
 from dst.train import create_train_state
 from dst.train import evaluate_fn
 from dst.train import flax_apply
+from dst.train import init_model
 from dst.train import make_train_step
 from dst.train import reset_grown_moments
 from dst.train import reset_moments
@@ -23,6 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "TrainState",
+    "TrainStep",
     "algorithms",
     "apply_masks",
     "bottom_k_mask",
@@ -30,6 +33,7 @@ __all__ = [
     "density_report",
     "evaluate_fn",
     "flax_apply",
+    "init_model",
     "init_masks",
     "layer_densities",
     "make_train_step",

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from dst.masks import dense_by_name
 from dst.masks import named_leaves
 
 DISTRIBUTIONS = ("uniform", "er", "erk")
@@ -21,9 +22,9 @@ SparsifiableFilter = Callable[[str, tuple[int, ...]], bool]
 
 
 def default_sparsifiable(name: str, shape: tuple[int, ...]) -> bool:
-    """Kernels (``ndim >= 2``) are sparsifiable; biases and norm scales are not."""
-    del name
-    return len(shape) >= 2
+    """Kernels (``ndim >= 2``) are sparsifiable; biases, norm scales (1-D) and leaves named like
+    ``DENSE_BY_NAME`` (embeddings, position embeddings, class tokens) are not."""
+    return len(shape) >= 2 and not dense_by_name(name)
 
 
 def sparsifiable_layers(params, sparsifiable: SparsifiableFilter | None = None,

@@ -20,6 +20,15 @@ import numpy as np
 
 from dst.selection import top_k_mask
 
+# Leaves that are dense by design even when they have two or more dims: embeddings and tokens are
+# looked up or added, not multiplied, so a zero there is a lost feature rather than a saved FLOP.
+DENSE_BY_NAME = ("embedding", "pos_embedding", "cls_token")
+
+
+def dense_by_name(name: str) -> bool:
+    """Whether a leaf's path name marks it dense by design (``DENSE_BY_NAME``)."""
+    return name.rsplit("/", 1)[-1] in DENSE_BY_NAME
+
 
 def path_name(path) -> str:
     """``(DictKey('Dense_0'), DictKey('kernel'))`` -> ``"Dense_0/kernel"``."""
@@ -94,10 +103,11 @@ def apply_masks(params, masks):
 
 
 def sparse_layer_names(masks, layers: Iterable[str] | None = None) -> list[str]:
-    """Names of the sparsifiable layers: ``layers`` when given, else every leaf with ``ndim >= 2``."""
+    """Names of the sparsifiable layers: ``layers`` when given, else every leaf with ``ndim >= 2``
+    that is not dense by name (embeddings)."""
     named = named_leaves(masks)
     if layers is None:
-        return [n for n, m in named.items() if m.ndim >= 2]
+        return [n for n, m in named.items() if m.ndim >= 2 and not dense_by_name(n)]
     layers = list(layers)
     missing = sorted(set(layers) - set(named))
     if missing:

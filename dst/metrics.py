@@ -1,43 +1,31 @@
-"""Run metrics: per-layer density, ITOP rate, theoretical training FLOPs.
+"""Run metrics: per-layer forward FLOPs, ITOP rate, dead units, training FLOPs.
 
-FLOPs follow the RigL paper's appendix: with ``f_D`` the dense and ``f_S`` the sparse forward cost of
-one example, a training step costs ``3 f_S`` for static sparse training (forward, input gradient,
-weight gradient), ``3 f_D`` dense, and RigL ``(3 f_S dT + 2 f_S + f_D) / (dT + 1)`` on average, since
-every ``dT`` steps it needs one dense weight gradient.
+Training FLOPs follow the RigL paper's appendix; each algorithm states its own accounting
+(:mod:`dst.algorithms.accounting`), so this module knows no algorithm by name.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dst.algorithms.accounting import sparse_step_flops
+from dst.distributions import sparsifiable_layers
+from dst.graph import kernel_graph
 from dst.masks import named_leaves
 
 
-def layer_flops(model: nn.Module, params, input_shape) -> dict[str, float]:
-    """Forward FLOPs per example (2 per multiply-add) of every kernel, keyed ``"<module>/kernel"``.
-
-    A dense kernel costs ``2 * size``; a conv kernel ``2 * size * (output positions)``, read from the
-    shapes of one traced forward pass, so any linen model with Dense/Conv modules works.
+def layer_flops(apply_fn, params, model_state, sample_x, layers=None) -> dict[str, float]:
+    """Forward FLOPs of one example (2 per multiply-add) of every kernel in ``layers`` (default: every
+    sparsifiable leaf), read from one abstractly traced forward pass in evaluation mode: dense layers
+    count each token or position they are applied to, convolutions each output position.
     """
-    x = jnp.zeros((1,) + tuple(input_shape[1:]) if len(input_shape) > 1 else (1,) + tuple(input_shape))
-    _, state = jax.eval_shape(
-        lambda p: model.apply({"params": p}, x, capture_intermediates=True, mutable=["intermediates"]),
-        params)
-    outputs = named_leaves(state["intermediates"])
-    flops = {}
-    for name, kernel in named_leaves(params).items():
-        if kernel.ndim < 2:
-            continue
-        module = name.rsplit("/", 1)[0]
-        out = outputs.get(f"{module}/__call__/0")
-        positions = int(np.prod(out.shape[1:-1])) if out is not None and kernel.ndim > 2 else 1
-        flops[name] = 2.0 * kernel.size * positions
-    return flops
+    layers = sparsifiable_layers(params) if layers is None else list(layers)
+    x = jnp.zeros((1,) + tuple(sample_x.shape[1:]), sample_x.dtype)
+    forward = lambda p: apply_fn(p, model_state, x, False, None)[0]
+    return kernel_graph(forward, params, layers).flops
 
 
 def sparse_forward_flops(flops: dict[str, float], densities: dict[str, float]) -> float:
@@ -45,25 +33,12 @@ def sparse_forward_flops(flops: dict[str, float], densities: dict[str, float]) -
     return sum(f * densities.get(name, 1.0) for name, f in flops.items())
 
 
-def train_step_flops(algorithm: str, f_sparse: float, f_dense: float, step: int, *,
-                     update_every: int | None = None, start_step: int = 0, end_step: int | None = None,
-                     f_backward: float | None = None) -> float:
-    """Average training FLOPs of one step at ``step`` for ``algorithm`` (RigL appendix accounting).
-
-    dense ``3 f_D``; static, SET, MEST, SNIP, GraSP, GMP ``3 f_S`` (at the current density); RigL and
-    GraNet ``(3 f_S dT + 2 f_S + f_D) / (dT + 1)`` during updates (one dense gradient every ``dT``);
-    SNFS ``2 f_S + f_D`` (a dense gradient every step for its momentum); Top-KAST ``2 f_S + f_B``
-    (weight gradients over the backward set).
-    """
-    if algorithm == "dense":
-        return 3.0 * f_dense
-    if algorithm == "snfs":
-        return 2.0 * f_sparse + f_dense
-    if algorithm == "topkast":
-        return 2.0 * f_sparse + (f_backward if f_backward is not None else f_sparse)
-    if algorithm in ("rigl", "granet") and update_every and end_step and start_step <= step < end_step:
-        return (3.0 * f_sparse * update_every + 2.0 * f_sparse + f_dense) / (update_every + 1)
-    return 3.0 * f_sparse
+def train_step_flops(algo, step: int, f_sparse: float, f_dense: float, f_backward: float | None = None) -> float:
+    """Training FLOPs of one example at ``step``, as the algorithm accounts for them (its ``train_flops``
+    hook, :mod:`dst.algorithms.accounting`); ``3 f_S`` for algorithms without one."""
+    f_backward = f_sparse if f_backward is None else f_backward
+    flops = algo.train_flops or sparse_step_flops
+    return flops(step, f_sparse, f_dense, f_backward)
 
 
 def itop_rate(ever_active, layers: Iterable[str]) -> float:
@@ -74,25 +49,26 @@ def itop_rate(ever_active, layers: Iterable[str]) -> float:
     return active / size if size else 1.0
 
 
-def dead_units(masks, layers: list[str]) -> dict[str, int]:
-    """Hidden units with no incoming or no outgoing active connection, per layer.
+def dead_units(masks, pairs: Iterable[tuple[str, str]]) -> dict[str, int]:
+    """Hidden units with no incoming or no outgoing active connection, for each sequential pair.
 
-    ``layers`` are the kernels in forward order (a sequential model). The units of kernel ``l`` are
-    its output channels (last axis); their incoming weights are the rest of that kernel, their
-    outgoing weights the next kernel's input rows for that channel. When the next kernel takes a
-    flattened ``(..., channels)`` input (conv followed by dense), every row ``r`` with
-    ``r % channels == c`` belongs to channel ``c``. The last kernel (the logits) has no hidden units.
+    ``pairs`` are ``(producer, consumer)`` kernels where the consumer reads only the producer's output
+    (:func:`dst.graph.kernel_graph`; residual blocks have none). The units of the producer are its
+    output channels (last axis); their incoming weights are the rest of that kernel, their outgoing
+    weights the consumer's input rows for that channel. When the consumer takes a flattened
+    ``(..., channels)`` input (conv followed by dense), every row ``r`` with ``r % channels == c``
+    belongs to channel ``c``. A pair whose shapes do not fit this rule reports nothing.
     """
     named = named_leaves(masks)
     out = {}
-    for here, nxt in zip(layers, layers[1:]):
+    for here, nxt in pairs:
         m, m_next = np.asarray(named[here]), np.asarray(named[nxt])
         units = m.shape[-1]
         incoming = m.reshape(-1, units).any(axis=0)
         rows = m_next.reshape(-1, m_next.shape[-1]) if m_next.ndim == 2 else \
             np.moveaxis(m_next, -2, 0).reshape(m_next.shape[-2], -1)
         if rows.shape[0] % units:
-            continue  # not a sequential pair this rule understands: report nothing rather than guess
+            continue  # not a pairing this rule understands: report nothing rather than guess
         outgoing = rows.reshape(-1, units, rows.shape[-1]).any(axis=(0, 2))
         out[here] = int(np.count_nonzero(~(incoming & outgoing)))
     return out

@@ -91,4 +91,4 @@ def test_load_normalises_splits_and_shuffles_from_the_seed(tmp_path):
 
 def test_unknown_dataset_lists_the_valid_ones():
     with pytest.raises(DataError, match="dataset.name must be one of fashion_mnist, mnist, kmnist"):
-        locate("cifar10")
+        locate("svhn")

@@ -58,7 +58,7 @@ def test_grown_weights_start_with_zero_moments(opt):
     before = state
     state, _ = step(state, batch)           # step 4: moments of grown weights were zeroed first
 
-    grads = jax.grad(lambda p: dst.train.cross_entropy(dst.flax_apply(model)(p, *batch[:1], True, None),
+    grads = jax.grad(lambda p: dst.train.cross_entropy(dst.flax_apply(model)(p, {}, batch[0], True, None)[0],
                                                        batch[1]))(before.params)
     g = np.asarray(named_leaves(grads)["Dense_0/kernel"])[np.asarray(grown)]
     moments = []
@@ -91,7 +91,7 @@ def test_evaluate_counts_every_example_once(tiny_mlp):
     x = jax.random.normal(jax.random.key(0), (1234, 64))
     logits = model.apply({"params": params}, x)
     y = jnp.argmax(logits, -1).at[:34].set((jnp.argmax(logits[:34], -1) + 1) % 10)
-    out = dst.evaluate_fn(dst.flax_apply(model), batch_size=500)(params, x, y)
+    out = dst.evaluate_fn(dst.flax_apply(model), batch_size=500)(params, {}, x, y)
     assert float(out["accuracy"]) == pytest.approx(1200 / 1234)
     ref = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
     assert float(out["loss"]) == pytest.approx(float(ref), rel=1e-5)
@@ -107,9 +107,9 @@ def test_quiet_path_epoch_equals_the_plain_scan(name, updates):
     algo = make_algorithm(name, update_every=3, start_step=1, end_step=20)
     tx = optax.adam(1e-2)
     step = dst.make_train_step(dst.flax_apply(model), tx, algo)
-    assert hasattr(step, "quiet_path")
+    assert step.has_quiet_path
     fast = dst.train_epoch_fn(step, 32)
-    scan = dst.train_epoch_fn(lambda state, batch: step(state, batch), 32)   # no quiet_path: a scan
+    scan = dst.train_epoch_fn(step.full, 32)   # a plain function: the scan of the full step
     a = b = dst.create_train_state(jax.random.key(0), params, initial_masks(name, params), tx, algo)
     # 8 steps an epoch; updates at 1, 4, 7 (an epoch's last step), 10, 13, 16, 19 (pruning: and 20).
     for e, count in enumerate(updates):

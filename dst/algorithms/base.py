@@ -2,7 +2,7 @@
 
 Every algorithm is a :class:`SparseAlgorithm`: a pair of pure functions ::
 
-    state = algo.init(params, masks)
+    state = algo.init(params, masks)            # or algo.init(params, masks, key)
     params, masks, state = algo.update(state, key, params, masks, grads)
 
 ``grads`` is the dense gradient of the loss with respect to the effective weights. ``update`` runs once
@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from dst import schedules
+from dst.algorithms.accounting import windowed
 from dst.distributions import SparsifiableFilter
 from dst.distributions import default_sparsifiable
 from dst.masks import path_name
@@ -51,6 +52,10 @@ class SparseAlgorithm(NamedTuple):
       loss gradient is taken with respect to the masked (effective) weights.
     * ``penalty(state, params, masks) -> scalar``: a regulariser added to the loss the optimizer sees
       (Top-KAST's exploration penalty); growth scores still read the plain loss gradient.
+    * ``drop_fraction_at(step) -> float`` and ``train_flops(step, f_sparse, f_dense, f_backward) ->
+      float`` (host functions, :mod:`dst.algorithms.accounting`): what the run logs about the
+      algorithm, its drop fraction (or pruning rate) at a step and the training FLOPs of one example
+      at a step. Unset: no drop fraction (logged as 0) and ``3 f_S`` (sparse training).
     * ``quiet(state) -> int32`` with ``skip(state, n) -> state``: for schedule-driven algorithms,
       how many of the next ``update`` calls cannot change params or masks, and the state after ``n``
       such calls. The trainer then runs those steps without calling ``update`` (no ``lax.cond`` in
@@ -67,8 +72,8 @@ class SparseAlgorithm(NamedTuple):
     penalty: Callable[..., Any] | None = None
     quiet: Callable[..., Any] | None = None
     skip: Callable[..., Any] | None = None
-
-
+    drop_fraction_at: Callable[[int], float] | None = None
+    train_flops: Callable[..., float] | None = None
 
 
 class PruneRegrowState(NamedTuple):
@@ -169,7 +174,8 @@ def prune_and_regrow(*, drop_rule: DropRule, grow_score: GrowScore, update_every
     keep_leaf = sparsifiable or default_sparsifiable
     alpha = float(drop_fraction)
 
-    def init(params, masks):
+    def init(params, masks, key=None):
+        del key
         return initial_state(masks, init_extra(params, masks) if init_extra else ())
 
     def topology(step, extra, key, params, masks, grads):
@@ -205,7 +211,9 @@ def prune_and_regrow(*, drop_rule: DropRule, grow_score: GrowScore, update_every
     def quiet(state):
         return schedules.steps_until_update(state.step, update_every, start_step, end_step)
 
-    return SparseAlgorithm(init=init, update=update, quiet=quiet, skip=skip_calls)
+    fraction = lambda t: schedules.drop_fraction(t, alpha, drop_schedule, end_step)
+    return SparseAlgorithm(init=init, update=update, quiet=quiet, skip=skip_calls,
+                           drop_fraction_at=windowed(fraction, start_step, end_step))
 
 
 def skip_calls(state, n):

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from dst import schedules
+from dst.algorithms.accounting import windowed
 from dst.algorithms.base import SparseAlgorithm
 from dst.algorithms.base import initial_state
 from dst.algorithms.base import skip_calls
@@ -79,7 +80,8 @@ def gmp(*, sparsity: float, update_every: int, end_step: int, start_step: int = 
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {', '.join(SCOPES)}; got {scope!r}.")
 
-    def init(params, masks):
+    def init(params, masks, key=None):
+        del key
         finals = final_counts(params, sparsity, distribution, erk_power_scale=erk_power_scale,
                               dense_layers=dense_layers, sparsifiable=sparsifiable)
         return initial_state(masks, {n: jnp.int32(c) for n, c in finals.items()})
@@ -116,4 +118,10 @@ def gmp(*, sparsity: float, update_every: int, end_step: int, start_step: int = 
     def quiet(state):
         return steps_until_pruning(state.step, update_every, start_step, end_step)
 
-    return SparseAlgorithm(init=init, update=update, quiet=quiet, skip=skip_calls)
+    def pruning_rate(step):
+        # The fraction of the active weights the cubic removes from one pruning step to the next.
+        s = lambda t: float(schedules.cubic_sparsity(t, initial_sparsity, sparsity, start_step, end_step))
+        return 1.0 - (1.0 - s(step)) / (1.0 - s(max(step - update_every, start_step)))
+
+    return SparseAlgorithm(init=init, update=update, quiet=quiet, skip=skip_calls,
+                           drop_fraction_at=windowed(pruning_rate, start_step, end_step, inclusive_end=True))

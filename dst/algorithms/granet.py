@@ -7,6 +7,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from dst import schedules
+from dst.algorithms.accounting import periodic_dense_gradient
+from dst.algorithms.accounting import windowed
 from dst.algorithms.base import SparseAlgorithm
 from dst.algorithms.base import _update_layer
 from dst.algorithms.base import check_schedule
@@ -55,8 +57,8 @@ def granet(*, sparsity: float, update_every: int, end_step: int, start_step: int
     keep_leaf = sparsifiable or default_sparsifiable
     alpha = float(drop_fraction)
 
-    def init(params, masks):
-        del params
+    def init(params, masks, key=None):
+        del params, key
         return initial_state(masks)
 
     def update(state, key, params, masks, grads):
@@ -89,4 +91,8 @@ def granet(*, sparsity: float, update_every: int, end_step: int, start_step: int
     def quiet(state):
         return steps_until_pruning(state.step, update_every, start_step, end_step)
 
-    return SparseAlgorithm(init=init, update=update, quiet=quiet, skip=skip_calls)
+    return SparseAlgorithm(
+        init=init, update=update, quiet=quiet, skip=skip_calls,
+        drop_fraction_at=windowed(lambda t: schedules.drop_fraction(t, alpha, drop_schedule, end_step),
+                                  start_step, end_step, inclusive_end=True),
+        train_flops=periodic_dense_gradient(update_every, start_step, end_step + 1))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from dst.algorithms.accounting import periodic_dense_gradient
 from dst.algorithms.base import SparseAlgorithm
 from dst.algorithms.base import magnitude_drop
 from dst.algorithms.base import prune_and_regrow
@@ -31,7 +32,8 @@ def rigl(*, update_every: int, end_step: int, start_step: int = 0, drop_fraction
 
         algo = dst.algorithms.make("rigl", update_every=100, end_step=7500, drop_fraction=0.3)
     """
-    return prune_and_regrow(drop_rule=magnitude_drop, grow_score=gradient_grow_score,
+    algo = prune_and_regrow(drop_rule=magnitude_drop, grow_score=gradient_grow_score,
                             update_every=update_every, end_step=end_step, start_step=start_step,
                             drop_fraction=drop_fraction, drop_schedule=drop_schedule, grow_init=grow_init,
                             sparsifiable=sparsifiable)
+    return algo._replace(train_flops=periodic_dense_gradient(update_every, start_step, end_step))

@@ -7,6 +7,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from dst import schedules
+from dst.algorithms.accounting import dense_gradient_every_step
+from dst.algorithms.accounting import windowed
 from dst.algorithms.base import SparseAlgorithm
 from dst.algorithms.base import _grow_values
 from dst.algorithms.base import check_schedule
@@ -84,7 +86,8 @@ def snfs(*, update_every: int, end_step: int, start_step: int = 0, drop_fraction
         raise ValueError(f"momentum must be in [0, 1); got {momentum!r}.")
     keep_leaf = sparsifiable or default_sparsifiable
 
-    def init(params, masks):
+    def init(params, masks, key=None):
+        del key
         return initial_state(masks, {"momentum": jax.tree_util.tree_map(jnp.zeros_like, params)})
 
     def prune_rate(step):
@@ -130,4 +133,5 @@ def snfs(*, update_every: int, end_step: int, start_step: int = 0, drop_fraction
         extra = {"momentum": mom}
         return params, masks, state._replace(step=state.step + 1, grown=grown, updated=due, extra=extra)
 
-    return SparseAlgorithm(init=init, update=update)
+    return SparseAlgorithm(init=init, update=update, train_flops=dense_gradient_every_step,
+                           drop_fraction_at=windowed(prune_rate, start_step, end_step))

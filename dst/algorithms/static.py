@@ -17,8 +17,8 @@ def static() -> SparseAlgorithm:
         algo = dst.algorithms.make("static")
     """
 
-    def init(params, masks):
-        del params
+    def init(params, masks, key=None):
+        del params, key
         return initial_state(masks)
 
     def update(state, key, params, masks, grads):

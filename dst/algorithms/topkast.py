@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from dst import schedules
+from dst.algorithms.accounting import backward_set_gradient
 from dst.algorithms.base import SparseAlgorithm
 from dst.algorithms.base import check_schedule
 from dst.algorithms.base import initial_state
@@ -66,14 +67,15 @@ def topkast(*, sparsity: float, backward_sparsity: float, update_every: int, end
             b[n] = top_k_mask(jnp.abs(w[n]), everything, bwd[n], k)
         return a, b
 
-    def init(params, masks):
+    def init(params, masks, key=None):
+        # Ties among equal |theta| are broken from the run's key (the trainer passes one).
+        key = jax.random.key(0) if key is None else key
         m, w = named_leaves(masks), named_leaves(params)
-        fwd, bwd = counts(params, sparsity), counts(params, backward_sparsity)
+        bwd = counts(params, backward_sparsity)
         # B starts as the forward mask plus the largest |theta| outside it, so that A is inside B.
         backward = {n: m[n] | top_k_mask(jnp.abs(w[n]), ~m[n], bwd[n] - jnp.sum(m[n], dtype=jnp.int32),
-                                         jax.random.key(i))
-                    for i, n in enumerate(fwd)}
-        del fwd
+                                         jax.random.fold_in(key, i))
+                    for i, n in enumerate(bwd)}
         return initial_state(masks, {"backward": replace_named(masks, backward)})
 
     def update(state, key, params, masks, grads):
@@ -108,4 +110,5 @@ def topkast(*, sparsity: float, backward_sparsity: float, update_every: int, end
             total = total + jnp.sum(scale * w * w)
         return 0.5 * penalty * total
 
-    return SparseAlgorithm(init=init, update=update, trainable=trainable, penalty=exploration_penalty)
+    return SparseAlgorithm(init=init, update=update, trainable=trainable, penalty=exploration_penalty,
+                           train_flops=backward_set_gradient)

@@ -11,7 +11,9 @@ import numbers
 
 from dst import algorithms
 from dst.data import DATASETS
+from dst.data import LABEL_MODES
 from dst.data import locate
+from dst.data.augment import AUGMENTATIONS
 from dst.data.datasets import NORMALIZATIONS
 from dst.distributions import DISTRIBUTIONS
 from dst.logging import WANDB_MODES
@@ -19,6 +21,7 @@ from dst.models import MODELS
 from dst.optimizers import LR_SCHEDULES
 from dst.optimizers import OPTIMIZERS
 from dst.schedules import DROP_SCHEDULES
+from dst.train.epoch import LOOPS
 
 LOGGERS = ("wandb", "none")
 # Keys of conf/sparsity that every algorithm may carry: they describe the initial masks or the run
@@ -85,9 +88,11 @@ def algorithm_hparams(sparsity_cfg: dict, total_steps: int) -> dict:
 def validate(cfg: dict, total_steps: int | None = None) -> None:
     """Raise :class:`ConfigError` for the first setting out of range (data presence included)."""
     _range(cfg, "trainer.seed", 0, None, integer=True)
-    _choice(cfg, "model.name", MODELS)
-    _range(cfg, "model.dropout", 0.0, 1.0)
-    if cfg["model"]["name"] == "mlp":
+    if not _get(cfg, "model").get("_target_"):
+        _choice(cfg, "model.name", MODELS)
+    if "dropout" in cfg["model"]:
+        _range(cfg, "model.dropout", 0.0, 1.0)
+    if cfg["model"].get("name") == "mlp" and not cfg["model"].get("_target_"):
         hidden = _get(cfg, "model.hidden")
         if not hidden or not all(_is_int(h) and h > 0 for h in hidden):
             raise ConfigError(f"model.hidden must be a non-empty list of positive integers; got {hidden!r}.")
@@ -95,6 +100,12 @@ def validate(cfg: dict, total_steps: int | None = None) -> None:
     _choice(cfg, "dataset.name", DATASETS)
     _range(cfg, "dataset.val_fraction", 0.0, 1.0)
     _choice(cfg, "dataset.normalize", NORMALIZATIONS)
+    if "augment" in cfg["dataset"]:
+        _choice(cfg, "dataset.augment", AUGMENTATIONS)
+    if "crop_padding" in cfg["dataset"]:
+        _range(cfg, "dataset.crop_padding", 0, None, integer=True)
+    if "label_mode" in cfg["dataset"]:
+        _choice(cfg, "dataset.label_mode", LABEL_MODES)
 
     sp = _get(cfg, "sparsity")
     _choice(cfg, "sparsity.algorithm", algorithms.names())
@@ -132,11 +143,17 @@ def validate(cfg: dict, total_steps: int | None = None) -> None:
     milestones = _get(cfg, "optimizer.milestones")
     if not all(_is_num(m) and 0 < m < 1 for m in milestones) or list(milestones) != sorted(milestones):
         raise ConfigError(f"optimizer.milestones must be increasing fractions in (0, 1); got {milestones!r}.")
+    if "step_every" in cfg["optimizer"]:
+        _range(cfg, "optimizer.step_every", 0, None, lo_open=True, integer=True, optional=True)
 
     _range(cfg, "trainer.epochs", 1, None, integer=True)
     _range(cfg, "trainer.batch_size", 1, None, integer=True)
     _range(cfg, "trainer.eval_batch_size", 1, None, integer=True)
     _range(cfg, "trainer.log_every_epochs", 1, None, integer=True)
+    if "epoch_loop" in cfg["trainer"]:
+        _choice(cfg, "trainer.epoch_loop", ("auto",) + LOOPS)
+    if "max_steps" in cfg["trainer"]:
+        _range(cfg, "trainer.max_steps", 0, None, lo_open=True, integer=True, optional=True)
 
     _choice(cfg, "logger.name", LOGGERS)
     if cfg["logger"]["name"] == "wandb":

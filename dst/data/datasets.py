@@ -1,14 +1,10 @@
-"""IDX image-classification data sets: where they are, how they load, how they split.
+"""One entry point for every data set: where it is, how it loads, normalises and splits.
 
-Lookup order for a data set ``name`` (first hit wins):
-
-1. ``data_dir`` when given: it must hold the files (no fallback, so a typo never trains on other data);
-2. ``$DST_DATA_DIR/<name>``, then ``$DST_DATA_DIR``;
-3. ``~/.cache/dst/<name>``;
-4. ``/usr/share/datasets/<name>`` (Debian's ``dataset-fashion-mnist`` installs there).
-
-``<name>`` is tried as written and with ``_`` as ``-`` (``fashion_mnist`` -> ``fashion-mnist``).
-Nothing is downloaded.
+``load(name, data_dir, ...)`` returns a :class:`Dataset` of numpy arrays for
+``fashion_mnist``, ``mnist``, ``kmnist`` (IDX files, images ``(N, 28, 28)``), ``cifar10``, ``cifar100``
+(python-pickle batches, images ``(N, 32, 32, 3)``) and ``mnist1d`` (generated offline, signals ``(N, 40)``).
+Files are looked up as described in :mod:`dst.data.lookup`; nothing is downloaded (``dst-data download``
+does that for users who are online).
 """
 
 from __future__ import annotations
@@ -19,30 +15,34 @@ from typing import NamedTuple
 
 import numpy as np
 
-from dst.data.idx import DataError
-from dst.data.idx import read_idx
+from dst.data import cifar
+from dst.data import mnist
+from dst.data import mnist1d
+from dst.data.errors import DataError
+from dst.data.errors import DataNotFoundError
+from dst.data.lookup import candidate_dirs
 
-DATASETS = ("fashion_mnist", "mnist", "kmnist")
-FILES = {
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte",
-    "test_labels": "t10k-labels-idx1-ubyte",
-}
-SOURCES = {
-    "fashion_mnist": "https://github.com/zalandoresearch/fashion-mnist (data/fashion)",
-    "mnist": "https://yann.lecun.com/exdb/mnist/ (or any MNIST mirror)",
-    "kmnist": "https://github.com/rois-codh/kmnist (the IDX .gz files)",
-}
+DATASETS = mnist.NAMES + cifar.NAMES + (mnist1d.NAME,)
 NORMALIZATIONS = ("standard", "unit", "none")
+LABEL_MODES = cifar.LABEL_MODES
+
+__all__ = ["DATASETS", "LABEL_MODES", "NORMALIZATIONS", "DataError", "DataNotFoundError", "Dataset",
+           "candidate_dirs", "load", "locate"]
 
 
-class DataNotFoundError(DataError):
-    """The data set's files are not where the loader looked."""
+def _constant(values) -> np.ndarray:
+    array = np.asarray(values, np.float32)
+    array.setflags(write=False)
+    return array
 
 
 class Dataset(NamedTuple):
-    """Float32 images ``(N, 28, 28)`` and int32 labels; ``val_*`` are empty without a split."""
+    """Float32 inputs and int32 labels; ``val_*`` are empty without a split.
+
+    Inputs are ``(N, 28, 28)`` for the IDX sets, ``(N, 32, 32, 3)`` for CIFAR, ``(N, 40)`` for MNIST-1D.
+    ``mean`` and ``std`` (one entry per channel, in pixel/255 units) are what was applied:
+    ``x = (pixel / 255 - mean) / std``; :attr:`pad_value` is therefore a black pixel after normalisation.
+    """
 
     train_x: np.ndarray
     train_y: np.ndarray
@@ -51,94 +51,128 @@ class Dataset(NamedTuple):
     test_x: np.ndarray
     test_y: np.ndarray
     source: str
+    mean: np.ndarray = _constant([0.0])
+    std: np.ndarray = _constant([1.0])
+    num_classes: int = 10
+    name: str = ""
+
+    @property
+    def pad_value(self) -> np.ndarray:
+        """The normalised value of a black (zero) pixel, per channel: what augmentation pads with."""
+        return ((0.0 - self.mean) / self.std).astype(np.float32)
 
 
-def _find(folder: pathlib.Path, stem: str) -> pathlib.Path | None:
-    for candidate in (folder / stem, folder / f"{stem}.gz"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _holds_all(folder: pathlib.Path) -> bool:
-    return all(_find(folder, stem) for stem in FILES.values())
-
-
-def candidate_dirs(name: str) -> list[pathlib.Path]:
-    """The folders searched when no ``data_dir`` is given, in order."""
-    names = list(dict.fromkeys([name, name.replace("_", "-")]))
-    dirs = []
-    env = os.environ.get("DST_DATA_DIR")
-    if env:
-        dirs += [pathlib.Path(env) / n for n in names] + [pathlib.Path(env)]
-    dirs += [pathlib.Path.home() / ".cache" / "dst" / n for n in names]
-    dirs += [pathlib.Path("/usr/share/datasets") / n for n in names]
-    return dirs
-
-
-def how_to_get(name: str, folder: str) -> str:
-    apt = ("run 'apt-get install dataset-fashion-mnist' (Debian/Ubuntu), or "
-           if name == "fashion_mnist" else "")
-    files = ", ".join(f"{s}.gz" for s in FILES.values())
-    return f"{apt}put the four files {files} from {SOURCES[name]} into {folder}"
-
-
-def locate(name: str, data_dir: str | None = None) -> pathlib.Path:
-    """The folder holding ``name``'s four IDX files, or :class:`DataNotFoundError` in one sentence."""
+def locate(name: str, data_dir: str | os.PathLike | None = None) -> pathlib.Path:
+    """The folder holding ``name``'s files (MNIST-1D: its cache file), or one-sentence :class:`DataNotFoundError`."""
     if name not in DATASETS:
         raise DataError(f"dataset.name must be one of {', '.join(DATASETS)}; got {name!r}.")
-    if data_dir:
-        folder = pathlib.Path(data_dir).expanduser()
-        if _holds_all(folder):
-            return folder
-        missing = [s for s in FILES.values() if not _find(folder, s)]
-        raise DataNotFoundError(
-            f"dataset.data_dir={str(folder)!r} does not hold the {name} files (missing: "
-            f"{', '.join(missing)}); {how_to_get(name, str(folder))}.")
-    searched = candidate_dirs(name)
-    for folder in searched:
-        if _holds_all(folder):
-            return folder
-    raise DataNotFoundError(
-        f"{name} was not found in {', '.join(str(d) for d in searched)}; "
-        f"{how_to_get(name, str(pathlib.Path.home() / '.cache' / 'dst' / name))} "
-        f"(or set dataset.data_dir or $DST_DATA_DIR).")
+    if name in cifar.NAMES:
+        return cifar.locate(name, data_dir)
+    if name == mnist1d.NAME:
+        return mnist1d.locate(data_dir)
+    return mnist.locate(name, data_dir)
 
 
-def _read_split(folder: pathlib.Path, images: str, labels: str):
-    x, y = read_idx(_find(folder, FILES[images])), read_idx(_find(folder, FILES[labels]))
-    if x.ndim != 3 or y.ndim != 1 or x.shape[0] != y.shape[0]:
-        raise DataError(f"{folder}: {FILES[images]} has shape {x.shape} and {FILES[labels]} has shape "
-                        f"{y.shape}; expected (N, H, W) images and N labels.")
-    return x, y.astype(np.int32)
-
-
-def load(name: str, data_dir: str | None = None, *, val_fraction: float = 0.0, seed: int = 0,
-         normalize: str = "standard") -> Dataset:
-    """Load a data set as numpy arrays.
-
-    ``normalize``: ``standard`` (zero mean, unit variance with the training set's statistics),
-    ``unit`` (pixels / 255) or ``none`` (raw 0..255 as float32). ``val_fraction`` of the training set,
-    chosen by a permutation from ``seed``, becomes the validation split.
-    """
-    if normalize not in NORMALIZATIONS:
-        raise DataError(f"dataset.normalize must be one of {', '.join(NORMALIZATIONS)}; got {normalize!r}.")
-    if not 0.0 <= val_fraction < 1.0:
-        raise DataError(f"dataset.val_fraction must be in [0, 1); got {val_fraction}.")
-    folder = locate(name, data_dir)
-    train_x, train_y = _read_split(folder, "train_images", "train_labels")
-    test_x, test_y = _read_split(folder, "test_images", "test_labels")
-
+def _normalize_one_channel(train_x, test_x, normalize):
+    """The IDX sets' normalisation, unchanged: one mean and std over all training pixels."""
     train_x, test_x = train_x.astype(np.float32), test_x.astype(np.float32)
+    mean, std = np.float32(0.0), np.float32(1.0)
     if normalize == "unit":
         train_x, test_x = train_x / 255.0, test_x / 255.0
     elif normalize == "standard":
         mean, std = train_x.mean() / 255.0, train_x.std() / 255.0
         train_x = (train_x / 255.0 - mean) / std
         test_x = (test_x / 255.0 - mean) / std
+    else:
+        std = np.float32(1.0 / 255.0)
+    return train_x, test_x, _constant([mean]), _constant([std])
 
+
+def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact per-channel mean and std of uint8 NHWC images, in pixel/255 units (float64 from histograms)."""
+    values = np.arange(256, dtype=np.float64)
+    mean, std = [], []
+    for c in range(images.shape[-1]):
+        counts = np.bincount(images[..., c].ravel(), minlength=256).astype(np.float64)
+        n = counts.sum()
+        m = (counts @ values) / n
+        mean.append(m / 255.0)
+        std.append(np.sqrt(max((counts @ values**2) / n - m * m, 0.0)) / 255.0)
+    return np.array(mean), np.array(std)
+
+
+def _normalize_channels(train_x, test_x, normalize):
+    """Per-channel normalisation of uint8 NHWC images (torchvision's Normalize with the data's statistics)."""
+    channels = train_x.shape[-1]
+    mean, std = np.zeros(channels), np.ones(channels)
+    if normalize == "standard":
+        mean, std = channel_stats(train_x)
+        if np.any(std == 0):
+            raise DataError(f"dataset.normalize=standard needs varying pixels, but channel "
+                            f"{int(np.argmin(std))} of the training images is constant; use normalize=unit.")
+    elif normalize == "none":
+        std = np.full(channels, 1.0 / 255.0)
+    mean, std = _constant(mean), _constant(std)
+
+    def apply(x):
+        out = x.astype(np.float32)
+        out *= np.float32(1.0 / 255.0)
+        out -= mean
+        out /= std
+        return out
+
+    return apply(train_x), apply(test_x), mean, std
+
+
+def _split(train_x, train_y, val_fraction, seed):
     n_val = int(round(val_fraction * train_x.shape[0]))
     order = np.random.default_rng(seed).permutation(train_x.shape[0])
     val_idx, train_idx = order[:n_val], order[n_val:]
-    return Dataset(train_x[train_idx], train_y[train_idx], train_x[val_idx], train_y[val_idx],
-                   test_x, test_y, str(folder))
+    return train_x[train_idx], train_y[train_idx], train_x[val_idx], train_y[val_idx]
+
+
+def _check_options(name, normalize, val_fraction, label_mode):
+    if name not in DATASETS:
+        raise DataError(f"dataset.name must be one of {', '.join(DATASETS)}; got {name!r}.")
+    if normalize not in NORMALIZATIONS:
+        raise DataError(f"dataset.normalize must be one of {', '.join(NORMALIZATIONS)}; got {normalize!r}.")
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"dataset.val_fraction must be in [0, 1); got {val_fraction}.")
+    if label_mode not in LABEL_MODES:
+        raise DataError(f"dataset.label_mode must be one of {', '.join(LABEL_MODES)}; got {label_mode!r}.")
+    if label_mode != "fine" and name != "cifar100":
+        raise DataError(f"dataset.label_mode={label_mode} applies to cifar100 only; {name} has one label set "
+                        f"(use label_mode=fine).")
+    if name == mnist1d.NAME and normalize == "unit":
+        raise DataError("dataset.normalize=unit needs pixel data, but mnist1d's generator already standardises "
+                        "its signals; use normalize=standard or none (both keep the published values).")
+
+
+def load(name: str, data_dir: str | os.PathLike | None = None, *, val_fraction: float = 0.0, seed: int = 0,
+         normalize: str = "standard", label_mode: str = "fine") -> Dataset:
+    """Load a data set as numpy arrays.
+
+    ``normalize``: ``standard`` (zero mean, unit variance with the training set's statistics; per channel
+    for colour images), ``unit`` (pixels / 255) or ``none`` (raw 0..255 as float32). MNIST-1D keeps its
+    generator's standardised values under ``standard`` and ``none``. ``val_fraction`` of the training set,
+    chosen by a permutation from ``seed``, becomes the validation split. ``label_mode``: CIFAR-100's
+    ``fine`` (100 classes) or ``coarse`` (20 super-classes) labels.
+    """
+    _check_options(name, normalize, val_fraction, label_mode)
+    if name == mnist1d.NAME:
+        arrays, source = mnist1d.load(data_dir)
+        train_x, train_y, test_x, test_y = (arrays[k] for k in mnist1d.KEYS)
+        mean, std, classes = _constant([0.0]), _constant([1.0]), 10
+    else:
+        folder = locate(name, data_dir)
+        source = folder
+        if name in cifar.NAMES:
+            train_x, train_y, test_x, test_y = cifar.read(folder, name, label_mode)
+            train_x, test_x, mean, std = _normalize_channels(train_x, test_x, normalize)
+            classes = cifar.LAYOUTS[name].num_classes[label_mode]
+        else:
+            train_x, train_y, test_x, test_y = mnist.read(folder)
+            train_x, test_x, mean, std = _normalize_one_channel(train_x, test_x, normalize)
+            classes = 10
+    train_x, train_y, val_x, val_y = _split(train_x, train_y, val_fraction, seed)
+    return Dataset(train_x, train_y, val_x, val_y, test_x, test_y, str(source), mean, std, classes, name)

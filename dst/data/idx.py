@@ -13,12 +13,10 @@ import zlib
 
 import numpy as np
 
+from dst.data.errors import DataError
+
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09}
-
-
-class DataError(ValueError):
-    """A data file is missing, truncated or not what it claims to be."""
 
 
 def _read_bytes(path: pathlib.Path) -> bytes:

@@ -3,27 +3,31 @@
 ``python -m dst.train`` runs the ``dst-train`` command (see :mod:`dst.train.__main__`).
 """
 
-from dst.train.step import TrainState
-from dst.train.step import create_train_state
+from dst.train.apply import flax_apply
+from dst.train.apply import init_model
+from dst.train.epoch import epoch_batches
+from dst.train.epoch import train_epoch_fn
+from dst.train.evaluate import evaluate_fn
+from dst.train.prune_init import prune_at_init
+from dst.train.state import TrainState
+from dst.train.state import create_train_state
+from dst.train.state import map_param_like
+from dst.train.state import reset_grown_moments
+from dst.train.state import reset_moments
+from dst.train.state import settle_topology
+from dst.train.step import TrainStep
 from dst.train.step import cross_entropy
-from dst.train.step import epoch_batches
-from dst.train.step import evaluate_fn
-from dst.train.step import flax_apply
 from dst.train.step import make_train_step
-from dst.train.step import map_param_like
-from dst.train.step import prune_at_init
-from dst.train.step import reset_grown_moments
-from dst.train.step import reset_moments
-from dst.train.step import settle_topology
-from dst.train.step import train_epoch_fn
 
 __all__ = [
     "TrainState",
+    "TrainStep",
     "create_train_state",
     "cross_entropy",
     "epoch_batches",
     "evaluate_fn",
     "flax_apply",
+    "init_model",
     "make_train_step",
     "map_param_like",
     "prune_at_init",

@@ -1,0 +1,83 @@
+"""Build a run's parts from a plain config dict: the model (built in, or the user's own by
+``model._target_``), the optimizer and the algorithm's settings. Hydra-free."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+
+import flax.linen as nn
+
+from dst.app.validate import ConfigError
+from dst.models import build_model
+from dst.optimizers import make_optimizer
+
+# Keys of conf/model that describe the entry rather than the module's fields.
+MODEL_META_KEYS = ("name", "_target_")
+
+
+def import_target(target: str):
+    """``"my_package.MyNet"`` -> the object, or :class:`ConfigError` naming what failed."""
+    module_name, _, attr = str(target).rpartition(".")
+    if not module_name:
+        raise ConfigError(f"model._target_ must be a dotted path such as my_package.MyNet; got {target!r}.")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(f"model._target_={target} cannot be imported: {err} (is {module_name} on "
+                          f"PYTHONPATH?).") from None
+    if not hasattr(module, attr):
+        raise ConfigError(f"model._target_={target}: module {module_name} has no attribute {attr!r}.")
+    return getattr(module, attr)
+
+
+def make_model(model_cfg: dict, num_classes: int, say=print) -> nn.Module:
+    """The flax.linen module the config names.
+
+    Built-in models by ``model.name`` with the other keys as options. With ``model._target_``, that
+    class (or factory) is called with the keys it accepts as fields or arguments, plus
+    ``num_classes`` when it takes one and the config does not set it; keys it does not take (the
+    model group's own defaults, such as ``dropout``) are left out and named on the console.
+    """
+    options = {k: v for k, v in model_cfg.items() if k not in MODEL_META_KEYS}
+    target = model_cfg.get("_target_")
+    if not target:
+        try:
+            return build_model(model_cfg["name"], num_classes=num_classes, **options)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(str(err)) from None
+    factory = import_target(target)
+    accepted = _accepted_names(factory)
+    if accepted is not None:
+        left_out = sorted(set(options) - accepted)
+        if left_out:
+            say(f"model: {target} takes no {', '.join(left_out)}; left out of its arguments.")
+        options = {k: v for k, v in options.items() if k in accepted}
+        if "num_classes" in accepted:
+            options.setdefault("num_classes", num_classes)
+    try:
+        model = factory(**options)
+    except Exception as err:  # the user's constructor: any failure is a config problem
+        raise ConfigError(f"model._target_={target} could not be built with {options}: {err}") from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model._target_={target} must build a flax.linen Module; got {type(model).__name__}.")
+    return model
+
+
+def _accepted_names(factory) -> set[str] | None:
+    if isinstance(factory, type) and dataclasses.is_dataclass(factory):
+        return {f.name for f in dataclasses.fields(factory) if f.init and f.name not in ("parent", "name")}
+
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind == p.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params}
+
+
+def make_tx(cfg: dict, total_steps: int):
+    opt = dict(cfg["optimizer"])
+    return make_optimizer(opt.pop("name"), total_steps, **opt)

@@ -1,0 +1,80 @@
+"""The record a run logs every ``log_every_epochs`` epochs: what the interval's steps measured, the
+evaluations, and what the masks, the algorithm and the model's kernel graph say about the run."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+import dst
+from dst import metrics
+
+
+class Interval:
+    """Per-step metrics of the epochs since the last record, and the run's cumulative training FLOPs.
+
+    FLOPs of each step are the algorithm's own accounting (``algo.train_flops``) at the densities the
+    masks have at the end of the step's epoch.
+    """
+
+    def __init__(self, flops: dict[str, float], layers: list[str], algo, cumulative_flops: float = 0.0):
+        self.flops, self.layers, self.algo = flops, layers, algo
+        self.f_dense = sum(flops.values())
+        self.cumulative_flops = cumulative_flops
+        self.steps: dict | None = None
+        self.seconds = 0.0
+
+    def add(self, m: dict, seconds: float, state) -> None:
+        if self.steps is None:
+            self.steps = m
+        else:
+            self.steps = jax.tree_util.tree_map(lambda a, b: np.concatenate([a, b]), self.steps, m)
+        self.seconds += seconds
+        report = dst.density_report(state.masks, self.layers)
+        f_sparse = metrics.sparse_forward_flops(self.flops, report)
+        f_backward = f_sparse
+        if self.algo.trainable is not None:
+            backward = dst.density_report(self.algo.trainable(state.algo_state, state.masks), self.layers)
+            f_backward = metrics.sparse_forward_flops(self.flops, backward)
+        step = int(state.step)
+        self.cumulative_flops += sum(metrics.train_step_flops(self.algo, t, f_sparse, self.f_dense, f_backward)
+                                     for t in range(step - len(m["loss"]), step))
+
+    def next(self) -> Interval:
+        """The next interval, carrying the cumulative FLOPs."""
+        return Interval(self.flops, self.layers, self.algo, self.cumulative_flops)
+
+
+def record_for(epoch: int, state, interval: Interval, evaluations: dict, pairs, elapsed: float) -> dict:
+    """One ``metrics.jsonl`` record (see the README for every key)."""
+    steps, layers, algo = interval.steps, interval.layers, interval.algo
+    step = int(state.step)
+    record = {"step": step, "epoch": epoch,
+              "train/loss": float(np.mean(steps["loss"])), "train/accuracy": float(np.mean(steps["accuracy"]))}
+    for split, values in evaluations.items():
+        record.update({f"{split}/{k}": float(v) for k, v in values.items()})
+    report = dst.density_report(state.masks, layers)
+    record["sparsity/global"] = 1.0 - report["global"]
+    record.update({f"sparsity/{n}": 1.0 - report[n] for n in layers})
+    record["itop_rate"] = metrics.itop_rate(state.ever_active, layers)
+    record["drop_fraction"] = float(algo.drop_fraction_at(step)) if algo.drop_fraction_at else 0.0
+    record.update(_topology(steps, layers))
+    dead = metrics.dead_units(state.masks, pairs)
+    record["dead_units/total"] = sum(dead.values())
+    record.update({f"dead_units/{n}": c for n, c in dead.items()})
+    record["flops/train_relative"] = interval.cumulative_flops / (step * 3.0 * interval.f_dense)
+    record["steps_per_sec"] = len(steps["loss"]) / interval.seconds
+    record["time/elapsed"] = elapsed
+    return record
+
+
+def _topology(steps, layers) -> dict:
+    """Update count and dropped/grown totals over the interval, overall and per sparse layer."""
+    updates = int(np.sum(steps["updated"]))
+    out = {"topology/updates": updates}
+    for kind in ("dropped", "grown"):
+        per_layer = {n: int(np.sum(steps[kind][n])) for n in layers}
+        out[f"topology/{kind}"] = sum(per_layer.values())
+        out[f"topology/{kind}_per_update"] = sum(per_layer.values()) / updates if updates else 0.0
+        out.update({f"topology/{kind}/{n}": c for n, c in per_layer.items()})
+    return out

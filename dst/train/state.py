@@ -1,0 +1,116 @@
+"""The train state and the bookkeeping of topology updates (optimizer moments, ITOP, counts)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from dst.algorithms.base import SparseAlgorithm
+from dst.masks import apply_masks
+from dst.masks import named_leaves
+
+# fold_in tag of the algorithm's init key, so it is independent of the per-step key chain.
+ALGO_INIT_STREAM = 0x616C67
+
+
+class TrainState(NamedTuple):
+    params: Any        # stored with exact zeros at inactive positions
+    masks: Any         # bool pytree of the params' structure
+    model_state: Any   # the model's non-parameter collections ({"batch_stats": ...}; {} for MLPs)
+    opt_state: Any
+    algo_state: Any
+    ever_active: Any   # bool pytree: weights active at any step so far (ITOP rate)
+    active: Any        # {layer name: int32} active count per leaf at the last bookkeeping
+    step: jax.Array    # int32 optimizer steps taken
+    rng: jax.Array
+
+
+def create_train_state(key, params, masks, tx: optax.GradientTransformation, algo: SparseAlgorithm,
+                       model_state=None) -> TrainState:
+    """Mask the params, initialise the optimizer and the algorithm.
+
+    ``key`` starts the chain of per-step keys (dropout, the algorithm's updates); the algorithm's
+    ``init`` gets a key folded from it (Top-KAST breaks the ties of its first backward set with it).
+    """
+    if algo.trainable is None:  # dense storage (Top-KAST) keeps the weights outside the mask
+        params = apply_masks(params, masks)
+    algo_state = algo.init(params, masks, jax.random.fold_in(key, ALGO_INIT_STREAM))
+    return TrainState(params=params, masks=masks, model_state={} if model_state is None else model_state,
+                      opt_state=tx.init(params), algo_state=algo_state, ever_active=masks,
+                      active=counts(masks), step=jnp.zeros((), jnp.int32), rng=key)
+
+
+def counts(tree):
+    """``{leaf name: int32 number of True entries}``."""
+    return {name: jnp.sum(leaf, dtype=jnp.int32) for name, leaf in named_leaves(tree).items()}
+
+
+def settle_topology(state: TrainState):
+    """Bookkeeping of the latest topology update, when ``state.algo_state.updated`` is set: zero the
+    optimizer moments of grown weights, add them to ``ever_active`` and count per layer what was
+    ``grown`` and ``dropped``. Returns ``(state, {"grown": ..., "dropped": ...})`` with the flag cleared.
+
+    It runs under a ``lax.cond`` on values the step receives (the start of the next step, or the end
+    of an epoch), where it costs ~1% of a step; the same cond at the end of the step, on values the
+    step has just computed, costs several times more.
+    """
+    algo_state = state.algo_state
+
+    def settle(ops):
+        opt_state, ever_active, active = ops
+        grown = counts(algo_state.grown)
+        now = counts(state.masks)
+        dropped = {n: active[n] - now[n] + grown[n] for n in grown}
+        return (reset_moments(opt_state, state.params, algo_state.grown),
+                jax.tree_util.tree_map(jnp.logical_or, ever_active, algo_state.grown), now,
+                {"grown": grown, "dropped": dropped})
+
+    def nothing(ops):
+        zeros = {name: jnp.int32(0) for name in ops[2]}
+        return ops + ({"grown": zeros, "dropped": zeros},)
+
+    opt_state, ever_active, active, topology = lax.cond(
+        algo_state.updated, settle, nothing, (state.opt_state, state.ever_active, state.active))
+    state = state._replace(opt_state=opt_state, ever_active=ever_active, active=active,
+                           algo_state=algo_state._replace(updated=jnp.zeros((), bool)))
+    return state, topology
+
+
+def map_param_like(fn: Callable, opt_state, params, *rest):
+    """Apply ``fn(leaf, *rest_leaves)`` to every subtree of ``opt_state`` shaped like ``params``.
+
+    This reaches the per-weight moments of any optax optimizer (SGD's trace, Adam's mu and nu, states
+    nested in ``chain``, ``inject_hyperparams`` or ``masked``) without knowing its state classes.
+    """
+    params_def = jax.tree_util.tree_structure(params)
+    leaf_shapes = [x.shape for x in jax.tree_util.tree_leaves(params)]
+
+    def param_like(node):
+        if jax.tree_util.tree_structure(node) != params_def:
+            return False
+        return [getattr(x, "shape", None) for x in jax.tree_util.tree_leaves(node)] == leaf_shapes
+
+    def visit(node):
+        if param_like(node):
+            return jax.tree_util.tree_map(fn, node, *rest)
+        return node
+
+    return jax.tree_util.tree_map(visit, opt_state, is_leaf=param_like)
+
+
+def reset_moments(opt_state, params, reset):
+    """Zero every optimizer moment at the positions where ``reset`` (bool pytree) is True."""
+    return map_param_like(lambda m, r: jnp.where(r, jnp.zeros_like(m), m), opt_state, params, reset)
+
+
+def reset_grown_moments(opt_state, params, algo_state):
+    """Zero the optimizer moments of the weights grown by the algorithm's latest update, when the
+    latest ``algo.update`` call changed the topology (``algo_state.updated``); a no-op otherwise."""
+    return lax.cond(algo_state.updated, lambda o: reset_moments(o, params, algo_state.grown),
+                    lambda o: o, opt_state)
