@@ -120,3 +120,51 @@ def test_quiet_path_epoch_equals_the_plain_scan(name, updates):
             np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
         assert int(ma["updated"].sum()) == count
     assert int(a.step) == 24
+
+
+@pytest.mark.parametrize("name", ["rigl", "static"])
+def test_host_loop_epoch_matches_the_scanned_epoch(name):
+    # One dispatch per step (conv nets on CPU) must train the same run: same masks and topology
+    # counts exactly, params equal up to float reassociation between two compilations.
+    model, params, x, y = tiny_problem()
+    algo = make_algorithm(name, update_every=3, end_step=20)
+    tx = optax.sgd(0.05, momentum=0.9)
+    step = dst.make_train_step(dst.flax_apply(model), tx, algo)
+    scan, host = dst.train_epoch_fn(step, 32), dst.train_epoch_fn(step, 32, loop="host")
+    a = b = dst.create_train_state(jax.random.key(0), params, initial_masks(name, params), tx, algo)
+    for e in range(2):
+        (a, ma), (b, mb) = scan(a, x, y, jax.random.key(e)), host(b, x, y, jax.random.key(e))
+        for u, v in zip(jax.tree_util.tree_leaves((a.masks, a.ever_active, ma["updated"], ma["grown"])),
+                        jax.tree_util.tree_leaves((b.masks, b.ever_active, mb["updated"], mb["grown"]))):
+            np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+        for u, v in zip(jax.tree_util.tree_leaves((a.params, ma["loss"])),
+                        jax.tree_util.tree_leaves((b.params, mb["loss"]))):
+            np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-5, atol=1e-6)
+    assert int(a.step) == int(b.step) == 16
+
+
+def test_augmentation_runs_inside_the_epoch_from_the_epochs_key():
+    seen = []
+    model, params, _, y = tiny_problem()
+    x = jax.random.normal(jax.random.key(5), (256, 8, 8))   # images: the MLP flattens them
+
+    def augment(key, images):
+        flipped = images[:, :, ::-1]
+        return jnp.where(jax.random.bernoulli(key, 0.5, (images.shape[0], 1, 1)), flipped, images)
+
+    algo = make_algorithm("static")
+    tx = optax.sgd(0.05)
+    step = dst.make_train_step(dst.flax_apply(model), tx, algo)
+    start = dst.create_train_state(jax.random.key(0), params, initial_masks("static", params), tx, algo)
+    plain = dst.train_epoch_fn(step, 32)(start, x, y, jax.random.key(1))[0]
+    for loop in ("scan", "host"):
+        epoch = dst.train_epoch_fn(step, 32, augment=augment, loop=loop)
+        one = epoch(start, x, y, jax.random.key(1))[0]
+        again = epoch(start, x, y, jax.random.key(1))[0]
+        other = epoch(start, x, y, jax.random.key(2))[0]
+        seen.append(one)
+        k = lambda s: np.asarray(named_leaves(s.params)["Dense_0/kernel"])
+        np.testing.assert_array_equal(k(one), k(again))              # same key, same augmentation
+        assert not np.allclose(k(one), k(plain)) and not np.allclose(k(one), k(other))
+    np.testing.assert_allclose(*(np.asarray(named_leaves(s.params)["Dense_0/kernel"]) for s in seen),
+                               rtol=1e-5, atol=1e-6)          # the host loop draws the same keys

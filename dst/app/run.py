@@ -34,6 +34,7 @@ from dst.app.validate import ConfigError
 from dst.app.validate import check_algorithm
 from dst.app.validate import check_data
 from dst.app.validate import validate
+from dst.data import DataError
 from dst.data import load
 from dst.data.augment import make_augment
 from dst.graph import kernel_graph
@@ -77,8 +78,11 @@ def prepare(cfg: dict, say=print) -> Plan:
     validate(cfg)
     check_data(cfg)
     ds, trainer = cfg["dataset"], cfg["trainer"]
-    data = load(ds["name"], ds.get("data_dir"), val_fraction=ds["val_fraction"], seed=trainer["seed"],
-                normalize=ds["normalize"], **_loader_options(ds))
+    try:
+        data = load(ds["name"], ds.get("data_dir"), val_fraction=ds["val_fraction"], seed=trainer["seed"],
+                    normalize=ds["normalize"], **_loader_options(ds))
+    except DataError as err:   # a truncated, corrupt or wrong-kind file: one sentence naming it
+        raise ConfigError(str(err)) from None
     batch = trainer["batch_size"]
     if batch > data.train_x.shape[0]:
         raise ConfigError(f"trainer.batch_size must be at most the {data.train_x.shape[0]} training "
@@ -113,6 +117,8 @@ def _check_model_takes_data(cfg, model, train_x):
     except Exception as err:  # whatever the model raises on a wrong input shape
         what = cfg["model"].get("_target_") or cfg["model"]["name"]
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if reason.startswith("model."):   # a bad model option the module checks itself
+            raise ConfigError(reason) from None
         raise ConfigError(f"model {what} cannot take dataset.name={cfg['dataset']['name']} inputs of shape "
                           f"{shape}: {reason}") from None
     return params
@@ -125,7 +131,7 @@ def _check_dense_layers(sp: dict, params) -> None:
             re.compile(p)
         except re.error as err:
             raise ConfigError(f"sparsity.dense_layers entry {p!r} is not a regular expression: {err}.") from None
-    if sp["algorithm"] == "dense" or sp["sparsity"] == 0:
+    if sp["sparsity"] == 0:
         return
     if not dst.sparsifiable_layers(params, dense_layers=patterns):
         layers = dst.sparsifiable_layers(params)
