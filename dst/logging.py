@@ -31,7 +31,7 @@ class RunLogger:
 
     def __init__(self, run_dir, config: dict | None = None, *, use_wandb: bool = True,
                  wandb_mode: str = "offline", project: str = "dst", name: str | None = None,
-                 group: str | None = None, tags=()):
+                 group: str | None = None, tags=(), run_id: str | None = None):
         self.run_dir = pathlib.Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / "metrics.jsonl"
@@ -41,8 +41,11 @@ class RunLogger:
             import wandb  # imported here: runs with logger=none never pay for it
 
             os.environ.setdefault("WANDB_SILENT", "true")
+            # A resumed run continues its wandb run (same id) rather than starting a second one.
             self.wandb_run = wandb.init(project=project, name=name, group=group, tags=list(tags),
-                                        dir=str(self.run_dir), mode=wandb_mode, config=config or {})
+                                        dir=str(self.run_dir), mode=wandb_mode, config=config or {},
+                                        id=run_id, resume="allow" if run_id else None)
+        self.run_id = None if self.wandb_run is None else self.wandb_run.id
 
     def log(self, record: dict) -> None:
         record = {k: _plain(v) for k, v in record.items()}
@@ -51,11 +54,17 @@ class RunLogger:
         if self.wandb_run is not None:
             self.wandb_run.log({k: v for k, v in record.items() if k != "step"}, step=int(record["step"]))
 
-    def finish(self, summary: dict, exit_code: int = 0) -> None:
+    def finish(self, summary: dict, exit_code: int = 0, tables: dict | None = None) -> None:
+        """Write ``summary.json`` and close the wandb run; ``tables`` (``{key: (columns, rows)}``) are
+        logged to wandb as tables (e.g. the final per-layer densities)."""
         summary = {k: _plain(v) for k, v in summary.items()}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         self._metrics.close()
         if self.wandb_run is not None:
+            import wandb
+
+            for key, (columns, rows) in (tables or {}).items():
+                self.wandb_run.log({key: wandb.Table(columns=columns, data=rows)})
             for key, value in summary.items():
                 self.wandb_run.summary[key] = value
             self.wandb_run.finish(exit_code=exit_code)

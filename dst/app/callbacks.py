@@ -1,40 +1,30 @@
-"""Hydra callbacks: the table that ends every sweep."""
+"""Hydra callbacks: the report that ends every sweep."""
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 from hydra.experimental.callback import Callback
 
-COLUMNS = ("test/accuracy", "best/test_accuracy", "sparsity/global", "itop_rate", "flops/train_relative")
+from dst.report import collect_runs
+from dst.report import write_report
 
 
-def sweep_table(sweep_dir) -> str:
-    """A markdown table of every run's final metrics under ``sweep_dir`` (one row per summary.json)."""
-    def job_order(path):  # Hydra names job dirs "<num>_<name>": order by the number, not as text
-        head = path.parent.name.split("_", 1)[0]
-        return (int(head), "") if head.isdigit() else (1 << 30, path.parent.name)
-
-    rows = [(p.parent.name, json.loads(p.read_text()))
-            for p in sorted(pathlib.Path(sweep_dir).glob("*/summary.json"), key=job_order)]
-    header = "| run | status | " + " | ".join(COLUMNS) + " |"
-    lines = [header, "|" + " --- |" * (len(COLUMNS) + 2)]
-    for name, summary in rows:
-        cells = [_fmt(summary.get(c)) for c in COLUMNS]
-        lines.append(f"| {name} | {summary.get('status', '?')} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _fmt(value):
-    return f"{value:.4f}" if isinstance(value, float) else ("" if value is None else str(value))
-
-
-class SweepTable(Callback):
-    """After a multirun, write ``summary.md`` (markdown table of the runs) into the sweep directory."""
+class SweepReport(Callback):
+    """After a multirun, write the ``dst-report`` of the sweep directory (``report.md``, ``report.csv``,
+    plots) and print its table; failed and unfinished jobs are listed by name."""
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = pathlib.Path(config.hydra.sweep.dir)
-        table = sweep_table(sweep_dir)
-        (sweep_dir / "summary.md").write_text(table)
-        print(f"\nsweep summary ({sweep_dir / 'summary.md'}):\n{table}", flush=True)
+        runs = collect_runs([sweep_dir])
+        if not runs:
+            print(f"\nsweep: no run directories below {sweep_dir}; no report written.", flush=True)
+            return
+        path, _ = write_report(runs, sweep_dir, root=sweep_dir)
+        failed = [r for r in runs if r.status != "finished"]
+        print(f"\nsweep report ({path}):\n{path.read_text()}", flush=True)
+        if failed:
+            print(f"sweep: {len(failed)} of {len(runs)} jobs did not finish: "
+                  + ", ".join(f"{r.path.name} ({r.status})" for r in failed), flush=True)
+
+

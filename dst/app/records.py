@@ -3,6 +3,8 @@ evaluations, and what the masks, the algorithm and the model's kernel graph say 
 
 from __future__ import annotations
 
+import base64
+
 import jax
 import numpy as np
 
@@ -43,6 +45,33 @@ class Interval:
     def next(self) -> Interval:
         """The next interval, carrying the cumulative FLOPs."""
         return Interval(self.flops, self.layers, self.algo, self.cumulative_flops)
+
+    def to_json(self) -> dict:
+        """Exact JSON of the interval (per-step arrays byte for byte), for checkpoints."""
+        return {"cumulative_flops": self.cumulative_flops, "seconds": self.seconds,
+                "steps": None if self.steps is None else encode_arrays(self.steps)}
+
+    def restored(self, saved: dict) -> Interval:
+        """This interval's setup with the totals and per-step arrays of ``saved`` (:meth:`to_json`)."""
+        out = Interval(self.flops, self.layers, self.algo, saved["cumulative_flops"])
+        out.seconds = saved["seconds"]
+        out.steps = None if saved["steps"] is None else decode_arrays(saved["steps"])
+        return out
+
+
+def encode_arrays(tree) -> dict:
+    """Nested dicts of numpy arrays -> JSON-safe dicts that restore them exactly (dtype, shape, bytes)."""
+    if isinstance(tree, dict):
+        return {k: encode_arrays(v) for k, v in tree.items()}
+    a = np.ascontiguousarray(tree)
+    return {"__array__": base64.b64encode(a.tobytes()).decode("ascii"), "dtype": a.dtype.str, "shape": list(a.shape)}
+
+
+def decode_arrays(tree):
+    if "__array__" in tree:
+        raw = base64.b64decode(tree["__array__"])
+        return np.frombuffer(raw, np.dtype(tree["dtype"])).reshape(tree["shape"]).copy()
+    return {k: decode_arrays(v) for k, v in tree.items()}
 
 
 def record_for(epoch: int, state, interval: Interval, evaluations: dict, pairs, elapsed: float) -> dict:

@@ -30,6 +30,11 @@ from dst.app.build import make_model
 from dst.app.build import make_tx
 from dst.app.records import Interval
 from dst.app.records import record_for
+from dst.app.resume import Preempted
+from dst.app.resume import Start
+from dst.app.resume import checkpoint_meta
+from dst.app.resume import start_point
+from dst.app.resume import stop_on_sigterm
 from dst.app.validate import ConfigError
 from dst.app.validate import check_algorithm
 from dst.app.validate import check_data
@@ -42,6 +47,7 @@ from dst.logging import Progress
 from dst.logging import RunLogger
 from dst.plotting import plot_curves
 from dst.train.apply import model_state_shapes
+from dst.train.checkpoint import RunCheckpoints
 
 
 class NonFiniteLossError(RuntimeError):
@@ -182,6 +188,20 @@ def epoch_loop(setting: str, convolutional: bool) -> str:
     return "host" if convolutional and jax.default_backend() == "cpu" else "scan"
 
 
+def density_table(records: list[dict], layers: list[str]) -> tuple[list[str], list[list]]:
+    """``(columns, rows)``: each sparsifiable layer's final density, from the last record."""
+    last = records[-1]
+    return ["layer", "density"], [[n, 1.0 - last[f"sparsity/{n}"]] for n in layers]
+
+
+def run_tags(cfg: dict) -> list[str]:
+    """wandb tags that let runs be filtered by what they are."""
+    sp = cfg["sparsity"]
+    model = cfg["model"].get("name") or cfg["model"].get("_target_")
+    return [f"algorithm={sp['algorithm']}", f"sparsity={sp['sparsity']}", f"distribution={sp['distribution']}",
+            f"model={model}", f"dataset={cfg['dataset']['name']}", f"seed={cfg['trainer']['seed']}"]
+
+
 def _augment_options(ds: dict, data) -> dict:
     if ds.get("augment", "none") == "none":
         return {}
@@ -189,81 +209,110 @@ def _augment_options(ds: dict, data) -> dict:
     return {"padding": ds.get("crop_padding", 4), "pad_value": data.pad_value}
 
 
-def train(plan: Plan, run: Run, logger: RunLogger, progress: Progress, records: list, say=print):
-    """The epoch loop: one compiled call per epoch, a record every ``log_every_epochs`` epochs (and
-    after the last), appended to ``records`` as it is logged; stops with :class:`NonFiniteLossError`
-    at a non-finite loss, after logging. Returns the final state."""
-    cfg, algo, trainer = plan.cfg, plan.algo, plan.cfg["trainer"]
+def train(plan: Plan, run: Run, logger: RunLogger, progress: Progress, start: Start, *, save, stopping,
+          say=print):
+    """The epoch loop from ``start``: one compiled call per epoch, a record every ``log_every_epochs``
+    epochs (and after the last), appended to ``start.records`` as it is logged, and a checkpoint
+    (``save(epoch, state, interval, elapsed)``) every ``checkpoint_every_epochs`` epochs and after the
+    last. Stops with :class:`NonFiniteLossError` at a non-finite loss after logging it, and with
+    :class:`Preempted` after a checkpoint once ``stopping()``. Returns the final state."""
+    cfg, trainer = plan.cfg, plan.cfg["trainer"]
     data = plan.data
     train_x, train_y = jnp.asarray(data.train_x), jnp.asarray(data.train_y)
     splits = {"test": (jnp.asarray(data.test_x), jnp.asarray(data.test_y))}
     if len(data.val_y):
         splits["val"] = (jnp.asarray(data.val_x), jnp.asarray(data.val_y))
-    k_data = jax.random.split(jax.random.key(trainer["seed"]), 4)[3]
-    state, interval = run.state, Interval(run.flops, run.layers, algo)
-    epoch_key = lambda epoch: jax.random.fold_in(k_data, epoch)
+    state, interval, records = start.state, start.interval, start.records
+    epoch_key = lambda epoch: jax.random.fold_in(start.data_key, epoch)
+    every = trainer.get("checkpoint_every_epochs") or 0
 
+    if start.epoch >= plan.epochs:
+        say(f"the run already finished its {plan.epochs} epochs; nothing left to train")
+        return state
     t_compile = time.perf_counter()
     compiled = {n: fn.lower(state, train_x, train_y, epoch_key(1)).compile() for n, fn in run.epoch_fns.items()}
     say(f"compiled the train epoch in {time.perf_counter() - t_compile:.1f}s")
-    start = time.perf_counter()
-    for epoch in range(1, plan.epochs + 1):
-        steps = epoch_length(plan, epoch)
+    clock = time.perf_counter() - start.elapsed     # the run's clock goes on where it stopped
+    for epoch in range(start.epoch + 1, plan.epochs + 1):
         t0 = time.perf_counter()
-        state, m = compiled[steps](state, train_x, train_y, epoch_key(epoch))
+        state, m = compiled[epoch_length(plan, epoch)](state, train_x, train_y, epoch_key(epoch))
         m = jax.device_get(m)
         interval.add(m, time.perf_counter() - t0, state)
         finite = bool(np.all(np.isfinite(m["loss"])))
-        if epoch % trainer["log_every_epochs"] and epoch != plan.epochs and finite:
-            continue
-        evaluations = {name: run.evaluate(state.params, state.model_state, *xy) for name, xy in splits.items()}
-        record = record_for(epoch, state, interval, evaluations, run.pairs, time.perf_counter() - start)
-        logger.log(record)
-        records.append(record)
-        progress.update(epoch, record)
-        interval = interval.next()
+        if not (epoch % trainer["log_every_epochs"] and epoch != plan.epochs and finite):
+            evaluations = {name: run.evaluate(state.params, state.model_state, *xy) for name, xy in splits.items()}
+            record = record_for(epoch, state, interval, evaluations, run.pairs, time.perf_counter() - clock)
+            logger.log(record)
+            records.append(record)
+            progress.update(epoch, record)
+            interval = interval.next()
         if not finite:
             step = int(state.step)
             bad = step - len(m["loss"]) + int(np.argmin(np.isfinite(m["loss"])))
             raise NonFiniteLossError(
                 f"train/loss became {m['loss'][~np.isfinite(m['loss'])][0]} at step {bad} (epoch {epoch}); "
                 f"lower optimizer.lr (now {cfg['optimizer']['lr']}) or check the data.")
+        if every and (epoch % every == 0 or epoch == plan.epochs) or stopping():
+            save(epoch, state, interval, time.perf_counter() - clock)
+        if stopping() and epoch < plan.epochs:
+            raise Preempted(f"stopped by SIGTERM after epoch {epoch} (step {int(state.step)}); the same command "
+                            f"resumes from the checkpoint.")
     return state
 
 
 def run(cfg: dict, run_dir, *, stream=None) -> dict:
-    """Train as ``cfg`` says, writing every output into ``run_dir``; returns the summary."""
+    """Train as ``cfg`` says, writing every output into ``run_dir``; returns the summary. A run directory
+    with a checkpoint is resumed (``trainer.resume=false`` starts over)."""
     run_dir = pathlib.Path(run_dir)
-    progress = Progress(cfg["trainer"]["epochs"], stream=stream)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    trainer = cfg["trainer"]
+    progress = Progress(trainer["epochs"], stream=stream)
     say = lambda msg: print(msg, file=progress.stream, flush=True)
     plan = prepare(cfg, say)
     progress.total = plan.epochs
     parts = initialise(plan)
+    checkpoints = RunCheckpoints(run_dir / "checkpoints", keep=trainer.get("keep_checkpoints", 2))
+    fresh = Start(epoch=0, state=parts.state, data_key=jax.random.split(jax.random.key(trainer["seed"]), 4)[3],
+                  interval=Interval(parts.flops, parts.layers, plan.algo), records=[], elapsed=0.0)
+    start = start_point(cfg, run_dir, checkpoints, fresh, say)
     logger_cfg = cfg["logger"]
     logger = RunLogger(run_dir, cfg, use_wandb=logger_cfg["name"] == "wandb",
                        wandb_mode=logger_cfg.get("mode", "disabled"), project=logger_cfg.get("project", "dst"),
-                       name=cfg.get("name"), group=logger_cfg.get("group"), tags=logger_cfg.get("tags", ()))
+                       name=cfg.get("name"), group=logger_cfg.get("group"),
+                       tags=[*logger_cfg.get("tags", ()), *run_tags(cfg)], run_id=start.wandb_id)
     data = plan.data
     say(f"dst: {cfg.get('name', 'run')} -> {run_dir}")
     say(f"data: {data.source} ({len(data.train_y)} train, {len(data.val_y)} val, {len(data.test_y)} test); "
         f"{plan.total_steps} steps; densities " + ", ".join(f"{n}={d:.4f}" for n, d in parts.densities.items()))
 
-    records, status, start = [], "finished", time.perf_counter()
+    def save(epoch, state, interval, elapsed):
+        meta = checkpoint_meta(cfg, epoch, int(state.step), interval, start.records, elapsed, logger.run_id)
+        checkpoints.save(epoch, state, start.data_key, meta)
+
+    records, status, error, t_start = start.records, "finished", None, time.perf_counter() - start.elapsed
     try:
-        train(plan, parts, logger, progress, records, say)
-    except BaseException:
-        status = "failed"
+        with stop_on_sigterm() as stopping:
+            train(plan, parts, logger, progress, start, save=save, stopping=stopping, say=say)
+    except Preempted:
+        status = "preempted"
+        raise
+    except BaseException as err:
+        status, error = "failed", f"{type(err).__name__}: {err}"
         raise
     finally:
+        checkpoints.close()
         summary = dict(records[-1]) if records else {}
         summary.update({"status": status, "best/test_accuracy": max((r["test/accuracy"] for r in records),
                                                                    default=float("nan")),
                         "total_steps": records[-1]["step"] if records else 0,
-                        "wall_time": time.perf_counter() - start, "run_dir": str(run_dir),
+                        "wall_time": time.perf_counter() - t_start, "run_dir": str(run_dir),
                         "initial_densities": json.dumps(parts.densities)})
+        if error:
+            summary["error"] = error
         if records:
             plot_curves(records, run_dir / "curves.png", title=cfg.get("name", ""))
-        logger.finish(summary, exit_code=0 if status == "finished" else 1)
+        logger.finish(summary, exit_code=0 if status == "finished" else 1,
+                      tables={"final/densities": density_table(records, parts.layers)} if records else None)
     say(f"metrics: {run_dir / 'metrics.jsonl'}\nsummary: {run_dir / 'summary.json'}\n"
         f"plot:    {run_dir / 'curves.png'}")
     return summary

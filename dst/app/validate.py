@@ -152,6 +152,12 @@ def validate(cfg: dict, total_steps: int | None = None) -> None:
     _range(cfg, "trainer.log_every_epochs", 1, None, integer=True)
     if "epoch_loop" in cfg["trainer"]:
         _choice(cfg, "trainer.epoch_loop", ("auto",) + LOOPS)
+    if "checkpoint_every_epochs" in cfg["trainer"]:
+        _range(cfg, "trainer.checkpoint_every_epochs", 0, None, integer=True)
+    if "keep_checkpoints" in cfg["trainer"]:
+        _range(cfg, "trainer.keep_checkpoints", 1, None, integer=True)
+    if "resume" in cfg["trainer"] and not isinstance(cfg["trainer"]["resume"], bool):
+        raise ConfigError(f"trainer.resume must be true or false; got {cfg['trainer']['resume']!r}.")
     if "max_steps" in cfg["trainer"]:
         _range(cfg, "trainer.max_steps", 0, None, lo_open=True, integer=True, optional=True)
 

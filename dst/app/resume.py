@@ -1,0 +1,97 @@
+"""Where a run starts: fresh, or from its latest checkpoint; and stopping cleanly on SIGTERM.
+
+A run resumes when its directory holds a checkpoint (the same command with the same
+``hydra.run.dir``); ``trainer.resume=false`` starts over instead, and only then are the old
+checkpoints and records removed. A checkpoint written with other settings, or one that cannot be read,
+stops the run in one sentence and is left as it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import pathlib
+import shutil
+import signal
+import threading
+from typing import Any
+from typing import NamedTuple
+
+from dst.app.records import Interval
+from dst.app.validate import ConfigError
+from dst.train.checkpoint import CheckpointError
+from dst.train.checkpoint import RunCheckpoints
+
+
+class Preempted(RuntimeError):
+    """The run received SIGTERM (a Slurm preemption, a ``kill``) and stopped after a checkpoint."""
+
+
+class Start(NamedTuple):
+    """The point the epoch loop starts from."""
+
+    epoch: int                 # the last epoch already trained (0: a fresh run)
+    state: Any
+    data_key: Any
+    interval: Interval
+    records: list
+    elapsed: float             # wall-clock seconds of training before this start (the run's clock)
+    wandb_id: str | None = None
+
+
+def fingerprint(cfg: dict) -> dict:
+    """The settings a checkpoint's arrays depend on: restoring into other ones is refused."""
+    sp = cfg["sparsity"]
+    return {"model": json.dumps(cfg["model"], sort_keys=True), "dataset.name": cfg["dataset"]["name"],
+            "sparsity.algorithm": sp["algorithm"], "sparsity.sparsity": sp["sparsity"],
+            "sparsity.distribution": sp["distribution"]}
+
+
+def start_point(cfg: dict, run_dir: pathlib.Path, checkpoints: RunCheckpoints, fresh: Start, say) -> Start:
+    """``fresh``, or the latest checkpoint's state; rewrites ``metrics.jsonl`` to the records it holds."""
+    latest = checkpoints.latest()
+    metrics = run_dir / "metrics.jsonl"
+    if latest is not None and not cfg["trainer"].get("resume", True):
+        say(f"trainer.resume=false: starting over; removing {checkpoints.directory} and {metrics.name}")
+        checkpoints.close()
+        shutil.rmtree(checkpoints.directory)
+        metrics.unlink(missing_ok=True)
+        return fresh
+    if latest is None:
+        metrics.unlink(missing_ok=True)   # records of an attempt that never checkpointed: it starts over
+        return fresh
+    try:
+        state, data_key, meta = checkpoints.restore(latest, fresh.state, fresh.data_key, fingerprint(cfg))
+    except CheckpointError as err:
+        raise ConfigError(str(err)) from None
+    records = meta["records"]
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
+    say(f"resuming from {checkpoints.path(latest)}: epoch {meta['epoch']}, step {meta['step']}, "
+        f"{len(records)} records")
+    return Start(epoch=meta["epoch"], state=state, data_key=data_key,
+                 interval=fresh.interval.restored(meta["interval"]), records=records,
+                 elapsed=meta["elapsed"], wandb_id=meta.get("wandb_id"))
+
+
+def checkpoint_meta(cfg: dict, epoch: int, step: int, interval: Interval, records: list, elapsed: float,
+                    wandb_id: str | None) -> dict:
+    return {"epoch": epoch, "step": step, "interval": interval.to_json(), "records": records,
+            "elapsed": elapsed, "wandb_id": wandb_id, "fingerprint": fingerprint(cfg)}
+
+
+@contextlib.contextmanager
+def stop_on_sigterm():
+    """Yields ``stopping() -> bool``: True once SIGTERM arrived (the loop then checkpoints and stops).
+
+    The handler only sets a flag: a signal that arrives during a compiled epoch is acted on when it
+    returns. Outside the main thread (where handlers cannot be set) ``stopping`` is always False.
+    """
+    received = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield received.is_set
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.set())
+    try:
+        yield received.is_set
+    finally:
+        signal.signal(signal.SIGTERM, previous)

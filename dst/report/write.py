@@ -1,0 +1,123 @@
+"""``report.md``, ``report.csv`` and the plots of a set of runs."""
+
+from __future__ import annotations
+
+import csv
+import math
+import pathlib
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on training machines
+import matplotlib.pyplot as plt  # noqa: E402
+
+from dst.report.collect import RunInfo  # noqa: E402
+from dst.report.summarize import GROUP_KEYS  # noqa: E402
+from dst.report.summarize import METRICS  # noqa: E402
+from dst.report.summarize import curves  # noqa: E402
+from dst.report.summarize import group_rows  # noqa: E402
+from dst.report.summarize import setting  # noqa: E402
+
+PLOTS = ("accuracy_vs_sparsity.png", "test_accuracy_over_training.png", "itop_over_training.png")
+
+
+def _pm(mean, std, scale=1.0, digits=2):
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "—"
+    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+
+
+def markdown(rows: list[dict], runs: list[RunInfo], root: pathlib.Path) -> str:
+    lines = ["# Report", "",
+             f"{sum(r.status == 'finished' for r in runs)} finished runs of {len(runs)} below `{root}`; "
+             "mean ± sample std over the finished runs (seeds) of each setting.", "",
+             "| algorithm | sparsity | distribution | model | data set | test acc. (%) | best test acc. (%) "
+             "| train FLOPs (× dense) | ITOP rate | runs |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['algorithm']} | {r['sparsity']} | {r['distribution']} | {r['model']} | {r['dataset']} | "
+                     f"{_pm(r['test_accuracy_mean'], r['test_accuracy_std'], 100)} | "
+                     f"{_pm(r['best_test_accuracy_mean'], r['best_test_accuracy_std'], 100)} | "
+                     f"{_pm(r['flops_train_relative_mean'], r['flops_train_relative_std'], 1, 3)} | "
+                     f"{_pm(r['itop_rate_mean'], r['itop_rate_std'], 1, 3)} | {r['runs']} |")
+    others = [r for r in runs if r.status != "finished"]
+    lines += ["", "## Runs not averaged in", ""]
+    if not others:
+        lines.append("None: every run finished.")
+    for r in others:
+        why = f": {r.error}" if r.error else ""
+        lines.append(f"* `{_rel(r.path, root)}`: {r.status}{why}")
+    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in PLOTS]
+    return "\n".join(lines) + "\n"
+
+
+def _rel(path: pathlib.Path, root: pathlib.Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def write_csv(rows: list[dict], path: pathlib.Path) -> None:
+    columns = list(GROUP_KEYS) + [f"{c}_{s}" for c, _ in METRICS for s in ("mean", "std")] + ["runs", "seeds"]
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({**r, "seeds": " ".join(str(s) for s in r["seeds"])})
+
+
+def plot_accuracy_vs_sparsity(rows: list[dict], path: pathlib.Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    lines = {}
+    for r in rows:
+        label = f"{r['algorithm']} ({r['distribution']}, {r['model']}, {r['dataset']})"
+        lines.setdefault(label, []).append(r)
+    for label, members in lines.items():
+        members = sorted(members, key=lambda r: float(r["sparsity"] or 0))
+        ax.errorbar([float(r["sparsity"] or 0) for r in members], [100 * r["test_accuracy_mean"] for r in members],
+                    yerr=[100 * r["test_accuracy_std"] for r in members], marker="o", capsize=3, label=label)
+    ax.set_xlabel("sparsity")
+    ax.set_ylabel("final test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_over_training(runs: list[RunInfo], key: str, ylabel: str, path: pathlib.Path) -> None:
+    groups: dict[tuple, list[RunInfo]] = {}
+    for run in runs:
+        if run.status == "finished":
+            groups.setdefault(tuple(setting(run).values()), []).append(run)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key_values, members in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        steps, mean, std = curves(members, key)
+        if not steps:
+            continue
+        label = " ".join(str(v) for v in key_values)
+        ax.plot(steps, mean, label=label)
+        ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if groups:
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(runs: list[RunInfo], out_dir, root=None) -> tuple[pathlib.Path, list[dict]]:
+    """Write ``report.md``, ``report.csv`` and the plots into ``out_dir``; returns the markdown's path
+    and the table's rows."""
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = group_rows(runs)
+    (out_dir / "report.md").write_text(markdown(rows, runs, pathlib.Path(root or out_dir)))
+    write_csv(rows, out_dir / "report.csv")
+    plot_accuracy_vs_sparsity(rows, out_dir / PLOTS[0])
+    plot_over_training(runs, "test/accuracy", "test accuracy", out_dir / PLOTS[1])
+    plot_over_training(runs, "itop_rate", "ITOP rate", out_dir / PLOTS[2])
+    return out_dir / "report.md", rows

@@ -1,0 +1,52 @@
+"""Every Hydra launcher dst documents runs a real two-job sweep that ends in the report."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+from cli_helpers import ENV
+from cli_helpers import dst_train
+from idx_data import write_dataset
+
+BIN = pathlib.Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("idx") / "fashion_mnist")
+
+
+def sweep(tmp_path, data_dir, *launcher):
+    sweep_dir = tmp_path / "sweep"
+    out = dst_train("-m", *launcher, "sparsity=static,rigl", f"dataset.data_dir={data_dir}", "trainer.epochs=1",
+                    "trainer.batch_size=64", "logger=none", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path, timeout=900)
+    assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-3000:])
+    runs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra").is_dir())
+    assert len(runs) == 2
+    for run in runs:
+        assert json.loads((run / "summary.json").read_text())["status"] == "finished", run
+    report = (sweep_dir / "report.md").read_text()
+    assert "| static |" in report and "| rigl |" in report
+    return out
+
+
+def test_joblib_runs_jobs_in_parallel_processes(tmp_path, data_dir):
+    sweep(tmp_path, data_dir, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+
+
+def test_submitit_local_runs_jobs_through_submitit(tmp_path, data_dir):
+    sweep(tmp_path, data_dir, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=15")
+    assert list((tmp_path / "sweep" / ".submitit").glob("*/*_result.pkl"))
+
+
+def test_ray_runs_jobs_on_a_local_ray_instance(tmp_path, data_dir):
+    ray = str(BIN / "ray")
+    start = subprocess.run([ray, "start", "--head", "--num-cpus=2", "--include-dashboard=false",
+                            "--disable-usage-stats"], capture_output=True, text=True, env=ENV, timeout=300)
+    assert start.returncode == 0, start.stderr[-3000:]
+    try:
+        sweep(tmp_path, data_dir, "hydra/launcher=ray", "+hydra.launcher.ray.init.address=auto")
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, env=ENV, timeout=300)

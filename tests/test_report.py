@@ -1,0 +1,112 @@
+"""dst-report and the report that ends a sweep: grouping over seeds checked against the runs' own
+summaries, failed/unfinished/unreadable runs listed by name, bad input in one sentence."""
+
+import csv
+import json
+import pathlib
+import shutil
+import statistics
+import subprocess
+import sys
+
+import pytest
+import yaml
+from cli_helpers import ENV
+from cli_helpers import dst_train
+from idx_data import write_dataset
+
+from dst.report import collect_runs
+from dst.report import group_rows
+from dst.report import write_report
+
+REPORT = [sys.executable, "-m", "dst.app.report_cli"]
+
+
+def fake_run(folder: pathlib.Path, algorithm, sparsity, seed, acc, status="finished", steps=(10, 20)):
+    folder.mkdir(parents=True)
+    (folder / ".hydra").mkdir()
+    cfg = {"sparsity": {"algorithm": algorithm, "sparsity": sparsity, "distribution": "erk"},
+           "model": {"name": "lenet300"}, "dataset": {"name": "fashion_mnist"}, "trainer": {"seed": seed}}
+    (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    records = [{"step": s, "test/accuracy": acc * s / steps[-1], "itop_rate": 0.1 * s} for s in steps]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    if status is not None:
+        summary = {**records[-1], "status": status, "best/test_accuracy": acc, "flops/train_relative": 0.2}
+        if status == "failed":
+            summary["error"] = "NonFiniteLossError: train/loss became nan"
+        (folder / "summary.json").write_text(json.dumps(summary))
+
+
+def test_groups_average_over_seeds_and_leave_out_what_did_not_finish(tmp_path):
+    for seed, acc in enumerate((0.80, 0.84, 0.90)):
+        fake_run(tmp_path / f"rigl_{seed}", "rigl", 0.9, seed, acc)
+    fake_run(tmp_path / "set_0", "set", 0.9, 0, 0.70)
+    fake_run(tmp_path / "rigl_failed", "rigl", 0.9, 3, 0.10, status="failed")
+    fake_run(tmp_path / "rigl_killed", "rigl", 0.9, 4, 0.10, status=None)
+    runs = collect_runs([tmp_path])
+    assert {r.path.name: r.status for r in runs} == {
+        "rigl_0": "finished", "rigl_1": "finished", "rigl_2": "finished", "set_0": "finished",
+        "rigl_failed": "failed", "rigl_killed": "unfinished"}
+    rows = {r["algorithm"]: r for r in group_rows(runs)}
+    assert rows["rigl"]["runs"] == 3 and rows["rigl"]["seeds"] == [0, 1, 2]
+    assert rows["rigl"]["test_accuracy_mean"] == pytest.approx(statistics.mean((0.80, 0.84, 0.90)))
+    assert rows["rigl"]["test_accuracy_std"] == pytest.approx(statistics.stdev((0.80, 0.84, 0.90)))
+    assert rows["set"]["runs"] == 1 and rows["set"]["test_accuracy_std"] == 0.0
+    path, _ = write_report(runs, tmp_path / "out", root=tmp_path)
+    text = path.read_text()
+    assert "| rigl | 0.9 | erk | lenet300 | fashion_mnist | 84.67 ± 5.03 |" in text
+    assert "`rigl_failed`: failed: NonFiniteLossError" in text and "`rigl_killed`: unfinished" in text
+    table = list(csv.DictReader((tmp_path / "out" / "report.csv").open()))
+    assert [r["algorithm"] for r in table] == ["rigl", "set"] and table[0]["seeds"] == "0 1 2"
+    for png in ("accuracy_vs_sparsity.png", "test_accuracy_over_training.png", "itop_over_training.png"):
+        assert (tmp_path / "out" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_dst_report_on_nothing_or_broken_files_says_so(tmp_path):
+    (tmp_path / "empty").mkdir()
+    out = subprocess.run([*REPORT, str(tmp_path / "empty")], capture_output=True, text=True, env=ENV)
+    assert out.returncode == 1 and out.stderr.strip().startswith("error: no runs below")
+    assert len(out.stderr.strip().splitlines()) == 1
+    fake_run(tmp_path / "runs" / "good", "rigl", 0.9, 0, 0.8)
+    fake_run(tmp_path / "runs" / "bad", "rigl", 0.9, 1, 0.8)
+    (tmp_path / "runs" / "bad" / "summary.json").write_text("{ truncated")
+    out = subprocess.run([*REPORT, str(tmp_path / "runs")], capture_output=True, text=True, env=ENV)
+    assert out.returncode == 0, out.stderr
+    assert "could not be read" in out.stderr and "bad" in out.stderr
+    text = (tmp_path / "runs" / "report.md").read_text()
+    assert "`bad`: unreadable" in text and "| rigl | 0.9 |" in text and "| 1 |" in text
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("idx") / "fashion_mnist")
+
+
+def test_a_real_sweep_with_a_failing_job_ends_in_the_report(tmp_path, data_dir):
+    sweep = tmp_path / "sweep"
+    out = dst_train("-m", "sparsity=static,rigl", "trainer.seed=0,1,-1", f"dataset.data_dir={data_dir}",
+                    "trainer.epochs=1", "trainer.batch_size=64", "logger=none", f"hydra.sweep.dir={sweep}",
+                    cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "trainer.seed must be a non-negative integer" in out.stderr
+    runs = {p.name: json.loads((p / "summary.json").read_text()) for p in sweep.iterdir() if p.is_dir()}
+    failed = sorted(n for n, s in runs.items() if s["status"] == "failed")
+    assert len(runs) == 6 and len(failed) == 2 and all("seed" in runs[n]["error"] for n in failed)
+    text = (sweep / "report.md").read_text()
+    for name in failed:
+        assert f"`{name}`: failed: trainer.seed must be" in text
+    rows = {r["algorithm"]: r for r in csv.DictReader((sweep / "report.csv").open())}
+    finished = {}
+    for name, summary in runs.items():
+        if summary["status"] == "finished":
+            algorithm = yaml.safe_load((sweep / name / ".hydra/config.yaml").read_text())["sparsity"]["algorithm"]
+            finished.setdefault(algorithm, []).append(summary["test/accuracy"])
+    for algorithm, accs in finished.items():          # the table against the runs' own summaries
+        assert len(accs) == 2 and rows[algorithm]["runs"] == "2"
+        assert float(rows[algorithm]["test_accuracy_mean"]) == pytest.approx(statistics.mean(accs))
+        assert float(rows[algorithm]["test_accuracy_std"]) == pytest.approx(statistics.stdev(accs))
+    assert "did not finish" in out.stdout
+    # dst-report over the same folder writes the same table.
+    shutil.copy(sweep / "report.csv", tmp_path / "sweep_end.csv")
+    again = subprocess.run([*REPORT, str(sweep)], capture_output=True, text=True, env=ENV)
+    assert again.returncode == 0 and (sweep / "report.csv").read_text() == (tmp_path / "sweep_end.csv").read_text()
