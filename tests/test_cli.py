@@ -83,6 +83,14 @@ def test_wandb_offline_run_is_readable_by_wandbs_own_reader(rigl_run):
     for key in ("sparsity/global", "sparsity/Dense_0/kernel", "itop_rate", "test/accuracy", "drop_fraction"):
         assert key in out.stdout, key
     assert "finished" in out.stdout
+    records = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(files[0])],
+                             capture_output=True, text=True, timeout=120).stdout
+    for tag in ("algorithm=rigl", "sparsity=0.9", "distribution=erk", "model=lenet300", "dataset=fashion_mnist",
+                "seed=0"):
+        assert f'"{tag}"' in records, tag
+    table = json.loads(next((run_dir / "wandb").glob("offline-run-*/files/media/table/final/densities*.json"))
+                       .read_text())
+    assert table["columns"] == ["layer", "density"] and [r[0] for r in table["data"]] == list(LAYERS)
 
 
 def test_console_script_is_installed():

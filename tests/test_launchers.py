@@ -11,6 +11,7 @@ from cli_helpers import dst_train
 from idx_data import write_dataset
 
 BIN = pathlib.Path(sys.executable).parent
+RAY_PORT = 6391
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +44,14 @@ def test_submitit_local_runs_jobs_through_submitit(tmp_path, data_dir):
 
 def test_ray_runs_jobs_on_a_local_ray_instance(tmp_path, data_dir):
     ray = str(BIN / "ray")
-    start = subprocess.run([ray, "start", "--head", "--num-cpus=2", "--include-dashboard=false",
-                            "--disable-usage-stats"], capture_output=True, text=True, env=ENV, timeout=300)
+    # The test's own Ray instance, on the loopback interface only.
+    start = subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={RAY_PORT}",
+                            "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
+                           capture_output=True, text=True, env=ENV, timeout=300)
     assert start.returncode == 0, start.stderr[-3000:]
     try:
-        sweep(tmp_path, data_dir, "hydra/launcher=ray", "+hydra.launcher.ray.init.address=auto")
+        # The launcher asks for a local object store by default; an existing instance has its own.
+        sweep(tmp_path, data_dir, "hydra/launcher=ray", f"+hydra.launcher.ray.init.address=127.0.0.1:{RAY_PORT}",
+              "+hydra.launcher.ray.init.object_store_memory=null")
     finally:
         subprocess.run([ray, "stop", "--force"], capture_output=True, env=ENV, timeout=300)
