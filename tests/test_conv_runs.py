@@ -53,7 +53,12 @@ def test_every_preset_is_tested():
     assert {p.stem for p in (CONF / "experiment").glob("*.yaml")} - {"default"} == set(PRESETS)
 
 
-@pytest.mark.parametrize("preset", sorted(PRESETS))
+# The WRN presets compile a 22- and a 28-layer conv net (30-50 s each here): `make test-slow`.
+WIDE = {"rigl_wrn22_cifar10", "snfs_wrn28_2_cifar10"}
+
+
+@pytest.mark.parametrize("preset", [pytest.param(p, marks=pytest.mark.slow) if p in WIDE else p
+                                    for p in sorted(PRESETS)])
 def test_preset_runs_a_few_steps(preset, data, tmp_path):
     cfg = composed(f"experiment={preset}", f"dataset.data_dir={data / PRESETS[preset]}", "trainer.max_steps=2",
                    "trainer.batch_size=16", "logger=none", *SMOKE.get(preset, []))
@@ -69,7 +74,7 @@ def test_preset_runs_a_few_steps(preset, data, tmp_path):
         dead = {k.removeprefix("dead_units/") for k in summary if k.startswith("dead_units/")} - {"total"}
         # A pre-activation WRN's only clean producer/consumer pairs are the two convs of each block.
         assert dead == {f"layer{g}_{i}/conv1/kernel" for g in (1, 2, 3) for i in range(3)}
-        assert summary["flops/train_relative"] < 0.35
+        assert 0.2 < summary["flops/train_relative"] < 0.5      # 80% sparse, plus the dense stem and grads
 
 
 @pytest.mark.parametrize("algorithm", dst.algorithms.names())

@@ -1,4 +1,8 @@
-"""Every Hydra launcher dst documents runs a real two-job sweep that ends in the report."""
+"""Every Hydra launcher dst documents runs a real two-job sweep that ends in the report.
+
+Each starts processes (or a Ray instance) of its own: 15-30 s apiece, so they run with `make test-slow`
+(which .ci/run runs after `make test`). The basic launcher is tested in the fast suite (test_cli, test_report).
+"""
 
 import json
 import pathlib
@@ -11,6 +15,7 @@ from cli_helpers import dst_train
 from idx_data import write_dataset
 
 BIN = pathlib.Path(sys.executable).parent
+pytestmark = pytest.mark.slow
 RAY_PORT = 6391
 
 

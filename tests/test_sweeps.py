@@ -58,6 +58,7 @@ def test_density_curve_runs_and_reports_accuracy_against_sparsity(tmp_path, data
     assert (sweep / "accuracy_vs_sparsity.png").is_file()
 
 
+@pytest.mark.slow
 def test_optuna_rigl_maximises_the_validation_accuracy(tmp_path, data_dir):
     sweep = tmp_path / "sweep"
     out = dst_train("+sweep=optuna_rigl", "hydra.sweeper.n_trials=3", f"dataset.data_dir={data_dir}",
