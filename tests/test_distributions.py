@@ -1,6 +1,7 @@
 """Distributions: DESIGN.md reference values, the ERK formula and exact total counts."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -81,3 +82,26 @@ def test_dense_layers_and_filter_keep_leaves_out_of_the_budget(lenet300_params):
 def test_bad_arguments_name_the_field(lenet300_params, kwargs, field):
     with pytest.raises(ValueError, match=field):
         dst.layer_densities(lenet300_params, **kwargs)
+
+
+def _shapes_of(name, shape):
+    from dst.models import build_model
+
+    model = build_model(name)
+    return jax.eval_shape(lambda k: model.init(k, jnp.zeros(shape)), jax.random.key(0))["params"]
+
+
+def test_erk_over_every_conv_dim_of_a_resnet_with_its_stem_kept_dense():
+    params = _shapes_of("resnet18", (1, 32, 32, 3))
+    d = dst.layer_densities(params, 0.9, "erk", dense_layers=["^stem_conv/"])
+    assert "stem_conv/kernel" not in d and "layer1_0/bn1/scale" not in d
+    shapes = [tuple(named_leaves(params)[n].shape) for n in d]
+    assert sum(len(s) == 4 for s in shapes) == 19            # 16 block convs + 3 shortcut convs
+    np.testing.assert_allclose(list(d.values()), _numpy_erk(shapes, 0.9), rtol=1e-12)
+
+
+def test_vit_embeddings_and_tokens_are_never_sparse():
+    params = _shapes_of("vit_tiny", (1, 32, 32, 3))
+    layers = dst.sparsifiable_layers(params)
+    assert "pos_embedding" not in " ".join(layers) and "cls_token" not in " ".join(layers)
+    assert {"patch_embedding/kernel", "block0/attn/qkv/kernel", "block0/mlp_fc1/kernel", "head/kernel"} <= set(layers)
