@@ -47,13 +47,24 @@ def train_epoch_fn(step: TrainStep | Callable, batch_size: int, augment: Augment
         raise ValueError(f"loop must be one of {', '.join(LOOPS)}; got {loop!r}.")
     if loop == "host":
         return HostLoopEpoch(step, batch_size, augment, max_steps)
+    return jax.jit(epoch_body(step, batch_size, augment, max_steps))
+
+
+def epoch_body(step: TrainStep | Callable, batch_size: int, augment: Augment | None = None,
+               max_steps: int | None = None):
+    """The unjitted epoch ``(state, x, y, key, index=None) -> (state, metrics)`` of
+    :func:`train_epoch_fn`. With ``index`` (int array), the epoch's examples are ``x[index]``,
+    ``y[index]``: replicas that share one copy of the data each train on their own subset and order
+    (see :mod:`dst.train.replicas`)."""
     quiet_path = isinstance(step, TrainStep) and step.has_quiet_path
 
-    @jax.jit
-    def epoch(state, x, y, key):
-        order = epoch_batches(key, x.shape[0], batch_size)
+    def epoch(state, x, y, key, index=None):
+        n = x.shape[0] if index is None else index.shape[0]
+        order = epoch_batches(key, n, batch_size)
         if max_steps is not None:
             order = order[:max_steps]
+        if index is not None:
+            order = index[order]
         k_augment = jax.random.fold_in(key, AUGMENT_STREAM)
 
         def batch(i):
