@@ -78,8 +78,9 @@ class RunLogger:
 class Progress:
     """One console line per logged interval: a bar over the run, then the numbers that matter."""
 
-    def __init__(self, total_epochs: int, stream=None, width: int = 20):
+    def __init__(self, total_epochs: int, stream=None, width: int = 20, prefix: str = ""):
         self.total = total_epochs
+        self.prefix = prefix
         self.stream = stream or sys.stdout
         self.width = width
         self.start = time.perf_counter()
@@ -89,7 +90,7 @@ class Progress:
         bar = "#" * done + "." * (self.width - done)
         elapsed = time.perf_counter() - self.start
         eta = elapsed / epoch * (self.total - epoch) if epoch else 0.0
-        line = (f"epoch {epoch:>{len(str(self.total))}}/{self.total} [{bar}] "
+        line = (f"{self.prefix}epoch {epoch:>{len(str(self.total))}}/{self.total} [{bar}] "
                 f"loss {record['train/loss']:.4f} acc {record['train/accuracy']:.4f} "
                 f"test {record['test/accuracy']:.4f} density {1 - record['sparsity/global']:.4f} "
                 f"itop {record['itop_rate']:.3f} {record['steps_per_sec']:.0f} steps/s "

@@ -8,7 +8,7 @@ In a sweep (``-m``, ``+sweep=...``) a job that fails does not stop the others: i
 records ``status: failed`` and the error in ``summary.json``, and the sweep's report lists it.
 
 The return value is the sweep objective (Optuna): validation accuracy when the data set has a
-validation split, else test accuracy; the run says which.
+validation split, else test accuracy; the run says which (with ``trainer.seeds``, the mean over seeds).
 """
 
 from __future__ import annotations
@@ -54,7 +54,14 @@ def _train(cfg: DictConfig):
     if in_sweep and plain.get("logger", {}).get("group") is None:
         plain["logger"]["group"] = str(hydra_cfg.sweep.dir)   # the runs of one sweep share a wandb group
     try:
-        summary = run(plain, run_dir)
+        if plain["trainer"].get("seeds") is not None:
+            from dst.app.seeds import run_seeds
+
+            summaries = run_seeds(plain, run_dir)
+            values = [objective(s)[1] for s in summaries]
+            summary = {**summaries[0], objective(summaries[0])[0]: sum(values) / len(values)}
+        else:
+            summary = run(plain, run_dir)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         if in_sweep:

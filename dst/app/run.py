@@ -74,6 +74,7 @@ class Run(NamedTuple):
     densities: dict[str, float]
     flops: dict[str, float]
     pairs: list[tuple[str, str]]
+    step: Any                   # the TrainStep
     epoch_fns: dict[int, Any]   # steps in the epoch -> compiled epoch function
     evaluate: Any
 
@@ -176,7 +177,7 @@ def initialise(plan: Plan) -> Run:
     epoch_fns = {n: dst.train_epoch_fn(step, trainer["batch_size"], augment=augment,
                                        max_steps=None if n == plan.steps_per_epoch else n, loop=loop)
                  for n in lengths}
-    return Run(state=state, layers=layers, densities=densities, flops=graph.flops, pairs=graph.pairs,
+    return Run(state=state, layers=layers, densities=densities, flops=graph.flops, pairs=graph.pairs, step=step,
                epoch_fns=epoch_fns, evaluate=dst.evaluate_fn(apply_fn, trainer["eval_batch_size"]))
 
 

@@ -124,10 +124,18 @@ def _normalize_channels(train_x, test_x, normalize):
     return apply(train_x), apply(test_x), mean, std
 
 
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(train_idx, val_idx)``: the rows of the training files that :func:`load` with ``seed`` puts in
+    its training and validation sets, in that order (a permutation from ``seed``)."""
+    n_val = int(round(val_fraction * n))
+    order = np.random.default_rng(seed).permutation(n)
+    return order[n_val:], order[:n_val]
+
+
 def _split(train_x, train_y, val_fraction, seed):
-    n_val = int(round(val_fraction * train_x.shape[0]))
-    order = np.random.default_rng(seed).permutation(train_x.shape[0])
-    val_idx, train_idx = order[:n_val], order[n_val:]
+    if seed is None:        # keep_order: the training files as they are, no validation split
+        return train_x, train_y, train_x[:0], train_y[:0]
+    train_idx, val_idx = split_indices(train_x.shape[0], val_fraction, seed)
     return train_x[train_idx], train_y[train_idx], train_x[val_idx], train_y[val_idx]
 
 
@@ -148,15 +156,17 @@ def _check_options(name, normalize, val_fraction, label_mode):
                         "its signals; use normalize=standard or none (both keep the published values).")
 
 
-def load(name: str, data_dir: str | os.PathLike | None = None, *, val_fraction: float = 0.0, seed: int = 0,
+def load(name: str, data_dir: str | os.PathLike | None = None, *, val_fraction: float = 0.0, seed: int | None = 0,
          normalize: str = "standard", label_mode: str = "fine") -> Dataset:
     """Load a data set as numpy arrays.
 
     ``normalize``: ``standard`` (zero mean, unit variance with the training set's statistics; per channel
     for colour images), ``unit`` (pixels / 255) or ``none`` (raw 0..255 as float32). MNIST-1D keeps its
     generator's standardised values under ``standard`` and ``none``. ``val_fraction`` of the training set,
-    chosen by a permutation from ``seed``, becomes the validation split. ``label_mode``: CIFAR-100's
-    ``fine`` (100 classes) or ``coarse`` (20 super-classes) labels.
+    chosen by a permutation from ``seed``, becomes the validation split (and the training set comes in
+    that permutation's order); ``seed=None`` keeps the files' order and splits nothing, for callers
+    that pick rows themselves with :func:`split_indices`. ``label_mode``: CIFAR-100's ``fine`` (100
+    classes) or ``coarse`` (20 super-classes) labels.
     """
     _check_options(name, normalize, val_fraction, label_mode)
     if name == mnist1d.NAME:

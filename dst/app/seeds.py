@@ -1,0 +1,218 @@
+"""``trainer.seeds=[0,1,2,3]``: one replica per seed, all trained in ONE compiled program (``jax.vmap``
+over a replica axis, :mod:`dst.train.replicas`), each written to its own complete run directory
+``<run dir>/seed_<s>/`` that ``dst-report`` reads as a separate run.
+
+Replica ``s`` is the run ``trainer.seed=s`` would make: its own init, masks, mask updates, data order
+and validation split (the same rows of the shared training files), within float tolerance of the
+single run. The schedule is shared and unbatched, so mask updates still run only at their steps.
+Checkpoints hold the stacked state in ``<run dir>/checkpoints/``; the same command resumes all replicas.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import pathlib
+import re
+import shutil
+import sys
+import time
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import yaml
+
+from dst.app.records import Interval
+from dst.app.records import record_for
+from dst.app.resume import Preempted
+from dst.app.resume import fingerprint
+from dst.app.resume import stop_on_sigterm
+from dst.app.run import NonFiniteLossError
+from dst.app.run import _augment_options
+from dst.app.run import _loader_options
+from dst.app.run import density_table
+from dst.app.run import epoch_length
+from dst.app.run import initialise
+from dst.app.run import prepare
+from dst.app.run import run_tags
+from dst.app.validate import ConfigError
+from dst.data import load
+from dst.data.augment import make_augment
+from dst.data.datasets import split_indices
+from dst.logging import Progress
+from dst.logging import RunLogger
+from dst.plotting import plot_curves
+from dst.train.checkpoint import CheckpointError
+from dst.train.checkpoint import RunCheckpoints
+from dst.train.replicas import replicated_epoch_fn
+from dst.train.replicas import stack_replicas
+from dst.train.replicas import unstack_replica
+
+
+class Replica(NamedTuple):
+    seed: int
+    cfg: dict
+    run_dir: pathlib.Path
+    val: tuple | None          # (x, y) of its validation split on the device, or None
+    densities: dict            # its initial layer densities (one-shot pruning is per seed)
+    logger: RunLogger
+    progress: Progress
+    records: list
+
+
+def check_seeds(seeds) -> list[int]:
+    ok = isinstance(seeds, list | tuple) and len(seeds) > 0 and all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+    if not ok or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"trainer.seeds must be a non-empty list of distinct non-negative integers; got {seeds!r}.")
+    return list(seeds)
+
+
+def with_seed(cfg: dict, seed: int) -> dict:
+    out = copy.deepcopy(cfg)
+    out["trainer"]["seed"], out["trainer"]["seeds"] = seed, None
+    # The default name ends in the (single) seed it was composed with: replace it with this one.
+    out["name"] = re.sub(r"_s\d+$", "", str(cfg.get("name", "run"))) + f"_s{seed}"
+    return out
+
+
+def run_seeds(cfg: dict, run_dir, *, stream=None) -> list[dict]:
+    """Train one replica per ``trainer.seeds`` entry in one program; returns their summaries."""
+    seeds = check_seeds(cfg["trainer"]["seeds"])
+    run_dir = pathlib.Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    say = lambda msg: print(msg, file=stream or sys.stdout, flush=True)
+    configs = [with_seed(cfg, s) for s in seeds]
+    plan = prepare(configs[0], say)
+    ds = cfg["dataset"]
+    files = load(ds["name"], ds.get("data_dir"), val_fraction=0.0, seed=None, normalize=ds["normalize"],
+                 **_loader_options(ds))
+    index, vals, parts = [], [], []
+    for s, cfg_s in zip(seeds, configs):
+        train_idx, val_idx = split_indices(files.train_x.shape[0], ds["val_fraction"], s)
+        data = files._replace(train_x=files.train_x[train_idx], train_y=files.train_y[train_idx],
+                              val_x=files.train_x[val_idx], val_y=files.train_y[val_idx])
+        parts.append(initialise(plan._replace(cfg=cfg_s, data=data)))
+        index.append(train_idx)
+        vals.append((jnp.asarray(data.val_x), jnp.asarray(data.val_y)) if len(val_idx) else None)
+    stacked = stack_replicas([p.state for p in parts])
+    data_keys = [jax.random.split(jax.random.key(s), 4)[3] for s in seeds]
+
+    checkpoints = RunCheckpoints(run_dir / "checkpoints", keep=cfg["trainer"].get("keep_checkpoints", 2))
+    start_epoch, elapsed, saved = 0, 0.0, {}
+    latest = checkpoints.latest()
+    if latest is not None and not cfg["trainer"].get("resume", True):
+        say(f"trainer.resume=false: starting over; removing {checkpoints.directory}")
+        checkpoints.close()
+        shutil.rmtree(checkpoints.directory)
+        latest = None
+    if latest is not None:
+        try:
+            stacked, _, meta = checkpoints.restore(latest, stacked, data_keys[0], fingerprint(cfg))
+        except CheckpointError as err:
+            raise ConfigError(str(err)) from None
+        start_epoch, elapsed, saved = meta["epoch"], meta["elapsed"], meta["replicas"]
+        say(f"resuming from {checkpoints.path(latest)}: epoch {meta['epoch']}, step {meta['step']}")
+
+    replicas, intervals = [], []
+    for s, cfg_s, val, part in zip(seeds, configs, vals, parts):
+        d = run_dir / f"seed_{s}"
+        (d / ".hydra").mkdir(parents=True, exist_ok=True)
+        (d / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg_s, sort_keys=False))
+        mine = saved.get(str(s), {"records": [], "interval": None, "wandb_id": None})
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in mine["records"]))
+        lg = cfg["logger"]
+        logger = RunLogger(d, cfg_s, use_wandb=lg["name"] == "wandb", wandb_mode=lg.get("mode", "disabled"),
+                           project=lg.get("project", "dst"), name=cfg_s["name"], group=lg.get("group"),
+                           tags=[*lg.get("tags", ()), *run_tags(cfg_s)], run_id=mine["wandb_id"])
+        replicas.append(Replica(s, cfg_s, d, val, part.densities, logger,
+                                Progress(plan.epochs, stream=stream, prefix=f"seed {s}: "), mine["records"]))
+        fresh = Interval(part.flops, part.layers, plan.algo)
+        intervals.append(fresh if mine["interval"] is None else fresh.restored(mine["interval"]))
+    say(f"dst: {len(seeds)} replicas (seeds {seeds}) in one program -> {run_dir}/seed_<s>/")
+
+    status, error, t_start = "finished", None, time.perf_counter() - elapsed
+    try:
+        with stop_on_sigterm() as stopping:
+            _train(cfg, plan, parts[0], files, stacked, index, data_keys, replicas, intervals, start_epoch,
+                   t_start, checkpoints, stopping, say)
+    except Preempted:
+        status = "preempted"
+        raise
+    except BaseException as err:
+        status, error = "failed", f"{type(err).__name__}: {err}"
+        raise
+    finally:
+        checkpoints.close()
+        summaries = [_finish(r, parts[0].layers, status, error, time.perf_counter() - t_start) for r in replicas]
+    return summaries
+
+
+def _train(top_cfg, plan, parts, files, stacked, index, data_keys, replicas, intervals, start_epoch, t_start,
+           checkpoints, stopping, say):
+    """The epoch loop of :func:`run.train`, over the stacked replicas, logging each to its own directory."""
+    cfg, trainer = plan.cfg, plan.cfg["trainer"]
+    if start_epoch >= plan.epochs:
+        say(f"the run already finished its {plan.epochs} epochs; nothing left to train")
+        return
+    x, y = jnp.asarray(files.train_x), jnp.asarray(files.train_y)
+    test = (jnp.asarray(files.test_x), jnp.asarray(files.test_y))
+    index = jnp.asarray(np.stack(index))
+    keys = lambda epoch: jnp.stack([jax.random.fold_in(k, epoch) for k in data_keys])
+    augment = make_augment(cfg["dataset"].get("augment", "none"), **_augment_options(cfg["dataset"], files))
+    lengths = {epoch_length(plan, e) for e in (1, plan.epochs)}
+    t0 = time.perf_counter()
+    compiled = {n: replicated_epoch_fn(parts.step, trainer["batch_size"], augment,
+                                       None if n == plan.steps_per_epoch else n).lower(
+        stacked, x, y, keys(1), index).compile() for n in lengths}
+    say(f"compiled the replicated train epoch in {time.perf_counter() - t0:.1f}s")
+    every = trainer.get("checkpoint_every_epochs") or 0
+    for epoch in range(start_epoch + 1, plan.epochs + 1):
+        t0 = time.perf_counter()
+        stacked, m = compiled[epoch_length(plan, epoch)](stacked, x, y, keys(epoch), index)
+        m = jax.device_get(m)
+        seconds = time.perf_counter() - t0
+        finite = bool(np.all(np.isfinite(m["loss"])))
+        log = not (epoch % trainer["log_every_epochs"] and epoch != plan.epochs and finite)
+        for r, rep in enumerate(replicas):
+            state = unstack_replica(stacked, r)
+            intervals[r].add(jax.tree_util.tree_map(lambda a, r=r: a[r], m), seconds, state)
+            if not log:
+                continue
+            splits = {"test": test, **({"val": rep.val} if rep.val is not None else {})}
+            evaluations = {k: parts.evaluate(state.params, state.model_state, *xy) for k, xy in splits.items()}
+            record = record_for(epoch, state, intervals[r], evaluations, parts.pairs, time.perf_counter() - t_start)
+            rep.logger.log(record)
+            rep.records.append(record)
+            rep.progress.update(epoch, record)
+            intervals[r] = intervals[r].next()
+        if not finite:
+            raise NonFiniteLossError(f"train/loss became non-finite in epoch {epoch} of a replica; lower "
+                                     f"optimizer.lr (now {cfg['optimizer']['lr']}) or check the data.")
+        if every and (epoch % every == 0 or epoch == plan.epochs) or stopping():
+            meta = {"epoch": epoch, "step": int(stacked.step), "elapsed": time.perf_counter() - t_start,
+                    "fingerprint": fingerprint(top_cfg),
+                    "replicas": {str(r.seed): {"records": r.records, "interval": intervals[i].to_json(),
+                                               "wandb_id": r.logger.run_id} for i, r in enumerate(replicas)}}
+            checkpoints.save(epoch, stacked, data_keys[0], meta)
+        if stopping() and epoch < plan.epochs:
+            raise Preempted(f"stopped by SIGTERM after epoch {epoch}; the same command resumes from the checkpoint.")
+
+
+def _finish(rep: Replica, layers, status, error, wall) -> dict:
+    records = rep.records
+    summary = dict(records[-1]) if records else {}
+    summary.update({"status": status, "best/test_accuracy": max((r["test/accuracy"] for r in records),
+                                                               default=float("nan")),
+                    "total_steps": records[-1]["step"] if records else 0, "wall_time": wall,
+                    "run_dir": str(rep.run_dir), "initial_densities": json.dumps(rep.densities),
+                    "replicas": True})
+    if error:
+        summary["error"] = error
+    if records:
+        plot_curves(records, rep.run_dir / "curves.png", title=rep.cfg.get("name", ""))
+    rep.logger.finish(summary, exit_code=0 if status == "finished" else 1,
+                      tables={"final/densities": density_table(records, layers)} if records else None)
+    return summary
