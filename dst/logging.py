@@ -44,7 +44,8 @@ class RunLogger:
             # A resumed run continues its wandb run (same id) rather than starting a second one.
             self.wandb_run = wandb.init(project=project, name=name, group=group, tags=list(tags),
                                         dir=str(self.run_dir), mode=wandb_mode, config=config or {},
-                                        id=run_id, resume="allow" if run_id else None)
+                                        id=run_id, resume="allow" if run_id else None,
+                                        reinit="create_new")   # replicas: several live runs in one process
         self.run_id = None if self.wandb_run is None else self.wandb_run.id
 
     def log(self, record: dict) -> None:
