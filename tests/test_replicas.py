@@ -26,7 +26,8 @@ def replica_start(name, seed, model, tx, algo, dim=64):
     return dst.create_train_state(jax.random.key(200 + seed), params, masks, tx, algo)
 
 
-@pytest.mark.parametrize("name", ["rigl", "set", "snfs"])
+@pytest.mark.parametrize("name", ["rigl", pytest.param("set", marks=pytest.mark.slow),
+                                  pytest.param("snfs", marks=pytest.mark.slow)])
 def test_each_replica_matches_its_single_run(name):
     model, _, x, y = tiny_problem()
     algo = make_algorithm(name, update_every=3, end_step=20)

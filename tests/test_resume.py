@@ -78,6 +78,7 @@ def test_a_run_killed_mid_interval_resumes_to_the_uninterrupted_outputs(tmp_path
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["6", "7"]   # keep_checkpoints=2
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_then_the_same_command_resumes(tmp_path, data_dir, uninterrupted):
     run_dir = tmp_path / "run"
     proc = start(run_dir, data_dir, "trainer.checkpoint_every_epochs=0", "trainer.log_every_epochs=1")

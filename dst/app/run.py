@@ -48,6 +48,7 @@ from dst.logging import RunLogger
 from dst.plotting import plot_curves
 from dst.train.apply import model_state_shapes
 from dst.train.checkpoint import RunCheckpoints
+from dst.train.devices import DataParallel
 
 
 class NonFiniteLossError(RuntimeError):
@@ -64,6 +65,7 @@ class Plan(NamedTuple):
     steps_per_epoch: int
     epochs: int
     total_steps: int
+    parallel: Any = None     # dst.train.devices.DataParallel over several devices, or None (one device)
 
 
 class Run(NamedTuple):
@@ -103,7 +105,10 @@ def prepare(cfg: dict, say=print) -> Plan:
     model = make_model(cfg["model"], num_classes=data.num_classes, say=say)
     params = _check_model_takes_data(cfg, model, data.train_x)
     _check_dense_layers(cfg["sparsity"], params)
-    return Plan(cfg, data, algo, model, steps_per_epoch, epochs, total_steps)
+    parallel = DataParallel() if len(jax.local_devices()) > 1 else None
+    if parallel is not None and parallel.check_batch(batch):
+        raise ConfigError(parallel.check_batch(batch))
+    return Plan(cfg, data, algo, model, steps_per_epoch, epochs, total_steps, parallel)
 
 
 def epoch_length(plan: Plan, epoch: int) -> int:
@@ -170,12 +175,16 @@ def initialise(plan: Plan) -> Run:
     densities = {n: d for n, d in dst.density_report(masks, layers).items() if n != "global"}
     tx = make_tx(cfg, plan.total_steps)
     state = dst.create_train_state(k_state, params, masks, tx, algo, model_state)
+    if plan.parallel is not None:
+        state = plan.parallel.replicate(state)
     step = dst.make_train_step(apply_fn, tx, algo)
     augment = make_augment(cfg["dataset"].get("augment", "none"), **_augment_options(cfg["dataset"], data))
     lengths = {epoch_length(plan, e) for e in (1, plan.epochs)}   # only the last epoch may be shorter
     loop = epoch_loop(trainer.get("epoch_loop", "auto"), graph.convolutional)
+    sharding = None if plan.parallel is None else plan.parallel.batch
     epoch_fns = {n: dst.train_epoch_fn(step, trainer["batch_size"], augment=augment,
-                                       max_steps=None if n == plan.steps_per_epoch else n, loop=loop)
+                                       max_steps=None if n == plan.steps_per_epoch else n, loop=loop,
+                                       batch_sharding=sharding)
                  for n in lengths}
     return Run(state=state, layers=layers, densities=densities, flops=graph.flops, pairs=graph.pairs, step=step,
                epoch_fns=epoch_fns, evaluate=dst.evaluate_fn(apply_fn, trainer["eval_batch_size"]))
@@ -219,10 +228,11 @@ def train(plan: Plan, run: Run, logger: RunLogger, progress: Progress, start: St
     :class:`Preempted` after a checkpoint once ``stopping()``. Returns the final state."""
     cfg, trainer = plan.cfg, plan.cfg["trainer"]
     data = plan.data
-    train_x, train_y = jnp.asarray(data.train_x), jnp.asarray(data.train_y)
-    splits = {"test": (jnp.asarray(data.test_x), jnp.asarray(data.test_y))}
+    place = jnp.asarray if plan.parallel is None else plan.parallel.replicate
+    train_x, train_y = place(data.train_x), place(data.train_y)
+    splits = {"test": (place(data.test_x), place(data.test_y))}
     if len(data.val_y):
-        splits["val"] = (jnp.asarray(data.val_x), jnp.asarray(data.val_y))
+        splits["val"] = (place(data.val_x), place(data.val_y))
     state, interval, records = start.state, start.interval, start.records
     epoch_key = lambda epoch: jax.random.fold_in(start.data_key, epoch)
     every = trainer.get("checkpoint_every_epochs") or 0
@@ -307,7 +317,8 @@ def run(cfg: dict, run_dir, *, stream=None) -> dict:
                                                                    default=float("nan")),
                         "total_steps": records[-1]["step"] if records else 0,
                         "wall_time": time.perf_counter() - t_start, "run_dir": str(run_dir),
-                        "initial_densities": json.dumps(parts.densities)})
+                        "initial_densities": json.dumps(parts.densities),
+                        "devices": 1 if plan.parallel is None else plan.parallel.count})
         if error:
             summary["error"] = error
         if records:

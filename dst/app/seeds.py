@@ -46,6 +46,7 @@ from dst.logging import RunLogger
 from dst.plotting import plot_curves
 from dst.train.checkpoint import CheckpointError
 from dst.train.checkpoint import RunCheckpoints
+from dst.train.epoch import HostLoopEpoch
 from dst.train.replicas import replicated_epoch_fn
 from dst.train.replicas import stack_replicas
 from dst.train.replicas import unstack_replica
@@ -163,6 +164,9 @@ def _train(top_cfg, plan, parts, files, stacked, index, data_keys, replicas, int
     keys = lambda epoch: jnp.stack([jax.random.fold_in(k, epoch) for k in data_keys])
     augment = make_augment(cfg["dataset"].get("augment", "none"), **_augment_options(cfg["dataset"], files))
     lengths = {epoch_length(plan, e) for e in (1, plan.epochs)}
+    if any(isinstance(fn, HostLoopEpoch) for fn in parts.epoch_fns.values()):
+        say("note: replicas of a conv net run inside one lax.scan, which XLA on CPU runs far slower than one "
+            "dispatch per step (jax#12868); on CPU separate runs may be faster.")
     t0 = time.perf_counter()
     compiled = {n: replicated_epoch_fn(parts.step, trainer["batch_size"], augment,
                                        None if n == plan.steps_per_epoch else n).lower(

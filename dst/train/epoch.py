@@ -30,7 +30,7 @@ LOOPS = ("scan", "host")
 
 
 def train_epoch_fn(step: TrainStep | Callable, batch_size: int, augment: Augment | None = None,
-                   max_steps: int | None = None, loop: str = "scan"):
+                   max_steps: int | None = None, loop: str = "scan", batch_sharding=None):
     """A jitted ``(state, x, y, key) -> (state, metrics)`` running one shuffled epoch on the device.
 
     ``x`` and ``y`` stay on the device; each step gathers its batch by index (``key`` orders the
@@ -46,16 +46,17 @@ def train_epoch_fn(step: TrainStep | Callable, batch_size: int, augment: Augment
     if loop not in LOOPS:
         raise ValueError(f"loop must be one of {', '.join(LOOPS)}; got {loop!r}.")
     if loop == "host":
-        return HostLoopEpoch(step, batch_size, augment, max_steps)
-    return jax.jit(epoch_body(step, batch_size, augment, max_steps))
+        return HostLoopEpoch(step, batch_size, augment, max_steps, batch_sharding)
+    return jax.jit(epoch_body(step, batch_size, augment, max_steps, batch_sharding))
 
 
 def epoch_body(step: TrainStep | Callable, batch_size: int, augment: Augment | None = None,
-               max_steps: int | None = None):
+               max_steps: int | None = None, batch_sharding=None):
     """The unjitted epoch ``(state, x, y, key, index=None) -> (state, metrics)`` of
     :func:`train_epoch_fn`. With ``index`` (int array), the epoch's examples are ``x[index]``,
     ``y[index]``: replicas that share one copy of the data each train on their own subset and order
-    (see :mod:`dst.train.replicas`)."""
+    (see :mod:`dst.train.replicas`). ``batch_sharding`` (a ``jax.sharding.Sharding``) splits each
+    batch over devices (data parallel: see :mod:`dst.train.devices`)."""
     quiet_path = isinstance(step, TrainStep) and step.has_quiet_path
 
     def epoch(state, x, y, key, index=None):
@@ -68,10 +69,13 @@ def epoch_body(step: TrainStep | Callable, batch_size: int, augment: Augment | N
         k_augment = jax.random.fold_in(key, AUGMENT_STREAM)
 
         def batch(i):
-            images = x[order[i]]
+            images, labels = x[order[i]], y[order[i]]
+            if batch_sharding is not None:
+                images = lax.with_sharding_constraint(images, batch_sharding)
+                labels = lax.with_sharding_constraint(labels, batch_sharding)
             if augment is not None:
                 images = augment(jax.random.fold_in(k_augment, i), images)
-            return images, y[order[i]]
+            return images, labels
 
         if quiet_path:
             state, metrics = _segmented_epoch(step, state, batch, order.shape[0])
@@ -96,15 +100,19 @@ class HostLoopEpoch:
     topology bookkeeping of an update made by the epoch's last step settled at its end).
     """
 
-    def __init__(self, step, batch_size: int, augment: Augment | None = None, max_steps: int | None = None):
+    def __init__(self, step, batch_size: int, augment: Augment | None = None, max_steps: int | None = None,
+                 batch_sharding=None):
         self.batch_size, self.max_steps = batch_size, max_steps
         full = step.full if isinstance(step, TrainStep) else step
 
         def one_step(state, x, y, idx, key, i):
-            images = x[idx]
+            images, labels = x[idx], y[idx]
+            if batch_sharding is not None:
+                images = lax.with_sharding_constraint(images, batch_sharding)
+                labels = lax.with_sharding_constraint(labels, batch_sharding)
             if augment is not None:
                 images = augment(jax.random.fold_in(key, i), images)
-            return full(state, (images, y[idx]))
+            return full(state, (images, labels))
 
         self.step = jax.jit(one_step)
         self.order = jax.jit(epoch_batches, static_argnums=(1, 2))

@@ -1,0 +1,41 @@
+"""Data parallelism over the local devices with ``jax.sharding``: a one-axis mesh named ``data``; each
+batch is split over it, while params, masks, optimizer and algorithm state are replicated. XLA's SPMD
+partitioner then reduces the gradients over the devices, so every device computes the same mask
+update from the same key and the same reduced gradient: the masks stay identical everywhere.
+
+Multi-host (e.g. Slurm, one process per node): call ``jax.distributed.initialize()`` before anything
+else (it reads Slurm's environment); ``jax.devices()`` then spans every host and the same mesh code
+shards the batch over all of them.
+"""
+
+from __future__ import annotations
+
+import jax
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
+
+
+class DataParallel:
+    """The mesh of ``devices`` (default: every local device) and the placements the trainer needs."""
+
+    def __init__(self, devices=None):
+        self.devices = list(devices if devices is not None else jax.local_devices())
+        self.mesh = Mesh(self.devices, ("data",))
+        self.batch = NamedSharding(self.mesh, PartitionSpec("data"))
+        self.replicated = NamedSharding(self.mesh, PartitionSpec())
+
+    @property
+    def count(self) -> int:
+        return len(self.devices)
+
+    def replicate(self, tree):
+        """Put every array of ``tree`` on every device (the state, the data held on the devices)."""
+        return jax.device_put(tree, self.replicated)
+
+    def check_batch(self, batch_size: int) -> str | None:
+        """A sentence when ``batch_size`` cannot be split evenly over the devices, else None."""
+        if batch_size % self.count:
+            return (f"trainer.batch_size must be divisible by the {self.count} devices the run uses; got "
+                    f"{batch_size} (use a multiple of {self.count}).")
+        return None

@@ -1,0 +1,75 @@
+"""Data parallelism on 4 forced host devices (XLA_FLAGS=--xla_force_host_platform_device_count=4, in
+subprocesses: the flag must be set before JAX starts): masks equal a single-device run's after the same
+steps, metrics match within tolerance, summary.json records the devices, bad batch sizes are refused."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from cli_helpers import ENV
+from idx_data import write_dataset
+
+FOUR = {**ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+
+SCRIPT = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    import jax, numpy as np, optax
+    import dst
+    from algo_helpers import initial_masks, make_algorithm, tiny_problem
+    from dst.train.devices import DataParallel
+
+    assert len(jax.devices()) == 4
+    model, params, x, y = tiny_problem()
+    tx = optax.sgd(0.05, momentum=0.9)
+    out = {{}}
+    for name in ("rigl", "set", "snfs"):
+        algo = make_algorithm(name, update_every=3, end_step=20)
+        step = dst.make_train_step(dst.flax_apply(model), tx, algo)
+        start = dst.create_train_state(jax.random.key(0), params, initial_masks(name, params), tx, algo)
+        dp = DataParallel()
+        one, many = dst.train_epoch_fn(step, 32), dst.train_epoch_fn(step, 32, batch_sharding=dp.batch)
+        a, b = start, dp.replicate(start)
+        for e in range(2):
+            (a, ma), (b, mb) = one(a, x, y, jax.random.key(e)), many(b, dp.replicate(x), dp.replicate(y),
+                                                                   jax.random.key(e))
+        masks_equal = all(np.array_equal(np.asarray(u), np.asarray(v))
+                          for u, v in zip(jax.tree_util.tree_leaves(a.masks), jax.tree_util.tree_leaves(b.masks)))
+        err = max(float(np.max(np.abs(np.asarray(u) - np.asarray(v))))
+                  for u, v in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params)))
+        loss = float(np.max(np.abs(np.asarray(ma["loss"]) - np.asarray(mb["loss"]))))
+        spread = len(b.params["Dense_0"]["kernel"].sharding.device_set)
+        out[name] = dict(masks_equal=masks_equal, param_err=err, loss_err=loss, devices=spread,
+                         updates=int(np.sum(np.asarray(mb["updated"]))))
+    print(__import__("json").dumps(out))
+""")
+
+
+def test_four_devices_keep_the_masks_of_one_device():
+    tests = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run([sys.executable, "-c", SCRIPT.format(tests=tests)], capture_output=True, text=True,
+                         env=FOUR, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads(out.stdout.strip().splitlines()[-1])
+    for name, r in results.items():
+        assert r["masks_equal"], name
+        assert r["updates"] == 3 and r["devices"] == 4, name      # steps 9, 12, 15 of the second epoch
+        assert r["param_err"] < 1e-5 and r["loss_err"] < 1e-5, (name, r)
+
+
+@pytest.mark.slow
+def test_the_cli_records_its_devices_and_refuses_an_indivisible_batch(tmp_path):
+    data = write_dataset(tmp_path / "fashion_mnist")
+    common = [sys.executable, "-m", "dst.train", f"dataset.data_dir={data}", "trainer.epochs=1", "logger=none"]
+    ok = subprocess.run([*common, "trainer.batch_size=64", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path,
+                        env=FOUR, capture_output=True, text=True, timeout=600)
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["devices"] == 4
+    bad = subprocess.run([*common, "trainer.batch_size=66", f"hydra.run.dir={tmp_path / 'bad'}"], cwd=tmp_path,
+                         env=FOUR, capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == ("error: trainer.batch_size must be divisible by the 4 devices the run uses; "
+                                  "got 66 (use a multiple of 4).")
