@@ -6,9 +6,12 @@ Each starts processes (or a Ray instance) of its own: 15-30 s apiece, so they ru
 
 import json
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
+import psutil
 import pytest
 from cli_helpers import ENV
 from cli_helpers import dst_train
@@ -60,3 +63,36 @@ def test_ray_runs_jobs_on_a_local_ray_instance(tmp_path, data_dir):
               "+hydra.launcher.ray.init.object_store_memory=null")
     finally:
         subprocess.run([ray, "stop", "--force"], capture_output=True, env=ENV, timeout=300)
+
+
+def test_a_preempted_submitit_job_is_requeued_and_resumes(tmp_path, tmp_path_factory):
+    # submitit signals a job it is about to preempt or time out with USR2; the launcher is
+    # checkpointable, so submitit requeues the same job (same overrides, same directory), and dst
+    # resumes it from its latest checkpoint: the job ends with an uninterrupted run's records.
+    data = write_dataset(tmp_path_factory.mktemp("big") / "fashion_mnist", n_train=6400)
+    base = ["model=set_mlp", "trainer.epochs=6", "trainer.batch_size=64", "logger=none", f"dataset.data_dir={data}"]
+    whole = tmp_path / "whole"
+    assert dst_train(*base, f"hydra.run.dir={whole}", cwd=tmp_path).returncode == 0
+    sweep_dir = tmp_path / "sweep"
+    proc = subprocess.Popen([sys.executable, "-m", "dst.train", "-m", "hydra/launcher=submitit_local",
+                             "hydra.launcher.timeout_min=15", *base, "trainer.seed=0", f"hydra.sweep.dir={sweep_dir}"],
+                            cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    job = sweep_dir / "0_rigl_set_mlp_fashion_mnist_s0"
+    deadline = time.monotonic() + 600
+    while not (job / "checkpoints" / "2").is_dir():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.05)
+    # The job's task process (`-m submitit.core._submit`), not submitit's local controller.
+    tasks = [p for p in psutil.Process(proc.pid).children(recursive=True) if "submitit.core._submit" in p.cmdline()]
+    assert tasks, [p.cmdline() for p in psutil.Process(proc.pid).children(recursive=True)]
+    for task in tasks:
+        task.send_signal(signal.SIGUSR2)
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err[-3000:]
+    logs = " ".join(p.read_text() for p in (sweep_dir / ".submitit").rglob("*_log.*"))
+    assert "Requeued" in logs or "requeue" in logs.lower(), logs[-3000:]
+    assert "resuming from" in logs
+    strip = lambda d: [{k: v for k, v in json.loads(line).items() if k not in ("wall_time", "time/elapsed",
+                                                                              "steps_per_sec", "run_dir")}
+                       for line in (d / "metrics.jsonl").read_text().splitlines()]
+    assert strip(job) == strip(whole)
