@@ -72,3 +72,51 @@ def test_optuna_rigl_maximises_the_validation_accuracy(tmp_path, data_dir):
     assert len(runs) == 3 and best["best_value"] == pytest.approx(max(values))
     assert set(best["best_params"]) == {"optimizer.lr", "sparsity.drop_fraction", "sparsity.update_every"}
     assert (sweep / "report.md").is_file()
+
+
+def test_grids_sweeper_is_the_union_of_its_grids_in_order():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from dst.app.grids import grid_jobs
+
+    parse = OverridesParser.create().parse_overrides
+    grids = [{"sparsity": "dense"}, {"sparsity": "set,rigl", "sparsity.sparsity": "0.9,0.95"}]
+    jobs = grid_jobs(grids, ["trainer.epochs=3", "trainer.seed=0,1"], parse)
+    cells = [tuple(sorted(j)) for j in jobs]
+    assert len(cells) == len(set(cells)) == 2 + 8          # dense x 2 seeds, then 2 x 2 x 2
+    assert all("trainer.epochs=3" in j for j in jobs)
+    assert [j for j in jobs if "sparsity=dense" in j] == jobs[:2]
+    assert not any(o.startswith("sparsity.sparsity") for j in jobs[:2] for o in j)
+    assert {("sparsity=rigl", "sparsity.sparsity=0.95")} <= {tuple(o for o in j if o.startswith("sparsity"))
+                                                              for j in jobs}
+    # A command-line axis replaces the grid's axis of the same key.
+    narrowed = grid_jobs(grids[1:], ["sparsity.sparsity=0.5"], parse)
+    assert sorted(o for j in narrowed for o in j if o.startswith("sparsity.")) == ["sparsity.sparsity=0.5"] * 2
+
+
+def test_fmnist_compare_is_one_dense_job_and_ten_algorithms_at_three_sparsities():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from dst.app.grids import grid_jobs  # also registers hydra/sweeper=grids for compose()
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["+sweep=fmnist_compare"], return_hydra_config=True)
+    assert cfg.hydra.sweeper._target_ == "hydra_plugins.dst_grids.GridsSweeper"
+    assert list(cfg.trainer.seeds) == [0, 1, 2]
+    jobs = grid_jobs([dict(g) for g in cfg.hydra.sweeper.grids], [], OverridesParser.create().parse_overrides)
+    algorithms = [o.split("=")[1] for j in jobs for o in j if o.startswith("sparsity=")]
+    assert algorithms.count("dense") == 1 and len(set(algorithms)) == 11 and len(jobs) == 31
+
+
+def test_grids_sweep_runs_every_cell_once_and_reports_them(tmp_path, data_dir):
+    sweep = tmp_path / "sweep"
+    out = dst_train("+sweep=fmnist_compare",
+                    "hydra.sweeper.grids=[{sparsity:dense},{sparsity:'set,rigl',sparsity.sparsity:0.9}]",
+                    "trainer.seeds=[0]", f"dataset.data_dir={data_dir}", "trainer.epochs=1",
+                    "trainer.batch_size=64", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert runs == ["0_dense_lenet300_fashion_mnist_s0", "1_set_lenet300_fashion_mnist_s0",
+                    "2_rigl_lenet300_fashion_mnist_s0"], runs
+    report = (sweep / "report.md").read_text()
+    assert "| dense | 0.0 |" in report and "| rigl | 0.9 | erk |" in report and "| set | 0.9 | erk |" in report

@@ -23,6 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf import OmegaConf
 
+from dst.app import grids  # noqa: F401  (registers hydra/sweeper=grids before Hydra composes)
 from dst.app.validate import ConfigError
 
 CONFIG_DIR = str(pathlib.Path(__file__).resolve().parents[2] / "conf")
