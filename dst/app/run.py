@@ -28,6 +28,8 @@ import numpy as np
 import dst
 from dst.app.build import make_model
 from dst.app.build import make_tx
+from dst.app.feeds import first_examples
+from dst.app.feeds import make_feed
 from dst.app.records import Interval
 from dst.app.records import record_for
 from dst.app.resume import Preempted
@@ -40,6 +42,7 @@ from dst.app.validate import check_algorithm
 from dst.app.validate import check_data
 from dst.app.validate import validate
 from dst.data import DataError
+from dst.data import image_folder
 from dst.data import load
 from dst.data.augment import make_augment
 from dst.graph import kernel_graph
@@ -49,6 +52,8 @@ from dst.plotting import plot_curves
 from dst.train.apply import model_state_shapes
 from dst.train.checkpoint import RunCheckpoints
 from dst.train.devices import DataParallel
+from dst.train.evaluate import stream_evaluate_fn
+from dst.train.stream import StreamEpoch
 
 
 class NonFiniteLossError(RuntimeError):
@@ -88,22 +93,25 @@ def prepare(cfg: dict, say=print) -> Plan:
     check_data(cfg)
     ds, trainer = cfg["dataset"], cfg["trainer"]
     try:
-        data = load(ds["name"], ds.get("data_dir"), val_fraction=ds["val_fraction"], seed=trainer["seed"],
-                    normalize=ds["normalize"], **_loader_options(ds))
+        if ds["name"] == image_folder.NAME:
+            data = image_folder.scan(ds["data_dir"], ds["image_size"], ds.get("resize"))
+        else:
+            data = load(ds["name"], ds.get("data_dir"), val_fraction=ds["val_fraction"], seed=trainer["seed"],
+                        normalize=ds["normalize"], **_loader_options(ds))
     except DataError as err:   # a truncated, corrupt or wrong-kind file: one sentence naming it
         raise ConfigError(str(err)) from None
     batch = trainer["batch_size"]
-    if batch > data.train_x.shape[0]:
-        raise ConfigError(f"trainer.batch_size must be at most the {data.train_x.shape[0]} training "
+    if batch > len(data.train_y):
+        raise ConfigError(f"trainer.batch_size must be at most the {len(data.train_y)} training "
                           f"examples; got {batch}.")
-    steps_per_epoch = data.train_x.shape[0] // batch
+    steps_per_epoch = len(data.train_y) // batch
     total_steps = trainer["epochs"] * steps_per_epoch
     if trainer.get("max_steps"):
         total_steps = min(total_steps, trainer["max_steps"])
     epochs = math.ceil(total_steps / steps_per_epoch)
     algo = check_algorithm(cfg["sparsity"], total_steps)
     model = make_model(cfg["model"], num_classes=data.num_classes, say=say)
-    params = _check_model_takes_data(cfg, model, data.train_x)
+    params = _check_model_takes_data(cfg, model, data.example_shape)
     _check_dense_layers(cfg["sparsity"], params)
     parallel = DataParallel() if len(jax.local_devices()) > 1 else None
     if parallel is not None and parallel.check_batch(batch):
@@ -120,10 +128,10 @@ def _loader_options(ds: dict) -> dict:
     return {k: ds[k] for k in ("label_mode",) if ds.get(k) is not None}
 
 
-def _check_model_takes_data(cfg, model, train_x):
+def _check_model_takes_data(cfg, model, shape):
     """Trace the model's init on one example (shapes only): a model that cannot take the data fails
     here in one sentence rather than in the middle of compilation."""
-    shape = tuple(train_x.shape[1:])
+    shape = tuple(shape)
     try:
         params, _ = model_state_shapes(model, jnp.zeros((1,) + shape, jnp.float32))
     except Exception as err:  # whatever the model raises on a wrong input shape
@@ -157,7 +165,7 @@ def initialise(plan: Plan) -> Run:
     sp, trainer = cfg["sparsity"], cfg["trainer"]
     key = jax.random.key(trainer["seed"])
     k_init, k_mask, k_state, _ = jax.random.split(key, 4)
-    sample = jnp.zeros((1,) + data.train_x.shape[1:], jnp.float32)
+    sample = jnp.zeros((1,) + tuple(data.example_shape), jnp.float32)
     params, model_state = dst.init_model(model, k_init, sample)
     # Algorithms that prune during training start from `initial_sparsity` (0: dense).
     start = sp.get("initial_sparsity")
@@ -169,7 +177,14 @@ def initialise(plan: Plan) -> Run:
     layers = dst.sparsifiable_layers(params)
     apply_fn = dst.flax_apply(model)
     graph = kernel_graph(lambda p: apply_fn(p, model_state, sample, False, None)[0], params, layers)
-    train_x, train_y = jnp.asarray(data.train_x), jnp.asarray(data.train_y)
+    streaming = data.name == image_folder.NAME
+    if not streaming:
+        train_x, train_y = jnp.asarray(data.train_x), jnp.asarray(data.train_y)
+    elif algo.prune_at_init is not None:   # SNIP, GraSP: their batches from the stream
+        count = min(algo.init_batches * trainer["batch_size"], len(data.train_y))
+        train_x, train_y = first_examples(data, trainer["seed"], count, cfg["dataset"]["workers"])
+    else:
+        train_x = train_y = None
     masks = dst.train.prune_at_init(algo, k_mask, params, masks, apply_fn, train_x, train_y,
                                     trainer["batch_size"], model_state=model_state)
     densities = {n: d for n, d in dst.density_report(masks, layers).items() if n != "global"}
@@ -178,16 +193,21 @@ def initialise(plan: Plan) -> Run:
     if plan.parallel is not None:
         state = plan.parallel.replicate(state)
     step = dst.make_train_step(apply_fn, tx, algo)
-    augment = make_augment(cfg["dataset"].get("augment", "none"), **_augment_options(cfg["dataset"], data))
-    lengths = {epoch_length(plan, e) for e in (1, plan.epochs)}   # only the last epoch may be shorter
     loop = epoch_loop(trainer.get("epoch_loop", "auto"), graph.convolutional)
     sharding = None if plan.parallel is None else plan.parallel.batch
-    epoch_fns = {n: dst.train_epoch_fn(step, trainer["batch_size"], augment=augment,
-                                       max_steps=None if n == plan.steps_per_epoch else n, loop=loop,
-                                       batch_sharding=sharding)
-                 for n in lengths}
+    if streaming:    # augmentation happens on the host; one epoch function serves every length
+        epoch_fns = {0: StreamEpoch(step, loop, sharding)}
+        evaluate = stream_evaluate_fn(apply_fn, min(trainer["eval_batch_size"], len(data.test_y)))
+    else:
+        augment = make_augment(cfg["dataset"].get("augment", "none"), **_augment_options(cfg["dataset"], data))
+        lengths = {epoch_length(plan, e) for e in (1, plan.epochs)}   # only the last epoch may be shorter
+        epoch_fns = {n: dst.train_epoch_fn(step, trainer["batch_size"], augment=augment,
+                                           max_steps=None if n == plan.steps_per_epoch else n, loop=loop,
+                                           batch_sharding=sharding)
+                     for n in lengths}
+        evaluate = dst.evaluate_fn(apply_fn, trainer["eval_batch_size"])
     return Run(state=state, layers=layers, densities=densities, flops=graph.flops, pairs=graph.pairs, step=step,
-               epoch_fns=epoch_fns, evaluate=dst.evaluate_fn(apply_fn, trainer["eval_batch_size"]))
+               epoch_fns=epoch_fns, evaluate=evaluate)
 
 
 def epoch_loop(setting: str, convolutional: bool) -> str:
@@ -227,12 +247,7 @@ def train(plan: Plan, run: Run, logger: RunLogger, progress: Progress, start: St
     last. Stops with :class:`NonFiniteLossError` at a non-finite loss after logging it, and with
     :class:`Preempted` after a checkpoint once ``stopping()``. Returns the final state."""
     cfg, trainer = plan.cfg, plan.cfg["trainer"]
-    data = plan.data
-    place = jnp.asarray if plan.parallel is None else plan.parallel.replicate
-    train_x, train_y = place(data.train_x), place(data.train_y)
-    splits = {"test": (place(data.test_x), place(data.test_y))}
-    if len(data.val_y):
-        splits["val"] = (place(data.val_x), place(data.val_y))
+    feed = make_feed(plan, run)
     state, interval, records = start.state, start.interval, start.records
     epoch_key = lambda epoch: jax.random.fold_in(start.data_key, epoch)
     every = trainer.get("checkpoint_every_epochs") or 0
@@ -241,17 +256,17 @@ def train(plan: Plan, run: Run, logger: RunLogger, progress: Progress, start: St
         say(f"the run already finished its {plan.epochs} epochs; nothing left to train")
         return state
     t_compile = time.perf_counter()
-    compiled = {n: fn.lower(state, train_x, train_y, epoch_key(1)).compile() for n, fn in run.epoch_fns.items()}
+    feed.compile(state, epoch_key(1))
     say(f"compiled the train epoch in {time.perf_counter() - t_compile:.1f}s")
     clock = time.perf_counter() - start.elapsed     # the run's clock goes on where it stopped
     for epoch in range(start.epoch + 1, plan.epochs + 1):
         t0 = time.perf_counter()
-        state, m = compiled[epoch_length(plan, epoch)](state, train_x, train_y, epoch_key(epoch))
+        state, m = feed.epoch(state, epoch_key(epoch), epoch_length(plan, epoch))
         m = jax.device_get(m)
         interval.add(m, time.perf_counter() - t0, state)
         finite = bool(np.all(np.isfinite(m["loss"])))
         if not (epoch % trainer["log_every_epochs"] and epoch != plan.epochs and finite):
-            evaluations = {name: run.evaluate(state.params, state.model_state, *xy) for name, xy in splits.items()}
+            evaluations = feed.evaluate(state)
             record = record_for(epoch, state, interval, evaluations, run.pairs, time.perf_counter() - clock)
             logger.log(record)
             records.append(record)

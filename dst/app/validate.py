@@ -106,6 +106,8 @@ def validate(cfg: dict, total_steps: int | None = None) -> None:
         _range(cfg, "dataset.crop_padding", 0, None, integer=True)
     if "label_mode" in cfg["dataset"]:
         _choice(cfg, "dataset.label_mode", LABEL_MODES)
+    if cfg["dataset"]["name"] == "image_folder":
+        _check_image_folder(cfg)
 
     sp = _get(cfg, "sparsity")
     _choice(cfg, "sparsity.algorithm", algorithms.names())
@@ -182,6 +184,23 @@ def check_algorithm(sparsity_cfg: dict, total_steps: int):
         return algorithms.make(name, **hparams)
     except ValueError as err:
         raise ConfigError(f"sparsity.{err}") from None
+
+
+def _check_image_folder(cfg: dict) -> None:
+    """Streamed image folders: their own options, and the features that need the data on the device."""
+    _range(cfg, "dataset.image_size", 8, None, integer=True)
+    _range(cfg, "dataset.resize", 8, None, integer=True, optional=True)
+    _range(cfg, "dataset.workers", 0, None, lo_open=True, integer=True)
+    _range(cfg, "dataset.chunk_steps", 0, None, lo_open=True, integer=True)
+    if cfg["dataset"]["val_fraction"] != 0:
+        raise ConfigError("dataset.val_fraction must be 0 with dataset.name=image_folder (its val/ folder is the "
+                          f"test split); got {cfg['dataset']['val_fraction']}.")
+    if cfg["dataset"].get("augment", "none") != "none":
+        raise ConfigError("dataset.augment must be none with dataset.name=image_folder (the host pipeline "
+                          f"crops and flips); got {cfg['dataset']['augment']!r}.")
+    if cfg["trainer"].get("seeds") is not None:
+        raise ConfigError("trainer.seeds must be null with dataset.name=image_folder (seeds in one program need "
+                          "the data on the device); run one seed per job, e.g. -m trainer.seed=0,1,2.")
 
 
 def check_data(cfg: dict) -> None:

@@ -16,13 +16,14 @@ from typing import NamedTuple
 import numpy as np
 
 from dst.data import cifar
+from dst.data import image_folder
 from dst.data import mnist
 from dst.data import mnist1d
 from dst.data.errors import DataError
 from dst.data.errors import DataNotFoundError
 from dst.data.lookup import candidate_dirs
 
-DATASETS = mnist.NAMES + cifar.NAMES + (mnist1d.NAME,)
+DATASETS = mnist.NAMES + cifar.NAMES + (mnist1d.NAME, image_folder.NAME)   # image_folder: streamed
 NORMALIZATIONS = ("standard", "unit", "none")
 LABEL_MODES = cifar.LABEL_MODES
 
@@ -57,6 +58,10 @@ class Dataset(NamedTuple):
     name: str = ""
 
     @property
+    def example_shape(self) -> tuple[int, ...]:
+        return tuple(self.train_x.shape[1:])
+
+    @property
     def pad_value(self) -> np.ndarray:
         """The normalised value of a black (zero) pixel, per channel: what augmentation pads with."""
         return ((0.0 - self.mean) / self.std).astype(np.float32)
@@ -70,6 +75,8 @@ def locate(name: str, data_dir: str | os.PathLike | None = None) -> pathlib.Path
         return cifar.locate(name, data_dir)
     if name == mnist1d.NAME:
         return mnist1d.locate(data_dir)
+    if name == image_folder.NAME:
+        return image_folder.locate(data_dir)
     return mnist.locate(name, data_dir)
 
 
@@ -169,6 +176,8 @@ def load(name: str, data_dir: str | os.PathLike | None = None, *, val_fraction: 
     classes) or ``coarse`` (20 super-classes) labels.
     """
     _check_options(name, normalize, val_fraction, label_mode)
+    if name == image_folder.NAME:
+        raise DataError("dataset.name=image_folder is streamed, not loaded: use dst.data.image_folder.scan.")
     if name == mnist1d.NAME:
         arrays, source = mnist1d.load(data_dir)
         train_x, train_y, test_x, test_y = (arrays[k] for k in mnist1d.KEYS)

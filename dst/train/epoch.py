@@ -57,8 +57,6 @@ def epoch_body(step: TrainStep | Callable, batch_size: int, augment: Augment | N
     ``y[index]``: replicas that share one copy of the data each train on their own subset and order
     (see :mod:`dst.train.replicas`). ``batch_sharding`` (a ``jax.sharding.Sharding``) splits each
     batch over devices (data parallel: see :mod:`dst.train.devices`)."""
-    quiet_path = isinstance(step, TrainStep) and step.has_quiet_path
-
     def epoch(state, x, y, key, index=None):
         n = x.shape[0] if index is None else index.shape[0]
         order = epoch_batches(key, n, batch_size)
@@ -77,17 +75,28 @@ def epoch_body(step: TrainStep | Callable, batch_size: int, augment: Augment | N
                 images = augment(jax.random.fold_in(k_augment, i), images)
             return images, labels
 
-        if quiet_path:
-            state, metrics = _segmented_epoch(step, state, batch, order.shape[0])
-        else:
-            state, metrics = lax.scan(lambda s, i: step(s, batch(i)), state, jnp.arange(order.shape[0]))
-        # Settle an update made by the epoch's last step, so the epoch's counts and ITOP are complete.
-        state, topology = settle_topology(state)
-        for kind in ("grown", "dropped"):
-            metrics[kind] = {n: c.at[-1].add(topology[kind][n]) for n, c in metrics[kind].items()}
-        return state, metrics
+        return run_steps(step, state, batch, order.shape[0])
 
     return epoch
+
+
+def run_steps(step: TrainStep | Callable, state, batch, n: int):
+    """``n`` steps on ``batch(i)`` (traced): a ``lax.scan`` of the step, or the quiet path's segments when
+    the step has one; then the bookkeeping of an update made by the last step is settled, so that the
+    counts and ITOP of these steps are complete. Metrics come back stacked per step."""
+    if isinstance(step, TrainStep) and step.has_quiet_path:
+        state, metrics = _segmented_epoch(step, state, batch, n)
+    else:
+        state, metrics = lax.scan(lambda s, i: step(s, batch(i)), state, jnp.arange(n))
+    return settle_last(state, metrics)
+
+
+def settle_last(state, metrics):
+    """Settle an update made by the last step run, adding its counts to the last row of ``metrics``."""
+    state, topology = settle_topology(state)
+    for kind in ("grown", "dropped"):
+        metrics[kind] = {n: c.at[-1].add(topology[kind][n]) for n, c in metrics[kind].items()}
+    return state, metrics
 
 
 class HostLoopEpoch:
@@ -116,7 +125,7 @@ class HostLoopEpoch:
 
         self.step = jax.jit(one_step)
         self.order = jax.jit(epoch_batches, static_argnums=(1, 2))
-        self.settle = jax.jit(settle_topology)
+        self.settle = jax.jit(settle_last)
 
     def lower(self, state, x, y, key):
         """Compile the step for these shapes (the trainer times it); returns an object whose
@@ -136,11 +145,7 @@ class HostLoopEpoch:
         for i in range(n):
             state, metrics = self.step(state, x, y, order[i], k_augment, jnp.int32(i))
             rows.append(metrics)
-        metrics = jax.tree_util.tree_map(lambda *r: jnp.stack(r), *rows)
-        state, topology = self.settle(state)
-        for kind in ("grown", "dropped"):
-            metrics[kind] = {n: c.at[-1].add(topology[kind][n]) for n, c in metrics[kind].items()}
-        return state, metrics
+        return self.settle(state, jax.tree_util.tree_map(lambda *r: jnp.stack(r), *rows))
 
 
 def _record(metrics, i, values):

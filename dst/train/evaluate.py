@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import lax
 
@@ -29,14 +30,40 @@ def evaluate_fn(apply_fn: ApplyFn, batch_size: int = 1000):
         valid = (jnp.arange(chunks * size) < n).reshape(chunks, size)
 
         def body(totals, batch):
-            xb, yb, vb = batch
-            logits, _ = apply_fn(params, model_state, xb, False, None)
-            losses = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
-            correct = jnp.argmax(logits, -1) == yb
-            return (totals[0] + jnp.sum(jnp.where(vb, losses, 0.0)),
-                    totals[1] + jnp.sum(jnp.where(vb, correct, False))), None
+            loss, correct = batch_totals(apply_fn, params, model_state, *batch)
+            return (totals[0] + loss, totals[1] + correct), None
 
         (loss_sum, correct), _ = lax.scan(body, (jnp.float32(0), jnp.int32(0)), (xp, yp, valid))
         return {"loss": loss_sum / n, "accuracy": correct / n}
+
+    return evaluate
+
+
+def batch_totals(apply_fn: ApplyFn, params, model_state, x, y, valid):
+    """``(summed loss, number correct)`` over the rows of one batch where ``valid`` (evaluation mode)."""
+    logits, _ = apply_fn(params, model_state, x, False, None)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    correct = jnp.argmax(logits, -1) == y
+    return jnp.sum(jnp.where(valid, losses, 0.0)), jnp.sum(jnp.where(valid, correct, False))
+
+
+def stream_evaluate_fn(apply_fn: ApplyFn, batch_size: int):
+    """``(params, model_state, batches) -> {"loss", "accuracy"}`` over host batches ``(x, y)`` of at most
+    ``batch_size`` rows (data that does not fit on the device). A short last batch is padded to
+    ``batch_size``, so one compiled program serves every batch; totals stay on the device until the end."""
+    totals = jax.jit(lambda *args: batch_totals(apply_fn, *args))
+
+    def evaluate(params, model_state, batches):
+        loss, correct, n = jnp.float32(0), jnp.int32(0), 0
+        for x, y in batches:
+            rows, pad = len(y), batch_size - len(y)
+            valid = np.arange(batch_size) < rows
+            x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
+            y = np.concatenate([y, np.zeros((pad,), y.dtype)])
+            batch_loss, batch_correct = totals(params, model_state, x, y, valid)
+            loss, correct, n = loss + batch_loss, correct + batch_correct, n + rows
+        if n == 0:
+            raise ValueError("evaluation got no batches.")
+        return {"loss": loss / n, "accuracy": correct / n}
 
     return evaluate
