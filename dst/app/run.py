@@ -53,6 +53,7 @@ from dst.train.apply import model_state_shapes
 from dst.train.checkpoint import RunCheckpoints
 from dst.train.devices import DataParallel
 from dst.train.evaluate import stream_evaluate_fn
+from dst.train.step import smoothed_cross_entropy
 from dst.train.stream import StreamEpoch
 
 
@@ -192,7 +193,7 @@ def initialise(plan: Plan) -> Run:
     state = dst.create_train_state(k_state, params, masks, tx, algo, model_state)
     if plan.parallel is not None:
         state = plan.parallel.replicate(state)
-    step = dst.make_train_step(apply_fn, tx, algo)
+    step = dst.make_train_step(apply_fn, tx, algo, smoothed_cross_entropy(trainer.get("label_smoothing", 0.0)))
     loop = epoch_loop(trainer.get("epoch_loop", "auto"), graph.convolutional)
     sharding = None if plan.parallel is None else plan.parallel.batch
     if streaming:    # augmentation happens on the host; one epoch function serves every length

@@ -38,6 +38,7 @@ from dst.app.run import initialise
 from dst.app.run import prepare
 from dst.app.run import run_tags
 from dst.app.validate import ConfigError
+from dst.app.validate import validate
 from dst.data import load
 from dst.data.augment import make_augment
 from dst.data.datasets import split_indices
@@ -82,6 +83,7 @@ def with_seed(cfg: dict, seed: int) -> dict:
 def run_seeds(cfg: dict, run_dir, *, stream=None) -> list[dict]:
     """Train one replica per ``trainer.seeds`` entry in one program; returns their summaries."""
     seeds = check_seeds(cfg["trainer"]["seeds"])
+    validate(cfg)      # with the seeds in: some settings (a streamed data set) cannot take them
     run_dir = pathlib.Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     say = lambda msg: print(msg, file=stream or sys.stdout, flush=True)

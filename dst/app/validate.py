@@ -88,6 +88,8 @@ def algorithm_hparams(sparsity_cfg: dict, total_steps: int) -> dict:
 def validate(cfg: dict, total_steps: int | None = None) -> None:
     """Raise :class:`ConfigError` for the first setting out of range (data presence included)."""
     _range(cfg, "trainer.seed", 0, None, integer=True)
+    if "label_smoothing" in cfg["trainer"]:
+        _range(cfg, "trainer.label_smoothing", 0.0, 1.0)
     if not _get(cfg, "model").get("_target_"):
         _choice(cfg, "model.name", MODELS)
     if "dropout" in cfg["model"]:

@@ -25,6 +25,19 @@ def cross_entropy(logits, labels):
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
+def smoothed_cross_entropy(smoothing: float) -> Callable:
+    """Cross-entropy against ``(1 - smoothing) * one_hot + smoothing / classes`` (Szegedy et al. 2016),
+    as TF's ``losses.softmax_cross_entropy(label_smoothing=...)``; ``smoothing=0`` is :func:`cross_entropy`."""
+    if smoothing == 0:
+        return cross_entropy
+
+    def loss(logits, labels):
+        targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), smoothing)
+        return optax.softmax_cross_entropy(logits, targets).mean()
+
+    return loss
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainStep:
     """The train step ``(state, (x, y)) -> (state, metrics)``, callable as ``step(state, batch)``.
