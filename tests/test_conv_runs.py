@@ -13,6 +13,7 @@ from cli_helpers import dst_train
 from hydra import compose
 from hydra import initialize_config_dir
 from idx_data import write_dataset
+from image_data import write_folder
 from omegaconf import OmegaConf
 
 import dst
@@ -35,6 +36,7 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     write_cifar10(root / "cifar10", per_batch=32, n_test=40)
     write_dataset(root / "mnist")
+    write_folder(root / "imagenet", per_class=(12, 2))
     return root
 
 
@@ -43,18 +45,21 @@ PRESETS = {
     "snfs_wrn28_2_cifar10": "cifar10",
     "rigl_lenet300_mnist": "mnist",
     "mnist1d_mlp": "mnist1d",
+    "rigl_resnet50_imagenet": "imagenet",
 }
 # Absolute step settings of a preset that a two-step smoke run cannot reach.
 SMOKE = {"snfs_wrn28_2_cifar10": ["sparsity.start_step=0", "sparsity.update_every=1"],
-         "rigl_lenet300_mnist": ["sparsity.end_step=2"]}
+         "rigl_lenet300_mnist": ["sparsity.end_step=2"],
+         "rigl_resnet50_imagenet": ["sparsity.end_step=2", "sparsity.update_every=1", "dataset.image_size=32",
+                                    "dataset.resize=36", "dataset.workers=2", "dataset.chunk_steps=2"]}
 
 
 def test_every_preset_is_tested():
     assert {p.stem for p in (CONF / "experiment").glob("*.yaml")} - {"default"} == set(PRESETS)
 
 
-# The WRN presets compile a 22- and a 28-layer conv net (30-50 s each here): `make test-slow`.
-WIDE = {"rigl_wrn22_cifar10", "snfs_wrn28_2_cifar10"}
+# The WRN and ResNet-50 presets compile deep conv nets (30-60 s each here): `make test-slow`.
+WIDE = {"rigl_wrn22_cifar10", "snfs_wrn28_2_cifar10", "rigl_resnet50_imagenet"}
 
 
 @pytest.mark.parametrize("preset", [pytest.param(p, marks=pytest.mark.slow) if p in WIDE else p

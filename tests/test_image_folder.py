@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from algo_helpers import start_state
 from cli_helpers import dst_train
+from image_data import CLASSES
+from image_data import write_folder
 from PIL import Image
 
 import dst
@@ -18,22 +20,6 @@ from dst.data import image_folder
 from dst.train.epoch import run_steps
 from dst.train.evaluate import stream_evaluate_fn
 from dst.train.stream import StreamEpoch
-
-CLASSES = ("ant", "bee", "cow")
-
-
-def write_folder(root, per_class=(12, 4), size=(24, 40), seed=0, fmt="png"):
-    """``root/train/<class>/*`` and ``root/val/<class>/*`` random RGB images of random sizes in ``size``."""
-    rng = np.random.default_rng(seed)
-    for split, count in zip(("train", "val"), per_class):
-        for c in CLASSES:
-            folder = root / split / c
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                h, w = (int(v) for v in rng.integers(*size, 2))
-                Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / f"{i}.{fmt}")
-    return root
-
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):

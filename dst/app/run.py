@@ -114,7 +114,7 @@ def prepare(cfg: dict, say=print) -> Plan:
     model = make_model(cfg["model"], num_classes=data.num_classes, say=say)
     params = _check_model_takes_data(cfg, model, data.example_shape)
     _check_dense_layers(cfg["sparsity"], params)
-    parallel = DataParallel() if len(jax.local_devices()) > 1 else None
+    parallel = DataParallel() if jax.device_count() > 1 else None
     if parallel is not None and parallel.check_batch(batch):
         raise ConfigError(parallel.check_batch(batch))
     return Plan(cfg, data, algo, model, steps_per_epoch, epochs, total_steps, parallel)

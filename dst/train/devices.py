@@ -1,4 +1,4 @@
-"""Data parallelism over the local devices with ``jax.sharding``: a one-axis mesh named ``data``; each
+"""Data parallelism over the devices with ``jax.sharding``: a one-axis mesh named ``data``; each
 batch is split over it, while params, masks, optimizer and algorithm state are replicated. XLA's SPMD
 partitioner then reduces the gradients over the devices, so every device computes the same mask
 update from the same key and the same reduced gradient: the masks stay identical everywhere.
@@ -17,10 +17,11 @@ from jax.sharding import PartitionSpec
 
 
 class DataParallel:
-    """The mesh of ``devices`` (default: every local device) and the placements the trainer needs."""
+    """The mesh of ``devices`` (default: ``jax.devices()``, which is every local device in one process
+    and every host's devices after ``jax.distributed.initialize()``) and the placements the trainer needs."""
 
     def __init__(self, devices=None):
-        self.devices = list(devices if devices is not None else jax.local_devices())
+        self.devices = list(devices if devices is not None else jax.devices())
         self.mesh = Mesh(self.devices, ("data",))
         self.batch = NamedSharding(self.mesh, PartitionSpec("data"))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
