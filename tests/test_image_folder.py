@@ -21,6 +21,7 @@ from dst.train.epoch import run_steps
 from dst.train.evaluate import stream_evaluate_fn
 from dst.train.stream import StreamEpoch
 
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     return write_folder(tmp_path_factory.mktemp("images"))

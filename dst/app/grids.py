@@ -22,7 +22,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from dataclasses import field
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -34,17 +34,17 @@ from hydra.plugins.sweeper import Sweeper
 @dataclass
 class GridsSweeperConf:
     _target_: str = "hydra_plugins.dst_grids.GridsSweeper"
-    max_batch_size: Optional[int] = None
-    grids: List[Dict[str, Any]] = field(default_factory=list)
+    max_batch_size: int | None = None
+    grids: list[dict[str, Any]] = field(default_factory=list)
 
 
-def grid_jobs(grids: List[Dict[str, Any]], arguments: List[str], parse) -> List[List[str]]:
+def grid_jobs(grids: list[dict[str, Any]], arguments: list[str], parse) -> list[list[str]]:
     """Each grid's cartesian product (its params, then ``arguments``), concatenated in order."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
     if not grids:
         raise HydraException("hydra.sweeper.grids must list at least one grid (a mapping of key: values).")
-    jobs: List[List[str]] = []
+    jobs: list[list[str]] = []
     for grid in grids:
         params = [f"{key}={value}" for key, value in dict(grid).items()]
         jobs.extend(BasicSweeper.split_arguments(parse(params + list(arguments)), None)[0])
@@ -58,7 +58,7 @@ class GridsSweeper(Sweeper):
     its core plugins, so a subclass made at import time would derive from a stale class.
     """
 
-    def __init__(self, max_batch_size: Optional[int] = None, grids: Optional[List[Dict[str, Any]]] = None):
+    def __init__(self, max_batch_size: int | None = None, grids: list[dict[str, Any]] | None = None):
         super().__init__()
         self.max_batch_size = max_batch_size
         self.grids = list(grids or [])
@@ -70,7 +70,7 @@ class GridsSweeper(Sweeper):
         self.basic = BasicSweeper(max_batch_size=self.max_batch_size, params=None)
         self.basic.setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
-    def sweep(self, arguments: List[str]) -> Any:
+    def sweep(self, arguments: list[str]) -> Any:
         parser = OverridesParser.create(config_loader=self.basic.hydra_context.config_loader)
         jobs = grid_jobs(self.grids, arguments, parser.parse_overrides)
         batches = list(self.basic.split_overrides_to_chunks(jobs, self.max_batch_size))
