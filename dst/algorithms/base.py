@@ -128,9 +128,11 @@ def check_schedule(update_every, start_step, end_step, drop_fraction_, drop_sche
         raise ValueError(f"drop_schedule must be one of {allowed}; got {drop_schedule!r}.")
 
 
-def _grow_values(key, w, kept, grow_init):
+def _grow_values(key, w, kept, grow_init, grow_std=None):
     if grow_init == "zeros":
         return jnp.zeros_like(w)
+    if grow_std is not None:     # a fixed scale (SET's reference code: N(0, 1) / 10)
+        return grow_std * jax.random.normal(key, w.shape, w.dtype)
     # "normal": N(0, sigma^2) with sigma the RMS of the layer's surviving weights, so regrown weights
     # match the scale the layer has now rather than its scale at initialisation.
     n = jnp.maximum(jnp.sum(kept), 1).astype(w.dtype)
@@ -138,7 +140,7 @@ def _grow_values(key, w, kept, grow_init):
     return sigma * jax.random.normal(key, w.shape, w.dtype)
 
 
-def _update_layer(key, w, g, mask, f, excess, drop_rule, grow_score, grow_init):
+def _update_layer(key, w, g, mask, f, excess, drop_rule, grow_score, grow_init, grow_std=None):
     k_drop, k_grow, k_init = jax.random.split(key, 3)
     dropped = drop_rule(k_drop, w, g, mask, f, excess)
     # A layer with no inactive weight (dense by its distribution) has nowhere to explore: leave it.
@@ -147,21 +149,22 @@ def _update_layer(key, w, g, mask, f, excess, drop_rule, grow_score, grow_init):
     k = jnp.maximum(jnp.sum(dropped, dtype=jnp.int32) - excess, 0)
     grown = top_k_mask(grow_score(k_grow, w, g), ~kept, k, k_grow)
     new_mask = kept | grown
-    new_w = jnp.where(grown, _grow_values(k_init, w, kept, grow_init), jnp.where(new_mask, w, 0.0))
+    new_w = jnp.where(grown, _grow_values(k_init, w, kept, grow_init, grow_std), jnp.where(new_mask, w, 0.0))
     return new_w, new_mask, grown
 
 
 def prune_and_regrow(*, drop_rule: DropRule, grow_score: GrowScore, update_every: int, end_step: int,
                      start_step: int = 0, drop_fraction: float = 0.3, drop_schedule: str = "cosine",
-                     grow_init: str = "zeros", sparsifiable: SparsifiableFilter | None = None,
-                     init_extra: Callable[..., Any] | None = None,
+                     grow_init: str = "zeros", grow_std: float | None = None,
+                     sparsifiable: SparsifiableFilter | None = None, init_extra: Callable[..., Any] | None = None,
                      excess: Callable[..., Any] | None = None) -> SparseAlgorithm:
     """The shared core of the dynamic algorithms: at each scheduled step, in every sparse layer, drop
     the weights chosen by ``drop_rule`` and grow as many inactive ones by the largest ``grow_score``.
 
     With ``n`` active weights and ``f(t)`` the drop fraction, ``k = int(f(t) n)`` are dropped and exactly
     ``k`` grown (a just-dropped weight may be regrown), so every layer keeps its count. Grown weights
-    take ``grow_init`` values; dropped ones become exact zeros. Updates happen at
+    take ``grow_init`` values (``normal``: N(0, sigma^2), sigma the RMS of the layer's surviving weights,
+    or ``grow_std`` when given); dropped ones become exact zeros. Updates happen at
     ``t = start_step + i * update_every < end_step``.
 
     Sparsity decay (MEST): ``init_extra(params, masks)`` builds ``state.extra`` and
@@ -171,6 +174,9 @@ def prune_and_regrow(*, drop_rule: DropRule, grow_score: GrowScore, update_every
     check_schedule(update_every, start_step, end_step, drop_fraction, drop_schedule)
     if grow_init not in GROW_INITS:
         raise ValueError(f"grow_init must be one of {', '.join(GROW_INITS)}; got {grow_init!r}.")
+    if grow_std is not None and (grow_init != "normal" or not grow_std > 0):
+        raise ValueError(f"grow_std must be a positive number, with grow_init=normal; got {grow_std!r} with "
+                         f"grow_init={grow_init}.")
     keep_leaf = sparsifiable or default_sparsifiable
     alpha = float(drop_fraction)
 
@@ -191,7 +197,7 @@ def prune_and_regrow(*, drop_rule: DropRule, grow_score: GrowScore, update_every
                 n = jnp.sum(m, dtype=jnp.int32)
                 more = jnp.int32(0) if excess is None else excess(step, extra, name, n)
                 w, m, grown = _update_layer(jax.random.fold_in(key, i), w, g, m, f, more, drop_rule,
-                                            grow_score, grow_init)
+                                            grow_score, grow_init, grow_std)
             else:
                 grown = jnp.zeros(m.shape, bool)
             out_w.append(w)

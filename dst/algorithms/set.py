@@ -35,14 +35,15 @@ def random_grow_score(key, w, g):
 
 def set_(*, update_every: int, end_step: int, start_step: int = 0, drop_fraction: float = 0.3,
          drop_schedule: str = "constant", sign_split: bool = False, grow_init: str = "zeros",
-         sparsifiable=None) -> SparseAlgorithm:
+         grow_std: float | None = None, sparsifiable=None) -> SparseAlgorithm:
     """Sparse Evolutionary Training.
 
     At each update, with ``n`` active weights in a layer and drop fraction ``f(t)``:
 
     * drop the ``k = int(f(t) n)`` active weights of smallest ``|w|`` (``sign_split=True``: Mocanu's
       rule, :func:`sign_split_drop`);
-    * grow ``k`` weights chosen uniformly at random among the inactive ones.
+    * grow ``k`` weights chosen uniformly at random among the inactive ones, with values ``grow_init``
+      (``normal`` with ``grow_std=0.1``: the reference code's N(0, 1) / 10).
 
     References:
         Mocanu et al. 2018, "Scalable training of artificial neural networks with adaptive sparse
@@ -55,4 +56,4 @@ def set_(*, update_every: int, end_step: int, start_step: int = 0, drop_fraction
     return prune_and_regrow(drop_rule=sign_split_drop if sign_split else magnitude_drop,
                             grow_score=random_grow_score, update_every=update_every, end_step=end_step,
                             start_step=start_step, drop_fraction=drop_fraction, drop_schedule=drop_schedule,
-                            grow_init=grow_init, sparsifiable=sparsifiable)
+                            grow_init=grow_init, grow_std=grow_std, sparsifiable=sparsifiable)

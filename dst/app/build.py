@@ -12,23 +12,24 @@ import flax.linen as nn
 from dst.app.validate import ConfigError
 from dst.models import build_model
 from dst.optimizers import make_optimizer
+from dst.train.step import smoothed_cross_entropy
 
 # Keys of conf/model that describe the entry rather than the module's fields.
 MODEL_META_KEYS = ("name", "_target_")
 
 
-def import_target(target: str):
-    """``"my_package.MyNet"`` -> the object, or :class:`ConfigError` naming what failed."""
+def import_target(target: str, field: str = "model._target_"):
+    """``"my_package.MyNet"`` -> the object, or :class:`ConfigError` naming ``field`` and what failed."""
     module_name, _, attr = str(target).rpartition(".")
     if not module_name:
-        raise ConfigError(f"model._target_ must be a dotted path such as my_package.MyNet; got {target!r}.")
+        raise ConfigError(f"{field} must be a dotted path such as my_package.thing; got {target!r}.")
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        raise ConfigError(f"model._target_={target} cannot be imported: {err} (is {module_name} on "
+        raise ConfigError(f"{field}={target} cannot be imported: {err} (is {module_name} on "
                           f"PYTHONPATH?).") from None
     if not hasattr(module, attr):
-        raise ConfigError(f"model._target_={target}: module {module_name} has no attribute {attr!r}.")
+        raise ConfigError(f"{field}={target}: module {module_name} has no attribute {attr!r}.")
     return getattr(module, attr)
 
 
@@ -78,6 +79,31 @@ def _accepted_names(factory) -> set[str] | None:
     return {p.name for p in params}
 
 
-def make_tx(cfg: dict, total_steps: int):
+def make_tx(cfg: dict, total_steps: int, say=print):
+    """The optax transformation: a built-in optimizer by ``optimizer.name``, or with
+    ``optimizer._target_`` the factory it names, called with the keys it accepts (``total_steps``
+    too, when it takes it); the group's other keys are left out and named on the console."""
     opt = dict(cfg["optimizer"])
-    return make_optimizer(opt.pop("name"), total_steps, **opt)
+    target = opt.pop("_target_", None)
+    if not target:
+        return make_optimizer(opt.pop("name"), total_steps, **opt)
+    factory = import_target(target, "optimizer._target_")
+    opt["total_steps"] = total_steps
+    accepted = _accepted_names(factory)
+    if accepted is not None:
+        left_out = sorted(set(opt) - accepted - {"name", "total_steps"})
+        if left_out:
+            say(f"optimizer: {target} takes no {', '.join(left_out)}; left out of its arguments.")
+        opt = {k: v for k, v in opt.items() if k in accepted}
+    try:
+        return factory(**opt)
+    except Exception as err:  # the user's factory: any failure is a config problem
+        raise ConfigError(f"optimizer._target_={target} could not be built with {opt}: {err}") from None
+
+
+def make_loss(trainer: dict):
+    """``trainer.loss`` (a dotted path to ``(logits, labels) -> scalar``), else cross-entropy with
+    ``trainer.label_smoothing``."""
+    if trainer.get("loss"):
+        return import_target(trainer["loss"], "trainer.loss")
+    return smoothed_cross_entropy(trainer.get("label_smoothing", 0.0))

@@ -27,6 +27,7 @@ import numpy as np
 
 import dst
 from dst.app.build import make_model
+from dst.app.build import make_loss
 from dst.app.build import make_tx
 from dst.app.feeds import first_examples
 from dst.app.feeds import make_feed
@@ -53,7 +54,6 @@ from dst.train.apply import model_state_shapes
 from dst.train.checkpoint import RunCheckpoints
 from dst.train.devices import DataParallel
 from dst.train.evaluate import stream_evaluate_fn
-from dst.train.step import smoothed_cross_entropy
 from dst.train.stream import StreamEpoch
 
 
@@ -126,7 +126,7 @@ def epoch_length(plan: Plan, epoch: int) -> int:
 
 
 def _loader_options(ds: dict) -> dict:
-    return {k: ds[k] for k in ("label_mode",) if ds.get(k) is not None}
+    return {k: ds[k] for k in ("label_mode", "subset") if ds.get(k) is not None}
 
 
 def _check_model_takes_data(cfg, model, shape):
@@ -171,9 +171,12 @@ def initialise(plan: Plan) -> Run:
     # Algorithms that prune during training start from `initial_sparsity` (0: dense).
     start = sp.get("initial_sparsity")
     start = sp["sparsity"] if start is None else start
-    densities = ({} if start == 0 else
-                 dst.layer_densities(params, start, sp["distribution"], erk_power_scale=sp["erk_power_scale"],
-                                     dense_layers=sp["dense_layers"]))
+    if sp.get("densities"):
+        densities = explicit_densities(params, sp["densities"])
+    else:
+        densities = ({} if start == 0 else
+                     dst.layer_densities(params, start, sp["distribution"], erk_power_scale=sp["erk_power_scale"],
+                                         dense_layers=sp["dense_layers"]))
     masks = dst.init_masks(k_mask, params, densities)
     layers = dst.sparsifiable_layers(params)
     apply_fn = dst.flax_apply(model)
@@ -193,7 +196,7 @@ def initialise(plan: Plan) -> Run:
     state = dst.create_train_state(k_state, params, masks, tx, algo, model_state)
     if plan.parallel is not None:
         state = plan.parallel.replicate(state)
-    step = dst.make_train_step(apply_fn, tx, algo, smoothed_cross_entropy(trainer.get("label_smoothing", 0.0)))
+    step = dst.make_train_step(apply_fn, tx, algo, make_loss(trainer))
     loop = epoch_loop(trainer.get("epoch_loop", "auto"), graph.convolutional)
     sharding = None if plan.parallel is None else plan.parallel.batch
     if streaming:    # augmentation happens on the host; one epoch function serves every length
@@ -209,6 +212,19 @@ def initialise(plan: Plan) -> Run:
         evaluate = dst.evaluate_fn(apply_fn, trainer["eval_batch_size"])
     return Run(state=state, layers=layers, densities=densities, flops=graph.flops, pairs=graph.pairs, step=step,
                epoch_fns=epoch_fns, evaluate=evaluate)
+
+
+def explicit_densities(params, given: dict) -> dict[str, float]:
+    """``sparsity.densities``: a density per named layer (a paper's own per-layer counts); layers not
+    named stay dense. Every name must be a sparsifiable layer and every density in (0, 1]."""
+    layers = dst.sparsifiable_layers(params)
+    for name, density in given.items():
+        if name not in layers:
+            raise ConfigError(f"sparsity.densities names {name!r}, which is not a sparsifiable layer; the model's "
+                              f"are {', '.join(layers)}.")
+        if not isinstance(density, (int, float)) or not 0 < density <= 1:
+            raise ConfigError(f"sparsity.densities.{name} must be a number in (0, 1]; got {density!r}.")
+    return {name: float(d) for name, d in given.items()}
 
 
 def epoch_loop(setting: str, convolutional: bool) -> str:

@@ -27,7 +27,7 @@ LOGGERS = ("wandb", "none")
 # Keys of conf/sparsity that every algorithm may carry: they describe the initial masks or the run
 # length. They reach an algorithm's factory only when it takes them (GMP takes `sparsity`, RigL does not).
 COMMON_KEYS = ("algorithm", "sparsity", "distribution", "erk_power_scale", "dense_layers", "end_fraction",
-               "initial_sparsity")
+               "initial_sparsity", "densities")
 
 
 class ConfigError(ValueError):

@@ -139,6 +139,33 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, n
     return order[n_val:], order[:n_val]
 
 
+def numpy_subset(n_train: int, n_test: int, train: int, test: int, numpy_seed: int):
+    """``(train_rows, test_rows)``: ``np.random.seed(numpy_seed)``, then ``np.random.shuffle`` of
+    ``arange(n_train)`` and of ``arange(n_test)``, in that order; the first ``train`` and ``test`` of each
+    (how the SET tutorial code picks its 2,000 / 1,000 Fashion-MNIST images)."""
+    rng = np.random.RandomState(numpy_seed)   # the legacy generator np.random.seed seeds
+    train_rows, test_rows = np.arange(n_train), np.arange(n_test)
+    rng.shuffle(train_rows)
+    rng.shuffle(test_rows)
+    return train_rows[:train], test_rows[:test]
+
+
+def _subset(arrays, subset):
+    train_x, train_y, test_x, test_y = arrays
+    if not subset:
+        return train_x, train_y, test_x, test_y
+    unknown = set(subset) - {"train", "test", "numpy_seed"}
+    counts = (subset.get("train"), subset.get("test"))
+    if unknown or not all(isinstance(c, int) and c > 0 for c in counts):
+        raise DataError(f"dataset.subset must be {{train: N, test: M, numpy_seed: S}} with positive N and M; "
+                        f"got {dict(subset)}.")
+    if counts[0] > len(train_y) or counts[1] > len(test_y):
+        raise DataError(f"dataset.subset asks for {counts[0]} train / {counts[1]} test rows; the files have "
+                        f"{len(train_y)} / {len(test_y)}.")
+    tr, te = numpy_subset(len(train_y), len(test_y), *counts, int(subset.get("numpy_seed", 0)))
+    return train_x[tr], train_y[tr], test_x[te], test_y[te]
+
+
 def _split(train_x, train_y, val_fraction, seed):
     if seed is None:        # keep_order: the training files as they are, no validation split
         return train_x, train_y, train_x[:0], train_y[:0]
@@ -164,7 +191,7 @@ def _check_options(name, normalize, val_fraction, label_mode):
 
 
 def load(name: str, data_dir: str | os.PathLike | None = None, *, val_fraction: float = 0.0, seed: int | None = 0,
-         normalize: str = "standard", label_mode: str = "fine") -> Dataset:
+         normalize: str = "standard", label_mode: str = "fine", subset: dict | None = None) -> Dataset:
     """Load a data set as numpy arrays.
 
     ``normalize``: ``standard`` (zero mean, unit variance with the training set's statistics; per channel
@@ -173,24 +200,25 @@ def load(name: str, data_dir: str | os.PathLike | None = None, *, val_fraction: 
     chosen by a permutation from ``seed``, becomes the validation split (and the training set comes in
     that permutation's order); ``seed=None`` keeps the files' order and splits nothing, for callers
     that pick rows themselves with :func:`split_indices`. ``label_mode``: CIFAR-100's ``fine`` (100
-    classes) or ``coarse`` (20 super-classes) labels.
+    classes) or ``coarse`` (20 super-classes) labels. ``subset`` (``{"train": n, "test": m,
+    "numpy_seed": s}``) keeps only the rows :func:`numpy_subset` picks, before normalising.
     """
     _check_options(name, normalize, val_fraction, label_mode)
     if name == image_folder.NAME:
         raise DataError("dataset.name=image_folder is streamed, not loaded: use dst.data.image_folder.scan.")
     if name == mnist1d.NAME:
         arrays, source = mnist1d.load(data_dir)
-        train_x, train_y, test_x, test_y = (arrays[k] for k in mnist1d.KEYS)
+        train_x, train_y, test_x, test_y = _subset([arrays[k] for k in mnist1d.KEYS], subset)
         mean, std, classes = _constant([0.0]), _constant([1.0]), 10
     else:
         folder = locate(name, data_dir)
         source = folder
         if name in cifar.NAMES:
-            train_x, train_y, test_x, test_y = cifar.read(folder, name, label_mode)
+            train_x, train_y, test_x, test_y = _subset(cifar.read(folder, name, label_mode), subset)
             train_x, test_x, mean, std = _normalize_channels(train_x, test_x, normalize)
             classes = cifar.LAYOUTS[name].num_classes[label_mode]
         else:
-            train_x, train_y, test_x, test_y = mnist.read(folder)
+            train_x, train_y, test_x, test_y = _subset(mnist.read(folder), subset)
             train_x, test_x, mean, std = _normalize_one_channel(train_x, test_x, normalize)
             classes = 10
     train_x, train_y, val_x, val_y = _split(train_x, train_y, val_fraction, seed)

@@ -1,0 +1,1 @@
+"""The SET tutorial reproduction (see README.md)."""
