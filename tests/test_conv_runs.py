@@ -46,10 +46,13 @@ PRESETS = {
     "rigl_lenet300_mnist": "mnist",
     "mnist1d_mlp": "mnist1d",
     "rigl_resnet50_imagenet": "imagenet",
+    "set_tutorial": "mnist",
 }
 # Absolute step settings of a preset that a two-step smoke run cannot reach.
 SMOKE = {"snfs_wrn28_2_cifar10": ["sparsity.start_step=0", "sparsity.update_every=1"],
          "rigl_lenet300_mnist": ["sparsity.end_step=2"],
+         "set_tutorial": ["dataset.subset.train=96", "dataset.subset.test=40", "sparsity.start_step=1",
+                          "sparsity.update_every=1", "sparsity.end_step=2"],
          "rigl_resnet50_imagenet": ["sparsity.end_step=2", "sparsity.update_every=1", "dataset.image_size=32",
                                     "dataset.resize=36", "dataset.workers=2", "dataset.chunk_steps=2"]}
 

@@ -139,3 +139,43 @@ def test_preset_densities_are_the_expected_counts_of_eps_draws():
     updates = [t for t in range(400 * 50) if dst.schedules.is_update_step(jnp.int32(t), sp.update_every,
                                                                           sp.start_step, sp.end_step)]
     assert len(updates) == 399 and updates[0] == 50 and updates[-1] == 399 * 50
+
+
+@pytest.fixture(scope="module")
+def idx_dir(tmp_path_factory):
+    from idx_data import write_dataset
+
+    return write_dataset(tmp_path_factory.mktemp("idx") / "fashion_mnist")
+
+
+@pytest.mark.parametrize("overrides, sentence", [
+    (["dataset.subset.train=5000"], "dataset.subset asks for 5000 train / 40 test rows; the files have 640 / 200"),
+    ([{"Dense_9/kernel": 0.5}], "sparsity.densities names 'Dense_9/kernel', which is not a"),
+    ([{"Dense_0/kernel": 1.5}], "sparsity.densities.Dense_0/kernel must be a number in (0, 1]"),
+    (["optimizer._target_=experiments.set_tutorial.components.nothing"],
+     "optimizer._target_=experiments.set_tutorial.components.nothing: module experiments.set_tutorial.components "
+     "has no attribute 'nothing'"),
+    (["trainer.loss=no_such_package.loss"], "trainer.loss=no_such_package.loss cannot be imported"),
+])
+def test_bad_tutorial_settings_are_one_sentence(overrides, sentence, idx_dir, tmp_path):
+    from hydra import compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from dst.app.run import run
+    from dst.app.validate import ConfigError
+
+    conf = pathlib.Path(__file__).resolve().parents[1] / "conf"
+    # Layer names hold "/", which Hydra's override grammar does not take in keys: densities are edited
+    # in the composed dict.
+    densities = [o for o in overrides if isinstance(o, dict)]
+    overrides = [o for o in overrides if not isinstance(o, dict)]
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = OmegaConf.to_container(compose("config", overrides=[
+            "experiment=set_tutorial", f"dataset.data_dir={idx_dir}", "dataset.subset.train=96",
+            "dataset.subset.test=40", "logger=none", "trainer.max_steps=1", *overrides]), resolve=True)
+    for d in densities:
+        cfg["sparsity"]["densities"].update(d)
+    with pytest.raises(ConfigError) as err:
+        run(cfg, tmp_path)
+    assert sentence in str(err.value)

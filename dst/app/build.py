@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import os
+import sys
 
 import flax.linen as nn
 
@@ -24,13 +26,26 @@ def import_target(target: str, field: str = "model._target_"):
     if not module_name:
         raise ConfigError(f"{field} must be a dotted path such as my_package.thing; got {target!r}.")
     try:
-        module = importlib.import_module(module_name)
+        module = _import_here_too(module_name)
     except ImportError as err:
         raise ConfigError(f"{field}={target} cannot be imported: {err} (is {module_name} on "
                           f"PYTHONPATH?).") from None
     if not hasattr(module, attr):
         raise ConfigError(f"{field}={target}: module {module_name} has no attribute {attr!r}.")
     return getattr(module, attr)
+
+
+def _import_here_too(module_name: str):
+    """Import ``module_name`` from ``sys.path``, else from the working directory (``python -m`` looks
+    there, the ``dst-train`` script does not: experiments' components import either way)."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError:
+        cwd = os.getcwd()
+        if cwd in sys.path:
+            raise
+        sys.path.append(cwd)
+        return importlib.import_module(module_name)
 
 
 def make_model(model_cfg: dict, num_classes: int, say=print) -> nn.Module:
