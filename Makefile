@@ -23,7 +23,7 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check dst tests benchmarks
+	$(VENV)/bin/ruff check dst tests benchmarks experiments
 
 bench: $(STAMP)
 	$(PY) benchmarks/step_time.py

@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import dst
-from dst.app.build import make_model
 from dst.app.build import make_loss
+from dst.app.build import make_model
 from dst.app.build import make_tx
 from dst.app.feeds import first_examples
 from dst.app.feeds import make_feed
