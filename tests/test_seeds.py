@@ -92,3 +92,12 @@ def test_replicas_stopped_by_sigterm_resume_to_the_uninterrupted_outputs(tmp_pat
 
     for seed in (0, 1):
         assert read(part / f"seed_{seed}") == read(whole / f"seed_{seed}")
+
+
+def test_replica_names_replace_the_seed_the_name_ends_in():
+    from dst.app.seeds import with_seed
+
+    base = {"trainer": {"seed": 0, "seeds": [0, 3]}}
+    assert with_seed({**base, "name": "rigl_lenet300_fashion_mnist_s0"}, 3)["name"] == "rigl_lenet300_fashion_mnist_s3"
+    assert with_seed({**base, "name": "rigl_wrn22_cifar10_s0.8_seed0"}, 3)["name"] == "rigl_wrn22_cifar10_s0.8_seed3"
+    assert with_seed({**base, "name": "custom"}, 3)["name"] == "custom_s3"

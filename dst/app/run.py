@@ -303,6 +303,43 @@ def train(plan: Plan, run: Run, logger: RunLogger, progress: Progress, start: St
     return state
 
 
+class Outcome:
+    """How a run ended, for its summary: ``finished``, ``preempted`` (SIGTERM) or ``failed`` with the
+    error; as a context manager it records the exception leaving the block and lets it propagate."""
+
+    def __init__(self):
+        self.status, self.error = "finished", None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, err, tb):
+        if isinstance(err, Preempted):
+            self.status = "preempted"
+        elif err is not None:
+            self.status, self.error = "failed", f"{kind.__name__}: {err}"
+        return False
+
+
+def finish_run(records: list[dict], run_dir, cfg: dict, logger, parts, outcome: Outcome, wall: float,
+               **extra) -> dict:
+    """The summary of a run (its last record, best test accuracy, how it ended, ``extra``), its plot, and
+    the wandb run closed; the same for a single run and each replica of ``trainer.seeds``."""
+    run_dir = pathlib.Path(run_dir)
+    summary = dict(records[-1]) if records else {}
+    summary.update({"status": outcome.status,
+                    "best/test_accuracy": max((r["test/accuracy"] for r in records), default=float("nan")),
+                    "total_steps": records[-1]["step"] if records else 0, "wall_time": wall,
+                    "run_dir": str(run_dir), "initial_densities": json.dumps(parts.densities), **extra})
+    if outcome.error:
+        summary["error"] = outcome.error
+    if records:
+        plot_curves(records, run_dir / "curves.png", title=cfg.get("name", ""))
+    logger.finish(summary, exit_code=0 if outcome.status == "finished" else 1,
+                  tables={"final/densities": density_table(records, parts.layers)} if records else None)
+    return summary
+
+
 def run(cfg: dict, run_dir, *, stream=None) -> dict:
     """Train as ``cfg`` says, writing every output into ``run_dir``; returns the summary. A run directory
     with a checkpoint is resumed (``trainer.resume=false`` starts over)."""
@@ -332,31 +369,14 @@ def run(cfg: dict, run_dir, *, stream=None) -> dict:
         meta = checkpoint_meta(cfg, epoch, int(state.step), interval, start.records, elapsed, logger.run_id)
         checkpoints.save(epoch, state, start.data_key, meta)
 
-    records, status, error, t_start = start.records, "finished", None, time.perf_counter() - start.elapsed
+    records, outcome, t_start = start.records, Outcome(), time.perf_counter() - start.elapsed
     try:
-        with stop_on_sigterm() as stopping:
+        with outcome, stop_on_sigterm() as stopping:
             train(plan, parts, logger, progress, start, save=save, stopping=stopping, say=say)
-    except Preempted:
-        status = "preempted"
-        raise
-    except BaseException as err:
-        status, error = "failed", f"{type(err).__name__}: {err}"
-        raise
     finally:
         checkpoints.close()
-        summary = dict(records[-1]) if records else {}
-        summary.update({"status": status, "best/test_accuracy": max((r["test/accuracy"] for r in records),
-                                                                   default=float("nan")),
-                        "total_steps": records[-1]["step"] if records else 0,
-                        "wall_time": time.perf_counter() - t_start, "run_dir": str(run_dir),
-                        "initial_densities": json.dumps(parts.densities),
-                        "devices": 1 if plan.parallel is None else plan.parallel.count})
-        if error:
-            summary["error"] = error
-        if records:
-            plot_curves(records, run_dir / "curves.png", title=cfg.get("name", ""))
-        logger.finish(summary, exit_code=0 if status == "finished" else 1,
-                      tables={"final/densities": density_table(records, parts.layers)} if records else None)
+        summary = finish_run(records, run_dir, cfg, logger, parts, outcome, time.perf_counter() - t_start,
+                             devices=1 if plan.parallel is None else plan.parallel.count)
     say(f"metrics: {run_dir / 'metrics.jsonl'}\nsummary: {run_dir / 'summary.json'}\n"
         f"plot:    {run_dir / 'curves.png'}")
     return summary

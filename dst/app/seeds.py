@@ -30,10 +30,11 @@ from dst.app.resume import Preempted
 from dst.app.resume import fingerprint
 from dst.app.resume import stop_on_sigterm
 from dst.app.run import NonFiniteLossError
+from dst.app.run import Outcome
 from dst.app.run import _augment_options
 from dst.app.run import _loader_options
-from dst.app.run import density_table
 from dst.app.run import epoch_length
+from dst.app.run import finish_run
 from dst.app.run import initialise
 from dst.app.run import prepare
 from dst.app.run import run_tags
@@ -44,7 +45,6 @@ from dst.data.augment import make_augment
 from dst.data.datasets import split_indices
 from dst.logging import Progress
 from dst.logging import RunLogger
-from dst.plotting import plot_curves
 from dst.train.checkpoint import CheckpointError
 from dst.train.checkpoint import RunCheckpoints
 from dst.train.epoch import HostLoopEpoch
@@ -76,7 +76,8 @@ def with_seed(cfg: dict, seed: int) -> dict:
     out = copy.deepcopy(cfg)
     out["trainer"]["seed"], out["trainer"]["seeds"] = seed, None
     # The default name ends in the (single) seed it was composed with: replace it with this one.
-    out["name"] = re.sub(r"_s\d+$", "", str(cfg.get("name", "run"))) + f"_s{seed}"
+    name, found = re.subn(r"_(s|seed)\d+$", lambda m: f"_{m.group(1)}{seed}", str(cfg.get("name", "run")))
+    out["name"] = name if found else f"{name}_s{seed}"
     return out
 
 
@@ -136,20 +137,16 @@ def run_seeds(cfg: dict, run_dir, *, stream=None) -> list[dict]:
         intervals.append(fresh if mine["interval"] is None else fresh.restored(mine["interval"]))
     say(f"dst: {len(seeds)} replicas (seeds {seeds}) in one program -> {run_dir}/seed_<s>/")
 
-    status, error, t_start = "finished", None, time.perf_counter() - elapsed
+    outcome, t_start = Outcome(), time.perf_counter() - elapsed
     try:
-        with stop_on_sigterm() as stopping:
+        with outcome, stop_on_sigterm() as stopping:
             _train(cfg, plan, parts[0], files, stacked, index, data_keys, replicas, intervals, start_epoch,
                    t_start, checkpoints, stopping, say)
-    except Preempted:
-        status = "preempted"
-        raise
-    except BaseException as err:
-        status, error = "failed", f"{type(err).__name__}: {err}"
-        raise
     finally:
         checkpoints.close()
-        summaries = [_finish(r, parts[0].layers, status, error, time.perf_counter() - t_start) for r in replicas]
+        wall = time.perf_counter() - t_start
+        summaries = [finish_run(r.records, r.run_dir, r.cfg, r.logger, part, outcome, wall, replicas=True)
+                     for r, part in zip(replicas, parts)]
     return summaries
 
 
@@ -205,20 +202,3 @@ def _train(top_cfg, plan, parts, files, stacked, index, data_keys, replicas, int
             checkpoints.save(epoch, stacked, data_keys[0], meta)
         if stopping() and epoch < plan.epochs:
             raise Preempted(f"stopped by SIGTERM after epoch {epoch}; the same command resumes from the checkpoint.")
-
-
-def _finish(rep: Replica, layers, status, error, wall) -> dict:
-    records = rep.records
-    summary = dict(records[-1]) if records else {}
-    summary.update({"status": status, "best/test_accuracy": max((r["test/accuracy"] for r in records),
-                                                               default=float("nan")),
-                    "total_steps": records[-1]["step"] if records else 0, "wall_time": wall,
-                    "run_dir": str(rep.run_dir), "initial_densities": json.dumps(rep.densities),
-                    "replicas": True})
-    if error:
-        summary["error"] = error
-    if records:
-        plot_curves(records, rep.run_dir / "curves.png", title=rep.cfg.get("name", ""))
-    rep.logger.finish(summary, exit_code=0 if status == "finished" else 1,
-                      tables={"final/densities": density_table(records, layers)} if records else None)
-    return summary
