@@ -50,3 +50,29 @@ def test_each_algorithm_config_trains_to_its_sparsity(algorithm, data_dir, tmp_p
     target = cfg["sparsity"]["sparsity"]
     assert summary["sparsity/global"] == pytest.approx(target, abs=0.005), algorithm
     assert "dead_units/total" in summary and summary["test/accuracy"] > 0.3
+
+
+PRESET_BASELINES = [
+    ("rigl_wrn22_cifar10", "static", []),
+    ("rigl_lenet300_mnist", "static", []),
+    ("snfs_wrn28_2_cifar10", "set", []),
+    ("snfs_wrn28_2_cifar10", "dense", ["sparsity.sparsity=0"]),
+    ("rigl_resnet50_imagenet", "static", ["dataset.data_dir=/tmp"]),
+]
+
+
+@pytest.mark.parametrize("preset, algorithm, extra", PRESET_BASELINES)
+def test_a_presets_baseline_leaves_out_the_other_algorithms_settings(preset, algorithm, extra):
+    """The presets document `sparsity=static` (etc.) for their baselines: the preset's schedule keys,
+    settings of another algorithm, are left out with a note; a key no algorithm has is still an error."""
+    from dst.app.validate import ConfigError
+    from dst.app.validate import check_algorithm
+
+    cfg = composed(f"experiment={preset}", f"sparsity={algorithm}", *extra)
+    notes = []
+    algo = check_algorithm(cfg["sparsity"], 10_000, notes.append)
+    assert algo is not None and cfg["sparsity"]["algorithm"] == algorithm
+    if algorithm != "set":
+        assert notes and f"sparsity: {algorithm} takes no" in notes[0] and "update_every" in notes[0]
+    with pytest.raises(ConfigError, match=r"sparsity.update_evry is not a setting of algorithm"):
+        check_algorithm({**cfg["sparsity"], "update_evry": 5}, 10_000, notes.append)

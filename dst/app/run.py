@@ -110,7 +110,7 @@ def prepare(cfg: dict, say=print) -> Plan:
     if trainer.get("max_steps"):
         total_steps = min(total_steps, trainer["max_steps"])
     epochs = math.ceil(total_steps / steps_per_epoch)
-    algo = check_algorithm(cfg["sparsity"], total_steps)
+    algo = check_algorithm(cfg["sparsity"], total_steps, say)
     model = make_model(cfg["model"], num_classes=data.num_classes, say=say)
     params = _check_model_takes_data(cfg, model, data.example_shape)
     _check_dense_layers(cfg["sparsity"], params)

@@ -173,19 +173,31 @@ def validate(cfg: dict, total_steps: int | None = None) -> None:
         check_algorithm(sp, total_steps)
 
 
-def check_algorithm(sparsity_cfg: dict, total_steps: int):
-    """Build the algorithm once so its own checks (schedule, hyper-parameter names) run early."""
+def check_algorithm(sparsity_cfg: dict, total_steps: int, say=None):
+    """Build the algorithm once so its own checks (schedule, hyper-parameter names) run early.
+
+    A setting of another algorithm (a preset's RigL schedule when the command line picks
+    ``sparsity=static``) is left out, and named through ``say``; a setting no algorithm has is an error.
+    """
     name = sparsity_cfg["algorithm"]
     hparams = algorithm_hparams(sparsity_cfg, total_steps)
     accepted = inspect.signature(algorithms.registry.factory(name)).parameters
-    unknown = sorted(set(hparams) - set(accepted))
+    foreign = sorted(k for k in set(hparams) - set(accepted) if k in _settings_of_any_algorithm())
+    unknown = sorted(set(hparams) - set(accepted) - set(foreign))
     if unknown:
         raise ConfigError(f"sparsity.{unknown[0]} is not a setting of algorithm {name}; its settings are "
                           f"{', '.join(sorted(accepted)) or 'none'}.")
+    if foreign and say is not None:
+        say(f"sparsity: {name} takes no {', '.join(foreign)} (settings of other algorithms); left out.")
+    hparams = {k: v for k, v in hparams.items() if k not in foreign}
     try:
         return algorithms.make(name, **hparams)
     except ValueError as err:
         raise ConfigError(f"sparsity.{err}") from None
+
+
+def _settings_of_any_algorithm() -> set[str]:
+    return {p for n in algorithms.names() for p in inspect.signature(algorithms.registry.factory(n)).parameters}
 
 
 def _check_image_folder(cfg: dict) -> None:
