@@ -82,6 +82,7 @@ def data_dir(tmp_path_factory):
     return write_dataset(tmp_path_factory.mktemp("idx") / "fashion_mnist")
 
 
+@pytest.mark.slow   # a real multi-process run (20-45 s): `make test-slow`, which .ci/run runs too
 def test_a_real_sweep_with_a_failing_job_ends_in_the_report(tmp_path, data_dir):
     sweep = tmp_path / "sweep"
     out = dst_train("-m", "sparsity=static,rigl", "trainer.seed=0,1,-1", f"dataset.data_dir={data_dir}",

@@ -62,6 +62,7 @@ def wait_for(condition, proc, timeout=300):
         time.sleep(0.02)
 
 
+@pytest.mark.slow   # a real multi-process run (20-45 s): `make test-slow`, which .ci/run runs too
 def test_a_run_killed_mid_interval_resumes_to_the_uninterrupted_outputs(tmp_path, data_dir, uninterrupted):
     run_dir = tmp_path / "run"
     proc = start(run_dir, data_dir)

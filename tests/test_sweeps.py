@@ -40,6 +40,7 @@ def data_dir(tmp_path_factory):
     return write_dataset(tmp_path_factory.mktemp("idx") / "fashion_mnist")
 
 
+@pytest.mark.slow   # a real multi-process run (20-45 s): `make test-slow`, which .ci/run runs too
 def test_density_curve_runs_and_reports_accuracy_against_sparsity(tmp_path, data_dir):
     sweep = tmp_path / "sweep"
     # Command-line values replace the file's axes (a shrunk curve: two sparsities, one seed).
@@ -108,6 +109,7 @@ def test_fmnist_compare_is_one_dense_job_and_ten_algorithms_at_three_sparsities(
     assert algorithms.count("dense") == 1 and len(set(algorithms)) == 11 and len(jobs) == 31
 
 
+@pytest.mark.slow   # a real three-job sweep (20 s): `make test-slow`, which .ci/run runs too
 def test_grids_sweep_runs_every_cell_once_and_reports_them(tmp_path, data_dir):
     sweep = tmp_path / "sweep"
     out = dst_train("+sweep=fmnist_compare",

@@ -21,6 +21,8 @@ KINDS = {
     "cifar10": "CIFAR-10, python batches (cifar-10-python.tar.gz, 163 MB)",
     "cifar100": "CIFAR-100, python batches (cifar-100-python.tar.gz, 161 MB)",
     "mnist1d": "MNIST-1D, generated offline (dst-data generate mnist1d; also done on first load)",
+    "image_folder": "your image files in train/<class>/ and val/<class>/ (e.g. ImageNet), streamed; "
+                    "dataset.data_dir names the folder",
 }
 GENERATED = (mnist1d.NAME,)
 
