@@ -62,6 +62,45 @@ def test_groups_average_over_seeds_and_leave_out_what_did_not_finish(tmp_path):
         assert (tmp_path / "out" / png).read_bytes()[:4] == b"\x89PNG"
 
 
+def _set_config(folder, **values):
+    path = folder / ".hydra" / "config.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    for dotted, value in values.items():
+        *parents, leaf = dotted.split(".")
+        node = cfg
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    path.write_text(yaml.safe_dump(cfg))
+
+
+def test_runs_that_differ_in_a_hyperparameter_are_not_averaged_as_seeds(tmp_path):
+    # A sweep over backward_sparsity (or lr) must give one row per value, not one row whose "std"
+    # mixes hyperparameters; values that only say how a run was carried out do not split a row.
+    accs = {(0.8, 0): 0.10, (0.8, 1): 0.12, (0.9, 0): 0.86, (0.9, 1): 0.88}
+    for (backward, seed), acc in accs.items():
+        folder = tmp_path / f"topkast_{backward}_{seed}"
+        fake_run(folder, "topkast", 0.98, seed, acc)
+        _set_config(folder, **{"sparsity.backward_sparsity": backward, "optimizer.lr": 0.1,
+                               "name": folder.name, "dataset.data_dir": f"/data/{seed}",
+                               "logger.mode": ["offline", "disabled"][seed], "trainer.resume": bool(seed)})
+    for seed in (0, 1):
+        fake_run(tmp_path / f"set_{seed}", "set", 0.98, seed, 0.8)
+        _set_config(tmp_path / f"set_{seed}", **{"optimizer.lr": 0.1 * (seed + 1)})
+    rows = group_rows(collect_runs([tmp_path]))
+    got = {(r["algorithm"], r["settings"]): (r["runs"], r["test_accuracy_mean"]) for r in rows}
+    assert got == {("topkast", "sparsity.backward_sparsity=0.8"): (2, pytest.approx(0.11)),
+                   ("topkast", "sparsity.backward_sparsity=0.9"): (2, pytest.approx(0.87)),
+                   ("set", "optimizer.lr=0.1"): (1, pytest.approx(0.8)),
+                   ("set", "optimizer.lr=0.2"): (1, pytest.approx(0.8))}
+    path, _ = write_report(collect_runs([tmp_path]), tmp_path / "out", root=tmp_path)
+    text = path.read_text()
+    assert "| other settings |" in text
+    assert "| topkast | 0.98 | erk | lenet300 | fashion_mnist | sparsity.backward_sparsity=0.9 | 87.00 ± 1.41 |" in text
+    table = list(csv.DictReader((tmp_path / "out" / "report.csv").open()))
+    assert sorted(r["settings"] for r in table)[0] == "optimizer.lr=0.1"
+
+
 def test_dst_report_on_nothing_or_broken_files_says_so(tmp_path):
     (tmp_path / "empty").mkdir()
     out = subprocess.run([*REPORT, str(tmp_path / "empty")], capture_output=True, text=True, env=ENV)

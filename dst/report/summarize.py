@@ -1,23 +1,77 @@
-"""Group runs by setting and aggregate their final metrics over seeds (mean and sample std)."""
+"""Group runs by setting and aggregate their final metrics over seeds (mean and sample std).
+
+A setting is algorithm × sparsity × distribution × model × data set, split further by every other config
+value that differs among runs sharing those five (a swept ``optimizer.lr`` or
+``sparsity.backward_sparsity``): runs with different hyperparameters are never averaged as if they were
+seeds. Values that only say how a run was carried out (seed, name, logger, checkpoints, data paths) do not
+split a setting.
+"""
 
 from __future__ import annotations
 
+import json
 import statistics
 
 from dst.report.collect import RunInfo
 
-GROUP_KEYS = ("algorithm", "sparsity", "distribution", "model", "dataset")
+GROUP_KEYS = ("algorithm", "sparsity", "distribution", "model", "dataset", "settings")
 # Final metrics averaged over a group's finished runs: (column, summary key).
 METRICS = (("test_accuracy", "test/accuracy"), ("best_test_accuracy", "best/test_accuracy"),
            ("flops_train_relative", "flops/train_relative"), ("itop_rate", "itop_rate"))
 
 
-def setting(run: RunInfo) -> dict:
-    """The group a run belongs to, from its config."""
+# Config values that say how a run was carried out, not what was trained: they never split a setting.
+RUN_ONLY = ("name", "logger", "hydra", "trainer.seed", "trainer.seeds", "trainer.resume",
+            "trainer.checkpoint_every_epochs", "trainer.keep_checkpoints", "trainer.log_every_epochs",
+            "trainer.epoch_loop", "trainer.eval_batch_size", "dataset.data_dir", "dataset.workers",
+            "dataset.chunk_steps")
+
+
+def base_setting(run: RunInfo) -> dict:
+    """The five keys every report groups by, from the run's config."""
     cfg = run.config
     sp, model, ds = cfg.get("sparsity", {}), cfg.get("model", {}), cfg.get("dataset", {})
     return {"algorithm": sp.get("algorithm"), "sparsity": sp.get("sparsity"), "distribution": sp.get("distribution"),
             "model": model.get("name") or model.get("_target_"), "dataset": ds.get("name")}
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def _run_only(key: str) -> bool:
+    return any(key == k or key.startswith(f"{k}.") for k in RUN_ONLY)
+
+
+def other_settings(runs: list[RunInfo]) -> dict:
+    """``{run path: "key=value, ..."}``: per finished run, the config values (outside ``RUN_ONLY``) that
+    differ among the finished runs sharing its five base keys; empty when nothing else differs."""
+    families: dict[tuple, list[RunInfo]] = {}
+    for run in runs:
+        if run.status == "finished":
+            families.setdefault(tuple(base_setting(run).values()), []).append(run)
+    labels = {}
+    for members in families.values():
+        flats = {run.path: _flat(run.config) for run in members}
+        keys = sorted({k for flat in flats.values() for k in flat if not _run_only(k)})
+        varying = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True, default=str)
+                                           for f in flats.values()}) > 1]
+        for path, flat in flats.items():
+            labels[path] = ", ".join(f"{k}={flat.get(k)}" for k in varying)
+    return labels
+
+
+def setting(run: RunInfo, others: dict | None = None) -> dict:
+    """The group a run belongs to: its five base keys plus ``settings``, the other values that set it
+    apart (from :func:`other_settings` over the runs being compared)."""
+    return {**base_setting(run), "settings": (others or {}).get(run.path, "")}
 
 
 def seed(run: RunInfo):
@@ -33,10 +87,7 @@ def _mean_std(values):
 def group_rows(runs: list[RunInfo]) -> list[dict]:
     """One row per setting over its *finished* runs: ``<metric>_mean``, ``<metric>_std``, ``runs``,
     ``seeds``; sorted by data set, model, distribution, algorithm and sparsity."""
-    groups: dict[tuple, list[RunInfo]] = {}
-    for run in runs:
-        if run.status == "finished":
-            groups.setdefault(tuple(setting(run)[k] for k in GROUP_KEYS), []).append(run)
+    groups = setting_groups(runs)
     rows = []
     for key, members in groups.items():
         row = dict(zip(GROUP_KEYS, key))
@@ -47,8 +98,18 @@ def group_rows(runs: list[RunInfo]) -> list[dict]:
         row["seeds"] = sorted((seed(r) for r in members), key=lambda s: (s is None, s))
         rows.append(row)
     order = lambda r: tuple(str(r[k]) if k != "sparsity" else f"{float(r[k] or 0):08.5f}"
-                            for k in ("dataset", "model", "distribution", "algorithm", "sparsity"))
+                            for k in ("dataset", "model", "distribution", "algorithm", "sparsity", "settings"))
     return sorted(rows, key=order)
+
+
+def setting_groups(runs: list[RunInfo]) -> dict[tuple, list[RunInfo]]:
+    """The finished runs by setting (values in ``GROUP_KEYS`` order)."""
+    others = other_settings(runs)
+    groups: dict[tuple, list[RunInfo]] = {}
+    for run in runs:
+        if run.status == "finished":
+            groups.setdefault(tuple(setting(run, others)[k] for k in GROUP_KEYS), []).append(run)
+    return groups
 
 
 def curves(members: list[RunInfo], key: str):

@@ -16,7 +16,7 @@ from dst.report.summarize import GROUP_KEYS  # noqa: E402
 from dst.report.summarize import METRICS  # noqa: E402
 from dst.report.summarize import curves  # noqa: E402
 from dst.report.summarize import group_rows  # noqa: E402
-from dst.report.summarize import setting  # noqa: E402
+from dst.report.summarize import setting_groups  # noqa: E402
 
 PLOTS = ("accuracy_vs_sparsity.png", "test_accuracy_over_training.png", "itop_over_training.png")
 
@@ -28,14 +28,18 @@ def _pm(mean, std, scale=1.0, digits=2):
 
 
 def markdown(rows: list[dict], runs: list[RunInfo], root: pathlib.Path) -> str:
+    # The settings column appears only when some runs differ in more than the five base keys.
+    extra = any(r["settings"] for r in rows)
     lines = ["# Report", "",
              f"{sum(r.status == 'finished' for r in runs)} finished runs of {len(runs)} below `{root}`; "
              "mean ± sample std over the finished runs (seeds) of each setting.", "",
-             "| algorithm | sparsity | distribution | model | data set | test acc. (%) | best test acc. (%) "
-             "| train FLOPs (× dense) | ITOP rate | runs |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| algorithm | sparsity | distribution | model | data set | " + ("other settings | " if extra else "")
+             + "test acc. (%) | best test acc. (%) | train FLOPs (× dense) | ITOP rate | runs |",
+             "| --- " * (11 if extra else 10) + "|"]
     for r in rows:
+        settings = f"{r['settings'] or '—'} | " if extra else ""
         lines.append(f"| {r['algorithm']} | {r['sparsity']} | {r['distribution']} | {r['model']} | {r['dataset']} | "
+                     f"{settings}"
                      f"{_pm(r['test_accuracy_mean'], r['test_accuracy_std'], 100)} | "
                      f"{_pm(r['best_test_accuracy_mean'], r['best_test_accuracy_std'], 100)} | "
                      f"{_pm(r['flops_train_relative_mean'], r['flops_train_relative_std'], 1, 3)} | "
@@ -71,7 +75,7 @@ def plot_accuracy_vs_sparsity(rows: list[dict], path: pathlib.Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     lines = {}
     for r in rows:
-        label = f"{r['algorithm']} ({r['distribution']}, {r['model']}, {r['dataset']})"
+        label = f"{r['algorithm']} ({', '.join(str(r[k]) for k in ('distribution', 'model', 'dataset', 'settings') if r[k])})"
         lines.setdefault(label, []).append(r)
     for label, members in lines.items():
         members = sorted(members, key=lambda r: float(r["sparsity"] or 0))
@@ -87,16 +91,13 @@ def plot_accuracy_vs_sparsity(rows: list[dict], path: pathlib.Path) -> None:
 
 
 def plot_over_training(runs: list[RunInfo], key: str, ylabel: str, path: pathlib.Path) -> None:
-    groups: dict[tuple, list[RunInfo]] = {}
-    for run in runs:
-        if run.status == "finished":
-            groups.setdefault(tuple(setting(run).values()), []).append(run)
+    groups = setting_groups(runs)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for key_values, members in sorted(groups.items(), key=lambda kv: str(kv[0])):
         steps, mean, std = curves(members, key)
         if not steps:
             continue
-        label = " ".join(str(v) for v in key_values)
+        label = " ".join(str(v) for v in key_values if v != "")
         ax.plot(steps, mean, label=label)
         ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
     ax.set_xlabel("step")
