@@ -3,12 +3,15 @@ host pipeline, chunked training equal to the on-device loop, streaming evaluatio
 
 import json
 import math
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from algo_helpers import start_state
+from cli_helpers import ENV
 from cli_helpers import dst_train
 from image_data import CLASSES
 from image_data import write_folder
@@ -82,6 +85,18 @@ def test_train_chunks_are_fixed_by_the_seed_whatever_the_thread_count(folder):
     # 36 images, 9 batches of 4: every image at most once, labels as scanned.
     labels = np.concatenate([y.ravel() for _, y in one])
     assert len(labels) == 36 and np.array_equal(np.bincount(labels, minlength=3), np.bincount(data.train_y))
+
+
+def test_each_host_decodes_its_rows_and_the_hosts_together_give_the_single_host_chunks(folder):
+    data = image_folder.scan(folder, image_size=16)
+    whole = list(image_folder.train_chunks(data, 7, 4, 9, 4, threads=2))
+    parts = [list(image_folder.train_chunks(data, 7, 4, 9, 4, threads=2, shard=(i, 2))) for i in range(2)]
+    assert [c[0].shape for c in parts[0]] == [(4, 2, 16, 16, 3), (4, 2, 16, 16, 3), (1, 2, 16, 16, 3)]
+    for (x, y), (x0, y0), (x1, y1) in zip(whole, *parts):
+        np.testing.assert_array_equal(x, np.concatenate([x0, x1], axis=1))
+        np.testing.assert_array_equal(y, np.concatenate([y0, y1], axis=1))
+    with pytest.raises(ValueError, match="shard must be"):
+        image_folder.train_chunks(data, 7, 4, 9, 4, shard=(0, 3))
 
 
 def test_eval_batches_cover_the_val_images_in_order(folder):
@@ -174,6 +189,27 @@ def _cli(tmp_path, folder, *overrides):
                      "model=mlp", "model.hidden=[32]", "trainer.batch_size=6", "dataset.chunk_steps=4",
                      "dataset.workers=2", "logger=none", f"hydra.run.dir={tmp_path / 'run'}", *overrides,
                      cwd=tmp_path)
+
+
+@pytest.mark.slow
+def test_cli_streams_over_four_devices_as_over_one(tmp_path, folder):
+    # Each chunk is assembled from the host's rows (make_array_from_process_local_data) and split over
+    # the 4 forced host devices; the run must match the one-device run.
+    four = {**ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    records = {}
+    for name, env in (("one", ENV), ("four", four)):
+        out = subprocess.run([sys.executable, "-m", "dst.train", "dataset=image_folder", f"dataset.data_dir={folder}",
+                              "dataset.image_size=8", "model=mlp", "model.hidden=[32]", "trainer.batch_size=8",
+                              "dataset.chunk_steps=2", "trainer.epochs=2", "sparsity.update_every=2",
+                              "logger=none", f"hydra.run.dir={tmp_path / name}"],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        records[name] = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    assert json.loads((tmp_path / "four" / "summary.json").read_text())["devices"] == 4
+    for a, b in zip(records["one"], records["four"], strict=True):
+        assert a["step"] == b["step"] and a["topology/updates"] == b["topology/updates"] > 0
+        for key in ("train/loss", "train/accuracy", "test/accuracy", "itop_rate"):
+            assert b[key] == pytest.approx(a[key], abs=1e-5), key
 
 
 def test_cli_trains_from_an_image_folder_and_resumes(tmp_path, folder):

@@ -49,13 +49,18 @@ class StreamFeed:
         self.chunk, self.threads = min(ds["chunk_steps"], plan.steps_per_epoch), ds["workers"]
         (self.epoch_fn,) = run.epoch_fns.values()
         self.evaluator = run.evaluate
+        self.parallel = plan.parallel
 
     def compile(self, state, key) -> None:
         self.epoch_fn.compile(state, (self.chunk, self.batch_size, *self.data.example_shape))
 
     def epoch(self, state, key, steps: int):
+        # Each host decodes only its rows of every batch; with one host that is the whole batch.
         chunks = image_folder.train_chunks(self.data, epoch_seed(key), self.batch_size, steps,
-                                           min(self.chunk, steps), self.threads)
+                                           min(self.chunk, steps), self.threads,
+                                           shard=(jax.process_index(), jax.process_count()))
+        if self.parallel is not None:
+            chunks = map(self.parallel.global_chunk, chunks)
         return self.epoch_fn(state, chunks)
 
     def evaluate(self, state) -> dict:

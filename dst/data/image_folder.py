@@ -193,22 +193,36 @@ def eval_example(data: ImageFolder, index: int):
 
 
 def train_chunks(data: ImageFolder, seed: int, batch_size: int, steps: int, chunk: int, threads: int = 4,
-                 prefetch: int = 2):
-    """An iterator of ``(images[k, B, H, W, 3], labels[k, B])`` chunks covering ``steps`` batches of one
+                 prefetch: int = 2, shard: tuple[int, int] = (0, 1)):
+    """An iterator of ``(images[k, b, H, W, 3], labels[k, b])`` chunks covering ``steps`` batches of one
     epoch (``k = chunk`` except in a shorter last chunk), in an order and with crops fixed by ``seed``.
-    ``threads`` decode in parallel; ``prefetch`` chunks are made ahead of the consumer."""
+    ``threads`` decode in parallel; ``prefetch`` chunks are made ahead of the consumer.
+
+    ``shard = (i, n)`` (multi-host: ``(jax.process_index(), jax.process_count())``) yields only host
+    ``i``'s ``b = batch_size / n`` consecutive rows of every global batch, so each host decodes its own
+    part; the ``n`` hosts' parts side by side are exactly the single-host chunk (same images, same crops).
+    """
     import grain
 
     n = len(data.train_files)
+    index, count = shard
     if steps * batch_size > n:
         raise ValueError(f"{steps} batches of {batch_size} need more than the {n} training images.")
+    if batch_size % count or not 0 <= index < count:
+        raise ValueError(f"shard must be (index, count) with 0 <= index < count and count dividing the batch "
+                         f"size {batch_size}; got {shard}.")
+    local = batch_size // count
+    # Crops are drawn per position of the global epoch order, so they do not depend on how it is split.
+    # The map dataset is lazy: a host decodes only the positions it reads.
+    epoch = (grain.MapDataset.range(n).shuffle(seed=seed)
+             .slice(slice(0, steps * batch_size))
+             .random_map(lambda i, rng: train_example(data, int(i), rng), seed=seed))
+    mine = grain.MapDataset.range(steps * local).map(
+        lambda j: epoch[(j // local) * batch_size + index * local + j % local])
     # Threads decode single examples (the records of the map dataset); batching comes after, so one chunk
     # is decoded by all threads rather than one.
-    ds = (grain.MapDataset.range(n).shuffle(seed=seed)
-          .slice(slice(0, steps * batch_size))
-          .random_map(lambda i, rng: train_example(data, int(i), rng), seed=seed)
-          .to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * batch_size))
-          .batch(batch_size, drop_remainder=True)
+    ds = (mine.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * local))
+          .batch(local, drop_remainder=True)
           .batch(chunk))
     return iter(grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch))
 

@@ -75,7 +75,8 @@ def plot_accuracy_vs_sparsity(rows: list[dict], path: pathlib.Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     lines = {}
     for r in rows:
-        label = f"{r['algorithm']} ({', '.join(str(r[k]) for k in ('distribution', 'model', 'dataset', 'settings') if r[k])})"
+        details = ", ".join(str(r[k]) for k in ("distribution", "model", "dataset", "settings") if r[k])
+        label = f"{r['algorithm']} ({details})"
         lines.setdefault(label, []).append(r)
     for label, members in lines.items():
         members = sorted(members, key=lambda r: float(r["sparsity"] or 0))

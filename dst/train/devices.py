@@ -25,6 +25,7 @@ class DataParallel:
         self.mesh = Mesh(self.devices, ("data",))
         self.batch = NamedSharding(self.mesh, PartitionSpec("data"))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
+        self.chunk = NamedSharding(self.mesh, PartitionSpec(None, "data"))    # (steps, batch, ...)
 
     @property
     def count(self) -> int:
@@ -33,6 +34,11 @@ class DataParallel:
     def replicate(self, tree):
         """Put every array of ``tree`` on every device (the state, the data held on the devices)."""
         return jax.device_put(tree, self.replicated)
+
+    def global_chunk(self, local):
+        """The global ``(k, B, ...)`` arrays of a chunk of steps from this host's ``(k, B / hosts, ...)``
+        rows (see ``image_folder.train_chunks``'s ``shard``), split over the devices along the batch."""
+        return jax.tree_util.tree_map(lambda a: jax.make_array_from_process_local_data(self.chunk, a), local)
 
     def check_batch(self, batch_size: int) -> str | None:
         """A sentence when ``batch_size`` cannot be split evenly over the devices, else None."""

@@ -67,10 +67,7 @@ def epoch_body(step: TrainStep | Callable, batch_size: int, augment: Augment | N
         k_augment = jax.random.fold_in(key, AUGMENT_STREAM)
 
         def batch(i):
-            images, labels = x[order[i]], y[order[i]]
-            if batch_sharding is not None:
-                images = lax.with_sharding_constraint(images, batch_sharding)
-                labels = lax.with_sharding_constraint(labels, batch_sharding)
+            images, labels = split_batch(x[order[i]], y[order[i]], batch_sharding)
             if augment is not None:
                 images = augment(jax.random.fold_in(k_augment, i), images)
             return images, labels
@@ -89,6 +86,23 @@ def run_steps(step: TrainStep | Callable, state, batch, n: int):
     else:
         state, metrics = lax.scan(lambda s, i: step(s, batch(i)), state, jnp.arange(n))
     return settle_last(state, metrics)
+
+
+def split_batch(images, labels, sharding=None):
+    """``(images, labels)`` constrained to ``sharding`` (split over the data-parallel devices), if any."""
+    if sharding is None:
+        return images, labels
+    return lax.with_sharding_constraint(images, sharding), lax.with_sharding_constraint(labels, sharding)
+
+
+def host_loop(step, settle, state, calls):
+    """``step(state, *args)`` for each ``args`` of ``calls``, one dispatch each, then ``settle`` (a jitted
+    :func:`settle_last`) on the metrics stacked per step, as a compiled run of the steps returns them."""
+    rows = []
+    for args in calls:
+        state, metrics = step(state, *args)
+        rows.append(metrics)
+    return settle(state, jax.tree_util.tree_map(lambda *r: jnp.stack(r), *rows))
 
 
 def settle_last(state, metrics):
@@ -115,10 +129,7 @@ class HostLoopEpoch:
         full = step.full if isinstance(step, TrainStep) else step
 
         def one_step(state, x, y, idx, key, i):
-            images, labels = x[idx], y[idx]
-            if batch_sharding is not None:
-                images = lax.with_sharding_constraint(images, batch_sharding)
-                labels = lax.with_sharding_constraint(labels, batch_sharding)
+            images, labels = split_batch(x[idx], y[idx], batch_sharding)
             if augment is not None:
                 images = augment(jax.random.fold_in(key, i), images)
             return full(state, (images, labels))
@@ -141,11 +152,8 @@ class HostLoopEpoch:
         order = self.order(key, x.shape[0], self.batch_size)
         n = order.shape[0] if self.max_steps is None else min(order.shape[0], self.max_steps)
         k_augment = jax.random.fold_in(key, AUGMENT_STREAM)
-        rows = []
-        for i in range(n):
-            state, metrics = self.step(state, x, y, order[i], k_augment, jnp.int32(i))
-            rows.append(metrics)
-        return self.settle(state, jax.tree_util.tree_map(lambda *r: jnp.stack(r), *rows))
+        calls = ((x, y, order[i], k_augment, jnp.int32(i)) for i in range(n))
+        return host_loop(self.step, self.settle, state, calls)
 
 
 def _record(metrics, i, values):

@@ -14,11 +14,12 @@ from collections.abc import Iterable
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from dst.train.epoch import LOOPS
+from dst.train.epoch import host_loop
 from dst.train.epoch import run_steps
 from dst.train.epoch import settle_last
+from dst.train.epoch import split_batch
 from dst.train.step import TrainStep
 
 
@@ -35,18 +36,12 @@ class StreamEpoch:
             raise ValueError(f"loop must be one of {', '.join(LOOPS)}; got {loop!r}.")
         self.loop = loop
 
-        def place(x, y):
-            if batch_sharding is not None:
-                x = lax.with_sharding_constraint(x, batch_sharding)
-                y = lax.with_sharding_constraint(y, batch_sharding)
-            return x, y
-
         def chunk(state, xs, ys):
-            return run_steps(step, state, lambda i: place(xs[i], ys[i]), xs.shape[0])
+            return run_steps(step, state, lambda i: split_batch(xs[i], ys[i], batch_sharding), xs.shape[0])
 
         full = step.full if isinstance(step, TrainStep) else step
         self.chunk = jax.jit(chunk)
-        self.one_step = jax.jit(lambda state, x, y: full(state, place(x, y)))
+        self.one_step = jax.jit(lambda state, x, y: full(state, split_batch(x, y, batch_sharding)))
         self.settle = jax.jit(settle_last)
         self.compiled = {}     # (function, input shape) -> executable compiled ahead by compile()
 
@@ -72,12 +67,7 @@ class StreamEpoch:
                 state, metrics = self._fn("chunk", xs.shape)(state, xs, ys)
                 parts.append(metrics)
             else:
-                rows = []
-                step = self._fn("step", xs.shape[1:])
-                for x, y in zip(xs, ys):
-                    state, metrics = step(state, x, y)
-                    rows.append(metrics)
-                state, metrics = self.settle(state, jax.tree_util.tree_map(lambda *r: jnp.stack(r), *rows))
+                state, metrics = host_loop(self._fn("step", xs.shape[1:]), self.settle, state, zip(xs, ys))
                 parts.append(metrics)
         if not parts:
             raise ValueError("the epoch's input stream gave no chunks.")
