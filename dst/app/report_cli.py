@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in unreadable:
         print(f"warning: {r.path} could not be read ({r.error}); it is listed in the report, not averaged.",
               file=sys.stderr)
-    out, rows = write_report(runs, args.out or args.paths[0], root=args.paths[0])
+    out, rows = write_report(runs, args.out or args.paths[0], root=args.paths)
     print(out.read_text())
     print(f"report: {out}\ntable:  {out.with_suffix('.csv')}")
     return 0

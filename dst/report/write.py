@@ -27,11 +27,12 @@ def _pm(mean, std, scale=1.0, digits=2):
     return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
 
 
-def markdown(rows: list[dict], runs: list[RunInfo], root: pathlib.Path) -> str:
+def markdown(rows: list[dict], runs: list[RunInfo], roots: list[pathlib.Path]) -> str:
     # The settings column appears only when some runs differ in more than the five base keys.
     extra = any(r["settings"] for r in rows)
     lines = ["# Report", "",
-             f"{sum(r.status == 'finished' for r in runs)} finished runs of {len(runs)} below `{root}`; "
+             f"{sum(r.status == 'finished' for r in runs)} finished runs of {len(runs)} below "
+             f"{', '.join(f'`{root}`' for root in roots)}; "
              "mean ± sample std over the finished runs (seeds) of each setting.", "",
              "| algorithm | sparsity | distribution | model | data set | " + ("other settings | " if extra else "")
              + "test acc. (%) | best test acc. (%) | train FLOPs (× dense) | ITOP rate | runs |",
@@ -50,16 +51,16 @@ def markdown(rows: list[dict], runs: list[RunInfo], root: pathlib.Path) -> str:
         lines.append("None: every run finished.")
     for r in others:
         why = f": {r.error}" if r.error else ""
-        lines.append(f"* `{_rel(r.path, root)}`: {r.status}{why}")
+        lines.append(f"* `{_rel(r.path, roots)}`: {r.status}{why}")
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in PLOTS]
     return "\n".join(lines) + "\n"
 
 
-def _rel(path: pathlib.Path, root: pathlib.Path) -> str:
-    try:
-        return str(path.relative_to(root))
-    except ValueError:
-        return str(path)
+def _rel(path: pathlib.Path, roots: list[pathlib.Path]) -> str:
+    for root in roots:
+        if path.is_relative_to(root):
+            return str(path.relative_to(root))
+    return str(path)
 
 
 def write_csv(rows: list[dict], path: pathlib.Path) -> None:
@@ -113,11 +114,13 @@ def plot_over_training(runs: list[RunInfo], key: str, ylabel: str, path: pathlib
 
 def write_report(runs: list[RunInfo], out_dir, root=None) -> tuple[pathlib.Path, list[dict]]:
     """Write ``report.md``, ``report.csv`` and the plots into ``out_dir``; returns the markdown's path
-    and the table's rows."""
+    and the table's rows. ``root`` (a folder or a list of folders, default ``out_dir``) is where the
+    runs were collected; run paths in the report are relative to it."""
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = group_rows(runs)
-    (out_dir / "report.md").write_text(markdown(rows, runs, pathlib.Path(root or out_dir)))
+    roots = [root or out_dir] if isinstance(root, str | pathlib.Path | None) else list(root)
+    (out_dir / "report.md").write_text(markdown(rows, runs, [pathlib.Path(r) for r in roots]))
     write_csv(rows, out_dir / "report.csv")
     plot_accuracy_vs_sparsity(rows, out_dir / PLOTS[0])
     plot_over_training(runs, "test/accuracy", "test accuracy", out_dir / PLOTS[1])
