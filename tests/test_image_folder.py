@@ -194,22 +194,24 @@ def _cli(tmp_path, folder, *overrides):
 @pytest.mark.slow
 def test_cli_streams_over_four_devices_as_over_one(tmp_path, folder):
     # Each chunk is assembled from the host's rows (make_array_from_process_local_data) and split over
-    # the 4 forced host devices; the run must match the one-device run.
+    # the 4 forced host devices; the run must match the one-device run, in a compiled chunk and in the
+    # host loop (one dispatch per step on a row of the global chunk).
     four = {**ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     records = {}
-    for name, env in (("one", ENV), ("four", four)):
+    for name, env, loop in (("one", ENV, "scan"), ("four", four, "scan"), ("four_host", four, "host")):
         out = subprocess.run([sys.executable, "-m", "dst.train", "dataset=image_folder", f"dataset.data_dir={folder}",
                               "dataset.image_size=8", "model=mlp", "model.hidden=[32]", "trainer.batch_size=8",
                               "dataset.chunk_steps=2", "trainer.epochs=2", "sparsity.update_every=2",
-                              "logger=none", f"hydra.run.dir={tmp_path / name}"],
+                              f"trainer.epoch_loop={loop}", "logger=none", f"hydra.run.dir={tmp_path / name}"],
                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, out.stderr[-3000:]
         records[name] = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-    assert json.loads((tmp_path / "four" / "summary.json").read_text())["devices"] == 4
-    for a, b in zip(records["one"], records["four"], strict=True):
-        assert a["step"] == b["step"] and a["topology/updates"] == b["topology/updates"] > 0
-        for key in ("train/loss", "train/accuracy", "test/accuracy", "itop_rate"):
-            assert b[key] == pytest.approx(a[key], abs=1e-5), key
+    for name in ("four", "four_host"):
+        assert json.loads((tmp_path / name / "summary.json").read_text())["devices"] == 4
+        for a, b in zip(records["one"], records[name], strict=True):
+            assert a["step"] == b["step"] and a["topology/updates"] == b["topology/updates"] > 0
+            for key in ("train/loss", "train/accuracy", "test/accuracy", "itop_rate"):
+                assert b[key] == pytest.approx(a[key], abs=1e-5), (name, key)
 
 
 def test_cli_trains_from_an_image_folder_and_resumes(tmp_path, folder):

@@ -99,6 +99,20 @@ def test_runs_that_differ_in_a_hyperparameter_are_not_averaged_as_seeds(tmp_path
     assert "| topkast | 0.98 | erk | lenet300 | fashion_mnist | sparsity.backward_sparsity=0.9 | 87.00 ± 1.41 |" in text
     table = list(csv.DictReader((tmp_path / "out" / "report.csv").open()))
     assert sorted(r["settings"] for r in table)[0] == "optimizer.lr=0.1"
+    assert "Repeated seeds" not in text
+
+
+def test_a_key_older_runs_lack_splits_nothing_and_repeated_seeds_are_flagged(tmp_path):
+    for seed in (0, 1):
+        fake_run(tmp_path / f"old_{seed}", "rigl", 0.9, seed, 0.80)
+        fake_run(tmp_path / f"new_{seed}", "rigl", 0.9, seed, 0.82)
+        _set_config(tmp_path / f"new_{seed}", **{"trainer.label_smoothing": 0.0})
+    (row,) = group_rows(collect_runs([tmp_path]))
+    assert row["settings"] == "" and row["runs"] == 4 and row["seeds"] == [0, 0, 1, 1]
+    out = subprocess.run([*REPORT, str(tmp_path)], capture_output=True, text=True, env=ENV)
+    assert out.returncode == 0, out.stderr
+    assert "repeated seeds (0 0 1 1)" in out.stderr
+    assert "**Repeated seeds**" in (tmp_path / "report.md").read_text()
 
 
 def test_dst_report_on_nothing_or_broken_files_says_so(tmp_path):

@@ -34,9 +34,9 @@ def topkast(*, sparsity: float, backward_sparsity: float, update_every: int, end
     backward set without being used). Weights outside ``B`` keep their values and may re-enter when
     others shrink; weights in ``A`` get no penalty (use the optimizer's weight decay).
 
-    Weights in ``B \\ A`` do not change the loss, so only the penalty holds them back: when ``B`` is
-    many times larger than ``A`` (98% forward, 80% backward: 10x) and the lr is high, they drift, take
-    over ``A`` at the next update and training can collapse. Raise ``penalty`` (1e-3 fixed it on
+    Weights in ``B \\ A`` do not change the loss, so only the penalty (and weight decay) holds them
+    back: when ``B`` is many times larger than ``A`` (98% forward, 80% backward: 10x) and the lr is high,
+    they drift, take over ``A`` at the next update and training can collapse. Raise ``penalty`` (1e-3 fixed it on
     LeNet-300-100 at 98%) or ``backward_sparsity`` (experiments/fmnist_lenet300/RESULTS.md).
 
     The protocol's ``trainable`` and ``penalty`` hooks exist for this algorithm: its optimizer set is

@@ -45,7 +45,6 @@ class StreamFeed:
     def __init__(self, plan, run):
         ds, trainer = plan.cfg["dataset"], plan.cfg["trainer"]
         self.data, self.batch_size = plan.data, trainer["batch_size"]
-        self.eval_batch_size = trainer["eval_batch_size"]
         self.chunk, self.threads = min(ds["chunk_steps"], plan.steps_per_epoch), ds["workers"]
         (self.epoch_fn,) = run.epoch_fns.values()
         self.evaluator = run.evaluate
@@ -56,16 +55,15 @@ class StreamFeed:
 
     def epoch(self, state, key, steps: int):
         # Each host decodes only its rows of every batch; with one host that is the whole batch.
+        shard = (0, 1) if self.parallel is None else self.parallel.host_shard()
         chunks = image_folder.train_chunks(self.data, epoch_seed(key), self.batch_size, steps,
-                                           min(self.chunk, steps), self.threads,
-                                           shard=(jax.process_index(), jax.process_count()))
+                                           min(self.chunk, steps), self.threads, shard=shard)
         if self.parallel is not None:
             chunks = map(self.parallel.global_chunk, chunks)
         return self.epoch_fn(state, chunks)
 
     def evaluate(self, state) -> dict:
-        batches = image_folder.eval_batches(self.data, min(self.eval_batch_size, len(self.data.test_y)),
-                                            self.threads)
+        batches = image_folder.eval_batches(self.data, self.evaluator.batch_size, self.threads)
         return {"test": self.evaluator(state.params, state.model_state, batches)}
 
 

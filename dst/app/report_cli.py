@@ -35,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: {r.path} could not be read ({r.error}); it is listed in the report, not averaged.",
               file=sys.stderr)
     out, rows = write_report(runs, args.out or args.paths[0], root=args.paths)
+    for r in rows:
+        if len(set(r["seeds"])) < len(r["seeds"]):
+            print(f"warning: {r['algorithm']} {r['sparsity']} {r['settings']} averages runs with repeated seeds "
+                  f"({' '.join(map(str, r['seeds']))}); see report.md.", file=sys.stderr)
     print(out.read_text())
     print(f"report: {out}\ntable:  {out.with_suffix('.csv')}")
     return 0

@@ -52,7 +52,8 @@ def _run_only(key: str) -> bool:
 
 def other_settings(runs: list[RunInfo]) -> dict:
     """``{run path: "key=value, ..."}``: per finished run, the config values (outside ``RUN_ONLY``) that
-    differ among the finished runs sharing its five base keys; empty when nothing else differs."""
+    differ among the finished runs sharing its five base keys (among those that have the key); empty when
+    nothing else differs."""
     families: dict[tuple, list[RunInfo]] = {}
     for run in runs:
         if run.status == "finished":
@@ -61,10 +62,11 @@ def other_settings(runs: list[RunInfo]) -> dict:
     for members in families.values():
         flats = {run.path: _flat(run.config) for run in members}
         keys = sorted({k for flat in flats.values() for k in flat if not _run_only(k)})
-        varying = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True, default=str)
-                                           for f in flats.values()}) > 1]
+        # A key only some runs have (written by an older dst) splits nothing by its absence.
+        varying = [k for k in keys if len({json.dumps(f[k], sort_keys=True, default=str)
+                                           for f in flats.values() if k in f}) > 1]
         for path, flat in flats.items():
-            labels[path] = ", ".join(f"{k}={flat.get(k)}" for k in varying)
+            labels[path] = ", ".join(f"{k}={flat[k]}" for k in varying if k in flat)
     return labels
 
 

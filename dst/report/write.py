@@ -45,6 +45,12 @@ def markdown(rows: list[dict], runs: list[RunInfo], roots: list[pathlib.Path]) -
                      f"{_pm(r['best_test_accuracy_mean'], r['best_test_accuracy_std'], 100)} | "
                      f"{_pm(r['flops_train_relative_mean'], r['flops_train_relative_std'], 1, 3)} | "
                      f"{_pm(r['itop_rate_mean'], r['itop_rate_std'], 1, 3)} | {r['runs']} |")
+    repeated = [r for r in rows if len(set(r["seeds"])) < len(r["seeds"])]
+    if repeated:
+        lines += ["", "**Repeated seeds**: these rows average runs with the same seed (the same setting run "
+                  "twice, e.g. two sweeps over one folder), which understates the spread:", ""]
+        lines += [f"* {r['algorithm']} {r['sparsity']} {r['distribution']} {r['model']} {r['dataset']} "
+                  f"{r['settings']}: seeds {', '.join(map(str, r['seeds']))}".rstrip() for r in repeated]
     others = [r for r in runs if r.status != "finished"]
     lines += ["", "## Runs not averaged in", ""]
     if not others:

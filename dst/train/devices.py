@@ -35,10 +35,25 @@ class DataParallel:
         """Put every array of ``tree`` on every device (the state, the data held on the devices)."""
         return jax.device_put(tree, self.replicated)
 
+    def host_shard(self) -> tuple[int, int]:
+        """``(i, hosts)``: this host's block of every batch. The mesh splits a batch over its devices in
+        order, so a host's rows are the block where its devices sit (their hosts must be contiguous)."""
+        local = set(jax.local_devices())
+        where = [i for i, d in enumerate(self.devices) if d in local]
+        if where != list(range(where[0], where[0] + len(where))):
+            raise ValueError("each host's devices must be contiguous in the mesh to feed it its own rows.")
+        return where[0] // len(where), len(self.devices) // len(where)
+
     def global_chunk(self, local):
         """The global ``(k, B, ...)`` arrays of a chunk of steps from this host's ``(k, B / hosts, ...)``
         rows (see ``image_folder.train_chunks``'s ``shard``), split over the devices along the batch."""
-        return jax.tree_util.tree_map(lambda a: jax.make_array_from_process_local_data(self.chunk, a), local)
+        hosts = self.host_shard()[1]
+
+        def assemble(a):
+            shape = (a.shape[0], a.shape[1] * hosts, *a.shape[2:])
+            return jax.make_array_from_process_local_data(self.chunk, a, shape)
+
+        return jax.tree_util.tree_map(assemble, local)
 
     def check_batch(self, batch_size: int) -> str | None:
         """A sentence when ``batch_size`` cannot be split evenly over the devices, else None."""

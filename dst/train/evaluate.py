@@ -50,7 +50,8 @@ def batch_totals(apply_fn: ApplyFn, params, model_state, x, y, valid):
 def stream_evaluate_fn(apply_fn: ApplyFn, batch_size: int):
     """``(params, model_state, batches) -> {"loss", "accuracy"}`` over host batches ``(x, y)`` of at most
     ``batch_size`` rows (data that does not fit on the device). A short last batch is padded to
-    ``batch_size``, so one compiled program serves every batch; totals stay on the device until the end."""
+    ``batch_size``, so one compiled program serves every batch; totals stay on the device until the end.
+    The function's ``batch_size`` attribute says the size to cut the batches at."""
     totals = jax.jit(lambda *args: batch_totals(apply_fn, *args))
 
     def evaluate(params, model_state, batches):
@@ -66,4 +67,5 @@ def stream_evaluate_fn(apply_fn: ApplyFn, batch_size: int):
             raise ValueError("evaluation got no batches.")
         return {"loss": loss / n, "accuracy": correct / n}
 
+    evaluate.batch_size = batch_size    # what the batches fed to it must not exceed
     return evaluate

@@ -14,6 +14,8 @@ from collections.abc import Iterable
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
 
 from dst.train.epoch import LOOPS
 from dst.train.epoch import host_loop
@@ -44,17 +46,21 @@ class StreamEpoch:
         self.one_step = jax.jit(lambda state, x, y: full(state, split_batch(x, y, batch_sharding)))
         self.settle = jax.jit(settle_last)
         self.compiled = {}     # (function, input shape) -> executable compiled ahead by compile()
+        # Compiled for the shardings the feed's global arrays arrive in (chunks split along the batch).
+        self.sharding = batch_sharding
+        self.chunk_sharding = None if batch_sharding is None else NamedSharding(
+            batch_sharding.mesh, PartitionSpec(None, *batch_sharding.spec))
 
     def compile(self, state, chunk_shape: tuple[int, ...], label_dtype=jnp.int32) -> None:
         """Compile for chunks of ``chunk_shape`` = ``(k, B, *example)`` float32 images (a shorter last
         chunk compiles once more when it comes)."""
-        xs = jax.ShapeDtypeStruct(chunk_shape, jnp.float32)
-        ys = jax.ShapeDtypeStruct(chunk_shape[:2], label_dtype)
+        xs = jax.ShapeDtypeStruct(chunk_shape, jnp.float32, sharding=self.chunk_sharding)
+        ys = jax.ShapeDtypeStruct(chunk_shape[:2], label_dtype, sharding=self.chunk_sharding)
         if self.loop == "scan":
             self.compiled["chunk", chunk_shape] = self.chunk.lower(state, xs, ys).compile()
         else:
-            x = jax.ShapeDtypeStruct(chunk_shape[1:], jnp.float32)
-            y = jax.ShapeDtypeStruct(chunk_shape[1:2], label_dtype)
+            x = jax.ShapeDtypeStruct(chunk_shape[1:], jnp.float32, sharding=self.sharding)
+            y = jax.ShapeDtypeStruct(chunk_shape[1:2], label_dtype, sharding=self.sharding)
             self.compiled["step", chunk_shape[1:]] = self.one_step.lower(state, x, y).compile()
 
     def _fn(self, name, shape):
@@ -67,7 +73,9 @@ class StreamEpoch:
                 state, metrics = self._fn("chunk", xs.shape)(state, xs, ys)
                 parts.append(metrics)
             else:
-                state, metrics = host_loop(self._fn("step", xs.shape[1:]), self.settle, state, zip(xs, ys))
+                # Indexing (not iterating) keeps each step's batch split over the devices, on every host.
+                rows = ((xs[i], ys[i]) for i in range(xs.shape[0]))
+                state, metrics = host_loop(self._fn("step", xs.shape[1:]), self.settle, state, rows)
                 parts.append(metrics)
         if not parts:
             raise ValueError("the epoch's input stream gave no chunks.")
