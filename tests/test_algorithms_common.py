@@ -1,5 +1,7 @@
 """One suite over every registered algorithm: the invariants DESIGN.md fixes for all of them."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -154,3 +156,68 @@ def test_quiet_calls_are_exactly_skipped_calls(name):
     # The schedules: every 3 steps from 2, before 14 (pruning algorithms: up to and including 14).
     assert due == ([2, 5, 8, 11, 14] if name in ("gmp", "granet") else [2, 5, 8, 11])
     assert quiet == [min([u - t for u in due if u >= t], default=dst.schedules.NEVER) for t in range(18)]
+
+
+# The variants of the suite (optax's alias_test runs jit / no-jit / pmap over every optimizer): seeds as
+# vmapped replicas, and a checkpoint round trip, for every algorithm. Sharding over devices needs a fresh
+# process (tests/test_devices.py runs every algorithm there).
+
+@functools.cache
+def _epoch_of(name):
+    """``(start_state(name), jitted epoch at batch 32)``, shared by the variants so each compiles once."""
+    model, x, y, algo, tx, start = start_state(name)
+    step = dst.make_train_step(dst.flax_apply(model), tx, algo)
+    return (model, x, y, algo, tx, start), step, dst.train_epoch_fn(step, 32)
+
+
+def _equal_trees(a, b, rtol=0.0, atol=0.0):
+    for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        if jnp.issubdtype(u.dtype, jax.dtypes.prng_key):
+            u, v = jax.random.key_data(u), jax.random.key_data(v)
+        np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_vmapped_replicas_match_their_single_runs(name):
+    from dst.train.replicas import replicated_epoch_fn
+    from dst.train.replicas import stack_replicas
+    from dst.train.replicas import unstack_replica
+
+    (model, x, y, algo, tx, start), step, one = _epoch_of(name)
+    singles = [start, start_state(name, key=5)[-1]]
+    stacked = stack_replicas(singles)
+    keys = jnp.stack([jax.random.key(11), jax.random.key(12)])
+    # Each replica trains on its own order of the shared data (a subset in a validation-split run).
+    index = jnp.stack([jax.random.permutation(jax.random.key(7 + r), x.shape[0]) for r in range(2)])
+    stacked, metrics = replicated_epoch_fn(step, 32)(stacked, x, y, keys, index)
+    for r, state in enumerate(singles):
+        state, single_metrics = one(state, x[index[r]], y[index[r]], keys[r])
+        mine = unstack_replica(stacked, r)
+        _equal_trees(mine.masks, state.masks)
+        _equal_trees(mine.params, state.params, rtol=2e-5, atol=2e-6)
+        _equal_trees(mine.algo_state, state.algo_state, rtol=2e-5, atol=2e-6)
+        np.testing.assert_allclose(metrics["loss"][r], single_metrics["loss"], rtol=2e-5, atol=2e-6)
+    assert jnp.ndim(stacked.step) == 0      # one shared clock: the schedule is not a batched value
+    if algo.dynamic:      # the replicas really differ: their own init, masks and data
+        a, b = (np.asarray(unstack_replica(stacked, r).masks["Dense_0"]["kernel"]) for r in range(2))
+        assert not np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_a_checkpoint_round_trip_continues_exactly(name, tmp_path):
+    from dst.train.checkpoint import RunCheckpoints
+
+    (model, x, y, algo, tx, start), _, epoch = _epoch_of(name)
+    state, _ = epoch(start, x, y, jax.random.key(1))
+    saved = RunCheckpoints(tmp_path / "checkpoints")
+    saved.save(1, state, jax.random.key(2), {"fingerprint": {"algorithm": name}})
+    saved.close()
+    # A fresh manager reads it back into a freshly initialised state, as a resumed run does.
+    restored, data_key, meta = RunCheckpoints(tmp_path / "checkpoints").restore(
+        1, start, jax.random.key(0), {"algorithm": name})
+    assert meta["fingerprint"] == {"algorithm": name}
+    _equal_trees(restored, state)
+    _equal_trees(data_key, jax.random.key(2))
+    (a, ma), (b, mb) = epoch(state, x, y, data_key), epoch(restored, x, y, data_key)
+    _equal_trees(a, b)
+    _equal_trees(ma, mb)

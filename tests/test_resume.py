@@ -116,11 +116,12 @@ def composed(*overrides):
         return OmegaConf.to_container(compose("config", overrides=list(overrides)), resolve=True)
 
 
+# One case in `make test`, the other fields in `make test-slow` (each is two short training runs).
 @pytest.mark.parametrize("change, mismatch", [
     ("sparsity.sparsity=0.8", "sparsity.sparsity=0.9, not 0.8"),
-    ("sparsity=set", "sparsity.algorithm='rigl', not 'set'"),
-    ("model=set_mlp", "model="),
-    ("dataset.name=mnist", "dataset.name='fashion_mnist', not 'mnist'"),
+    pytest.param("sparsity=set", "sparsity.algorithm='rigl', not 'set'", marks=pytest.mark.slow),
+    pytest.param("model=set_mlp", "model=", marks=pytest.mark.slow),
+    pytest.param("dataset.name=mnist", "dataset.name='fashion_mnist', not 'mnist'", marks=pytest.mark.slow),
 ])
 def test_a_checkpoint_of_other_settings_is_refused_and_kept(tmp_path, small_data, change, mismatch):
     first = ["trainer.epochs=1", "logger=none", f"dataset.data_dir={small_data}"]
