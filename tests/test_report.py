@@ -164,3 +164,18 @@ def test_a_real_sweep_with_a_failing_job_ends_in_the_report(tmp_path, data_dir):
     shutil.copy(sweep / "report.csv", tmp_path / "sweep_end.csv")
     again = subprocess.run([*REPORT, str(sweep)], capture_output=True, text=True, env=ENV)
     assert again.returncode == 0 and (sweep / "report.csv").read_text() == (tmp_path / "sweep_end.csv").read_text()
+
+
+def test_the_report_has_the_papers_table_of_accuracy_by_sparsity(tmp_path):
+    for sparsity, accs in ((0.9, (0.88, 0.90)), (0.95, (0.85, 0.87))):
+        for seed, acc in enumerate(accs):
+            fake_run(tmp_path / f"rigl_{sparsity}_{seed}", "rigl", sparsity, seed, acc)
+    fake_run(tmp_path / "set_0.95", "set", 0.95, 0, 0.80)
+    fake_run(tmp_path / "dense", "dense", 0.0, 0, 0.91)
+    path, _ = write_report(collect_runs([tmp_path]), tmp_path / "out", root=tmp_path)
+    text = path.read_text()
+    table = text[text.index("## Test accuracy (%) by sparsity: lenet300, fashion_mnist"):]
+    assert "| method | 0.9 | 0.95 |" in table
+    assert "| rigl erk | 89.00 ± 1.41 | 86.00 ± 1.41 |" in table
+    assert "| set erk | — | 80.00 ± 0.00 |" in table
+    assert "| dense erk (dense) | 91.00 ± 0.00 | 91.00 ± 0.00 |" in table

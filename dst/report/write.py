@@ -45,6 +45,7 @@ def markdown(rows: list[dict], runs: list[RunInfo], roots: list[pathlib.Path]) -
                      f"{_pm(r['best_test_accuracy_mean'], r['best_test_accuracy_std'], 100)} | "
                      f"{_pm(r['flops_train_relative_mean'], r['flops_train_relative_std'], 1, 3)} | "
                      f"{_pm(r['itop_rate_mean'], r['itop_rate_std'], 1, 3)} | {r['runs']} |")
+    lines += by_sparsity(rows)
     repeated = [r for r in rows if len(set(r["seeds"])) < len(r["seeds"])]
     if repeated:
         lines += ["", "**Repeated seeds**: these rows average runs with the same seed (the same setting run "
@@ -60,6 +61,30 @@ def markdown(rows: list[dict], runs: list[RunInfo], roots: list[pathlib.Path]) -
         lines.append(f"* `{_rel(r.path, roots)}`: {r.status}{why}")
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in PLOTS]
     return "\n".join(lines) + "\n"
+
+
+def by_sparsity(rows: list[dict]) -> list[str]:
+    """The table papers print: final test accuracy with a row per method and a column per sparsity, for
+    each model and data set that were run at more than one sparsity (the dense run is its own row)."""
+    lines = []
+    for model, dataset in dict.fromkeys((r["model"], r["dataset"]) for r in rows):
+        mine = [r for r in rows if (r["model"], r["dataset"]) == (model, dataset)]
+        levels = sorted({float(r["sparsity"] or 0) for r in mine if r["sparsity"]})
+        if len(levels) < 2:
+            continue
+        lines += ["", f"## Test accuracy (%) by sparsity: {model}, {dataset}", "",
+                  "| method | " + " | ".join(f"{s:g}" for s in levels) + " |", "| --- " * (len(levels) + 1) + "|"]
+        methods = dict.fromkeys((r["algorithm"], r["distribution"], r["settings"]) for r in mine)
+        for algorithm, distribution, settings in methods:
+            cells = {float(r["sparsity"] or 0): _pm(r["test_accuracy_mean"], r["test_accuracy_std"], 100)
+                     for r in mine if (r["algorithm"], r["distribution"], r["settings"]) ==
+                     (algorithm, distribution, settings)}
+            name = " ".join(str(v) for v in (algorithm, distribution, settings) if v)
+            if set(cells) == {0.0}:      # a dense baseline: one number, the same at every level
+                lines.append(f"| {name} (dense) | " + " | ".join(cells[0.0] for _ in levels) + " |")
+                continue
+            lines.append(f"| {name} | " + " | ".join(cells.get(s, "—") for s in levels) + " |")
+    return lines
 
 
 def _rel(path: pathlib.Path, roots: list[pathlib.Path]) -> str:
