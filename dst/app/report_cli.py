@@ -1,8 +1,9 @@
 """``dst-report PATH... [--out DIR]``: compare every run below the given folders.
 
 Writes ``report.md``, ``report.csv`` and PNG plots (into ``--out``, default the first PATH): mean ± std
-over seeds per algorithm × sparsity × distribution × model × data set; failed, preempted, unfinished
-and unreadable runs are listed by name with their status, never averaged in.
+over seeds per algorithm × sparsity × distribution × model × data set, split further by any other config
+value that differs among those runs (see :mod:`dst.report.summarize`), and a table by sparsity; failed,
+preempted, unfinished and unreadable runs are listed by name with their status, never averaged in.
 """
 
 from __future__ import annotations
