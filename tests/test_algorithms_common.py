@@ -162,6 +162,12 @@ def test_quiet_calls_are_exactly_skipped_calls(name):
 # vmapped replicas, and a checkpoint round trip, for every algorithm. Sharding over devices needs a fresh
 # process (tests/test_devices.py runs every algorithm there).
 
+# `make test` runs the variants for algorithms whose states differ in kind (none, RigL's, Top-KAST's dense
+# storage and backward set, GMP's schedule, SNIP's one-shot masks); `make test-slow` runs the rest.
+VARIANTS = [n if n in ("static", "rigl", "topkast", "gmp", "snip") else pytest.param(n, marks=pytest.mark.slow)
+            for n in ALGORITHMS]
+
+
 @functools.cache
 def _epoch_of(name):
     """``(start_state(name), jitted epoch at batch 32)``, shared by the variants so each compiles once."""
@@ -177,7 +183,7 @@ def _equal_trees(a, b, rtol=0.0, atol=0.0):
         np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=rtol, atol=atol)
 
 
-@pytest.mark.parametrize("name", ALGORITHMS)
+@pytest.mark.parametrize("name", VARIANTS)
 def test_vmapped_replicas_match_their_single_runs(name):
     from dst.train.replicas import replicated_epoch_fn
     from dst.train.replicas import stack_replicas
@@ -203,7 +209,7 @@ def test_vmapped_replicas_match_their_single_runs(name):
         assert not np.array_equal(a, b)
 
 
-@pytest.mark.parametrize("name", ALGORITHMS)
+@pytest.mark.parametrize("name", VARIANTS)
 def test_a_checkpoint_round_trip_continues_exactly(name, tmp_path):
     from dst.train.checkpoint import RunCheckpoints
 
