@@ -9,6 +9,8 @@ import matplotlib
 matplotlib.use("Agg")  # no display on training machines
 import matplotlib.pyplot as plt  # noqa: E402
 
+MAX_LEGEND_LAYERS = 12
+
 
 def plot_curves(records: list[dict], path, title: str = "") -> pathlib.Path:
     """Draw the four panels from ``metrics.jsonl`` records (x axis: step) and save them to ``path``."""
@@ -23,8 +25,15 @@ def plot_curves(records: list[dict], path, title: str = "") -> pathlib.Path:
     ax = axes[0, 1]
     ax.plot(steps, [1 - r["sparsity/global"] for r in records], lw=3, color="k", label="global")
     layers = sorted(k for k in records[0] if k.startswith("sparsity/") and k != "sparsity/global")
-    for key in layers:
-        ax.plot(steps, [1 - r[key] for r in records], label=key.removeprefix("sparsity/"))
+    # A legend entry per layer only while it fits (ResNet-50 has 53 sparse layers): beyond that the
+    # layers are thin grey lines under one entry.
+    named = len(layers) <= MAX_LEGEND_LAYERS
+    for i, key in enumerate(layers):
+        if named:
+            ax.plot(steps, [1 - r[key] for r in records], label=key.removeprefix("sparsity/"))
+        else:
+            ax.plot(steps, [1 - r[key] for r in records], lw=0.6, color="0.6",
+                    label=f"{len(layers)} layers" if i == 0 else None)
     ax.set_title("density (active / size)")
     ax.legend(fontsize=7)
     ax = axes[1, 0]

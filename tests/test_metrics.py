@@ -145,3 +145,20 @@ def test_drop_fraction_at_follows_each_schedule():
 def test_itop_rate_counts_only_the_named_layers():
     ever = {"a": {"kernel": np.array([[True, False], [True, True]]), "bias": np.array([True, True])}}
     assert metrics.itop_rate(ever, ["a/kernel"]) == 0.75
+
+
+@pytest.mark.parametrize("layers", [3, 53])
+def test_the_run_plot_fits_any_number_of_layers(tmp_path, layers):
+    # ResNet-50 has 53 sparse layers: a legend entry each used to overflow the panel (matplotlib warned
+    # that tight_layout could not be applied).
+    import warnings
+
+    from dst.plotting import plot_curves
+
+    records = [{"step": s, "test/accuracy": 0.5, "train/accuracy": 0.6, "sparsity/global": 0.9, "itop_rate": 0.1,
+                "drop_fraction": 0.3, **{f"sparsity/layer{i:02d}/kernel": 0.9 for i in range(layers)}}
+               for s in (10, 20)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        path = plot_curves(records, tmp_path / "curves.png", "title")
+    assert path.read_bytes()[:4] == b"\x89PNG"
