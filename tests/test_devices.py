@@ -44,6 +44,12 @@ SCRIPT = textwrap.dedent("""
         out[name] = dict(masks_equal=masks_equal, param_err=err, loss_err=loss, devices=spread,
                          updates=int(np.sum(np.asarray(mb["updated"]))), dynamic=algo.dynamic,
                          single_updates=int(np.sum(np.asarray(ma["updated"]))))
+    # Evaluation splits each chunk over the devices (30 rows round up to 32) and gives the same numbers.
+    apply = dst.flax_apply(model)
+    plain = dst.evaluate_fn(apply, 30)(a.params, a.model_state, x[:250], y[:250])
+    split = dst.evaluate_fn(apply, 30, dp.batch)(b.params, b.model_state, dp.replicate(x[:250]),
+                                                 dp.replicate(y[:250]))
+    out["evaluation"] = {{k: abs(float(plain[k]) - float(split[k])) for k in plain}}
     print(__import__("json").dumps(out))
 """)
 
@@ -55,6 +61,7 @@ def test_four_devices_keep_the_masks_of_one_device():
                          env=FOUR, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads(out.stdout.strip().splitlines()[-1])
+    assert results.pop("evaluation") == {"loss": pytest.approx(0, abs=1e-5), "accuracy": pytest.approx(0, abs=1e-6)}
     assert sorted(results) == sorted(dst.algorithms.names())    # the suite's sharding variant: every algorithm
     for name, r in results.items():
         assert r["masks_equal"], name

@@ -201,7 +201,7 @@ def initialise(plan: Plan) -> Run:
     sharding = None if plan.parallel is None else plan.parallel.batch
     if streaming:    # augmentation happens on the host; one epoch function serves every length
         epoch_fns = {0: StreamEpoch(step, loop, sharding)}
-        evaluate = stream_evaluate_fn(apply_fn, min(trainer["eval_batch_size"], len(data.test_y)))
+        evaluate = stream_evaluate_fn(apply_fn, min(trainer["eval_batch_size"], len(data.test_y)), sharding)
     else:
         augment = make_augment(cfg["dataset"].get("augment", "none"), **_augment_options(cfg["dataset"], data))
         lengths = {epoch_length(plan, e) for e in (1, plan.epochs)}   # only the last epoch may be shorter
@@ -209,7 +209,7 @@ def initialise(plan: Plan) -> Run:
                                            max_steps=None if n == plan.steps_per_epoch else n, loop=loop,
                                            batch_sharding=sharding)
                      for n in lengths}
-        evaluate = dst.evaluate_fn(apply_fn, trainer["eval_batch_size"])
+        evaluate = dst.evaluate_fn(apply_fn, trainer["eval_batch_size"], sharding)
     return Run(state=state, layers=layers, densities=densities, flops=graph.flops, pairs=graph.pairs, step=step,
                epoch_fns=epoch_fns, evaluate=evaluate)
 

@@ -11,17 +11,31 @@ from jax import lax
 from dst.train.apply import ApplyFn
 
 
-def evaluate_fn(apply_fn: ApplyFn, batch_size: int = 1000):
+def _split_over(sharding, size: int) -> int:
+    """``size`` rounded up to a multiple of the devices ``sharding`` splits a batch over."""
+    devices = 1 if sharding is None else sharding.num_devices
+    return -(-size // devices) * devices
+
+
+def _constrain(sharding, *arrays):
+    if sharding is None:
+        return arrays
+    return tuple(lax.with_sharding_constraint(a, sharding) for a in arrays)
+
+
+def evaluate_fn(apply_fn: ApplyFn, batch_size: int = 1000, batch_sharding=None):
     """Jitted ``(params, model_state, x, y) -> {"loss", "accuracy"}`` over the whole set, in chunks.
 
     The model runs in evaluation mode (``train=False``: running averages, no dropout). A last partial
-    chunk is padded and its padding excluded, so every example counts exactly once.
+    chunk is padded and its padding excluded, so every example counts exactly once. With
+    ``batch_sharding`` each chunk is split over the data-parallel devices (rounded up to a multiple of
+    them) rather than evaluated whole on every device.
     """
 
     @jax.jit
     def evaluate(params, model_state, x, y):
         n = x.shape[0]
-        size = min(batch_size, n)      # a small set is one chunk, not a mostly-padded one
+        size = _split_over(batch_sharding, min(batch_size, n))   # a small set is one chunk, not a padded one
         chunks = -(-n // size)
         pad = chunks * size - n
         xp = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)]).reshape(
@@ -30,7 +44,7 @@ def evaluate_fn(apply_fn: ApplyFn, batch_size: int = 1000):
         valid = (jnp.arange(chunks * size) < n).reshape(chunks, size)
 
         def body(totals, batch):
-            loss, correct = batch_totals(apply_fn, params, model_state, *batch)
+            loss, correct = batch_totals(apply_fn, params, model_state, *_constrain(batch_sharding, *batch))
             return (totals[0] + loss, totals[1] + correct), None
 
         (loss_sum, correct), _ = lax.scan(body, (jnp.float32(0), jnp.int32(0)), (xp, yp, valid))
@@ -47,12 +61,15 @@ def batch_totals(apply_fn: ApplyFn, params, model_state, x, y, valid):
     return jnp.sum(jnp.where(valid, losses, 0.0)), jnp.sum(jnp.where(valid, correct, False))
 
 
-def stream_evaluate_fn(apply_fn: ApplyFn, batch_size: int):
+def stream_evaluate_fn(apply_fn: ApplyFn, batch_size: int, batch_sharding=None):
     """``(params, model_state, batches) -> {"loss", "accuracy"}`` over host batches ``(x, y)`` of at most
     ``batch_size`` rows (data that does not fit on the device). A short last batch is padded to
     ``batch_size``, so one compiled program serves every batch; totals stay on the device until the end.
-    The function's ``batch_size`` attribute says the size to cut the batches at."""
-    totals = jax.jit(lambda *args: batch_totals(apply_fn, *args))
+    The function's ``batch_size`` attribute says the size to cut the batches at (``batch_size`` rounded
+    up to a multiple of the devices ``batch_sharding`` splits each batch over)."""
+    batch_size = _split_over(batch_sharding, batch_size)
+    totals = jax.jit(lambda params, state, *batch: batch_totals(apply_fn, params, state,
+                                                                *_constrain(batch_sharding, *batch)))
 
     def evaluate(params, model_state, batches):
         loss, correct, n = jnp.float32(0), jnp.int32(0), 0
