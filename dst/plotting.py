@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display on training machines
 import matplotlib.pyplot as plt  # noqa: E402
 
-MAX_LEGEND_LAYERS = 12
+MAX_LEGEND_LAYERS = 10     # matplotlib's colour cycle: more would repeat colours
 
 
 def plot_curves(records: list[dict], path, title: str = "") -> pathlib.Path:
@@ -23,7 +23,7 @@ def plot_curves(records: list[dict], path, title: str = "") -> pathlib.Path:
     ax.set_title("accuracy")
     ax.legend()
     ax = axes[0, 1]
-    ax.plot(steps, [1 - r["sparsity/global"] for r in records], lw=3, color="k", label="global")
+    ax.plot(steps, [1 - r["sparsity/global"] for r in records], lw=3, color="k", label="global", zorder=3)
     layers = sorted(k for k in records[0] if k.startswith("sparsity/") and k != "sparsity/global")
     # A legend entry per layer only while it fits (ResNet-50 has 53 sparse layers): beyond that the
     # layers are thin grey lines under one entry.

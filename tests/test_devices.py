@@ -47,8 +47,8 @@ SCRIPT = textwrap.dedent("""
     # Evaluation splits each chunk over the devices (30 rows round up to 32) and gives the same numbers.
     apply = dst.flax_apply(model)
     plain = dst.evaluate_fn(apply, 30)(a.params, a.model_state, x[:250], y[:250])
-    split = dst.evaluate_fn(apply, 30, dp.batch)(b.params, b.model_state, dp.replicate(x[:250]),
-                                                 dp.replicate(y[:250]))
+    split = dst.evaluate_fn(apply, 30, dp.batch)(dp.replicate(a.params), dp.replicate(a.model_state),
+                                                 dp.replicate(x[:250]), dp.replicate(y[:250]))
     out["evaluation"] = {{k: abs(float(plain[k]) - float(split[k])) for k in plain}}
     print(__import__("json").dumps(out))
 """)

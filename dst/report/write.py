@@ -45,13 +45,13 @@ def markdown(rows: list[dict], runs: list[RunInfo], roots: list[pathlib.Path]) -
                      f"{_pm(r['best_test_accuracy_mean'], r['best_test_accuracy_std'], 100)} | "
                      f"{_pm(r['flops_train_relative_mean'], r['flops_train_relative_std'], 1, 3)} | "
                      f"{_pm(r['itop_rate_mean'], r['itop_rate_std'], 1, 3)} | {r['runs']} |")
-    lines += by_sparsity(rows)
     repeated = [r for r in rows if len(set(r["seeds"])) < len(r["seeds"])]
     if repeated:
         lines += ["", "**Repeated seeds**: these rows average runs with the same seed (the same setting run "
                   "twice, e.g. two sweeps over one folder), which understates the spread:", ""]
         lines += [f"* {r['algorithm']} {r['sparsity']} {r['distribution']} {r['model']} {r['dataset']} "
                   f"{r['settings']}: seeds {', '.join(map(str, r['seeds']))}".rstrip() for r in repeated]
+    lines += by_sparsity(rows)
     others = [r for r in runs if r.status != "finished"]
     lines += ["", "## Runs not averaged in", ""]
     if not others:
@@ -65,7 +65,9 @@ def markdown(rows: list[dict], runs: list[RunInfo], roots: list[pathlib.Path]) -
 
 def by_sparsity(rows: list[dict]) -> list[str]:
     """The table papers print: final test accuracy with a row per method and a column per sparsity, for
-    each model and data set that were run at more than one sparsity (the dense run is its own row)."""
+    each model and data set that were run at more than one sparsity (the dense run is its own row). A
+    method's rows follow the main table's, so a setting swept at one sparsity only gives that method
+    rows with gaps (—)."""
     lines = []
     for model, dataset in dict.fromkeys((r["model"], r["dataset"]) for r in rows):
         mine = [r for r in rows if (r["model"], r["dataset"]) == (model, dataset)]
