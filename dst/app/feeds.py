@@ -55,7 +55,7 @@ class StreamFeed:
 
     def epoch(self, state, key, steps: int):
         # Each host decodes only its rows of every batch; with one host that is the whole batch.
-        shard = (0, 1) if self.parallel is None else self.parallel.host_shard()
+        shard = (0, 1) if self.parallel is None else self.parallel.host_shard
         chunks = image_folder.train_chunks(self.data, epoch_seed(key), self.batch_size, steps,
                                            min(self.chunk, steps), self.threads, shard=shard)
         if self.parallel is not None:

@@ -26,6 +26,7 @@ class DataParallel:
         self.batch = NamedSharding(self.mesh, PartitionSpec("data"))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         self.chunk = NamedSharding(self.mesh, PartitionSpec(None, "data"))    # (steps, batch, ...)
+        self.host_shard = self._host_block()
 
     @property
     def count(self) -> int:
@@ -35,7 +36,7 @@ class DataParallel:
         """Put every array of ``tree`` on every device (the state, the data held on the devices)."""
         return jax.device_put(tree, self.replicated)
 
-    def host_shard(self) -> tuple[int, int]:
+    def _host_block(self) -> tuple[int, int]:
         """``(i, hosts)``: this host's block of every batch. The mesh splits a batch over its devices in
         order, so a host's rows are the block where its devices sit (their hosts must be contiguous)."""
         local = set(jax.local_devices())
@@ -47,7 +48,7 @@ class DataParallel:
     def global_chunk(self, local):
         """The global ``(k, B, ...)`` arrays of a chunk of steps from this host's ``(k, B / hosts, ...)``
         rows (see ``image_folder.train_chunks``'s ``shard``), split over the devices along the batch."""
-        hosts = self.host_shard()[1]
+        hosts = self.host_shard[1]
 
         def assemble(a):
             shape = (a.shape[0], a.shape[1] * hosts, *a.shape[2:])

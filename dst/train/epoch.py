@@ -67,7 +67,7 @@ def epoch_body(step: TrainStep | Callable, batch_size: int, augment: Augment | N
         k_augment = jax.random.fold_in(key, AUGMENT_STREAM)
 
         def batch(i):
-            images, labels = split_batch(x[order[i]], y[order[i]], batch_sharding)
+            images, labels = split_batch(x[order[i]], y[order[i]], sharding=batch_sharding)
             if augment is not None:
                 images = augment(jax.random.fold_in(k_augment, i), images)
             return images, labels
@@ -88,11 +88,10 @@ def run_steps(step: TrainStep | Callable, state, batch, n: int):
     return settle_last(state, metrics)
 
 
-def split_batch(images, labels, sharding=None):
-    """``(images, labels)`` constrained to ``sharding`` (split over the data-parallel devices), if any."""
-    if sharding is None:
-        return images, labels
-    return lax.with_sharding_constraint(images, sharding), lax.with_sharding_constraint(labels, sharding)
+def split_batch(*arrays, sharding=None):
+    """``arrays`` (a batch's images, labels, ...) constrained to ``sharding`` (split along their first
+    axis over the data-parallel devices), or as they are without one."""
+    return arrays if sharding is None else lax.with_sharding_constraint(arrays, sharding)
 
 
 def host_loop(step, settle, state, calls):
@@ -129,7 +128,7 @@ class HostLoopEpoch:
         full = step.full if isinstance(step, TrainStep) else step
 
         def one_step(state, x, y, idx, key, i):
-            images, labels = split_batch(x[idx], y[idx], batch_sharding)
+            images, labels = split_batch(x[idx], y[idx], sharding=batch_sharding)
             if augment is not None:
                 images = augment(jax.random.fold_in(key, i), images)
             return full(state, (images, labels))

@@ -9,18 +9,13 @@ import optax
 from jax import lax
 
 from dst.train.apply import ApplyFn
+from dst.train.epoch import split_batch
 
 
 def _split_over(sharding, size: int) -> int:
     """``size`` rounded up to a multiple of the devices ``sharding`` splits a batch over."""
     devices = 1 if sharding is None else sharding.num_devices
     return -(-size // devices) * devices
-
-
-def _constrain(sharding, *arrays):
-    if sharding is None:
-        return arrays
-    return tuple(lax.with_sharding_constraint(a, sharding) for a in arrays)
 
 
 def evaluate_fn(apply_fn: ApplyFn, batch_size: int = 1000, batch_sharding=None):
@@ -44,7 +39,7 @@ def evaluate_fn(apply_fn: ApplyFn, batch_size: int = 1000, batch_sharding=None):
         valid = (jnp.arange(chunks * size) < n).reshape(chunks, size)
 
         def body(totals, batch):
-            loss, correct = batch_totals(apply_fn, params, model_state, *_constrain(batch_sharding, *batch))
+            loss, correct = batch_totals(apply_fn, params, model_state, *split_batch(*batch, sharding=batch_sharding))
             return (totals[0] + loss, totals[1] + correct), None
 
         (loss_sum, correct), _ = lax.scan(body, (jnp.float32(0), jnp.int32(0)), (xp, yp, valid))
@@ -69,7 +64,7 @@ def stream_evaluate_fn(apply_fn: ApplyFn, batch_size: int, batch_sharding=None):
     up to a multiple of the devices ``batch_sharding`` splits each batch over)."""
     batch_size = _split_over(batch_sharding, batch_size)
     totals = jax.jit(lambda params, state, *batch: batch_totals(apply_fn, params, state,
-                                                                *_constrain(batch_sharding, *batch)))
+                                                                *split_batch(*batch, sharding=batch_sharding)))
 
     def evaluate(params, model_state, batches):
         loss, correct, n = jnp.float32(0), jnp.int32(0), 0

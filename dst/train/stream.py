@@ -39,11 +39,11 @@ class StreamEpoch:
         self.loop = loop
 
         def chunk(state, xs, ys):
-            return run_steps(step, state, lambda i: split_batch(xs[i], ys[i], batch_sharding), xs.shape[0])
+            return run_steps(step, state, lambda i: split_batch(xs[i], ys[i], sharding=batch_sharding), xs.shape[0])
 
         full = step.full if isinstance(step, TrainStep) else step
         self.chunk = jax.jit(chunk)
-        self.one_step = jax.jit(lambda state, x, y: full(state, split_batch(x, y, batch_sharding)))
+        self.one_step = jax.jit(lambda state, x, y: full(state, split_batch(x, y, sharding=batch_sharding)))
         self.settle = jax.jit(settle_last)
         self.compiled = {}     # (function, input shape) -> executable compiled ahead by compile()
         # Compiled for the shardings the feed's global arrays arrive in (chunks split along the batch).
