@@ -1,6 +1,7 @@
 """dst: dynamic sparse training in JAX with exact sparsity and one compiled train step."""
 
 from dst import algorithms
+from dst import models
 from dst import schedules
 from dst.distributions import layer_densities
 from dst.distributions import sparsifiable_layers
@@ -37,6 +38,7 @@ __all__ = [
     "init_masks",
     "layer_densities",
     "make_train_step",
+    "models",
     "reset_grown_moments",
     "reset_moments",
     "schedules",

@@ -188,3 +188,22 @@ def test_cifar_sets_are_registered():
     assert {"cifar10", "cifar100", "mnist1d"} <= set(DATASETS)
     with pytest.raises(DataError, match="dataset.name must be one of fashion_mnist, mnist, kmnist, cifar10"):
         locate("svhn")
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_python3_pickles_of_every_protocol_load(tmp_path, protocol):
+    # Python 3 writes the same arrays with other globals by protocol: 2 re-encodes bytes through
+    # _codecs.encode, 5 rebuilds arrays with numpy's _frombuffer; both hold exactly the batch.
+    rng = np.random.default_rng(protocol)
+    data = rng.integers(0, 256, (3, 3072), dtype=np.uint8)
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps({b"data": data, b"labels": [0, 9, 4], b"batch_label": b"x"}, protocol=protocol))
+    images, labels = read_batch(path, "cifar10")
+    np.testing.assert_array_equal(images, data.reshape(3, 3, 32, 32).transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(labels, [0, 9, 4])
+
+
+def test_codecs_encode_is_allowed_for_latin1_only(tmp_path):
+    # A protocol 2 pickle that asks _codecs.encode for another codec is not a CIFAR batch.
+    payload = pickle.dumps({b"data": b"\x00"}, protocol=2).replace(b"latin1", b"rot_13")
+    _expect(tmp_path, payload, "calls _codecs.encode with 'rot_13', which a CIFAR batch never does")

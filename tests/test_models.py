@@ -303,3 +303,14 @@ def test_build_model_errors_name_the_allowed_values():
         build_model("vgg16", config="E")
     with pytest.raises(ValueError, match=r"6n \+ 4"):
         WideResNet(depth=20)
+
+
+def test_import_dst_reaches_every_subpackage_by_attribute():
+    # A fresh interpreter: in this one, other tests' imports would set the attributes already.
+    import subprocess
+    import sys
+    code = ("import dst; m = dst.models.build_model('lenet300'); "
+            "print(type(m).__name__, dst.algorithms.names()[0], dst.schedules.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[0] == "MLP"

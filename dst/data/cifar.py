@@ -43,9 +43,24 @@ LAYOUTS = {
 NAMES = tuple(LAYOUTS)
 
 # The only globals a CIFAR batch needs: numpy's array reconstruction (numpy 1 and 2 module paths).
+# Python 3 writes the same arrays differently by protocol: protocol 2 stores their bytes as a latin-1
+# string re-encoded through ``_codecs.encode``; protocol 5 rebuilds them with ``numeric._frombuffer``.
 _RECONSTRUCT = np.zeros(1).__reduce__()[0]
 _SCALAR = np.float64(0).__reduce__()[0]
+_FROMBUFFER = np.zeros(1).__reduce_ex__(5)[0]
+
+
+def _latin1_encode(text: str, encoding: str) -> bytes:
+    """``_codecs.encode`` as protocol 2 pickles of bytes call it, and no other use of it."""
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"it calls _codecs.encode with {encoding!r}, which a CIFAR batch never does")
+    return text.encode("latin1")
+
+
 _ALLOWED = {
+    ("_codecs", "encode"): _latin1_encode,
+    ("numpy.core.numeric", "_frombuffer"): _FROMBUFFER,
+    ("numpy._core.numeric", "_frombuffer"): _FROMBUFFER,
     ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
     ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
     ("numpy.core.multiarray", "scalar"): _SCALAR,
