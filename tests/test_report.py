@@ -9,15 +9,24 @@ import statistics
 import subprocess
 import sys
 
+import matplotlib.image
 import pytest
 import yaml
 from cli_helpers import ENV
 from cli_helpers import dst_train
 from idx_data import write_dataset
 
+from dst.app.report_cli import main as report_main
 from dst.report import collect_runs
 from dst.report import group_rows
 from dst.report import write_report
+from dst.report.figures import accuracy_vs_sparsity_data
+from dst.report.figures import accuracy_vs_sparsity_figure
+from dst.report.figures import read_report_csv
+from dst.report.figures import save
+from dst.report.figures import training_curves_data
+from dst.report.figures import training_curves_figure
+from dst.report.write import write_csv
 
 REPORT = [sys.executable, "-m", "dst.app.report_cli"]
 
@@ -179,3 +188,138 @@ def test_the_report_has_the_papers_table_of_accuracy_by_sparsity(tmp_path):
     assert "| rigl erk | 89.00 ± 1.41 | 86.00 ± 1.41 |" in table
     assert "| set erk | — | 80.00 ± 0.00 |" in table
     assert "| dense erk (dense) | 91.00 ± 0.00 | 91.00 ± 0.00 |" in table
+
+
+# --- the figures: their data checked on hand-made rows, then the drawn axes ---------------------------
+
+THIRTEEN = ("static", "set", "rigl", "snfs", "gmp", "snip", "grasp", "mest", "granet", "topkast", "alpha", "beta",
+            "gamma")
+SPARSITIES = (0.9, 0.95, 0.98, 0.99)
+
+
+def _row(algorithm, sparsity, accs, distribution="erk"):
+    return {"algorithm": algorithm, "sparsity": sparsity, "distribution": distribution, "model": "lenet300",
+            "dataset": "fashion_mnist", "settings": "", "test_accuracy_mean": statistics.mean(accs),
+            "test_accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "runs": len(accs),
+            "seeds": list(range(len(accs)))}
+
+
+def _hand_rows():
+    """Dense at 0.90/0.91, 13 methods at 90-99% with accuracies 0.80-0.89; Top-KAST at 98% collapses."""
+    rows = [_row("dense", 0.0, (0.90, 0.91), "uniform")]
+    for i, algorithm in enumerate(THIRTEEN):
+        for j, sparsity in enumerate(SPARSITIES):
+            accs = (0.85 - 0.01 * j + 0.002 * i, 0.86 - 0.01 * j + 0.001 * i, 0.84 - 0.01 * j)
+            if (algorithm, sparsity) == ("topkast", 0.98):
+                accs = (0.10, 0.02, 0.10)
+            rows.append(_row(algorithm, sparsity, accs))
+    return rows
+
+
+def test_accuracy_vs_sparsity_data_dense_as_a_line_log_density_and_a_style_per_method():
+    rows = _hand_rows()
+    (panel,) = accuracy_vs_sparsity_data(rows)
+    # The dense run is a baseline (mean ± std over its seeds), not a point at sparsity 0.
+    assert [(b.label, b.mean, b.std) for b in panel.baselines] == [
+        ("dense", pytest.approx(90.5), pytest.approx(100 * statistics.stdev((0.90, 0.91))))]
+    assert {se.algorithm for se in panel.series} == set(THIRTEEN)
+    for se in panel.series:
+        assert se.sparsity == list(SPARSITIES)
+        assert se.x == pytest.approx([1 - s for s in SPARSITIES]) and 1.0 not in se.x
+    assert panel.densities == pytest.approx(sorted(1 - s for s in SPARSITIES))
+    # Thirteen methods, thirteen different (colour, marker) pairs; the same again from shuffled rows.
+    styles = {se.label: (se.colour, se.marker) for se in panel.series}
+    assert len(set(styles.values())) == 13
+    (again,) = accuracy_vs_sparsity_data(rows[::-1])
+    assert {se.label: (se.colour, se.marker) for se in again.series} == styles
+
+
+def test_error_bars_are_the_seed_std_and_a_collapsed_run_does_not_set_the_y_range(tmp_path):
+    for sparsity, accs in ((0.9, (0.80, 0.84, 0.90)), (0.98, (0.70, 0.72, 0.77))):
+        for seed, acc in enumerate(accs):
+            fake_run(tmp_path / f"rigl_{sparsity}_{seed}", "rigl", sparsity, seed, acc)
+    for seed, acc in enumerate((0.10, 0.03)):       # did not train
+        fake_run(tmp_path / f"set_{seed}", "set", 0.98, seed, acc)
+    fake_run(tmp_path / "set_90", "set", 0.9, 0, 0.82)
+    for seed, acc in enumerate((0.90, 0.92)):
+        fake_run(tmp_path / f"dense_{seed}", "dense", 0.0, seed, acc)
+    (panel,) = accuracy_vs_sparsity_data(group_rows(collect_runs([tmp_path])))
+    series = {se.algorithm: se for se in panel.series}
+    rigl, set_ = series["rigl"], series["set"]
+    seeds = ((0.80, 0.84, 0.90), (0.70, 0.72, 0.77))
+    assert rigl.mean == pytest.approx([100 * statistics.mean(accs) for accs in seeds])
+    assert rigl.std == pytest.approx([100 * statistics.stdev(accs) for accs in seeds])
+    assert rigl.collapsed == [False, False] and set_.collapsed == [False, True]
+    # chance 10% (ten classes), dense 91%: collapsed below 10 + (91 - 10) / 4.
+    assert panel.collapse_below == pytest.approx(10 + (91 - 10) / 4)
+    trained = [(m, s) for se in panel.series for m, s, c in zip(se.mean, se.std, se.collapsed) if not c]
+    trained.append((panel.baselines[0].mean, panel.baselines[0].std))
+    assert panel.ylim[0] <= min(m - s for m, s in trained) and panel.ylim[1] >= max(m + s for m, s in trained)
+    assert panel.ylim[0] > 50 > set_.mean[1] and panel.collapsed_y == panel.ylim[0]
+
+
+def test_the_drawn_accuracy_figure_has_a_log_density_axis_one_dense_line_and_marked_collapses(tmp_path):
+    (panel,) = accuracy_vs_sparsity_data(_hand_rows())
+    fig = accuracy_vs_sparsity_figure([panel])
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    assert ax.get_xlim()[0] > ax.get_xlim()[1]                    # denser on the left: sparsity grows rightwards
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["99", "98", "95", "90"]
+    dense = [line for line in ax.get_lines() if line.get_gid() == "dense-baseline"]
+    assert len(dense) == 1 and list(dense[0].get_ydata()) == pytest.approx([90.5, 90.5])
+    assert len([p for p in ax.patches if p.get_gid() == "dense-band"]) == 1
+    assert ax.get_ylim() == pytest.approx(panel.ylim)
+    (collapsed,) = [line for line in ax.get_lines() if (line.get_gid() or "").startswith("collapsed:")]
+    assert collapsed.get_gid() == "collapsed:topkast" and list(collapsed.get_ydata()) == [panel.ylim[0]]
+    # Each series' error bars span its seed std (the one collapsed point is drawn without one).
+    topkast = next(se for se in panel.series if se.algorithm == "topkast")
+    for container in ax.containers:
+        se = next(s for s in panel.series if s.label == container.get_label())
+        spans = [seg[1][1] - seg[0][1] for seg in container.lines[2][0].get_segments()]
+        kept = [2 * s for s, c in zip(se.std, se.collapsed) if not c]
+        assert spans == pytest.approx(kept)
+    assert len(ax.containers) == 13 and topkast.collapsed == [False, False, True, False]
+    legend = fig.legends[0]
+    assert len(legend.get_texts()) == 1 + 13 + 1 and "collapsed" in legend.get_texts()[-1].get_text()
+    path = save(fig, tmp_path / "a.png")
+    assert matplotlib.image.imread(path).shape[1] > 600
+
+
+def test_plots_from_a_stored_csv_match_the_rows_it_was_written_from(tmp_path):
+    rows = _hand_rows()
+    write_csv([r for r in rows if r["algorithm"] != "dense"], tmp_path / "report.csv")
+    write_csv([r for r in rows if r["algorithm"] == "dense"], tmp_path / "dense.csv")
+    back = read_report_csv(tmp_path / "report.csv") + read_report_csv(tmp_path / "dense.csv")
+    assert accuracy_vs_sparsity_data(back) == accuracy_vs_sparsity_data(rows)
+    assert report_main(["--from-csv", str(tmp_path / "report.csv"), "--dense-from", str(tmp_path / "dense.csv"),
+                 "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "accuracy_vs_sparsity.png").read_bytes()[:4] == b"\x89PNG"
+    assert report_main(["--from-csv", str(tmp_path / "missing.csv")]) == 2
+
+
+def test_training_curves_per_method_with_the_seed_band(tmp_path):
+    curves_by_run = {("rigl", 0.9, 0): (0.5, 0.8), ("rigl", 0.9, 1): (0.6, 0.9), ("set", 0.9, 0): (0.4, 0.7),
+                     ("set", 0.95, 0): (0.3, 0.6), ("topkast", 0.95, 0): (0.2, 0.05), ("dense", 0.0, 0): (0.7, 0.9)}
+    for (algorithm, sparsity, seed), accs in curves_by_run.items():
+        folder = tmp_path / f"{algorithm}_{sparsity}_{seed}"
+        fake_run(folder, algorithm, sparsity, seed, accs[-1])
+        records = [{"step": 100 * e, "epoch": e, "test/accuracy": a, "itop_rate": 0.1 * e} for e, a in
+                   enumerate(accs, 1)]
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    runs = collect_runs([tmp_path])
+    data = training_curves_data(runs, "test/accuracy")
+    assert data.xlabel == "epoch" and [p.sparsity for p in data.panels] == [0.9, 0.95]
+    first = {s.label: s for s in data.panels[0].series}
+    assert set(first) == {"dense", "rigl", "set"} and first["dense"].dense
+    assert first["rigl"].x == [1, 2] and first["rigl"].runs == 2
+    assert first["rigl"].mean == pytest.approx([55, 85])
+    assert first["rigl"].std == pytest.approx([100 * statistics.stdev((0.5, 0.6)), 100 * statistics.stdev((0.8, 0.9))])
+    second = {s.label: s for s in data.panels[1].series}
+    assert second["topkast"].collapsed and not second["set"].collapsed
+    assert data.ylim[0] > 5                                        # the collapsed curve does not set it
+    itop = training_curves_data(runs, "itop_rate", with_dense=False, floor=0.0)
+    assert all(not s.dense for p in itop.panels for s in p.series) and itop.ylim[0] == 0.0
+    fig = training_curves_figure(data, "test accuracy (%)")
+    assert len([line for line in fig.axes[0].get_lines() if (line.get_gid() or "").startswith("curve:")]) == 3
+    assert len(fig.axes[0].collections) == 3                       # a seed band per curve
+    assert any("topkast collapsed" in t.get_text() for t in fig.axes[1].texts)

@@ -4,6 +4,10 @@ Writes ``report.md``, ``report.csv`` and PNG plots (into ``--out``, default the 
 over seeds per algorithm × sparsity × distribution × model × data set, split further by any other config
 value that differs among those runs (see :mod:`dst.report.summarize`), and a table by sparsity; failed,
 preempted, unfinished and unreadable runs are listed by name with their status, never averaged in.
+
+``dst-report --from-csv REPORT.csv... [--dense-from OTHER.csv...] [--out DIR]`` redraws, from stored
+report tables alone, what they hold: ``accuracy_vs_sparsity.png`` (the over-training plots need the run
+directories' per-epoch records). ``--dense-from`` adds the dense baseline rows of other tables.
 """
 
 from __future__ import annotations
@@ -14,13 +18,22 @@ import sys
 
 from dst.report import collect_runs
 from dst.report import write_report
+from dst.report.figures import plots_from_csv
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dst-report", description=__doc__.split("\n")[0])
-    parser.add_argument("paths", nargs="+", help="folders holding run directories (a sweep, outputs/, ...)")
-    parser.add_argument("--out", help="where to write the report (default: the first PATH)")
+    parser.add_argument("paths", nargs="*", help="folders holding run directories (a sweep, outputs/, ...)")
+    parser.add_argument("--out", help="where to write the report (default: the first PATH or CSV's folder)")
+    parser.add_argument("--from-csv", nargs="+", metavar="CSV",
+                        help="redraw accuracy_vs_sparsity.png from stored report.csv files instead of runs")
+    parser.add_argument("--dense-from", nargs="+", metavar="CSV", default=[],
+                        help="with --from-csv: also draw the dense baseline rows of these report.csv files")
     args = parser.parse_args(argv)
+    if args.from_csv or args.dense_from:
+        return from_csv(args, parser)
+    if not args.paths:
+        parser.error("give folders that hold run directories, or --from-csv REPORT.csv")
     missing = [p for p in args.paths if not pathlib.Path(p).is_dir()]
     if missing:
         print(f"error: {missing[0]} is not a folder; dst-report takes folders that hold run directories.",
@@ -42,6 +55,24 @@ def main(argv: list[str] | None = None) -> int:
                   f"({' '.join(map(str, r['seeds']))}); see report.md.", file=sys.stderr)
     print(out.read_text())
     print(f"report: {out}\ntable:  {out.with_suffix('.csv')}")
+    return 0
+
+
+def from_csv(args, parser) -> int:
+    if args.paths or not args.from_csv:
+        parser.error("--from-csv takes report.csv files and no run folders; --dense-from needs --from-csv")
+    missing = [p for p in (*args.from_csv, *args.dense_from) if not pathlib.Path(p).is_file()]
+    if missing:
+        print(f"error: {missing[0]} is not a file; --from-csv and --dense-from take report.csv files.",
+              file=sys.stderr)
+        return 2
+    try:
+        written = plots_from_csv(args.from_csv, args.out, dense_from=args.dense_from)
+    except (KeyError, ValueError) as err:
+        print(f"error: {args.from_csv[0]} is not a dst-report table ({type(err).__name__}: {err}).", file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"plot: {path}")
     return 0
 
 

@@ -1,7 +1,12 @@
-"""Compare runs: read run directories, aggregate over seeds, write ``report.md``, ``report.csv`` and plots."""
+"""Compare runs: read run directories, aggregate over seeds, write ``report.md``, ``report.csv`` and plots
+(redrawn from a stored ``report.csv`` by :func:`plots_from_csv`)."""
 
 from dst.report.collect import RunInfo
 from dst.report.collect import collect_runs
+from dst.report.figures import accuracy_vs_sparsity_data
+from dst.report.figures import plots_from_csv
+from dst.report.figures import read_report_csv
+from dst.report.figures import training_curves_data
 from dst.report.summarize import GROUP_KEYS
 from dst.report.summarize import group_rows
 from dst.report.write import write_report
@@ -9,7 +14,11 @@ from dst.report.write import write_report
 __all__ = [
     "GROUP_KEYS",
     "RunInfo",
+    "accuracy_vs_sparsity_data",
     "collect_runs",
     "group_rows",
+    "plots_from_csv",
+    "read_report_csv",
+    "training_curves_data",
     "write_report",
 ]

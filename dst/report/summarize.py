@@ -114,9 +114,11 @@ def setting_groups(runs: list[RunInfo]) -> dict[tuple, list[RunInfo]]:
     return groups
 
 
-def curves(members: list[RunInfo], key: str):
-    """``(steps, mean, std)`` of ``key`` over training across runs, at the steps every run logged."""
-    per_run = [{r["step"]: r[key] for r in run.records if isinstance(r.get(key), int | float)} for run in members]
+def curves(members: list[RunInfo], key: str, x: str = "step"):
+    """``(xs, mean, std)`` of ``key`` over training across runs, at the values of ``x`` (``step`` or
+    ``epoch``) every run logged."""
+    per_run = [{r[x]: r[key] for r in run.records if isinstance(r.get(key), int | float) and x in r}
+               for run in members]
     if not per_run:
         return [], [], []
     steps = sorted(set.intersection(*(set(p) for p in per_run)))

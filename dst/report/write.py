@@ -6,17 +6,13 @@ import csv
 import math
 import pathlib
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display on training machines
-import matplotlib.pyplot as plt  # noqa: E402
-
-from dst.report.collect import RunInfo  # noqa: E402
-from dst.report.summarize import GROUP_KEYS  # noqa: E402
-from dst.report.summarize import METRICS  # noqa: E402
-from dst.report.summarize import curves  # noqa: E402
-from dst.report.summarize import group_rows  # noqa: E402
-from dst.report.summarize import setting_groups  # noqa: E402
+from dst.report.collect import RunInfo
+from dst.report.figures import plot_accuracy_vs_sparsity
+from dst.report.figures import plot_itop_over_training
+from dst.report.figures import plot_test_accuracy_over_training
+from dst.report.summarize import GROUP_KEYS
+from dst.report.summarize import METRICS
+from dst.report.summarize import group_rows
 
 PLOTS = ("accuracy_vs_sparsity.png", "test_accuracy_over_training.png", "itop_over_training.png")
 
@@ -105,46 +101,6 @@ def write_csv(rows: list[dict], path: pathlib.Path) -> None:
             writer.writerow({**r, "seeds": " ".join(str(s) for s in r["seeds"])})
 
 
-def plot_accuracy_vs_sparsity(rows: list[dict], path: pathlib.Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    lines = {}
-    for r in rows:
-        details = ", ".join(str(r[k]) for k in ("distribution", "model", "dataset", "settings") if r[k])
-        label = f"{r['algorithm']} ({details})"
-        lines.setdefault(label, []).append(r)
-    for label, members in lines.items():
-        members = sorted(members, key=lambda r: float(r["sparsity"] or 0))
-        ax.errorbar([float(r["sparsity"] or 0) for r in members], [100 * r["test_accuracy_mean"] for r in members],
-                    yerr=[100 * r["test_accuracy_std"] for r in members], marker="o", capsize=3, label=label)
-    ax.set_xlabel("sparsity")
-    ax.set_ylabel("final test accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_over_training(runs: list[RunInfo], key: str, ylabel: str, path: pathlib.Path) -> None:
-    groups = setting_groups(runs)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for key_values, members in sorted(groups.items(), key=lambda kv: str(kv[0])):
-        steps, mean, std = curves(members, key)
-        if not steps:
-            continue
-        label = " ".join(str(v) for v in key_values if v != "")
-        ax.plot(steps, mean, label=label)
-        ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
-    ax.set_xlabel("step")
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    if groups:
-        ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def write_report(runs: list[RunInfo], out_dir, root=None) -> tuple[pathlib.Path, list[dict]]:
     """Write ``report.md``, ``report.csv`` and the plots into ``out_dir``; returns the markdown's path
     and the table's rows. ``root`` (a folder or a list of folders, default ``out_dir``) is where the
@@ -156,6 +112,6 @@ def write_report(runs: list[RunInfo], out_dir, root=None) -> tuple[pathlib.Path,
     (out_dir / "report.md").write_text(markdown(rows, runs, [pathlib.Path(r) for r in roots]))
     write_csv(rows, out_dir / "report.csv")
     plot_accuracy_vs_sparsity(rows, out_dir / PLOTS[0])
-    plot_over_training(runs, "test/accuracy", "test accuracy", out_dir / PLOTS[1])
-    plot_over_training(runs, "itop_rate", "ITOP rate", out_dir / PLOTS[2])
+    plot_test_accuracy_over_training(runs, out_dir / PLOTS[1])
+    plot_itop_over_training(runs, out_dir / PLOTS[2])
     return out_dir / "report.md", rows
