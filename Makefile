@@ -5,12 +5,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: train test test-slow test-all lint bench data clean
+.PHONY: train test test-slow test-all lint docs bench data clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,launchers]'
+	$(PY) -m pip install --quiet -e '.[dev,launchers,docs]'
 	@touch $(STAMP)
 
 test: $(STAMP)
@@ -24,6 +24,10 @@ test-all: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check dst tests benchmarks experiments
+
+# The documentation (docs/, mkdocs.yml) with its API reference from the docstrings; any warning fails.
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict --site-dir site
 
 bench: $(STAMP)
 	$(PY) benchmarks/step_time.py
@@ -41,4 +45,4 @@ train: $(STAMP) data
 	$(VENV)/bin/dst-train
 
 clean:
-	rm -rf $(VENV) outputs multirun .pytest_cache
+	rm -rf $(VENV) outputs multirun .pytest_cache site

@@ -1,4 +1,5 @@
-"""One suite over every registered algorithm: the invariants DESIGN.md fixes for all of them."""
+"""One suite over every registered algorithm: the invariants docs/design.md fixes for all of them (its
+sections Masks and The algorithm protocol)."""
 
 import functools
 

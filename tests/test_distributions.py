@@ -1,4 +1,5 @@
-"""Distributions: DESIGN.md reference values, the ERK formula and exact total counts."""
+"""Distributions: the reference values, the ERK formula and exact total counts of
+docs/design.md#distributions."""
 
 import jax
 import jax.numpy as jnp
