@@ -23,7 +23,7 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check dst tests benchmarks experiments
+	$(VENV)/bin/ruff check dst tests benchmarks experiments docs
 
 # The documentation (docs/, mkdocs.yml) with its API reference from the docstrings; any warning fails.
 docs: $(STAMP)
