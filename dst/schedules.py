@@ -51,7 +51,8 @@ def drop_fraction(step, alpha: float, schedule: str = "cosine", end_step: int | 
         raise ValueError(f"drop_schedule={schedule!r} needs end_step > 0; got {end_step}.")
     t = jnp.clip(jnp.asarray(step, jnp.float32), 0.0, float(end_step)) / float(end_step)
     if schedule == "cosine":
-        return (jnp.float32(alpha) / 2.0 * (1.0 + jnp.cos(jnp.pi * t))).astype(jnp.float32)
+        # cos(pi t) written as sin(pi (1/2 - t)), which is exactly 0 at half time (float32 cos(pi/2) is not).
+        return (jnp.float32(alpha) / 2.0 * (1.0 + jnp.sin(jnp.pi * (0.5 - t)))).astype(jnp.float32)
     return (jnp.float32(alpha) * (1.0 - t)).astype(jnp.float32)
 
 

@@ -307,9 +307,8 @@ def test_topkast_one_training_step_by_hand():
 
 # --- RigL: Evci et al. 2020 (the drop-fraction schedule shared by RigL, GraNet and SNFS) -------------
 
-@pytest.mark.xfail(strict=True, reason="float32: cos(pi/2) = -4.4e-8 makes f(T/2) = 0.24999999, and "
-                   "int(f n) = int(0.99999994) = 0 instead of the paper's 0.25 * 4 = 1")
 def test_rigl_drops_alpha_over_two_at_half_time():
+    # (float32 cos(pi/2) is -4.4e-8: computed naively, f(T/2) = 0.24999999 and int(f n) = 0, not 1.)
     # f(t) = alpha/2 (1 + cos(pi t / T_end)); t = T_end / 2: f = alpha / 2 = 0.25 for alpha = 0.5.
     # 4 active -> drop 0.25 * 4 = 1: the smallest |w| (a1, 0.1); grow 1 where |g| is largest among the
     # zero weights {1, 2, 4} (|g| 0, 3, 1) -> 2.
@@ -466,3 +465,10 @@ def test_preset_settings_are_the_reference_codes(preset):
     assert got == REFERENCE_SETTINGS[preset]
     assert cfg["model"]["name"] == {"rigl_wrn22_cifar10": "wrn22_2", "snfs_wrn28_2_cifar10": "wrn28_2"}[preset]
     assert math.isclose(cfg["sparsity"]["sparsity"], {"rigl_wrn22_cifar10": 0.8, "snfs_wrn28_2_cifar10": 0.9}[preset])
+
+
+def test_a_constant_drop_fraction_that_float32_rounds_down_still_drops_its_whole_count():
+    # alpha = 0.7 is stored as 0.69999999 in float32; 10 active weights -> drop 0.7 * 10 = 7, not 6.
+    from dst.algorithms.base import drop_count
+    assert int(drop_count(jnp.float32(0.7), jnp.int32(10))) == 7
+    assert int(drop_count(jnp.float32(0.7), jnp.int32(9))) == 6      # 6.3 -> 6: no rounding up
