@@ -27,17 +27,22 @@ def _plain(value):
 
 
 class RunLogger:
-    """Writes each record to ``metrics.jsonl`` (and wandb), and the final one to ``summary.json``."""
+    """Writes each record to ``metrics.jsonl`` (and wandb), and the final one to ``summary.json``.
+
+    ``write=False`` (the other processes of a multi-process run: process 0 writes) writes nothing."""
 
     def __init__(self, run_dir, config: dict | None = None, *, use_wandb: bool = True,
                  wandb_mode: str = "offline", project: str = "dst", name: str | None = None,
-                 group: str | None = None, tags=(), run_id: str | None = None):
+                 group: str | None = None, tags=(), run_id: str | None = None, write: bool = True):
         self.run_dir = pathlib.Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / "metrics.jsonl"
-        self._metrics = self.metrics_path.open("a")
+        self.write = write
+        self._metrics = None
+        if write:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._metrics = self.metrics_path.open("a")
         self.wandb_run = None
-        if use_wandb and wandb_mode != "disabled":
+        if write and use_wandb and wandb_mode != "disabled":
             import wandb  # imported here: runs with logger=none never pay for it
 
             os.environ.setdefault("WANDB_SILENT", "true")
@@ -49,6 +54,8 @@ class RunLogger:
         self.run_id = None if self.wandb_run is None else self.wandb_run.id
 
     def log(self, record: dict) -> None:
+        if not self.write:
+            return
         record = {k: _plain(v) for k, v in record.items()}
         self._metrics.write(json.dumps(record) + "\n")
         self._metrics.flush()
@@ -58,6 +65,8 @@ class RunLogger:
     def finish(self, summary: dict, exit_code: int = 0, tables: dict | None = None) -> None:
         """Write ``summary.json`` and close the wandb run; ``tables`` (``{key: (columns, rows)}``) are
         logged to wandb as tables (e.g. the final per-layer densities)."""
+        if not self.write:
+            return
         summary = {k: _plain(v) for k, v in summary.items()}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         self._metrics.close()

@@ -16,6 +16,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 _U32 = jnp.uint32
@@ -46,7 +47,9 @@ def _sample_thresholds(sample: jax.Array, ranks: tuple, bits: int = 24) -> tuple
 
 
 _SAMPLE = 16384        # strided sample size that brackets the k-th key before any full pass
-_MAX_KEY = _U32(0xFFFFFFFF)  # above every key: +inf maps to 0xFF800000 and NaN to -inf
+# above every key: +inf maps to 0xFF800000 and NaN to -inf. A numpy scalar: importing dst must not start
+# a JAX backend (jax.distributed.initialize has to come first in a multi-process run).
+_MAX_KEY = np.uint32(0xFFFFFFFF)
 
 
 def _count(keys, t):

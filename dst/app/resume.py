@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 from dst.app.records import Interval
 from dst.app.validate import ConfigError
+from dst.train import distributed
 from dst.train.checkpoint import CheckpointError
 from dst.train.checkpoint import RunCheckpoints
 
@@ -48,24 +49,29 @@ def fingerprint(cfg: dict) -> dict:
 
 
 def start_point(cfg: dict, run_dir: pathlib.Path, checkpoints: RunCheckpoints, fresh: Start, say) -> Start:
-    """``fresh``, or the latest checkpoint's state; rewrites ``metrics.jsonl`` to the records it holds."""
+    """``fresh``, or the latest checkpoint's state; rewrites ``metrics.jsonl`` to the records it holds.
+    With several processes, process 0 reads and writes, and every process starts from what it read."""
     latest = checkpoints.latest()
     metrics = run_dir / "metrics.jsonl"
+    primary = distributed.is_primary()
     if latest is not None and not cfg["trainer"].get("resume", True):
         say(f"trainer.resume=false: starting over; removing {checkpoints.directory} and {metrics.name}")
         checkpoints.close()
-        shutil.rmtree(checkpoints.directory)
-        metrics.unlink(missing_ok=True)
+        if primary:
+            shutil.rmtree(checkpoints.directory)
+            metrics.unlink(missing_ok=True)
         return fresh
     if latest is None:
-        metrics.unlink(missing_ok=True)   # records of an attempt that never checkpointed: it starts over
+        if primary:
+            metrics.unlink(missing_ok=True)   # records of an attempt that never checkpointed: it starts over
         return fresh
     try:
         state, data_key, meta = checkpoints.restore(latest, fresh.state, fresh.data_key, fingerprint(cfg))
     except CheckpointError as err:
         raise ConfigError(str(err)) from None
     records = meta["records"]
-    metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
+    if primary:
+        metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
     say(f"resuming from {checkpoints.path(latest)}: epoch {meta['epoch']}, step {meta['step']}, "
         f"{len(records)} records")
     return Start(epoch=meta["epoch"], state=state, data_key=data_key,

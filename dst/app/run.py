@@ -50,6 +50,7 @@ from dst.graph import kernel_graph
 from dst.logging import Progress
 from dst.logging import RunLogger
 from dst.plotting import plot_curves
+from dst.train import distributed
 from dst.train.apply import model_state_shapes
 from dst.train.checkpoint import RunCheckpoints
 from dst.train.devices import DataParallel
@@ -333,7 +334,7 @@ def finish_run(records: list[dict], run_dir, cfg: dict, logger, parts, outcome: 
                     "run_dir": str(run_dir), "initial_densities": json.dumps(parts.densities), **extra})
     if outcome.error:
         summary["error"] = outcome.error
-    if records:
+    if records and getattr(logger, "write", True):     # process 0 of several writes the files
         plot_curves(records, run_dir / "curves.png", title=cfg.get("name", ""))
     logger.finish(summary, exit_code=0 if outcome.status == "finished" else 1,
                   tables={"final/densities": density_table(records, parts.layers)} if records else None)
@@ -342,9 +343,12 @@ def finish_run(records: list[dict], run_dir, cfg: dict, logger, parts, outcome: 
 
 def run(cfg: dict, run_dir, *, stream=None) -> dict:
     """Train as ``cfg`` says, writing every output into ``run_dir``; returns the summary. A run directory
-    with a checkpoint is resumed (``trainer.resume=false`` starts over)."""
+    with a checkpoint is resumed (``trainer.resume=false`` starts over). In a run of several processes
+    (:mod:`dst.train.distributed`) every process calls this; only process 0 writes."""
     run_dir = pathlib.Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    primary = distributed.is_primary()
+    if primary:
+        run_dir.mkdir(parents=True, exist_ok=True)
     trainer = cfg["trainer"]
     progress = Progress(trainer["epochs"], stream=stream)
     say = lambda msg: print(msg, file=progress.stream, flush=True)
@@ -359,7 +363,7 @@ def run(cfg: dict, run_dir, *, stream=None) -> dict:
     logger = RunLogger(run_dir, cfg, use_wandb=logger_cfg["name"] == "wandb",
                        wandb_mode=logger_cfg.get("mode", "disabled"), project=logger_cfg.get("project", "dst"),
                        name=cfg.get("name"), group=logger_cfg.get("group"),
-                       tags=[*logger_cfg.get("tags", ()), *run_tags(cfg)], run_id=start.wandb_id)
+                       tags=[*logger_cfg.get("tags", ()), *run_tags(cfg)], run_id=start.wandb_id, write=primary)
     data = plan.data
     say(f"dst: {cfg.get('name', 'run')} -> {run_dir}")
     say(f"data: {data.source} ({len(data.train_y)} train, {len(data.val_y)} val, {len(data.test_y)} test); "
@@ -372,11 +376,14 @@ def run(cfg: dict, run_dir, *, stream=None) -> dict:
     records, outcome, t_start = start.records, Outcome(), time.perf_counter() - start.elapsed
     try:
         with outcome, stop_on_sigterm() as stopping:
+            if jax.process_count() > 1:    # SIGTERM on any process stops every process after the same epoch
+                stopping = (lambda here: lambda: distributed.any_process(here()))(stopping)
             train(plan, parts, logger, progress, start, save=save, stopping=stopping, say=say)
     finally:
         checkpoints.close()
         summary = finish_run(records, run_dir, cfg, logger, parts, outcome, time.perf_counter() - t_start,
-                             devices=1 if plan.parallel is None else plan.parallel.count)
+                             devices=1 if plan.parallel is None else plan.parallel.count,
+                             **({"processes": jax.process_count()} if jax.process_count() > 1 else {}))
     say(f"metrics: {run_dir / 'metrics.jsonl'}\nsummary: {run_dir / 'summary.json'}\n"
         f"plot:    {run_dir / 'curves.png'}")
     return summary

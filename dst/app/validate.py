@@ -21,6 +21,7 @@ from dst.models import MODELS
 from dst.optimizers import LR_SCHEDULES
 from dst.optimizers import OPTIMIZERS
 from dst.schedules import DROP_SCHEDULES
+from dst.train.distributed import MODES as DISTRIBUTED_MODES
 from dst.train.epoch import LOOPS
 
 LOGGERS = ("wandb", "none")
@@ -164,6 +165,14 @@ def validate(cfg: dict, total_steps: int | None = None) -> None:
         raise ConfigError(f"trainer.resume must be true or false; got {cfg['trainer']['resume']!r}.")
     if "max_steps" in cfg["trainer"]:
         _range(cfg, "trainer.max_steps", 0, None, lo_open=True, integer=True, optional=True)
+    if "distributed" in cfg["trainer"]:
+        _choice(cfg, "trainer.distributed", DISTRIBUTED_MODES)
+    for key, lo in (("num_processes", 1), ("process_id", 0)):
+        if key in cfg["trainer"]:
+            _range(cfg, f"trainer.{key}", lo, None, integer=True, optional=True)
+    for key in ("join_timeout", "heartbeat_timeout"):
+        if key in cfg["trainer"]:
+            _range(cfg, f"trainer.{key}", 0, None, lo_open=True, integer=True)
 
     _choice(cfg, "logger.name", LOGGERS)
     if cfg["logger"]["name"] == "wandb":

@@ -3,14 +3,15 @@ batch is split over it, while params, masks, optimizer and algorithm state are r
 partitioner then reduces the gradients over the devices, so every device computes the same mask
 update from the same key and the same reduced gradient: the masks stay identical everywhere.
 
-Multi-host (e.g. Slurm, one process per node): call ``jax.distributed.initialize()`` before anything
-else (it reads Slurm's environment); ``jax.devices()`` then spans every host and the same mesh code
-shards the batch over all of them.
+Several processes (hosts, or GPUs: :mod:`dst.train.distributed`, which ``dst-train`` starts when the
+launcher's environment or its settings say so): ``jax.devices()`` then spans every process and the
+same mesh code shards the batch over all of them; each process feeds its own rows (:meth:`global_chunk`).
 """
 
 from __future__ import annotations
 
 import jax
+import numpy as np
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
@@ -33,8 +34,19 @@ class DataParallel:
         return len(self.devices)
 
     def replicate(self, tree):
-        """Put every array of ``tree`` on every device (the state, the data held on the devices)."""
-        return jax.device_put(tree, self.replicated)
+        """Put every array of ``tree`` on every device (the state, the data held on the devices). With
+        several processes each passes the same values (same seed, same data)."""
+        if jax.process_count() == 1:
+            return jax.device_put(tree, self.replicated)
+        # A jax array on one local device does not become a global array by device_put (its shards come
+        # out wrong): go through the host; typed PRNG keys through their raw data.
+        def put(leaf):
+            if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+                data = jax.device_put(np.asarray(jax.random.key_data(leaf)), self.replicated)
+                return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
+            return jax.device_put(np.asarray(leaf), self.replicated)
+
+        return jax.tree_util.tree_map(put, tree)
 
     def _host_block(self) -> tuple[int, int]:
         """``(i, hosts)``: this host's block of every batch. The mesh splits a batch over its devices in

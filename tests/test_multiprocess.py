@@ -1,0 +1,308 @@
+"""Several real ``dst-train`` processes as one run (jax.distributed on 127.0.0.1, gloo CPU collectives):
+the masks and metrics of a one-process run, each process decoding only its rows of an image folder,
+only process 0 writing, a killed process stopping the other in one sentence (and the same command
+resuming), an unreachable coordinator in one sentence; plus the pure parts (settings, environment,
+the stderr filter) without processes."""
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+from cli_helpers import ENV
+from idx_data import write_dataset
+from image_data import write_folder
+
+from dst.train import distributed
+from dst.train import stderr_guard
+
+CLOCK = ("wall_time", "time/elapsed", "steps_per_sec", "run_dir")
+
+# Imported by every Python process that has this folder on PYTHONPATH: records each file the process
+# opens below OPENED_ROOT (PIL opens every image it decodes) in OPENED_LOG; dst itself is unchanged.
+SITECUSTOMIZE = textwrap.dedent("""
+    import os, sys
+    _root, _log = os.environ.get("OPENED_ROOT"), os.environ.get("OPENED_LOG")
+    if _root and _log:
+        def _hook(event, args):
+            if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+                path = os.fsdecode(args[0])
+                if path.startswith(_root):
+                    with open(_log, "a") as f:
+                        f.write(path + "\\n")
+        sys.addaudithook(_hook)
+""")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(overrides, cwd, env=(), umask=0o022):
+    """A ``python -m dst.train`` process (the program of ``dst-train``) in ``cwd``."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen([sys.executable, "-m", "dst.train", *overrides], cwd=cwd, env={**ENV, **dict(env)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, umask=umask)
+
+
+def finish(proc, timeout=600):
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def records(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in CLOCK} for r in rows]
+
+
+def assert_same_records(one, many):
+    assert len(one) == len(many) > 0
+    for a, b in zip(one, many):
+        assert a.keys() == b.keys() and a["step"] == b["step"]
+        for key, value in a.items():
+            if isinstance(value, (int, float)):
+                assert b[key] == pytest.approx(value, abs=1e-5), key
+
+
+def final_masks(run_dir):
+    import jax
+    import orbax.checkpoint as ocp
+
+    with ocp.CheckpointManager(pathlib.Path(run_dir, "checkpoints").absolute()) as manager:
+        tree = manager.restore(manager.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    leaves = jax.tree_util.tree_leaves_with_path(tree["state"]["state"]["masks"])
+    return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
+
+
+def written_by_process_1(root):
+    """Entries below ``root`` made under process 1's umask (077: nobody else may read them)."""
+    return [p for p in [root, *root.rglob("*")] if not p.stat().st_mode & stat.S_IROTH]
+
+
+@pytest.mark.slow   # three real processes (~1-2 min on 2 busy cores)
+def test_two_processes_on_an_image_folder_train_as_one_and_only_process_0_writes(tmp_path):
+    folder = write_folder(tmp_path / "images")
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    common = ["dataset=image_folder", f"dataset.data_dir={folder}", "dataset.image_size=8", "dataset.workers=2",
+              "dataset.chunk_steps=2", "model=mlp", "model.hidden=[32]", "trainer.batch_size=8", "trainer.epochs=2",
+              "sparsity=set", "sparsity.update_every=2"]
+    port = free_port()
+
+    def env(i, n):
+        return {"PYTHONPATH": f"{hook}{os.pathsep}{ENV.get('PYTHONPATH', '')}", "OPENED_ROOT": str(folder),
+                "OPENED_LOG": str(tmp_path / f"opened_{n}_{i}"), "DST_COORDINATOR": f"127.0.0.1:{port}",
+                "DST_NUM_PROCESSES": str(n), "DST_PROCESS_ID": str(i)}
+
+    # The launcher's environment (DST_*) makes them two processes; neither is told a run directory.
+    # Process 1 creates files readable by nobody else (umask 077): any such file in the run is its.
+    procs = [launch([*common, "logger=wandb", "logger.mode=offline"], tmp_path / f"cwd{i}", env(i, 2),
+                    umask=0o022 if i == 0 else 0o077) for i in range(2)]
+    alone = launch([*common, "logger=none", f"hydra.run.dir={tmp_path / 'alone'}"], tmp_path / "cwd_alone",
+                   {**env(0, 1), "DST_COORDINATOR": "", "DST_PROCESS_ID": ""})
+    (rc0, out0, err0), (rc1, out1, err1), (rc, out, err) = (finish(p) for p in (*procs, alone))
+    assert rc == 0, err[-3000:]
+    assert rc0 == 0 and rc1 == 0, (err0[-3000:], err1[-3000:])
+    assert "jax.distributed: process 1 of 2 (DST_*; coordinator" in out1
+
+    # Process 0 made the run directory under its cwd; process 1 wrote nothing anywhere.
+    (run,) = (tmp_path / "cwd0" / "outputs").glob("*/*")
+    assert list((tmp_path / "cwd1").iterdir()) == []
+    assert f"-> {run}" in out1                       # process 1 used process 0's run directory
+    assert written_by_process_1(run) == []
+    for name in ("metrics.jsonl", "summary.json", "curves.png", ".hydra/config.yaml", "checkpoints/2", "wandb"):
+        assert (run / name).exists(), name
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["devices"] == 2 and summary["status"] == "finished"
+
+    # The same masks and metrics as one process training on the whole batches.
+    assert_same_records(records(tmp_path / "alone"), records(run))
+    assert records(run)[-1]["topology/updates"] > 0
+    alone_masks, masks = final_masks(tmp_path / "alone"), final_masks(run)
+    assert alone_masks.keys() == masks.keys()
+    for name in masks:
+        assert np.array_equal(alone_masks[name], masks[name]), name
+
+    # Each process decoded only its rows: half of every training batch, together exactly the files the
+    # one process decoded (scan() reads one file up front in every process; evaluation reads val/).
+    def train_files(log):
+        opened = [line for line in pathlib.Path(log).read_text().splitlines() if "/train/" in line]
+        return Counter(opened[1:])
+    whole = train_files(tmp_path / "opened_1_0")
+    parts = [train_files(tmp_path / f"opened_2_{i}") for i in range(2)]
+    assert sum(whole.values()) == 2 * 4 * 8    # 2 epochs x 4 steps (36 // 8) x 8 rows
+    assert sum(parts[0].values()) == sum(parts[1].values()) == sum(whole.values()) // 2
+    assert parts[0] + parts[1] == whole
+
+
+@pytest.mark.slow
+def test_two_processes_of_two_devices_each_keep_the_masks_of_one_device(tmp_path):
+    data = write_dataset(tmp_path / "fashion_mnist")
+    common = [f"dataset.data_dir={data}", "model=mlp", "model.hidden=[32]", "trainer.batch_size=64",
+              "trainer.epochs=2", "sparsity=set", "sparsity.update_every=3", "logger=none"]
+    port = free_port()
+    two = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    procs = [launch([*common, "trainer.distributed=on", f"trainer.coordinator=127.0.0.1:{port}",
+                     "trainer.num_processes=2", f"trainer.process_id={i}", f"hydra.run.dir={tmp_path / 'run'}"],
+                    tmp_path / f"cwd{i}", two) for i in range(2)]
+    alone = launch([*common, f"hydra.run.dir={tmp_path / 'alone'}"], tmp_path / "cwd_alone")
+    (rc0, out0, err0), (rc1, _, err1), (rc, _, err) = (finish(p) for p in (*procs, alone))
+    assert rc == 0 and rc0 == 0 and rc1 == 0, (err[-2000:], err0[-2000:], err1[-2000:])
+    assert "2 of 4 devices here" in out0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["devices"] == 4 and summary["processes"] == 2
+    assert_same_records(records(tmp_path / "alone"), records(tmp_path / "run"))
+    alone_masks, masks = final_masks(tmp_path / "alone"), final_masks(tmp_path / "run")
+    for name in masks:
+        assert np.array_equal(alone_masks[name], masks[name]), name
+
+
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err[-3000:]
+    return lines[0]
+
+
+@pytest.mark.slow
+def test_a_killed_process_stops_the_other_in_one_sentence_and_the_same_command_resumes(tmp_path):
+    # Started as srun would start two tasks (Slurm's variables); the coordinator port from the environment.
+    data = write_dataset(tmp_path / "fashion_mnist")
+    port = free_port()
+    overrides = [f"dataset.data_dir={data}", "model=mlp", "model.hidden=[16]", "trainer.batch_size=64",
+                 "trainer.epochs=40", "sparsity=static", "logger=none", "trainer.heartbeat_timeout=5",
+                 f"hydra.run.dir={tmp_path / 'run'}"]
+
+    def slurm(i):
+        return {"SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": "2",
+                "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i), "SLURM_STEP_NUM_NODES": "1",
+                "JAX_COORDINATOR_PORT": str(port)}
+
+    procs = [launch(overrides, tmp_path / f"cwd{i}", slurm(i)) for i in range(2)]
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), \
+            [p.communicate()[1][-2000:] for p in procs if p.poll() is not None]
+        time.sleep(0.2)
+    procs[0].send_signal(signal.SIGKILL)          # the coordinator's process
+    killed = time.monotonic()
+    rc, out, err = finish(procs[1], timeout=120)
+    waited = time.monotonic() - killed
+    procs[0].communicate()
+    assert rc != 0 and waited < 30, (rc, waited)
+    line = one_error_line(err)
+    assert line.startswith("error: process 1 of 2: ") and "the run stopped here" in line, line
+    assert "jax.distributed: process 1 of 2 (srun; coordinator localhost:" in out
+
+    # The same command on both processes goes on from process 0's last checkpoint.
+    done = len(metrics.read_text().splitlines())
+    procs = [launch(overrides, tmp_path / f"cwd{i}", slurm(i)) for i in range(2)]
+    (rc0, out0, err0), (rc1, out1, err1) = (finish(p) for p in procs)
+    assert rc0 == 0 and rc1 == 0, (err0[-2000:], err1[-2000:])
+    assert "resuming from" in out0 and "resuming from" in out1
+    epochs = [r["epoch"] for r in records(tmp_path / "run")]
+    assert epochs == list(range(1, 41)) and done >= 2
+
+
+@pytest.mark.slow
+def test_an_unreachable_coordinator_is_one_sentence_after_the_join_timeout(tmp_path):
+    # Process 1 finds nobody at the port; process 0 (elsewhere) waits for a process 1 that never comes.
+    base = ["logger=none", "trainer.distributed=on", "trainer.num_processes=2", "trainer.join_timeout=3"]
+    ports = free_port(), free_port()
+    t0 = time.monotonic()
+    procs = [launch([*base, f"trainer.coordinator=127.0.0.1:{ports[i]}", f"trainer.process_id={i}",
+                     f"hydra.run.dir={tmp_path / f'run{i}'}"], tmp_path / f"cwd{i}") for i in range(2)]
+    results = [finish(p, timeout=120) for p in procs]
+    assert time.monotonic() - t0 < 90
+    (rc0, _, err0), (rc1, _, err1) = results
+    assert rc0 != 0 and rc1 != 0
+    assert one_error_line(err1) == (
+        f"error: process 1 of 2: could not reach the jax.distributed coordinator at 127.0.0.1:{ports[1]} "
+        f"(trainer.coordinator) within 3 s (trainer.join_timeout); start every process with the same coordinator "
+        f"address, and check that process 0 runs and its port is reachable.")
+    assert one_error_line(err0).startswith(f"error: process 0 of 2: not all 2 processes joined at 127.0.0.1:{ports[0]}")
+    assert not (tmp_path / "run0").exists() and not (tmp_path / "run1").exists()
+
+
+# The pure parts: which settings and environments make a process one of several.
+
+def test_a_process_runs_alone_unless_settings_or_environment_say_otherwise():
+    assert distributed.detect({}, env={}) is None
+    assert distributed.detect({"distributed": "auto"}, env={"DST_NUM_PROCESSES": "1"}) is None
+    assert distributed.detect({"distributed": "off"}, env={"DST_NUM_PROCESSES": "2", "DST_PROCESS_ID": "1",
+                                                           "DST_COORDINATOR": "h:1"}) is None
+
+
+def test_settings_win_over_dst_variables_which_win_over_srun():
+    env = {"DST_NUM_PROCESSES": "4", "DST_PROCESS_ID": "3", "DST_COORDINATOR": "a:1",
+           "SLURM_JOB_ID": "100", "SLURM_STEP_NODELIST": "gpu[007-009],x", "SLURM_NTASKS": "3",
+           "SLURM_PROCID": "2", "SLURM_LOCALID": "0", "SLURM_STEP_NUM_NODES": "3"}
+    setup = distributed.detect({"distributed": "auto"}, env=env)
+    assert (setup.coordinator, setup.num_processes, setup.process_id, setup.source) == ("a:1", 4, 3, "DST_*")
+    setup = distributed.detect({"distributed": "auto", "process_id": 0, "coordinator": "b:2"}, env=env)
+    assert (setup.coordinator, setup.process_id, setup.source) == ("b:2", 0, "DST_*, trainer.*")
+    slurm = {k: v for k, v in env.items() if k.startswith("SLURM")}
+    setup = distributed.detect({}, env=slurm)
+    # jax's own rule: the first node of the step, port 61440 + job id % 4096; one task per node sees
+    # every device of its node.
+    assert (setup.coordinator, setup.num_processes, setup.process_id, setup.source) == ("gpu007:61540", 3, 2, "srun")
+    assert setup.local_device_ids is None
+    two_per_node = {**slurm, "SLURM_NTASKS": "6", "SLURM_LOCALID": "1", "JAX_COORDINATOR_PORT": "1234"}
+    setup = distributed.detect({}, env=two_per_node)
+    assert setup.local_device_ids == (1,) and setup.coordinator == "gpu007:1234"
+    assert distributed.detect({}, env={**two_per_node, "CUDA_VISIBLE_DEVICES": "1"}).local_device_ids is None
+    assert distributed.slurm_step({**slurm, "SLURM_NTASKS": "1"}) is None    # sbatch's single task, or srun -n1
+
+
+@pytest.mark.parametrize("trainer, env, message", [
+    ({"distributed": "yes"}, {}, "trainer.distributed must be one of auto, on, off; got 'yes'."),
+    ({"distributed": "on"}, {}, "trainer.distributed=on needs trainer.num_processes, trainer.process_id, "
+                                "trainer.coordinator (or DST_COORDINATOR"),
+    ({"distributed": "on", "num_processes": 2, "process_id": 2, "coordinator": "h:1"}, {},
+     "trainer.process_id must be in [0, 2) for 2 processes; got 2."),
+    ({}, {"DST_NUM_PROCESSES": "two"}, "DST_NUM_PROCESSES must be an integer; got 'two'."),
+    ({"distributed": "on", "num_processes": 2, "process_id": 0, "coordinator": "nohost"}, {},
+     "trainer.coordinator must be host:port (the address process 0 listens on); got 'nohost'."),
+    ({"distributed": "on", "num_processes": 2, "process_id": 0, "coordinator": "h:1", "join_timeout": 0}, {},
+     "trainer.join_timeout must be a positive integer (seconds); got 0."),
+])
+def test_bad_distributed_settings_are_one_sentence(trainer, env, message):
+    with pytest.raises(distributed.DistributedError) as err:
+        distributed.detect(trainer, env=env)
+    assert str(err.value).startswith(message)
+
+
+def test_the_stderr_guard_turns_a_fatal_coordination_log_into_one_sentence():
+    glog = "E1129 12:17:33.043005    8071 coordination_service.cc:1549] Use error polling to propagate\n"
+    fatal = "F1129 12:17:33.043597    8082 client.h:80] Terminating process because the JAX distributed service\n"
+    lines = ["compiled\n", stderr_guard.JOINED, "[Gloo] Rank 0 is connected to 1 peer ranks. Expected\n", glog,
+             "1\n", fatal, "*** Check failure stack trace: ***\n", "    @     0x7f8bfba40634  absl::Flush()\n"]
+    assert list(stderr_guard.filter_lines(iter(lines), "JOIN", "GONE")) == ["compiled\n", "GONE\n"]
+    assert list(stderr_guard.filter_lines(iter(lines[3:]), "JOIN", "GONE")) == ["JOIN\n"]
+    # A process that said its own error keeps it alone; one that ended otherwise shows the log as it was.
+    said = ["error: process 1 of 2: a collective failed\n", glog, fatal]
+    assert list(stderr_guard.filter_lines(iter(said), "JOIN", "GONE")) == [said[0]]
+    mixed = ["error: process 1 of 2: a collective failed." + glog, "Additional GRPC error information\n"]
+    assert list(stderr_guard.filter_lines(iter(mixed), "JOIN", "GONE")) == [mixed[0][:mixed[0].index("E1129")] + "\n"]
+    assert list(stderr_guard.filter_lines(iter([glog, "more\n"]), "JOIN", "GONE")) == [glog, "more\n"]
+
+
+def test_importing_dst_starts_no_jax_backend():
+    # jax.distributed.initialize must come before any use of JAX: importing the program may not use it.
+    code = ("import dst.app.cli, dst.app.run, dst.app.seeds\n"
+            "from jax._src import xla_bridge\n"
+            "assert not xla_bridge.backends_are_initialized(), 'a module of dst used JAX at import'\n")
+    out = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
