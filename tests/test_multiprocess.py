@@ -135,16 +135,17 @@ def test_two_processes_on_an_image_folder_train_as_one_and_only_process_0_writes
     for name in masks:
         assert np.array_equal(alone_masks[name], masks[name]), name
 
-    # Each process decoded only its rows: half of every training batch, together exactly the files the
-    # one process decoded (scan() reads one file up front in every process; evaluation reads val/).
-    def train_files(log):
-        opened = [line for line in pathlib.Path(log).read_text().splitlines() if "/train/" in line]
-        return Counter(opened[1:])
-    whole = train_files(tmp_path / "opened_1_0")
-    parts = [train_files(tmp_path / f"opened_2_{i}") for i in range(2)]
-    assert sum(whole.values()) == 2 * 4 * 8    # 2 epochs x 4 steps (36 // 8) x 8 rows
-    assert sum(parts[0].values()) == sum(parts[1].values()) == sum(whole.values()) // 2
-    assert parts[0] + parts[1] == whole
+    # Each process decoded only its rows: half of every training and evaluation batch, together exactly
+    # the files the one process decoded (scan() reads one training file up front in every process).
+    def opened(log, split):
+        files = [line for line in pathlib.Path(log).read_text().splitlines() if f"/{split}/" in line]
+        return Counter(files[1:] if split == "train" else files)
+    for split, count in (("train", 2 * 4 * 8), ("val", 2 * 12)):   # 2 epochs x 4 steps (36 // 8) x 8 rows;
+        whole = opened(tmp_path / "opened_1_0", split)                # 2 evaluations of the 12 val images
+        parts = [opened(tmp_path / f"opened_2_{i}", split) for i in range(2)]
+        assert sum(whole.values()) == count, split
+        assert sum(parts[0].values()) == sum(parts[1].values()) == count // 2, split
+        assert parts[0] + parts[1] == whole, split
 
 
 @pytest.mark.slow
@@ -297,6 +298,25 @@ def test_the_stderr_guard_turns_a_fatal_coordination_log_into_one_sentence():
     mixed = ["error: process 1 of 2: a collective failed." + glog, "Additional GRPC error information\n"]
     assert list(stderr_guard.filter_lines(iter(mixed), "JOIN", "GONE")) == [mixed[0][:mixed[0].index("E1129")] + "\n"]
     assert list(stderr_guard.filter_lines(iter([glog, "more\n"]), "JOIN", "GONE")) == [glog, "more\n"]
+
+
+def test_each_process_evaluates_its_rows_of_every_batch_padded_to_the_same_shape(tmp_path):
+    from dst.data import image_folder
+
+    data = image_folder.scan(write_folder(tmp_path / "images", per_class=(2, 4)), image_size=8)   # 12 val
+    whole = list(image_folder.eval_batches(data, 8, threads=2))
+    parts = [list(image_folder.eval_batches(data, 8, threads=2, shard=(i, 2))) for i in range(2)]
+    assert [len(y) for _, y in whole] == [8, 4]
+    assert [[len(y) for _, y, _ in p] for p in parts] == [[4, 4], [4, 4]]
+    for k, (x, y) in enumerate(whole):
+        xs = np.concatenate([parts[0][k][0], parts[1][k][0]])
+        ys = np.concatenate([parts[0][k][1], parts[1][k][1]])
+        valid = np.concatenate([parts[0][k][2], parts[1][k][2]])
+        assert valid.sum() == len(y) and not valid[len(y):].any()
+        np.testing.assert_array_equal(xs[:len(y)], x)
+        np.testing.assert_array_equal(ys[:len(y)], y)
+    with pytest.raises(ValueError, match="shard must be"):
+        image_folder.eval_batches(data, 8, shard=(0, 3))
 
 
 def test_importing_dst_starts_no_jax_backend():

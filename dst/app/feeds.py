@@ -63,7 +63,11 @@ class StreamFeed:
         return self.epoch_fn(state, chunks)
 
     def evaluate(self, state) -> dict:
-        batches = image_folder.eval_batches(self.data, self.evaluator.batch_size, self.threads)
+        # Several processes: each decodes its rows of every batch, and the batch is made of theirs.
+        shard = (0, 1) if self.parallel is None else self.parallel.host_shard
+        batches = image_folder.eval_batches(self.data, self.evaluator.batch_size, self.threads, shard=shard)
+        if shard[1] > 1:
+            batches = map(self.parallel.global_batch, batches)
         return {"test": self.evaluator(state.params, state.model_state, batches)}
 
 

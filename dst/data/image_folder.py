@@ -227,13 +227,35 @@ def train_chunks(data: ImageFolder, seed: int, batch_size: int, steps: int, chun
     return iter(grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch))
 
 
-def eval_batches(data: ImageFolder, batch_size: int, threads: int = 4):
+def eval_batches(data: ImageFolder, batch_size: int, threads: int = 4, shard: tuple[int, int] = (0, 1)):
     """An iterator of ``(images[B, H, W, 3], labels[B])`` over the validation images, in order (the last
-    batch may be smaller)."""
+    batch may be smaller).
+
+    ``shard = (i, n)`` with ``n > 1`` (several processes, as :func:`train_chunks`) yields host ``i``'s
+    ``b = batch_size / n`` rows of every batch instead, as ``(images[b, ...], labels[b], valid[b])``:
+    rows past the last image are zeros with ``valid`` False, so every host yields the same number of
+    batches of the same shape, and each decodes only its own images."""
     import grain
 
-    ds = (grain.MapDataset.range(len(data.test_files))
-          .map(lambda i: eval_example(data, int(i)))
-          .to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * batch_size))
-          .batch(batch_size))
-    return iter(ds)
+    options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * batch_size)
+    n = len(data.test_files)
+    index, count = shard
+    if count == 1:
+        return iter(grain.MapDataset.range(n).map(lambda i: eval_example(data, int(i)))
+                    .to_iter_dataset(options).batch(batch_size))
+    if batch_size % count or not 0 <= index < count:
+        raise ValueError(f"shard must be (index, count) with 0 <= index < count and count dividing the batch "
+                         f"size {batch_size}; got {shard}.")
+    local = batch_size // count
+    blank = (np.zeros(data.example_shape, np.float32), np.int32(0), False)
+
+    def example(j):
+        batch, row = divmod(int(j), local)
+        i = batch * batch_size + index * local + row
+        if i >= n:
+            return blank
+        x, y = eval_example(data, i)
+        return x, np.int32(y), True
+
+    return iter(grain.MapDataset.range(-(-n // batch_size) * local).map(example).to_iter_dataset(options)
+                .batch(local))

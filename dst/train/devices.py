@@ -68,6 +68,17 @@ class DataParallel:
 
         return jax.tree_util.tree_map(assemble, local)
 
+    def global_batch(self, local):
+        """The global ``(B, ...)`` arrays of a batch from this host's ``(B / hosts, ...)`` rows (see
+        ``image_folder.eval_batches``'s ``shard``), split over the devices."""
+        hosts = self.host_shard[1]
+
+        def assemble(a):
+            a = np.asarray(a)
+            return jax.make_array_from_process_local_data(self.batch, a, (a.shape[0] * hosts, *a.shape[1:]))
+
+        return jax.tree_util.tree_map(assemble, tuple(local))
+
     def check_batch(self, batch_size: int) -> str | None:
         """A sentence when ``batch_size`` cannot be split evenly over the devices, else None."""
         if batch_size % self.count:

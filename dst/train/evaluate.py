@@ -61,21 +61,32 @@ def stream_evaluate_fn(apply_fn: ApplyFn, batch_size: int, batch_sharding=None):
     ``batch_size`` rows (data that does not fit on the device). A short last batch is padded to
     ``batch_size``, so one compiled program serves every batch; totals stay on the device until the end.
     The function's ``batch_size`` attribute says the size to cut the batches at (``batch_size`` rounded
-    up to a multiple of the devices ``batch_sharding`` splits each batch over)."""
+    up to a multiple of the devices ``batch_sharding`` splits each batch over).
+
+    Batches ``(x, y, valid)`` come padded already (rows where ``valid`` is False do not count): several
+    processes each decode their own rows of every batch and pass the batch they make together."""
     batch_size = _split_over(batch_sharding, batch_size)
-    totals = jax.jit(lambda params, state, *batch: batch_totals(apply_fn, params, state,
-                                                                *split_batch(*batch, sharding=batch_sharding)))
+
+    def batch_counts(params, state, x, y, valid):
+        x, y, valid = split_batch(x, y, valid, sharding=batch_sharding)
+        return (*batch_totals(apply_fn, params, state, x, y, valid), jnp.sum(valid, dtype=jnp.int32))
+
+    totals = jax.jit(batch_counts)
 
     def evaluate(params, model_state, batches):
-        loss, correct, n = jnp.float32(0), jnp.int32(0), 0
-        for x, y in batches:
-            rows, pad = len(y), batch_size - len(y)
-            valid = np.arange(batch_size) < rows
-            x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
-            y = np.concatenate([y, np.zeros((pad,), y.dtype)])
-            batch_loss, batch_correct = totals(params, model_state, x, y, valid)
-            loss, correct, n = loss + batch_loss, correct + batch_correct, n + rows
-        if n == 0:
+        loss, correct, n, seen = jnp.float32(0), jnp.int32(0), jnp.int32(0), 0
+        for batch in batches:
+            if len(batch) == 3:
+                x, y, valid = batch
+            else:
+                x, y = batch
+                rows, pad = len(y), batch_size - len(y)
+                valid = np.arange(batch_size) < rows
+                x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
+                y = np.concatenate([y, np.zeros((pad,), y.dtype)])
+            batch_loss, batch_correct, rows = totals(params, model_state, x, y, valid)
+            loss, correct, n, seen = loss + batch_loss, correct + batch_correct, n + rows, seen + 1
+        if seen == 0:
             raise ValueError("evaluation got no batches.")
         return {"loss": loss / n, "accuracy": correct / n}
 
