@@ -13,14 +13,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,launchers,docs]'
 	@touch $(STAMP)
 
+# On every core (pytest-xdist). A file whose tests share an expensive module fixture (a real run) is an
+# xdist_group, kept on one worker so the fixture runs once.
+XDIST := -n auto --dist loadgroup
+
 test: $(STAMP)
-	$(PY) -m pytest -m "not slow" -q
+	$(PY) -m pytest -m "not slow" -q $(XDIST)
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -m slow -q
+	$(PY) -m pytest -m slow -q $(XDIST)
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(XDIST)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check dst tests benchmarks experiments docs

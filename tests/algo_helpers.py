@@ -6,6 +6,7 @@ import inspect
 import jax
 import jax.numpy as jnp
 import optax
+import pytest
 
 import dst
 from dst.models import MLP
@@ -19,6 +20,18 @@ INITIAL_SPARSITY = {"dense": 0.0, "gmp": 0.0, "snip": 0.0, "grasp": 0.0, "granet
 PER_LAYER_CONSTANT = {"dense", "static", "set", "rigl", "mest", "topkast", "snip", "grasp"}
 TOTAL_CONSTANT = {"snfs"}
 SHRINKING = {"gmp", "granet"}
+
+
+# `make test` runs the per-algorithm variants of a test for algorithms whose states differ in kind (none,
+# RigL's, Top-KAST's dense storage and backward set, GMP's schedule, SNIP's one-shot masks); `make
+# test-slow` (and .ci/run) runs the rest, so every algorithm is still checked by every test.
+FAST_ALGORITHMS = ("static", "rigl", "topkast", "gmp", "snip")
+
+
+def every_algorithm(names=None, fast=FAST_ALGORITHMS):
+    """``names`` (default: every registered algorithm) as parameters, those outside ``fast`` marked slow."""
+    names = dst.algorithms.names() if names is None else names
+    return [n if n in fast else pytest.param(n, marks=pytest.mark.slow) for n in names]
 
 
 def make_algorithm(name, **overrides):

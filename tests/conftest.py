@@ -1,13 +1,29 @@
-"""Shared fixtures: small real models and their params."""
+"""Shared fixtures: small real models and their params; one persistent JAX compilation cache.
 
-import jax
-import jax.numpy as jnp
-import pytest
+The suite compiles the same programs many times over: each test builds its own jitted step, and each
+``dst-train`` subprocess starts cold. A compilation cache shared by the whole test run and its
+subprocesses (they inherit the environment) turns every repeat into a disk read. It lives in
+``.pytest_cache/`` (``make clean`` removes it); set ``JAX_COMPILATION_CACHE_DIR`` to put it elsewhere.
+"""
 
-from dst.models import MLP
-from dst.models import LeNet5
-from dst.models import lenet300
-from dst.models import set_mlp
+import os
+import pathlib
+
+# Before the first import of jax, which reads these once.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      str(pathlib.Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax-compilation-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# A size limit turns on the cache's file lock: the xdist workers and their subprocesses share it.
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import pytest  # noqa: E402
+
+from dst.models import MLP  # noqa: E402
+from dst.models import LeNet5  # noqa: E402
+from dst.models import lenet300  # noqa: E402
+from dst.models import set_mlp  # noqa: E402
 
 
 def init_params(model, shape=(1, 784), seed=0):

@@ -7,9 +7,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from algo_helpers import FAST_ALGORITHMS
 from algo_helpers import PER_LAYER_CONSTANT
 from algo_helpers import SHRINKING
 from algo_helpers import TOTAL_CONSTANT
+from algo_helpers import every_algorithm
 from algo_helpers import make_algorithm
 from algo_helpers import start_state
 
@@ -47,8 +49,14 @@ def test_unknown_algorithm_lists_valid_names():
         dst.algorithms.make("rigel")
 
 
-@pytest.mark.parametrize("name", ALGORITHMS)
-@pytest.mark.parametrize("optimizer", ["sgd_momentum", "adam", "adamw"])
+# Every algorithm under SGD with momentum; under Adam and AdamW (whose moments the trainer resets for grown
+# weights) the algorithms of distinct state kinds in `make test`, the rest in `make test-slow`.
+INVARIANT_CASES = [(n, "sgd_momentum") for n in ALGORITHMS] + [
+    case if case[0] in FAST_ALGORITHMS else pytest.param(*case, marks=pytest.mark.slow)
+    for case in ((n, opt) for opt in ("adam", "adamw") for n in ALGORITHMS)]
+
+
+@pytest.mark.parametrize("name, optimizer", INVARIANT_CASES)
 def test_invariants_hold_after_every_step(name, optimizer):
     algo, history = _run(name, optimizer)
     counts0 = _counts(history[0].masks)
@@ -163,10 +171,7 @@ def test_quiet_calls_are_exactly_skipped_calls(name):
 # vmapped replicas, and a checkpoint round trip, for every algorithm. Sharding over devices needs a fresh
 # process (tests/test_devices.py runs every algorithm there).
 
-# `make test` runs the variants for algorithms whose states differ in kind (none, RigL's, Top-KAST's dense
-# storage and backward set, GMP's schedule, SNIP's one-shot masks); `make test-slow` runs the rest.
-VARIANTS = [n if n in ("static", "rigl", "topkast", "gmp", "snip") else pytest.param(n, marks=pytest.mark.slow)
-            for n in ALGORITHMS]
+VARIANTS = every_algorithm(ALGORITHMS)
 
 
 @functools.cache

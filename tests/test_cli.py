@@ -16,6 +16,9 @@ import dst
 from dst.masks import active_count
 from dst.models import lenet300
 
+# One worker runs this file, so its module fixtures (real runs) run once under `make test`.
+pytestmark = pytest.mark.xdist_group("cli_run")
+
 REQUIRED = ("step", "epoch", "train/loss", "train/accuracy", "test/loss", "test/accuracy", "sparsity/global",
             "itop_rate", "drop_fraction", "topology/updates", "topology/dropped", "topology/grown",
             "flops/train_relative", "steps_per_sec", "dead_units/total", "dead_units/Dense_0/kernel")
@@ -131,6 +134,7 @@ def test_non_finite_loss_fails_fast_and_keeps_what_was_logged(tmp_path, data_dir
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
 
 
+@pytest.mark.slow   # six real jobs (40-70 s): `make test-slow`, which .ci/run runs too
 def test_quick_sweep_runs_end_to_end_and_ends_with_a_table(tmp_path, data_dir):
     sweep_dir = tmp_path / "sweep"
     out = dst_train("+sweep=compare_quick", f"dataset.data_dir={data_dir}", "trainer.batch_size=64",

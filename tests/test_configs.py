@@ -3,6 +3,7 @@
 import pathlib
 
 import pytest
+from algo_helpers import every_algorithm
 from hydra import compose
 from hydra import initialize_config_dir
 from idx_data import write_dataset
@@ -38,7 +39,7 @@ def data_dir(tmp_path_factory):
     return write_dataset(tmp_path_factory.mktemp("idx") / "d")
 
 
-@pytest.mark.parametrize("algorithm", dst.algorithms.names())
+@pytest.mark.parametrize("algorithm", every_algorithm())
 def test_each_algorithm_config_trains_to_its_sparsity(algorithm, data_dir, tmp_path):
     overrides = [f"sparsity={algorithm}", f"dataset.data_dir={data_dir}", "trainer.epochs=2",
                  "trainer.batch_size=64", "logger=none"]

@@ -7,6 +7,7 @@ import pathlib
 import sys
 
 import pytest
+from algo_helpers import every_algorithm
 from cifar_data import write_cifar10
 from cli_helpers import ENV
 from cli_helpers import dst_train
@@ -16,7 +17,6 @@ from idx_data import write_dataset
 from image_data import write_folder
 from omegaconf import OmegaConf
 
-import dst
 from dst.app.run import prepare
 from dst.app.run import run
 from dst.app.validate import ConfigError
@@ -61,8 +61,9 @@ def test_every_preset_is_tested():
     assert {p.stem for p in (CONF / "experiment").glob("*.yaml")} - {"default"} == set(PRESETS)
 
 
-# The WRN and ResNet-50 presets compile deep conv nets (30-60 s each here): `make test-slow`.
-WIDE = {"rigl_wrn22_cifar10", "snfs_wrn28_2_cifar10", "rigl_resnet50_imagenet"}
+# The WRN and ResNet-50 presets compile deep conv nets (30-60 s each here), and set_tutorial's three
+# 1000-wide layers train for 30 s: `make test-slow`.
+WIDE = {"rigl_wrn22_cifar10", "snfs_wrn28_2_cifar10", "rigl_resnet50_imagenet", "set_tutorial"}
 
 
 @pytest.mark.parametrize("preset", [pytest.param(p, marks=pytest.mark.slow) if p in WIDE else p
@@ -83,7 +84,7 @@ def test_preset_runs_a_few_steps(preset, data, tmp_path):
         assert 0.2 < summary["flops/train_relative"] < 0.5      # 80% sparse, plus the dense stem and grads
 
 
-@pytest.mark.parametrize("algorithm", dst.algorithms.names())
+@pytest.mark.parametrize("algorithm", every_algorithm())
 def test_the_users_own_bn_model_trains_with_every_algorithm(algorithm, data, tmp_path):
     overrides = [f"sparsity={algorithm}", "model._target_=user_models.TinyConvNet", "model.name=tiny",
                  "+model.width=8", "dataset=mnist", f"dataset.data_dir={data / 'mnist'}", "trainer.epochs=2",
@@ -99,6 +100,7 @@ def test_the_users_own_bn_model_trains_with_every_algorithm(algorithm, data, tmp
     assert summary["test/accuracy"] > 0.3          # the band data set is learnable in 20 steps
 
 
+@pytest.mark.slow   # a real dst-train process (20 s); tests/test_docs_examples.py composes the same overrides
 def test_the_users_own_model_from_the_command_line(data, tmp_path):
     env = {**ENV, "PYTHONPATH": os.pathsep.join([str(TESTS), ENV.get("PYTHONPATH", "")])}
     import subprocess

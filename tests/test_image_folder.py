@@ -214,6 +214,7 @@ def test_cli_streams_over_four_devices_as_over_one(tmp_path, folder):
                 assert b[key] == pytest.approx(a[key], abs=1e-5), (name, key)
 
 
+@pytest.mark.slow   # two real dst-train processes (25-45 s)
 def test_cli_trains_from_an_image_folder_and_resumes(tmp_path, folder):
     out = _cli(tmp_path, folder, "trainer.epochs=2", "trainer.label_smoothing=0.1")
     assert out.returncode == 0, out.stderr[-3000:]

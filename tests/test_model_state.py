@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from algo_helpers import every_algorithm
 
 import dst
 from dst import metrics
@@ -76,7 +77,7 @@ def test_evaluation_uses_the_running_averages():
     assert not np.allclose(np.asarray(batch_logits), logits, atol=1e-3)
 
 
-@pytest.mark.parametrize("algorithm", ["rigl", "set", "snfs", "topkast"])
+@pytest.mark.parametrize("algorithm", every_algorithm(["rigl", "set", "snfs", "topkast"]))
 def test_batchnorm_scales_and_biases_are_never_sparse(algorithm):
     hp = dict(update_every=2, end_step=100)
     if algorithm == "topkast":

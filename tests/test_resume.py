@@ -20,6 +20,9 @@ from omegaconf import OmegaConf
 from dst.app.run import run
 from dst.app.validate import ConfigError
 
+# One worker runs this file, so its module fixtures (real runs) run once under `make test`.
+pytestmark = pytest.mark.xdist_group("resume_runs")
+
 CONF = pathlib.Path(__file__).resolve().parents[1] / "conf"
 QUIET = open(os.devnull, "w")
 # Wall-clock fields differ between any two runs; run_dir names the directory.
@@ -135,6 +138,7 @@ def test_a_checkpoint_of_other_settings_is_refused_and_kept(tmp_path, small_data
     assert summary["status"] == "finished"
 
 
+@pytest.mark.slow   # two real dst-train processes (20-50 s)
 def test_a_corrupt_checkpoint_is_named_and_kept_and_the_cli_exits_2(tmp_path, small_data):
     run_dir = tmp_path / "run"
     first = ["trainer.epochs=2", "logger=none", f"dataset.data_dir={small_data}", f"hydra.run.dir={run_dir}"]

@@ -38,6 +38,7 @@ def data_dir(tmp_path_factory):
     return write_dataset(tmp_path_factory.mktemp("idx") / "fashion_mnist", n_train=1280)
 
 
+@pytest.mark.slow   # three real runs (30 s); the common suite checks vmapped replicas of every algorithm
 def test_each_replica_matches_the_single_run_of_its_seed(tmp_path, data_dir):
     common = [f"dataset.data_dir={data_dir}", "trainer.epochs=3", "trainer.batch_size=64", "logger=none",
               "dataset.val_fraction=0.1", "sparsity.update_every=5"]
