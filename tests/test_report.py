@@ -22,6 +22,8 @@ from dst.report import group_rows
 from dst.report import write_report
 from dst.report.figures import accuracy_vs_sparsity_data
 from dst.report.figures import accuracy_vs_sparsity_figure
+from dst.report.figures import curve_figure_data
+from dst.report.figures import read_curves_csv
 from dst.report.figures import read_report_csv
 from dst.report.figures import save
 from dst.report.figures import training_curves_data
@@ -323,3 +325,88 @@ def test_training_curves_per_method_with_the_seed_band(tmp_path):
     assert len([line for line in fig.axes[0].get_lines() if (line.get_gid() or "").startswith("curve:")]) == 3
     assert len(fig.axes[0].collections) == 3                       # a seed band per curve
     assert any("topkast collapsed" in t.get_text() for t in fig.axes[1].texts)
+
+
+# --- curves.csv: the over-training figures redrawn from the stored per-epoch table ----------------------
+
+# Per run (algorithm, sparsity, seed): test accuracy at epochs 1-3 and the ITOP rate at epochs 0-3 (epoch 0,
+# before training, logs no test accuracy).
+HAND_CURVES = {("rigl", 0.9, 0): ((0.50, 0.70, 0.80), (0.10, 0.20, 0.30, 0.40)),
+               ("rigl", 0.9, 1): ((0.60, 0.74, 0.86), (0.10, 0.24, 0.32, 0.46)),
+               ("set", 0.9, 0): ((0.40, 0.60, 0.70), (0.10, 0.30, 0.50, 0.70)),
+               ("set", 0.95, 0): ((0.30, 0.50, 0.60), (0.05, 0.15, 0.25, 0.35)),
+               ("dense", 0.0, 0): ((0.70, 0.85, 0.90), (1.0, 1.0, 1.0, 1.0))}
+
+
+def _curve_runs(root):
+    for (algorithm, sparsity, seed), (accs, itops) in HAND_CURVES.items():
+        folder = root / f"{algorithm}_{sparsity}_{seed}"
+        fake_run(folder, algorithm, sparsity, seed, accs[-1])
+        records = [{"step": 0, "epoch": 0, "itop_rate": itops[0]}]
+        records += [{"step": 100 * e, "epoch": e, "test/accuracy": a, "itop_rate": i}
+                    for e, (a, i) in enumerate(zip(accs, itops[1:]), 1)]
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return collect_runs([root])
+
+
+def test_curves_csv_holds_the_seed_mean_and_std_and_redraws_the_same_figures(tmp_path):
+    runs = _curve_runs(tmp_path / "runs")
+    out = tmp_path / "out"
+    write_report(runs, out, root=tmp_path / "runs")
+    header = (out / "curves.csv").read_text().splitlines()[0]
+    assert header == ("algorithm,sparsity,distribution,model,dataset,settings,epoch,test_accuracy_mean,"
+                      "test_accuracy_std,test_accuracy_runs,itop_rate_mean,itop_rate_std,itop_rate_runs")
+    table = read_curves_csv(out / "curves.csv")
+    rigl = [t for t in table if t["algorithm"] == "rigl"]
+    (a0, i0), (a1, i1) = HAND_CURVES[("rigl", 0.9, 0)], HAND_CURVES[("rigl", 0.9, 1)]
+    assert [t["epoch"] for t in rigl] == [0, 1, 2, 3] and rigl[0]["sparsity"] == 0.9
+    assert rigl[0]["test_accuracy_mean"] is None and rigl[0]["test_accuracy_runs"] is None   # epoch 0: none
+    assert [t["test_accuracy_mean"] for t in rigl[1:]] == pytest.approx([(x + y) / 2 for x, y in zip(a0, a1)])
+    assert [t["test_accuracy_std"] for t in rigl[1:]] == pytest.approx(
+        [statistics.stdev((x, y)) for x, y in zip(a0, a1)])
+    assert [t["itop_rate_mean"] for t in rigl] == pytest.approx([(x + y) / 2 for x, y in zip(i0, i1)])
+    assert [t["itop_rate_std"] for t in rigl] == pytest.approx([statistics.stdev((x, y)) for x, y in zip(i0, i1)])
+    assert {t["test_accuracy_runs"] for t in rigl[1:]} == {t["itop_rate_runs"] for t in rigl} == {2}
+    set95 = [t for t in table if (t["algorithm"], t["sparsity"]) == ("set", 0.95)]
+    assert [t["itop_rate_std"] for t in set95] == [0.0] * 4 and {t["itop_rate_runs"] for t in set95} == {1}
+    # The stored tables give the figure data the runs give, to the last bit.
+    rows = read_report_csv(out / "report.csv")
+    accuracy = curve_figure_data(rows, table, "test/accuracy")
+    assert accuracy == training_curves_data(runs, "test/accuracy")
+    itop = curve_figure_data(rows, table, "itop_rate", with_dense=False, floor=0.0)
+    assert itop == training_curves_data(runs, "itop_rate", with_dense=False, floor=0.0)
+    assert accuracy.xlabel == "epoch" and [p.sparsity for p in accuracy.panels] == [0.9, 0.95]
+    series = {s.label: s for s in accuracy.panels[0].series}
+    assert set(series) == {"dense", "rigl", "set"} and series["rigl"].runs == 2
+    assert series["rigl"].x == [1, 2, 3]
+    assert series["rigl"].mean == pytest.approx([50 * (x + y) for x, y in zip(a0, a1)])
+    assert series["rigl"].std == pytest.approx([100 * statistics.stdev((x, y)) for x, y in zip(a0, a1)])
+    itop_rigl = next(s for s in itop.panels[0].series if s.label == "rigl")
+    assert itop_rigl.x == [0, 1, 2, 3] and itop_rigl.mean == pytest.approx([50 * (x + y) for x, y in zip(i0, i1)])
+    # The CLI redraws both PNGs from the CSVs, the same pictures write_report drew from the runs.
+    again = tmp_path / "again"
+    assert report_main(["--from-csv", str(out / "report.csv"), "--curves-from", str(out / "curves.csv"),
+                        "--out", str(again)]) == 0
+    for png in ("accuracy_vs_sparsity.png", "test_accuracy_over_training.png", "itop_over_training.png"):
+        assert (again / png).read_bytes() == (out / png).read_bytes()
+    assert report_main(["--from-csv", str(out / "report.csv"), "--out", str(tmp_path / "plain")]) == 0
+    assert [p.name for p in (tmp_path / "plain").iterdir()] == ["accuracy_vs_sparsity.png"]
+
+
+def test_curves_from_a_wrong_file_or_without_a_report_says_so(tmp_path, capsys):
+    out = tmp_path / "out"
+    write_report(_curve_runs(tmp_path / "runs"), out, root=tmp_path / "runs")
+    assert report_main(["--from-csv", str(out / "report.csv"), "--curves-from", str(out / "report.csv")]) == 2
+    assert capsys.readouterr().err.strip().endswith("is not a curves.csv written by dst-report (it needs the "
+                                                    "columns algorithm, sparsity, distribution, model, dataset, "
+                                                    "settings and epoch or step).")
+    other = [r for r in read_report_csv(out / "report.csv") if r["algorithm"] == "set"]
+    write_csv(other, tmp_path / "set.csv")
+    rigl_only = [line for line in (out / "curves.csv").read_text().splitlines(keepends=True)
+                 if not line.startswith("set,")]
+    (tmp_path / "rigl_curves.csv").write_text("".join(rigl_only))
+    assert report_main(["--from-csv", str(tmp_path / "set.csv"), "--curves-from",
+                        str(tmp_path / "rigl_curves.csv")]) == 2
+    assert "hold no curve of the settings in" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        report_main(["--curves-from", str(out / "curves.csv")])

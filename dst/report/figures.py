@@ -8,7 +8,9 @@ the matplotlib drawing of that data.
   :func:`accuracy_vs_sparsity_data`, from the report's rows (``report.csv``, see :func:`read_report_csv`).
 * ``test_accuracy_over_training.png`` and ``itop_over_training.png``: the mean over seeds with a ±std
   band against the epoch, a panel per sparsity, the dense run's curve in each accuracy panel. Their data:
-  :func:`training_curves_data`, from the runs' ``metrics.jsonl`` (a ``report.csv`` does not hold it).
+  :func:`curve_figure_data`, from the report's rows and the per-epoch table of ``curves.csv``
+  (:func:`dst.report.summarize.curve_rows` over the runs' ``metrics.jsonl``, or :func:`read_curves_csv`);
+  :func:`training_curves_data` is the same straight from runs.
 
 Every method keeps one colour and marker in all three (:func:`assign_styles`).
 """
@@ -32,9 +34,10 @@ from matplotlib.ticker import FixedFormatter  # noqa: E402
 from matplotlib.ticker import FixedLocator  # noqa: E402
 from matplotlib.ticker import NullLocator  # noqa: E402
 
-from dst.report.summarize import curves  # noqa: E402
+from dst.report.summarize import GROUP_KEYS  # noqa: E402
+from dst.report.summarize import curve_column  # noqa: E402
+from dst.report.summarize import curve_rows  # noqa: E402
 from dst.report.summarize import group_rows  # noqa: E402
-from dst.report.summarize import setting_groups  # noqa: E402
 
 # 15 colours that stay apart on white (matplotlib's tab10 without its grey, then six more) and 15 filled
 # markers; pair i is (COLOURS[i], MARKERS[i]). Beyond 15 methods the pairs go on as
@@ -52,6 +55,12 @@ DENSE_COLOUR = "black"
 CHANCE = {"mnist": 0.1, "fashion_mnist": 0.1, "kmnist": 0.1, "mnist1d": 0.1, "cifar10": 0.1, "cifar100": 0.01,
           "imagenet": 0.001, "image_folder": 0.0}
 COLLAPSE_FRACTION = 0.25
+CURVE_PLOTS = ("test_accuracy_over_training.png", "itop_over_training.png")
+TEXT_COLUMNS = ("algorithm", "distribution", "model", "dataset", "settings")
+
+
+class TableError(ValueError):
+    """A stored table that cannot be redrawn; the message is one sentence naming the file."""
 
 
 def style(i: int) -> tuple[str, str]:
@@ -103,11 +112,30 @@ def read_report_csv(path) -> list[dict]:
     rows = []
     with pathlib.Path(path).open(newline="") as f:
         for raw in csv.DictReader(f):
-            row = {k: (v if k in ("algorithm", "distribution", "model", "dataset", "settings") else _number(v))
-                   for k, v in raw.items()}
+            row = {k: (v if k in TEXT_COLUMNS else _number(v)) for k, v in raw.items()}
             row.setdefault("settings", "")
             row["settings"] = row["settings"] or ""
             row["seeds"] = [_number(s) for s in str(raw.get("seeds", "")).split()]
+            rows.append(row)
+    return rows
+
+
+def read_curves_csv(path) -> list[dict]:
+    """The rows of a ``curves.csv`` (see :func:`dst.report.write.write_curves_csv`), as
+    :func:`dst.report.summarize.curve_rows` returned them when it was written: the setting columns read as
+    :func:`read_report_csv` reads them, numbers as numbers, empty cells ``None``."""
+    path = pathlib.Path(path)
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        columns = reader.fieldnames or []
+        if not set(GROUP_KEYS) <= set(columns) or not {"epoch", "step"} & set(columns):
+            raise TableError(f"{path} is not a curves.csv written by dst-report (it needs the columns "
+                             f"{', '.join(GROUP_KEYS)} and epoch or step).")
+        rows = []
+        for raw in reader:
+            row = {k: (v if k in TEXT_COLUMNS else _number(v) if k in GROUP_KEYS or v != "" else None)
+                   for k, v in raw.items()}
+            row["settings"] = row["settings"] or ""
             rows.append(row)
     return rows
 
@@ -380,15 +408,18 @@ class CurveFigure:
     ylim: tuple[float, float]   # shared by the panels; from the series that did not collapse
 
 
-def training_curves_data(runs, key: str, scale: float = 100.0, chance: float | None = None,
-                         with_dense: bool = True, floor: float | None = None) -> CurveFigure:
-    """What the over-training figures show: for each finished setting, ``key`` (``test/accuracy``,
-    ``itop_rate``) times ``scale`` against the epoch, mean and sample std over its runs; a panel per model,
-    data set and sparsity, with the dense setting's curve in each of its model's panels (``with_dense``).
-    Styles and labels are those of :func:`accuracy_vs_sparsity_data` on the same runs, and so is the
-    collapse flag. ``ylim`` spans mean ± std of every series that did not collapse (padded by 5%; from
-    ``floor`` when given), so a collapsed curve runs out of the bottom instead of squashing the others."""
-    rows = group_rows(runs)
+def curve_figure_data(rows: list[dict], table: list[dict], key: str, scale: float = 100.0,
+                      chance: float | None = None, with_dense: bool = True,
+                      floor: float | None = None) -> CurveFigure:
+    """What the over-training figures show, from the report's ``rows`` (:func:`group_rows` or
+    :func:`read_report_csv`) and the per-epoch ``table`` (:func:`dst.report.summarize.curve_rows` or
+    :func:`read_curves_csv`): for each setting of ``rows`` that has a curve in ``table``, ``key``
+    (``test/accuracy``, ``itop_rate``) times ``scale`` against the epoch, mean and sample std over its runs;
+    a panel per model, data set and sparsity, with the dense setting's curve in each of its model's panels
+    (``with_dense``). Settings of ``table`` that ``rows`` lacks are left out. Styles and labels are those of
+    :func:`accuracy_vs_sparsity_data` on the same rows, and so is the collapse flag. ``ylim`` spans
+    mean ± std of every series that did not collapse (padded by 5%; from ``floor`` when given), so a
+    collapsed curve runs out of the bottom instead of squashing the others."""
     labels = method_labels(rows)
     styles = assign_styles((labels[method_key(r)], r["algorithm"]) for r in rows if not is_dense(r))
     collapsed = {}
@@ -396,22 +427,25 @@ def training_curves_data(runs, key: str, scale: float = 100.0, chance: float | N
         for se in panel.series:
             for s, c in zip(se.sparsity, se.collapsed):
                 collapsed[(panel.model, panel.dataset, se.label, s)] = c
-    groups = setting_groups(runs)
-    by_epoch = all("epoch" in rec for members in groups.values() for run in members for rec in run.records
-                   if key in rec)
-    x_key = "epoch" if by_epoch else "step"
+    shown = {tuple(r[k] for k in GROUP_KEYS) for r in rows}
+    x_key = "step" if table and "epoch" not in table[0] else "epoch"
+    stem = curve_column(key)
+    points: dict[tuple, list[dict]] = {}
+    for t in table:
+        values = tuple(t[k] for k in GROUP_KEYS)
+        if values in shown and t.get(f"{stem}_mean") is not None:
+            points.setdefault(values, []).append(t)
     built = []
-    for values, members in groups.items():
-        row = dict(zip(("algorithm", "sparsity", "distribution", "model", "dataset", "settings"), values))
-        xs, mean, std = curves(members, key, x=x_key)
-        if not xs:
-            continue
+    for values, mine in points.items():
+        row = dict(zip(GROUP_KEYS, values))
+        mine = sorted(mine, key=lambda t: t[x_key])
         label = labels[method_key(row)]
         dense = is_dense(row)
         colour, marker = (DENSE_COLOUR, "") if dense else styles[label]
         sparsity = float(row["sparsity"] or 0)
-        built.append((row, CurveSeries(label, row["algorithm"], colour, marker, xs, [scale * m for m in mean],
-                                       [scale * s for s in std], len(members),
+        built.append((row, CurveSeries(label, row["algorithm"], colour, marker, [t[x_key] for t in mine],
+                                       [scale * t[f"{stem}_mean"] for t in mine],
+                                       [scale * t[f"{stem}_std"] for t in mine], mine[0][f"{stem}_runs"],
                                        collapsed.get((row["model"], row["dataset"], label, sparsity), False),
                                        dense)))
     panels = []
@@ -434,8 +468,16 @@ def training_curves_data(runs, key: str, scale: float = 100.0, chance: float | N
     return CurveFigure(panels, x_key, key, ylim)
 
 
+def training_curves_data(runs, key: str, scale: float = 100.0, chance: float | None = None,
+                         with_dense: bool = True, floor: float | None = None) -> CurveFigure:
+    """:func:`curve_figure_data` of the runs' rows (:func:`group_rows`) and their per-epoch ``key``
+    (:func:`dst.report.summarize.curve_rows`): the over-training figure of the finished runs."""
+    return curve_figure_data(group_rows(runs), curve_rows(runs, (key,)), key, scale, chance, with_dense, floor)
+
+
 def training_curves_figure(data: CurveFigure, ylabel: str):
-    """Draw :func:`training_curves_data`; returns the figure (not saved, not closed)."""
+    """Draw :func:`curve_figure_data` (from runs or from ``curves.csv`` alike); returns the figure (not
+    saved, not closed)."""
     fig, axes = _grid(len(data.panels), width=4.4, height=3.3)
     several = len({(p.model, p.dataset) for p in data.panels}) > 1
     for ax, panel in zip(axes, data.panels):
@@ -474,27 +516,45 @@ def plot_accuracy_vs_sparsity(rows: list[dict], path, chance: float | None = Non
     return save(accuracy_vs_sparsity_figure(accuracy_vs_sparsity_data(rows, chance)), path)
 
 
-def plot_test_accuracy_over_training(runs, path, chance: float | None = None) -> pathlib.Path:
-    data = training_curves_data(runs, "test/accuracy", chance=chance)
+def plot_test_accuracy_over_training(rows: list[dict], table: list[dict], path,
+                                     chance: float | None = None) -> pathlib.Path:
+    """``test_accuracy_over_training.png`` from the report's rows and the curves table (see
+    :func:`curve_figure_data`)."""
+    data = curve_figure_data(rows, table, "test/accuracy", chance=chance)
     return save(training_curves_figure(data, "test accuracy (%)"), path)
 
 
-def plot_itop_over_training(runs, path) -> pathlib.Path:
-    data = training_curves_data(runs, "itop_rate", with_dense=False, floor=0.0)
+def plot_itop_over_training(rows: list[dict], table: list[dict], path) -> pathlib.Path:
+    """``itop_over_training.png`` (sparse settings only, the y axis from 0) from the report's rows and the
+    curves table."""
+    data = curve_figure_data(rows, table, "itop_rate", with_dense=False, floor=0.0)
     return save(training_curves_figure(data, "ITOP rate (% of weights ever active)"), path)
 
 
 def plots_from_csv(csv_paths, out_dir=None, dense_from=(), name: str = "accuracy_vs_sparsity.png",
-                   chance: float | None = None) -> list[pathlib.Path]:
-    """Redraw what stored ``report.csv`` files hold into ``out_dir`` (default: the first CSV's folder): the
-    accuracy against sparsity, over the rows of every CSV in ``csv_paths`` (one path or several) plus the
-    dense rows (:func:`is_dense`) of the CSVs in ``dense_from`` (a baseline run in another report). The
-    over-training figures need the runs' per-epoch records, which a CSV does not hold; only
-    :func:`dst.report.write_report`, over the run directories, draws them. Returns the written paths."""
-    csv_paths = [csv_paths] if isinstance(csv_paths, str | pathlib.Path) else list(csv_paths)
-    dense_from = [dense_from] if isinstance(dense_from, str | pathlib.Path) else list(dense_from)
+                   chance: float | None = None, curves_from=()) -> list[pathlib.Path]:
+    """Redraw what stored tables hold into ``out_dir`` (default: the first CSV's folder): the accuracy
+    against sparsity, over the rows of every ``report.csv`` in ``csv_paths`` (one path or several) plus the
+    dense rows (:func:`is_dense`) of the ``report.csv`` files in ``dense_from`` (a baseline run in another
+    report); and, when ``curves_from`` names ``curves.csv`` files (one path or several, e.g. the ones
+    written beside those tables), the two over-training figures (:data:`CURVE_PLOTS`) of those same rows'
+    settings, drawn as :func:`dst.report.write_report` draws them from the runs. Returns the written paths.
+    Raises :class:`TableError` when a curves file is not one, or holds no curve of the rows' settings."""
+    def paths(p):
+        return [p] if isinstance(p, str | pathlib.Path) else list(p)
+    csv_paths, dense_from, curves_from = paths(csv_paths), paths(dense_from), paths(curves_from)
     out = pathlib.Path(out_dir) if out_dir is not None else pathlib.Path(csv_paths[0]).parent
     out.mkdir(parents=True, exist_ok=True)
     rows = [r for path in csv_paths for r in read_report_csv(path)]
     rows += [r for path in dense_from for r in read_report_csv(path) if is_dense(r)]
-    return [plot_accuracy_vs_sparsity(rows, out / name, chance)]
+    table = [t for path in curves_from for t in read_curves_csv(path)]
+    if curves_from:
+        shown = {tuple(r[k] for k in GROUP_KEYS) for r in rows}
+        if not any(tuple(t[k] for k in GROUP_KEYS) in shown for t in table):
+            raise TableError(f"{', '.join(map(str, curves_from))} hold no curve of the settings in "
+                             f"{', '.join(map(str, csv_paths + dense_from))}.")
+    written = [plot_accuracy_vs_sparsity(rows, out / name, chance)]
+    if curves_from:
+        written += [plot_test_accuracy_over_training(rows, table, out / CURVE_PLOTS[0], chance),
+                    plot_itop_over_training(rows, table, out / CURVE_PLOTS[1])]
+    return written

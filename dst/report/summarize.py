@@ -18,6 +18,8 @@ GROUP_KEYS = ("algorithm", "sparsity", "distribution", "model", "dataset", "sett
 # Final metrics averaged over a group's finished runs: (column, summary key).
 METRICS = (("test_accuracy", "test/accuracy"), ("best_test_accuracy", "best/test_accuracy"),
            ("flops_train_relative", "flops/train_relative"), ("itop_rate", "itop_rate"))
+# The per-epoch records ``curves.csv`` holds (and the over-training figures show).
+CURVE_KEYS = ("test/accuracy", "itop_rate")
 
 
 # Config values that say how a run was carried out, not what was trained: they never split a setting.
@@ -128,3 +130,36 @@ def curves(members: list[RunInfo], key: str, x: str = "step"):
         means.append(m)
         stds.append(d)
     return steps, means, stds
+
+
+def curve_column(key: str) -> str:
+    """A record key as a ``curves.csv`` column stem: ``test/accuracy`` -> ``test_accuracy``."""
+    return key.replace("/", "_")
+
+
+def curve_rows(runs: list[RunInfo], keys=CURVE_KEYS) -> list[dict]:
+    """The rows of ``curves.csv``: for each setting of :func:`setting_groups` (finished runs) and each x
+    value, the ``GROUP_KEYS`` columns, the x column and, per key of ``keys``, ``<stem>_mean``,
+    ``<stem>_std`` and ``<stem>_runs`` (stem: :func:`curve_column`) over the setting's runs, at the x values
+    every one of them logged that key (:func:`curves`); ``None`` where a key has no value at that x. The x
+    column is ``epoch``, or ``step`` when some record holding one of ``keys`` carries no epoch (older
+    runs). Rows follow the settings' order, then x ascending."""
+    groups = setting_groups(runs)
+    by_epoch = all("epoch" in rec for members in groups.values() for run in members for rec in run.records
+                   if any(k in rec for k in keys))
+    x = "epoch" if by_epoch else "step"
+    rows = []
+    for values, members in groups.items():
+        per_key = {}
+        for key in keys:
+            xs, means, stds = curves(members, key, x=x)
+            per_key[key] = {at: (m, d) for at, m, d in zip(xs, means, stds)}
+        for at in sorted({at for points in per_key.values() for at in points}):
+            row = {**dict(zip(GROUP_KEYS, values)), x: at}
+            for key, points in per_key.items():
+                m, d = points.get(at, (None, None))
+                stem = curve_column(key)
+                row[f"{stem}_mean"], row[f"{stem}_std"] = m, d
+                row[f"{stem}_runs"] = len(members) if at in points else None
+            rows.append(row)
+    return rows

@@ -1,4 +1,4 @@
-"""``report.md``, ``report.csv`` and the plots of a set of runs."""
+"""``report.md``, ``report.csv``, ``curves.csv`` and the plots of a set of runs."""
 
 from __future__ import annotations
 
@@ -7,14 +7,18 @@ import math
 import pathlib
 
 from dst.report.collect import RunInfo
+from dst.report.figures import CURVE_PLOTS
 from dst.report.figures import plot_accuracy_vs_sparsity
 from dst.report.figures import plot_itop_over_training
 from dst.report.figures import plot_test_accuracy_over_training
+from dst.report.summarize import CURVE_KEYS
 from dst.report.summarize import GROUP_KEYS
 from dst.report.summarize import METRICS
+from dst.report.summarize import curve_column
+from dst.report.summarize import curve_rows
 from dst.report.summarize import group_rows
 
-PLOTS = ("accuracy_vs_sparsity.png", "test_accuracy_over_training.png", "itop_over_training.png")
+PLOTS = ("accuracy_vs_sparsity.png", *CURVE_PLOTS)
 
 
 def _pm(mean, std, scale=1.0, digits=2):
@@ -101,17 +105,40 @@ def write_csv(rows: list[dict], path: pathlib.Path) -> None:
             writer.writerow({**r, "seeds": " ".join(str(s) for s in r["seeds"])})
 
 
+def write_curves_csv(table: list[dict], path: pathlib.Path, keys=CURVE_KEYS) -> None:
+    """Write ``curves.csv``, the per-epoch table behind the over-training figures
+    (:func:`dst.report.summarize.curve_rows`), one row per setting and epoch::
+
+        algorithm,sparsity,distribution,model,dataset,settings,epoch,
+        test_accuracy_mean,test_accuracy_std,test_accuracy_runs,itop_rate_mean,itop_rate_std,itop_rate_runs
+
+    The six setting columns are those of ``report.csv`` (the same values, so a row finds its setting
+    there); ``epoch`` is ``step`` for runs whose records carry no epoch. Per record key (``test/accuracy``
+    as ``test_accuracy``), the mean and sample std over the setting's finished runs at that epoch, as
+    logged (fractions, not %), and how many runs that is; a key not logged at that epoch leaves its three
+    cells empty. :func:`dst.report.figures.read_curves_csv` reads it back."""
+    x = next((k for k in ("epoch", "step") if table and k in table[0]), "epoch")
+    columns = list(GROUP_KEYS) + [x] + [f"{curve_column(k)}_{s}" for k in keys for s in ("mean", "std", "runs")]
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(table)
+
+
 def write_report(runs: list[RunInfo], out_dir, root=None) -> tuple[pathlib.Path, list[dict]]:
-    """Write ``report.md``, ``report.csv`` and the plots into ``out_dir``; returns the markdown's path
-    and the table's rows. ``root`` (a folder or a list of folders, default ``out_dir``) is where the
-    runs were collected; run paths in the report are relative to it."""
+    """Write ``report.md``, ``report.csv``, ``curves.csv`` and the plots into ``out_dir``; returns the
+    markdown's path and the table's rows. ``root`` (a folder or a list of folders, default ``out_dir``) is
+    where the runs were collected; run paths in the report are relative to it. The plots are drawn from
+    the two tables, as ``dst-report --from-csv report.csv --curves-from curves.csv`` redraws them."""
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = group_rows(runs)
     roots = [root or out_dir] if isinstance(root, str | pathlib.Path | None) else list(root)
     (out_dir / "report.md").write_text(markdown(rows, runs, [pathlib.Path(r) for r in roots]))
     write_csv(rows, out_dir / "report.csv")
+    table = curve_rows(runs)
+    write_curves_csv(table, out_dir / "curves.csv")
     plot_accuracy_vs_sparsity(rows, out_dir / PLOTS[0])
-    plot_test_accuracy_over_training(runs, out_dir / PLOTS[1])
-    plot_itop_over_training(runs, out_dir / PLOTS[2])
+    plot_test_accuracy_over_training(rows, table, out_dir / PLOTS[1])
+    plot_itop_over_training(rows, table, out_dir / PLOTS[2])
     return out_dir / "report.md", rows
