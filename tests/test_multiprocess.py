@@ -247,23 +247,31 @@ def test_sigterm_stops_both_a_killed_or_hung_process_stops_the_other_in_one_sent
 
 
 @pytest.mark.slow
-def test_an_unreachable_coordinator_is_one_sentence_after_the_join_timeout(tmp_path):
-    # Process 1 finds nobody at the port; process 0 (elsewhere) waits for a process 1 that never comes.
+def test_an_unreachable_coordinator_or_a_port_in_use_is_one_sentence(tmp_path):
+    # Process 1 finds nobody at its port; a process 0 waits for a process 1 that never comes; another
+    # process 0 finds its port taken by another program.
     base = ["logger=none", "trainer.distributed=on", "trainer.num_processes=2", "trainer.join_timeout=3"]
-    ports = free_port(), free_port()
+    taken = socket.socket()
+    taken.bind(("0.0.0.0", 0))
+    taken.listen()
+    ports = free_port(), free_port(), taken.getsockname()[1]
     t0 = time.monotonic()
-    procs = [launch([*base, f"trainer.coordinator=127.0.0.1:{ports[i]}", f"trainer.process_id={i}",
-                     f"hydra.run.dir={tmp_path / f'run{i}'}"], tmp_path / f"cwd{i}") for i in range(2)]
-    results = [finish(p, timeout=120) for p in procs]
+    procs = [launch([*base, f"trainer.coordinator=127.0.0.1:{port}", f"trainer.process_id={i}",
+                     f"hydra.run.dir={tmp_path / f'run{k}'}"], tmp_path / f"cwd{k}")
+             for k, (i, port) in enumerate(zip((0, 1, 0), ports))]
+    (rc0, _, err0), (rc1, _, err1), (rc2, _, err2) = (finish(p, timeout=120) for p in procs)
+    taken.close()
     assert time.monotonic() - t0 < 90
-    (rc0, _, err0), (rc1, _, err1) = results
-    assert rc0 != 0 and rc1 != 0
+    assert rc0 != 0 and rc1 != 0 and rc2 == 1
     assert one_error_line(err1) == (
         f"error: process 1 of 2: could not reach the jax.distributed coordinator at 127.0.0.1:{ports[1]} "
         f"(trainer.coordinator) within 3 s (trainer.join_timeout); start every process with the same coordinator "
         f"address, and check that process 0 runs and its port is reachable.")
     assert one_error_line(err0).startswith(f"error: process 0 of 2: not all 2 processes joined at 127.0.0.1:{ports[0]}")
-    assert not (tmp_path / "run0").exists() and not (tmp_path / "run1").exists()
+    assert one_error_line(err2) == (f"error: process 0 of 2 could not listen on 127.0.0.1:{ports[2]} "
+                                    f"(trainer.coordinator): the port is in use; choose another port for the "
+                                    f"coordinator.")
+    assert not any((tmp_path / f"run{k}").exists() for k in range(3))
 
 
 # The pure parts: which settings and environments make a process one of several.

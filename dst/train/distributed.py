@@ -8,10 +8,12 @@ A process is one of several when the settings say so (``trainer.distributed=on``
 task), unless ``trainer.distributed=off``. :func:`start` then joins the others through
 ``jax.distributed.initialize``, before anything else uses JAX, with CPU collectives over gloo.
 
-Failures are one sentence rather than a hang or a C++ log: a coordinator nobody answers at within
-``trainer.join_timeout`` seconds, and a peer that dies (its collectives fail at once; a peer that
-stops answering is noticed after ``trainer.heartbeat_timeout`` seconds), after which the process exits
-at once, so that the others notice in turn.
+Failures are one sentence rather than a hang or a C++ log: a coordinator's port in use, a coordinator
+nobody answers at within ``trainer.join_timeout`` seconds, and a peer that dies (its collectives fail at
+once; a peer that stops answering is noticed after ``trainer.heartbeat_timeout`` seconds), after which
+the process exits at once, so that the others notice in turn. jaxlib ends a process itself (a C++
+abort) when the coordinator does not answer or a peer is reported dead: ``dst-train`` routes its stderr
+through :mod:`dst.train.stderr_guard`, which shows one sentence instead.
 
 Only process 0 writes (run directory, checkpoints, wandb); :func:`from_primary` gives every process
 what process 0 read, so that resuming does not need the other hosts to see the run directory.
@@ -19,6 +21,7 @@ what process 0 read, so that resuming does not need the other hosts to see the r
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -170,6 +173,9 @@ def initialize(setup: Setup) -> None:
     if xla_bridge.backends_are_initialized():
         raise DistributedError("jax.distributed must start before anything uses JAX; something in this process "
                                "used JAX first.")
+    if setup.process_id == 0 and not os.environ.get("JAX_COORDINATOR_BIND_ADDRESS") and _port_taken(setup):
+        # jaxlib's server would fail to bind and crash the process (a segfault) rather than raise.
+        raise JoinError(join_failure(setup, OSError("address already in use")).removeprefix("error: "))
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
         jax.distributed.initialize(setup.coordinator, setup.num_processes, setup.process_id,
@@ -183,6 +189,23 @@ def initialize(setup: Setup) -> None:
         raise JoinError(join_failure(setup, err).removeprefix("error: ")) from None
 
 
+def _port_taken(setup: Setup) -> bool:
+    """Whether another program listens on the coordinator's port (process 0 binds every address)."""
+    import socket
+
+    port = int(setup.coordinator.rsplit(":", 1)[1])
+    for family, address in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # a port in TIME_WAIT is free
+                sock.bind((address, port))
+                return False
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                return True
+    return False
+
+
 def _reset(jax_distributed) -> None:
     """Forget a half-made connection, so that the process can exit without waiting on it."""
     state = jax_distributed.global_state
@@ -193,9 +216,9 @@ def join_failure(setup: Setup, err: BaseException | None = None) -> str:
     """One sentence for a process that could not join the others."""
     text = "" if err is None else str(err).lower()
     where = f"{setup.coordinator} ({setup.coordinator_source})"
-    if "address already in use" in text or "failed to add port" in text or "bind" in text:
-        return (f"error: process 0 could not listen on {where}: the port is in use; choose another port for the "
-                f"coordinator.")
+    if "address already in use" in text or "failed to add port" in text:
+        return (f"error: process 0 of {setup.num_processes} could not listen on {where}: the port is in use; "
+                f"choose another port for the coordinator.")
     if setup.process_id == 0:
         reason = f"not all {setup.num_processes} processes joined at {where}"
     else:
