@@ -1,20 +1,23 @@
 """Shared fixtures: small real models and their params; one persistent JAX compilation cache.
 
 The suite compiles the same programs many times over: each test builds its own jitted step, and each
-``dst-train`` subprocess starts cold. A compilation cache shared by the whole test run and its
-subprocesses (they inherit the environment) turns every repeat into a disk read. It lives in
-``.pytest_cache/`` (``make clean`` removes it); set ``JAX_COMPILATION_CACHE_DIR`` to put it elsewhere.
+``dst-train`` subprocess starts cold. A compilation cache shared by a test process and its subprocesses
+(they inherit the environment) turns every repeat into a disk read. Each pytest-xdist worker has its own
+folder: jax writes an entry without a lock, so two processes must not write one folder at once (of the
+processes of one multi-process run, only process 0 writes). The folders live in
+``.pytest_cache/jax-compilation-cache/`` (``make clean`` removes them); set ``DST_TEST_COMPILATION_CACHE``
+to put them elsewhere.
 """
 
 import os
 import pathlib
 
-# Before the first import of jax, which reads these once.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                      str(pathlib.Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax-compilation-cache"))
+# Before the first import of jax, which reads these once. Set here, not defaulted: a worker inherits the
+# controller's environment, and with it the controller's folder.
+_CACHE_ROOT = os.environ.get("DST_TEST_COMPILATION_CACHE",
+                             pathlib.Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax-compilation-cache")
+os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(_CACHE_ROOT, os.environ.get("PYTEST_XDIST_WORKER", "main"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-# A size limit turns on the cache's file lock: the xdist workers and their subprocesses share it.
-os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
