@@ -30,6 +30,7 @@ def test_one_epoch_rigl_erk90_lenet300_reaches_80_percent(tmp_path):
     assert summary["sparsity/global"] == pytest.approx(0.9, abs=1e-4)
 
 
+@pytest.mark.slow   # 10 epochs of the real data (40-45 s); the one-epoch run above stays in `make test`
 def test_default_experiment_reaches_85_percent(tmp_path):
     """`dst-train` with no overrides: RigL, ERK 90%, LeNet-300-100, Fashion-MNIST, offline wandb."""
     out = dst_train(f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
