@@ -25,6 +25,10 @@ from image_data import write_folder
 from dst.train import distributed
 from dst.train import stderr_guard
 
+# One worker runs these, one at a time: their bounded waits (heartbeats, joins) assume no second run of
+# several processes beside them.
+pytestmark = pytest.mark.xdist_group("several_processes")
+
 CLOCK = ("wall_time", "time/elapsed", "steps_per_sec", "run_dir")
 
 # Imported by every Python process that has this folder on PYTHONPATH: records each file the process
@@ -335,6 +339,15 @@ def test_the_stderr_guard_turns_a_fatal_coordination_log_into_one_sentence():
     mixed = ["error: process 1 of 2: a collective failed." + glog, "Additional GRPC error information\n"]
     assert list(stderr_guard.filter_lines(iter(mixed), "JOIN", "GONE")) == [mixed[0][:mixed[0].index("E1129")] + "\n"]
     assert list(stderr_guard.filter_lines(iter([glog, "more\n"]), "JOIN", "GONE")) == [glog, "more\n"]
+    # The runtime's INFO lines, and other sources' warnings, hold nothing back: later output stays live.
+    info = "I1129 12:17:30.000001    8071 service.cc:152] XLA service 0x5 initialized for platform CUDA\n"
+    other = "W1129 12:17:30.000002    8071 pjrt_client.cc:10] a warning of another source\n"
+    source = [info, other, "Traceback (most recent call last):\n", "still running\n"]
+    read = []
+    lines = iter(source)
+    fed = (read.append(line) or line for line in lines)
+    shown = [(line, len(read)) for line in stderr_guard.filter_lines(fed, "JOIN", "GONE")]
+    assert shown == [(line, i + 1) for i, line in enumerate(source)]    # each shown as soon as it is read
 
 
 def test_each_process_evaluates_its_rows_of_every_batch_padded_to_the_same_shape(tmp_path):

@@ -472,3 +472,5 @@ def test_a_constant_drop_fraction_that_float32_rounds_down_still_drops_its_whole
     from dst.algorithms.base import drop_count
     assert int(drop_count(jnp.float32(0.7), jnp.int32(10))) == 7
     assert int(drop_count(jnp.float32(0.7), jnp.int32(9))) == 6      # 6.3 -> 6: no rounding up
+    # ... nor on a large layer (a 3x3x512x512 conv): int(0.3 * 2,359,296) = int(707,788.8) = 707,788.
+    assert int(drop_count(jnp.float32(0.3), jnp.int32(3 * 3 * 512 * 512))) == 707788

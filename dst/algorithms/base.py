@@ -100,16 +100,18 @@ DropRule = Callable[..., jax.Array]          # (key, w, g, mask, f, excess) -> b
 GrowScore = Callable[..., jax.Array]         # (key, w, g) -> scores, largest grown first
 
 
-# A float32 fraction is a rounding of the schedule's value (0.7 is stored as 0.69999999), so a product
-# that is a whole number in exact arithmetic can land a hair below it; a slack of a few float32 ulps keeps
-# int(f * n) the count the paper's formula gives.
-_ROUNDING_SLACK = 1.0 + 2.0**-20
-
-
 def drop_count(f, n):
-    """``k = int(f * n)`` for a float32 fraction and an integer count, as int32 (exact where ``f * n`` is
-    a whole number in exact arithmetic)."""
-    return jnp.floor(f * n.astype(jnp.float32) * _ROUNDING_SLACK).astype(jnp.int32)
+    """``k = int(f * n)`` for a float32 fraction and an integer count, as int32.
+
+    ``f`` is a float32 rounding of the schedule's value (0.7 is stored as 0.69999999), so a product that
+    is a whole number in exact arithmetic can land a hair below it: within two float32 ulps of the next
+    integer counts as that integer. Products that are not whole numbers keep their floor, also on large
+    layers (0.3 x 2,359,296 = 707,788.8 -> 707,788; a relative slack would round it up).
+    """
+    p = f * n.astype(jnp.float32)
+    k = jnp.floor(p)
+    ulp = jnp.nextafter(p, jnp.float32(jnp.inf)) - p
+    return jnp.where(k + 1 - p <= 2 * ulp, k + 1, k).astype(jnp.int32)
 
 
 def magnitude_drop(key, w, g, mask, f, excess=0):

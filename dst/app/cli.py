@@ -138,6 +138,12 @@ def _train(cfg: DictConfig):
         else:
             summary = run(plain, run_dir)
     except ConfigError as err:
+        if setup is not None and not in_sweep:
+            # Not sys.exit: its shutdown barrier would wait for peers that never reach it (one process of
+            # several can refuse a setting the others accepted, e.g. a data folder missing on its host).
+            from dst.train import distributed
+
+            distributed.exit_now(f"error: {err}", EXIT_BAD_CONFIG)
         print(f"error: {err}", file=sys.stderr, flush=True)
         if in_sweep:
             _record_failure(run_dir, err)

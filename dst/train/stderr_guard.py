@@ -3,11 +3,15 @@
 jaxlib's coordination client aborts the process (a fatal C++ log and a stack trace) when the service
 reports a dead or silent peer, and offers no callback Python can use instead. :func:`install` routes
 the process's stderr (file descriptor 2) through a small helper process (this file, run by path: no
-JAX, no dst imports) that passes every line through, except the coordination service's log lines
-after the first one: when the process ends after a fatal one, the helper prints one sentence instead
-(``joining`` until the process says it joined the others, :func:`joined`, then ``gone``); when the
-process ended otherwise, it prints them as they were (or drops them when the process already said
-``error: ...`` itself). The helper ignores SIGINT and SIGTERM and ends when stderr closes.
+JAX, no dst imports) that passes every line through until the distributed runtime logs its first
+warning, error or fatal line. From that line on it holds every line (such a log message spans several
+lines, and it is how a dying process's last output starts): when the process ends after a fatal line,
+the helper prints one sentence instead (``joining`` until the process says it joined the others,
+:func:`joined`, then ``gone``); when the process ended otherwise, it prints them as they were (or drops
+them when the process already said ``error: ...`` itself). Lines that start with ``error: `` always pass.
+The runtime's INFO lines (and other sources' logs, e.g. XLA's GPU client) never start holding. The
+helper ignores SIGINT and SIGTERM and ends when stderr closes; its last sentence can come a moment after
+the process itself has exited.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ import sys
 
 GLOG = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ ([\w.]+):\d+\]")
 GLOG_INSIDE = re.compile(r"(?<=\S)[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ [\w.]+:\d+\]")
-# Sources of jaxlib's distributed runtime (coordination service and agent, client, preemption sync).
-COORDINATION = re.compile(r"coordination|client\.(h|cc)|service\.cc|preemption_sync|distributed")
+# Source files of jaxlib's distributed runtime (coordination service and agent, its client and service,
+# preemption sync), matched whole: pjrt_client.cc or XLA's GPU clients are other sources.
+COORDINATION = re.compile(r"^(coordination\w*|preemption\w*|client|service|distributed\w*)\.(h|cc)$")
 NOISE = re.compile(r"^\[Gloo\] Rank \d+ is connected to \d+ peer ranks")
 JOINED = "\x00dst: joined\n"    # what the process writes once it joined (not shown)
 
@@ -40,7 +45,7 @@ def filter_lines(lines, joining: str, gone: str):
             continue
         said = said or line.startswith("error: ")
         match = GLOG.match(line)
-        if held or (match and COORDINATION.search(match.group(1))):
+        if held or (match and line[0] in "WEF" and COORDINATION.search(match.group(1))):
             held.append(line)
             fatal = fatal or is_fatal(line)
             if line.startswith("error: "):
