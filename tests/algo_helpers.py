@@ -1,6 +1,7 @@
 """Helpers shared by the algorithm tests: build any registered algorithm with a short schedule and run
 it through the real jitted train step on a tiny MLP."""
 
+import functools
 import inspect
 
 import jax
@@ -31,7 +32,15 @@ FAST_ALGORITHMS = ("static", "rigl", "topkast", "gmp", "snip")
 def every_algorithm(names=None, fast=FAST_ALGORITHMS):
     """``names`` (default: every registered algorithm) as parameters, those outside ``fast`` marked slow."""
     names = dst.algorithms.names() if names is None else names
-    return [n if n in fast else pytest.param(n, marks=pytest.mark.slow) for n in names]
+    return [per_algorithm(n, slow=n not in fast) for n in names]
+
+
+def per_algorithm(*values, slow=False):
+    """A test case whose first value names an algorithm. Under pytest-xdist (``--dist loadgroup``) the
+    cases of one algorithm share a worker, where its programs are already traced (tests share jitted
+    steps through caches) or compiled (the worker's persistent compilation cache)."""
+    marks = [pytest.mark.xdist_group(f"algorithm-{values[0]}")] + ([pytest.mark.slow] if slow else [])
+    return pytest.param(*values, marks=marks)
 
 
 def make_algorithm(name, **overrides):
@@ -41,6 +50,7 @@ def make_algorithm(name, **overrides):
     return dst.algorithms.make(name, **kwargs)
 
 
+@functools.cache   # jax arrays are immutable: every test may share them
 def tiny_problem(seed=0, n=256, dim=64):
     model = MLP(hidden=(32, 16), num_classes=10)
     params = model.init(jax.random.key(seed), jnp.zeros((1, dim)))["params"]

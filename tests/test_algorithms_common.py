@@ -13,6 +13,7 @@ from algo_helpers import SHRINKING
 from algo_helpers import TOTAL_CONSTANT
 from algo_helpers import every_algorithm
 from algo_helpers import make_algorithm
+from algo_helpers import per_algorithm
 from algo_helpers import start_state
 
 import dst
@@ -22,9 +23,23 @@ ALGORITHMS = dst.algorithms.names()
 SPARSE = ("Dense_0/kernel", "Dense_1/kernel", "Dense_2/kernel")
 
 
+@functools.cache
+def _start(name, optimizer, key, overrides):
+    return start_state(name, optimizer, key, **dict(overrides))
+
+
+@functools.cache
+def _jitted_step(name, optimizer, overrides):
+    """One jitted step per algorithm, optimizer and settings: the tests of one algorithm (one worker's
+    group) trace and compile it once. The state's key is an argument, not part of the program."""
+    model, _, _, algo, tx, _ = _start(name, optimizer, 0, overrides)
+    return jax.jit(dst.make_train_step(dst.flax_apply(model), tx, algo))
+
+
 def _run(name, optimizer="sgd_momentum", steps=8, key=0, **overrides):
-    model, x, y, algo, tx, state = start_state(name, optimizer, key, **overrides)
-    step = jax.jit(dst.make_train_step(dst.flax_apply(model), tx, algo))
+    overrides = tuple(sorted(overrides.items()))
+    model, x, y, algo, tx, state = _start(name, optimizer, key, overrides)
+    step = _jitted_step(name, optimizer, overrides)
     history = [state]
     for i in range(steps):
         idx = jnp.arange(32) + 32 * (i % 8)
@@ -51,9 +66,8 @@ def test_unknown_algorithm_lists_valid_names():
 
 # Every algorithm under SGD with momentum; under Adam and AdamW (whose moments the trainer resets for grown
 # weights) the algorithms of distinct state kinds in `make test`, the rest in `make test-slow`.
-INVARIANT_CASES = [(n, "sgd_momentum") for n in ALGORITHMS] + [
-    case if case[0] in FAST_ALGORITHMS else pytest.param(*case, marks=pytest.mark.slow)
-    for case in ((n, opt) for opt in ("adam", "adamw") for n in ALGORITHMS)]
+INVARIANT_CASES = [per_algorithm(n, "sgd_momentum") for n in ALGORITHMS] + [
+    per_algorithm(n, opt, slow=n not in FAST_ALGORITHMS) for opt in ("adam", "adamw") for n in ALGORITHMS]
 
 
 @pytest.mark.parametrize("name, optimizer", INVARIANT_CASES)
@@ -83,7 +97,7 @@ def test_invariants_hold_after_every_step(name, optimizer):
         previous = state
 
 
-@pytest.mark.parametrize("name", sorted(SHRINKING))
+@pytest.mark.parametrize("name", [per_algorithm(n) for n in sorted(SHRINKING)])
 def test_gradual_pruning_reaches_its_final_sparsity_at_end_step(name):
     _, history = _run(name, steps=10, end_step=8)
     params = history[0].params
@@ -97,7 +111,7 @@ def test_gradual_pruning_reaches_its_final_sparsity_at_end_step(name):
 
 
 
-@pytest.mark.parametrize("name", ALGORITHMS)
+@pytest.mark.parametrize("name", [per_algorithm(n) for n in ALGORITHMS])
 def test_same_key_same_result(name):
     _, a = _run(name, key=3)
     _, b = _run(name, key=3)
@@ -106,7 +120,7 @@ def test_same_key_same_result(name):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-@pytest.mark.parametrize("name", ["set", "rigl", "snfs", "mest", "granet", "topkast"])
+@pytest.mark.parametrize("name", [per_algorithm(n) for n in ("set", "rigl", "snfs", "mest", "granet", "topkast")])
 def test_dynamic_algorithms_change_topology_only_on_schedule(name):
     _, history = _run(name, steps=6)
     changed = [not all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(
@@ -117,9 +131,10 @@ def test_dynamic_algorithms_change_topology_only_on_schedule(name):
     assert any(changed[0::2])
 
 
-@pytest.mark.parametrize("name", ALGORITHMS)
+@pytest.mark.parametrize("name", [per_algorithm(n) for n in ALGORITHMS])
 def test_whole_run_traces_the_step_once(name):
-    model, x, y, algo, tx, state = start_state(name, "adam")
+    # The program of `_epoch_of(name)`: the worker's compilation cache has it, and the count is of traces.
+    model, x, y, algo, tx, state = start_state(name)
     apply_fn = dst.flax_apply(model)
     traces = []
 
@@ -141,7 +156,7 @@ def test_whole_run_traces_the_step_once(name):
     assert int(state.step) == 3 * (x.shape[0] // 32)
 
 
-@pytest.mark.parametrize("name", [n for n in ALGORITHMS if make_algorithm(n).quiet is not None])
+@pytest.mark.parametrize("name", [per_algorithm(n) for n in ALGORITHMS if make_algorithm(n).quiet is not None])
 def test_quiet_calls_are_exactly_skipped_calls(name):
     # `quiet(state)` promises that many update calls change nothing but what `skip` advances; the
     # trainer relies on it to leave those calls out. Checked call by call around a shifted schedule.

@@ -20,14 +20,14 @@ from dst.data import locate
 from dst.data.cifar import read_batch
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cifar10(tmp_path_factory):
     root = tmp_path_factory.mktemp("c10")
     folder, arrays = write_cifar10(root)
     return root, folder, arrays
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cifar100(tmp_path_factory):
     root = tmp_path_factory.mktemp("c100")
     folder, arrays = write_cifar100(root)

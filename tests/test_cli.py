@@ -25,12 +25,12 @@ REQUIRED = ("step", "epoch", "train/loss", "train/accuracy", "test/loss", "test/
 LAYERS = ("Dense_0/kernel", "Dense_1/kernel", "Dense_2/kernel")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
     return write_dataset(tmp_path_factory.mktemp("idx") / "fashion_mnist")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def rigl_run(tmp_path_factory, data_dir):
     run_dir = tmp_path_factory.mktemp("run") / "rigl"
     out = dst_train("sparsity=rigl", "sparsity.sparsity=0.9", "model=lenet300", "dataset=fashion_mnist",

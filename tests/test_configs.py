@@ -34,7 +34,7 @@ def test_every_registered_algorithm_has_a_config():
     assert set(dst.algorithms.names()) <= files
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
     return write_dataset(tmp_path_factory.mktemp("idx") / "d")
 

@@ -31,7 +31,7 @@ def composed(*overrides):
         return OmegaConf.to_container(compose("config", overrides=list(overrides)), resolve=True)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     write_cifar10(root / "cifar10", per_batch=32, n_test=40)

@@ -25,7 +25,7 @@ def _md5(path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cifar_tarball(tmp_path_factory):
     """A small cifar-10-python.tar.gz laid out like the official one (cifar-10-batches-py/ at the top)."""
     staging = tmp_path_factory.mktemp("staging")

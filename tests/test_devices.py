@@ -9,12 +9,12 @@ import sys
 import textwrap
 
 import pytest
-from cli_helpers import ENV
+from cli_helpers import forced_devices
 from idx_data import write_dataset
 
 import dst
 
-FOUR = {**ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+FOUR = forced_devices(4)
 
 SCRIPT = textwrap.dedent("""
     import sys

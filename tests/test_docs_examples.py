@@ -52,7 +52,7 @@ def composed(*overrides, hydra=False):
     return cfg if hydra else OmegaConf.to_container(cfg, resolve=True)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
     return write_dataset(tmp_path_factory.mktemp("idx") / "fashion_mnist")
 

@@ -2,10 +2,12 @@
 
 import json
 
+import numpy as np
 import pytest
 from cli_helpers import dst_train
 
 from dst.data import DataNotFoundError
+from dst.data import load
 from dst.data import locate
 
 
@@ -21,6 +23,17 @@ pytestmark = pytest.mark.skipif(not _have_fashion_mnist(),
                                 reason="Fashion-MNIST not installed: apt-get install dataset-fashion-mnist")
 
 
+def test_the_real_files_load_as_published():
+    # Xiao et al. 2017: 60,000 training and 10,000 test images of 28x28, 6,000 / 1,000 per class.
+    data = load("fashion_mnist", normalize="none", seed=None)
+    assert data.train_x.shape == (60000, 28, 28) and data.test_x.shape == (10000, 28, 28)
+    assert np.bincount(data.train_y).tolist() == [6000] * 10 and np.bincount(data.test_y).tolist() == [1000] * 10
+    assert data.train_x.min() == 0 and data.train_x.max() == 255
+    # The first training image is an ankle boot (label 9), as in the files' own order.
+    assert data.train_y[0] == 9
+
+
+@pytest.mark.slow   # one epoch of the real data in a dst-train process (19 s under xdist)
 def test_one_epoch_rigl_erk90_lenet300_reaches_80_percent(tmp_path):
     out = dst_train("sparsity=rigl", "sparsity.sparsity=0.9", "model=lenet300", "dataset=fashion_mnist",
                     "trainer.epochs=1", "logger=none", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)

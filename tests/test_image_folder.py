@@ -13,6 +13,7 @@ import pytest
 from algo_helpers import start_state
 from cli_helpers import ENV
 from cli_helpers import dst_train
+from cli_helpers import forced_devices
 from image_data import CLASSES
 from image_data import write_folder
 from PIL import Image
@@ -25,7 +26,7 @@ from dst.train.evaluate import stream_evaluate_fn
 from dst.train.stream import StreamEpoch
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def folder(tmp_path_factory):
     return write_folder(tmp_path_factory.mktemp("images"))
 
@@ -196,7 +197,7 @@ def test_cli_streams_over_four_devices_as_over_one(tmp_path, folder):
     # Each chunk is assembled from the host's rows (make_array_from_process_local_data) and split over
     # the 4 forced host devices; the run must match the one-device run, in a compiled chunk and in the
     # host loop (one dispatch per step on a row of the global chunk).
-    four = {**ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    four = forced_devices(4)
     records = {}
     for name, env, loop in (("one", ENV, "scan"), ("four", four, "scan"), ("four_host", four, "host")):
         out = subprocess.run([sys.executable, "-m", "dst.train", "dataset=image_folder", f"dataset.data_dir={folder}",

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 RAY_PORT = 6391
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
     return write_dataset(tmp_path_factory.mktemp("idx") / "fashion_mnist")
 

@@ -27,7 +27,7 @@ PUBLISHED = {
 }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cached(tmp_path_factory):
     """One generation for the module: the data set loaded (and cached) from a fresh folder."""
     folder = tmp_path_factory.mktemp("mnist1d")

@@ -142,7 +142,7 @@ def test_every_model_gives_logits_in_eval_and_train(name):
         assert all(jax.tree_util.tree_leaves(same_structure))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def small_wrn():
     """A WRN-10-1 on 8x8 images: small enough to run, with every kind of BatchNorm use."""
     model = WideResNet(depth=10, widen_factor=1)

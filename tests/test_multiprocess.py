@@ -19,6 +19,7 @@ from collections import Counter
 import numpy as np
 import pytest
 from cli_helpers import ENV
+from cli_helpers import forced_devices
 from idx_data import write_dataset
 from image_data import write_folder
 
@@ -160,7 +161,7 @@ def test_two_processes_of_two_devices_each_keep_the_masks_of_one_device(tmp_path
     common = [f"dataset.data_dir={data}", "model=mlp", "model.hidden=[32]", "trainer.batch_size=64",
               "trainer.epochs=2", "sparsity=set", "sparsity.update_every=3", "logger=none"]
     port = free_port()
-    two = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    two = {"XLA_FLAGS": forced_devices(2)["XLA_FLAGS"]}
     procs = [launch([*common, "trainer.distributed=on", f"trainer.coordinator=127.0.0.1:{port}",
                      "trainer.num_processes=2", f"trainer.process_id={i}", f"hydra.run.dir={tmp_path / 'run'}"],
                     tmp_path / f"cwd{i}", two) for i in range(2)]

@@ -141,7 +141,7 @@ def test_dst_report_on_nothing_or_broken_files_says_so(tmp_path):
     assert "`bad`: unreadable" in text and "| rigl | 0.9 |" in text and "| 1 |" in text
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
     return write_dataset(tmp_path_factory.mktemp("idx") / "fashion_mnist")
 

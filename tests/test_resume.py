@@ -31,7 +31,7 @@ BASE = ["model=set_mlp", "trainer.batch_size=64", "trainer.epochs=7", "trainer.l
         "logger=none", "sparsity.update_every=40"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
     return write_dataset(tmp_path_factory.mktemp("idx") / "fashion_mnist", n_train=6400)
 
@@ -43,7 +43,7 @@ def outputs(run_dir):
     return [strip(r) for r in records], strip(summary)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def uninterrupted(tmp_path_factory, data_dir):
     run_dir = tmp_path_factory.mktemp("whole") / "run"
     out = dst_train(*BASE, f"dataset.data_dir={data_dir}", f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
@@ -109,7 +109,7 @@ def _files(folder):
     return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def small_data(tmp_path_factory):
     return write_dataset(tmp_path_factory.mktemp("small") / "fashion_mnist")
 

@@ -141,7 +141,7 @@ def test_preset_densities_are_the_expected_counts_of_eps_draws():
     assert len(updates) == 399 and updates[0] == 50 and updates[-1] == 399 * 50
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def idx_dir(tmp_path_factory):
     from idx_data import write_dataset
 

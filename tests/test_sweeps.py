@@ -35,7 +35,7 @@ def test_density_curve_spans_fifty_to_ninety_nine_percent():
     assert min(values) == 0.5 and max(values) == 0.99 and values == sorted(values)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
     return write_dataset(tmp_path_factory.mktemp("idx") / "fashion_mnist")
 

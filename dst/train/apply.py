@@ -45,7 +45,8 @@ def init_model(model: nn.Module, key, sample_x):
     """``(params, model_state)`` of ``model`` initialised from ``key`` for inputs shaped like
     ``sample_x`` (one example with a batch axis is enough)."""
     kwargs = {"train": False} if _takes_train(model) else {}
-    variables = dict(model.init(key, sample_x, **kwargs))
+    # One compiled program: op by op, every initialiser's operations compile one at a time.
+    variables = dict(jax.jit(lambda k, x: model.init(k, x, **kwargs))(key, sample_x))
     params = variables.pop("params")
     return params, {name: value for name, value in variables.items() if name != "intermediates"}
 

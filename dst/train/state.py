@@ -38,12 +38,16 @@ def create_train_state(key, params, masks, tx: optax.GradientTransformation, alg
     ``key`` starts the chain of per-step keys (dropout, the algorithm's updates); the algorithm's
     ``init`` gets a key folded from it (Top-KAST breaks the ties of its first backward set with it).
     """
-    if algo.trainable is None:  # dense storage (Top-KAST) keeps the weights outside the mask
-        params = apply_masks(params, masks)
-    algo_state = algo.init(params, masks, jax.random.fold_in(key, ALGO_INIT_STREAM))
-    return TrainState(params=params, masks=masks, model_state={} if model_state is None else model_state,
-                      opt_state=tx.init(params), algo_state=algo_state, ever_active=masks,
-                      active=counts(masks), step=jnp.zeros((), jnp.int32), rng=key)
+    def create(key, params, masks, model_state):
+        if algo.trainable is None:  # dense storage (Top-KAST) keeps the weights outside the mask
+            params = apply_masks(params, masks)
+        algo_state = algo.init(params, masks, jax.random.fold_in(key, ALGO_INIT_STREAM))
+        return TrainState(params=params, masks=masks, model_state=model_state, opt_state=tx.init(params),
+                          algo_state=algo_state, ever_active=masks, active=counts(masks),
+                          step=jnp.zeros((), jnp.int32), rng=key)
+
+    # One compiled program: op by op, each of the dozens of small operations compiles on its own.
+    return jax.jit(create)(key, params, masks, {} if model_state is None else model_state)
 
 
 def counts(tree):
