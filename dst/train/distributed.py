@@ -5,7 +5,7 @@ replicated over all of them (see :mod:`dst.train.devices`).
 A process is one of several when the settings say so (``trainer.distributed=on`` with
 ``trainer.coordinator``, ``trainer.num_processes``, ``trainer.process_id``), when its environment says so
 (``DST_COORDINATOR``, ``DST_NUM_PROCESSES``, ``DST_PROCESS_ID``; or Slurm's ``srun`` with more than one
-task), unless ``trainer.distributed=off``. :func:`start` then joins the others through
+task), unless ``trainer.distributed=off`` (:func:`detect`). :func:`join` then joins the others through
 ``jax.distributed.initialize``, before anything else uses JAX, with CPU collectives over gloo.
 
 Failures are one sentence rather than a hang or a C++ log: a coordinator's port in use, a coordinator
@@ -140,16 +140,6 @@ def detect(trainer: dict, env=None) -> Setup | None:
 def current() -> Setup | None:
     """The setup this process joined with, or None (alone, or not joined yet)."""
     return _SETUP
-
-
-def start(trainer: dict, env=None) -> Setup | None:
-    """Join the other processes when :func:`detect` says this process is one of several (once per
-    process: a second call returns the same setup). Must come before anything else uses JAX."""
-    setup = detect(trainer, env)
-    if setup is None or _SETUP is not None:
-        return _SETUP if setup is not None else None
-    join(setup)
-    return setup
 
 
 def join(setup: Setup) -> None:
