@@ -70,14 +70,15 @@ def test_a_preempted_submitit_job_is_requeued_and_resumes(tmp_path, tmp_path_fac
     # checkpointable, so submitit requeues the same job (same overrides, same directory), and dst
     # resumes it from its latest checkpoint: the job ends with an uninterrupted run's records.
     data = write_dataset(tmp_path_factory.mktemp("big") / "fashion_mnist", n_train=6400)
-    base = ["model=set_mlp", "trainer.epochs=6", "trainer.batch_size=64", "logger=none", f"dataset.data_dir={data}"]
+    # LeNet-300-100 (a tenth of set_mlp's weights) over 12 epochs: USR2 lands with most of the job to go.
+    base = ["model=lenet300", "trainer.epochs=12", "trainer.batch_size=64", "logger=none", f"dataset.data_dir={data}"]
     whole = tmp_path / "whole"
     assert dst_train(*base, f"hydra.run.dir={whole}", cwd=tmp_path).returncode == 0
     sweep_dir = tmp_path / "sweep"
     proc = subprocess.Popen([sys.executable, "-m", "dst.train", "-m", "hydra/launcher=submitit_local",
                              "hydra.launcher.timeout_min=15", *base, "trainer.seed=0", f"hydra.sweep.dir={sweep_dir}"],
                             cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    job = sweep_dir / "0_rigl_set_mlp_fashion_mnist_s0"
+    job = sweep_dir / "0_rigl_lenet300_fashion_mnist_s0"
     deadline = time.monotonic() + 600
     while not (job / "checkpoints" / "2").is_dir():
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
