@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dst.selection import sorted_top_k_mask
 from dst.selection import top_k_mask
 
 # Leaves that are dense by design even when they have two or more dims: embeddings and tokens are
@@ -63,10 +64,19 @@ def active_count(density: float, size: int) -> int:
     return int(round(float(density) * int(size)))
 
 
+# Up to this many weights a layer's initial mask comes from one sort, above it from top_k_mask's counting
+# search: the same mask either way. Measured with -O2 on 2 CPU cores (compile + run, once per layer shape):
+# 784x300 0.68 s sorted vs 1.38 s searched, 1000x1000 1.0 s vs 1.2 s; the sort's O(n log n) run wins
+# nothing beyond.
+SORTED_INIT_LIMIT = 1 << 20
+
+
 @functools.partial(jax.jit, static_argnums=1)
 def _exact_random_mask(key, shape, n_active):
-    # Top-n of uniform scores: an exact count without the full sort a permutation costs.
+    # Top-n of uniform scores: an exact count, and a draw that any implementation of top-n reproduces.
     scores = jax.random.uniform(key, shape)
+    if scores.size <= SORTED_INIT_LIMIT:
+        return sorted_top_k_mask(scores, n_active, key)
     return top_k_mask(scores, jnp.ones(shape, bool), n_active, key)
 
 

@@ -9,8 +9,8 @@ processes of one multi-process run, only process 0 writes). The folders live in
 to put them elsewhere.
 
 The tests check what programs compute, not how fast they run, so XLA's LLVM backend compiles them at -O0
-(``--xla_backend_optimization_level=0``): about a quarter less test time (docs/testing.md), with the same HLO passes, so the
-same fusions and reduction orders (equality tests compare programs compiled alike). Set
+(``--xla_backend_optimization_level=0``): about a quarter less test time (docs/testing.md), with the same
+HLO passes, so the same fusions and reduction orders (equality tests compare programs compiled alike). Set
 ``DST_TEST_FULL_OPTIMIZATION=1`` to run the suite as users' runs compile.
 """
 

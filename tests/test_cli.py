@@ -14,7 +14,7 @@ from idx_data import write_dataset
 
 import dst
 from dst.masks import active_count
-from dst.models import lenet300
+from dst.models import MLP
 
 # One worker runs this file, so its module fixtures (real runs) run once under `make test`.
 pytestmark = pytest.mark.xdist_group("cli_run")
@@ -23,6 +23,10 @@ REQUIRED = ("step", "epoch", "train/loss", "train/accuracy", "test/loss", "test/
             "itop_rate", "drop_fraction", "topology/updates", "topology/dropped", "topology/grown",
             "flops/train_relative", "steps_per_sec", "dead_units/total", "dead_units/Dense_0/kernel")
 LAYERS = ("Dense_0/kernel", "Dense_1/kernel", "Dense_2/kernel")
+# The runs train a narrow MLP: the same program as LeNet-300-100's, with layers small enough that a mask
+# update's selection compiles as the small program (dst.selection), so a run takes seconds less to start.
+HIDDEN = (20, 12)
+MODEL = ("model=mlp", f"model.hidden=[{HIDDEN[0]},{HIDDEN[1]}]")
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +37,7 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def rigl_run(tmp_path_factory, data_dir):
     run_dir = tmp_path_factory.mktemp("run") / "rigl"
-    out = dst_train("sparsity=rigl", "sparsity.sparsity=0.9", "model=lenet300", "dataset=fashion_mnist",
+    out = dst_train("sparsity=rigl", "sparsity.sparsity=0.9", *MODEL, "dataset=fashion_mnist",
                     f"dataset.data_dir={data_dir}", "trainer.epochs=3", "trainer.batch_size=64",
                     "sparsity.update_every=4", f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -54,7 +58,7 @@ def test_metrics_have_every_key_and_densities_stay_on_target(rigl_run):
     run_dir, _ = rigl_run
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2, 3]
-    params = lenet300().init(jax.random.key(0), jnp.zeros((1, 28, 28)))["params"]
+    params = MLP(hidden=HIDDEN).init(jax.random.key(0), jnp.zeros((1, 28, 28)))["params"]
     densities = dst.layer_densities(params, 0.9, "erk")
     sizes = {n: x.size for n, x in dst.masks.named_leaves(params).items()}
     for r in records:
@@ -88,7 +92,7 @@ def test_wandb_offline_run_is_readable_by_wandbs_own_reader(rigl_run):
     assert "finished" in out.stdout
     records = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(files[0])],
                              capture_output=True, text=True, timeout=120).stdout
-    for tag in ("algorithm=rigl", "sparsity=0.9", "distribution=erk", "model=lenet300", "dataset=fashion_mnist",
+    for tag in ("algorithm=rigl", "sparsity=0.9", "distribution=erk", "model=mlp", "dataset=fashion_mnist",
                 "seed=0"):
         assert f'"{tag}"' in records, tag
     table = json.loads(next((run_dir / "wandb").glob("offline-run-*/files/media/table/final/densities*.json"))
@@ -125,7 +129,7 @@ def test_bad_input_exits_nonzero_with_one_sentence_and_keeps_old_outputs(tmp_pat
 
 def test_non_finite_loss_fails_fast_and_keeps_what_was_logged(tmp_path, data_dir):
     run_dir = tmp_path / "run"
-    out = dst_train(f"dataset.data_dir={data_dir}", "optimizer.lr=1e30", "optimizer.schedule=constant",
+    out = dst_train(*MODEL, f"dataset.data_dir={data_dir}", "optimizer.lr=1e30", "optimizer.schedule=constant",
                     "trainer.epochs=3", "logger=none", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert out.returncode != 0
     assert "train/loss became" in out.stderr and "optimizer.lr" in out.stderr

@@ -5,7 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dst import selection
 from dst.selection import bottom_k_mask
+from dst.selection import sorted_top_k_mask
 from dst.selection import top_k_mask
 
 
@@ -111,3 +113,49 @@ def test_extreme_magnitudes_and_infinities():
     scores[20:30] = np.nan
     for k in [5, 10, 11, 50_000, 99_990, 100_000]:
         _check_top_k(scores, np.ones(100_000, bool), k, jax.random.key(k))
+
+
+
+def _hard_cases(rng, shape):
+    """Scores with distinct values, heavy ties, NaN and infinities, and unsigned ranks."""
+    normal = rng.normal(size=shape).astype(np.float32)
+    nan = normal.copy()
+    nan.flat[rng.integers(0, nan.size, nan.size // 5)] = np.nan
+    nan.flat[0], nan.flat[-1] = np.inf, -np.inf
+    return [normal, np.round(normal * 2), np.zeros(shape, np.float32), nan,
+            rng.integers(0, 5, shape).astype(np.uint32)]
+
+
+@pytest.mark.parametrize("shape", [(5,), (64, 32)])
+def test_the_small_array_search_picks_what_the_bracketed_search_picks(shape, monkeypatch):
+    # Arrays up to the sample size take two plain bit searches; the bracketed search (forced by a sample
+    # size of 1 while its program is traced) must choose the same elements, tie-break included.
+    rng = np.random.default_rng(0)
+    n = int(np.prod(shape))
+    cases = []
+    for scores in _hard_cases(rng, shape):
+        for p_ineligible in (0.0, 0.3):
+            eligible = jnp.asarray(rng.random(shape) >= p_ineligible)
+            m = int(eligible.sum())
+            cases += [(jnp.asarray(scores), eligible, k, jax.random.key(k))
+                      for k in sorted({0, 1, 2, n // 3, m // 2, max(m - 1, 0), m, m + 1})]
+    small = jax.jit(top_k_mask)
+    picked = [np.asarray(small(*args)) for args in cases]
+    monkeypatch.setattr(selection, "_SAMPLE", 1)
+    bracketed = jax.jit(lambda *args: top_k_mask(*args))   # a new function: traced under the patch
+    for args, got in zip(cases, picked):
+        np.testing.assert_array_equal(got, np.asarray(bracketed(*args)))
+        assert got.sum() == min(args[2], int(args[1].sum()))
+
+
+@pytest.mark.parametrize("shape", [(5,), (40, 30), (200, 300)])
+def test_the_sorted_selection_equals_top_k_with_everything_eligible(shape):
+    sort, search = jax.jit(sorted_top_k_mask), jax.jit(top_k_mask)
+    rng = np.random.default_rng(1)
+    n = int(np.prod(shape))
+    everything = jnp.ones(shape, bool)
+    for scores in _hard_cases(rng, shape):
+        for k in sorted({0, 1, 3, n // 4, n - 1, n, n + 2}):
+            key = jax.random.key(k + 7)
+            np.testing.assert_array_equal(np.asarray(sort(jnp.asarray(scores), k, key)),
+                                          np.asarray(search(jnp.asarray(scores), everything, k, key)))
