@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import pytest
 import yaml
 from cli_helpers import dst_train
+from cli_helpers import dst_train_here
 from idx_data import write_dataset
 
 import dst
@@ -119,12 +120,20 @@ def test_bad_input_exits_nonzero_with_one_sentence_and_keeps_old_outputs(tmp_pat
     run_dir.mkdir()
     (run_dir / "metrics.jsonl").write_text('{"step": 1}\n')
     overrides = [f"dataset.data_dir={data_dir}", override] if "data_dir" not in override else [override]
-    out = dst_train(*overrides, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    out = dst_train_here(*overrides, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert out.returncode == 2
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and sentence in lines[0], out.stderr
     assert (run_dir / "metrics.jsonl").read_text() == '{"step": 1}\n'
     assert not (run_dir / "summary.json").exists() and "Traceback" not in out.stderr
+
+
+def test_a_bad_setting_is_the_exit_status_2_of_the_real_process(tmp_path, data_dir):
+    # The cases above run the program in the test's process; this one is the console program itself.
+    out = dst_train(f"dataset.data_dir={data_dir}", "sparsity.sparsity=1.0", f"hydra.run.dir={tmp_path / 'run'}",
+                    cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.strip() == (
+        "error: sparsity.sparsity must be a number in [0.0, 1.0); got 1.0."), out.stderr
 
 
 def test_non_finite_loss_fails_fast_and_keeps_what_was_logged(tmp_path, data_dir):

@@ -10,7 +10,7 @@ import pytest
 from algo_helpers import every_algorithm
 from cifar_data import write_cifar10
 from cli_helpers import ENV
-from cli_helpers import dst_train
+from cli_helpers import dst_train_here
 from hydra import compose
 from hydra import initialize_config_dir
 from idx_data import write_dataset
@@ -156,8 +156,8 @@ def test_bad_cifar_files_are_one_sentence(damage, sentence, tmp_path):
 
 
 def test_model_that_cannot_take_the_data_exits_2_from_the_cli(tmp_path):
-    out = dst_train("model=resnet50", "dataset=mnist1d", f"dataset.data_dir={tmp_path / 'm1d'}", "logger=none",
-                    f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    out = dst_train_here("model=resnet50", "dataset=mnist1d", f"dataset.data_dir={tmp_path / 'm1d'}", "logger=none",
+                         f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert out.returncode == 2
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: model resnet50 cannot take"), out.stderr

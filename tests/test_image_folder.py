@@ -13,6 +13,7 @@ import pytest
 from algo_helpers import start_state
 from cli_helpers import ENV
 from cli_helpers import dst_train
+from cli_helpers import dst_train_here
 from cli_helpers import forced_devices
 from image_data import CLASSES
 from image_data import write_folder
@@ -185,8 +186,8 @@ def test_label_smoothing_matches_the_formula():
     np.testing.assert_allclose(float(smoothed_cross_entropy(0.1)(logits, labels)), expected, rtol=1e-6)
 
 
-def _cli(tmp_path, folder, *overrides):
-    return dst_train("dataset=image_folder", f"dataset.data_dir={folder}", "dataset.image_size=8",
+def _cli(tmp_path, folder, *overrides, run=dst_train):
+    return run("dataset=image_folder", f"dataset.data_dir={folder}", "dataset.image_size=8",
                      "model=mlp", "model.hidden=[32]", "trainer.batch_size=6", "dataset.chunk_steps=4",
                      "dataset.workers=2", "logger=none", f"hydra.run.dir={tmp_path / 'run'}", *overrides,
                      cwd=tmp_path)
@@ -238,7 +239,7 @@ def test_cli_trains_from_an_image_folder_and_resumes(tmp_path, folder):
     (("dataset.chunk_steps=0",), "dataset.chunk_steps must be a positive integer"),
 ])
 def test_cli_bad_image_folder_settings_are_one_sentence(tmp_path, folder, overrides, message):
-    out = _cli(tmp_path, folder, *overrides)
+    out = _cli(tmp_path, folder, *overrides, run=dst_train_here)
     assert out.returncode == 2 and message in out.stderr, out.stderr[-2000:]
     assert len([line for line in out.stderr.splitlines() if line.startswith("error:")]) == 1
 
@@ -246,5 +247,5 @@ def test_cli_bad_image_folder_settings_are_one_sentence(tmp_path, folder, overri
 def test_cli_empty_image_folder_is_one_sentence(tmp_path):
     (tmp_path / "f" / "train" / "a").mkdir(parents=True)
     (tmp_path / "f" / "val" / "a").mkdir(parents=True)
-    out = _cli(tmp_path, tmp_path / "f")
+    out = _cli(tmp_path, tmp_path / "f", run=dst_train_here)
     assert out.returncode == 2 and "has no image files" in out.stderr, out.stderr[-2000:]
