@@ -7,6 +7,7 @@ import pathlib
 import sys
 
 import pytest
+from algo_helpers import FAST_ALGORITHMS
 from algo_helpers import every_algorithm
 from cifar_data import write_cifar10
 from cli_helpers import ENV
@@ -84,7 +85,7 @@ def test_preset_runs_a_few_steps(preset, data, tmp_path):
         assert 0.2 < summary["flops/train_relative"] < 0.5      # 80% sparse, plus the dense stem and grads
 
 
-@pytest.mark.parametrize("algorithm", every_algorithm())
+@pytest.mark.parametrize("algorithm", every_algorithm(fast=FAST_ALGORITHMS + ("snip",)))  # one-shot, with BN
 def test_the_users_own_bn_model_trains_with_every_algorithm(algorithm, data, tmp_path):
     overrides = [f"sparsity={algorithm}", "model._target_=user_models.TinyConvNet", "model.name=tiny",
                  "+model.width=8", "dataset=mnist", f"dataset.data_dir={data / 'mnist'}", "trainer.epochs=2",
