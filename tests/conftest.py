@@ -8,14 +8,15 @@ processes of one multi-process run, only process 0 writes). The folders live in
 ``.pytest_cache/jax-compilation-cache/`` (``make clean`` removes them); set ``DST_TEST_COMPILATION_CACHE``
 to put them elsewhere.
 
-The tests check what programs compute, not how fast they run, so XLA's LLVM backend compiles them at -O0
-(``--xla_backend_optimization_level=0``): about a quarter less test time (docs/testing.md), with the same
-HLO passes, so the same fusions and reduction orders (equality tests compare programs compiled alike). Set
-``DST_TEST_FULL_OPTIMIZATION=1`` to run the suite as users' runs compile.
+XLA compiles the tests for less compile time (LLVM at -O0, its older fusion emitters): tests/compile_flags.py
+says which flags and why, and how a test that needs XLA's default code runs. ``DST_TEST_FULL_OPTIMIZATION=1``
+runs the suite as users' runs compile.
 """
 
 import os
 import pathlib
+
+from compile_flags import flags_for_this_run
 
 # Before the first import of jax, which reads these once. Set here, not defaulted: a worker inherits the
 # controller's environment, and with it the controller's folder.
@@ -23,8 +24,7 @@ _CACHE_ROOT = os.environ.get("DST_TEST_COMPILATION_CACHE",
                              pathlib.Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax-compilation-cache")
 os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(_CACHE_ROOT, os.environ.get("PYTEST_XDIST_WORKER", "main"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-if not os.environ.get("DST_TEST_FULL_OPTIMIZATION"):
-    os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"]).strip()
+os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *flags_for_this_run()]).strip()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -8,6 +8,8 @@ import pytest
 from algo_helpers import initial_masks
 from algo_helpers import make_algorithm
 from algo_helpers import tiny_problem
+from compile_flags import uses_default_emitters
+from compile_flags import with_default_emitters
 
 import dst
 from dst.masks import named_leaves
@@ -97,12 +99,7 @@ def test_evaluate_counts_every_example_once(tiny_mlp):
     assert float(out["loss"]) == pytest.approx(float(ref), rel=1e-5)
 
 
-# RigL (a constant count) and GMP (a pruning schedule that updates at end_step too) in `make test`.
-@pytest.mark.parametrize("name,updates", [
-    pytest.param("set", [3, 2, 2], marks=pytest.mark.slow), ("rigl", [3, 2, 2]),
-    pytest.param("mest", [3, 2, 2], marks=pytest.mark.slow), ("gmp", [3, 2, 3]),
-    pytest.param("granet", [3, 2, 3], marks=pytest.mark.slow)])
-def test_quiet_path_epoch_equals_the_plain_scan(name, updates):
+def _check_quiet_path(name, updates, exact):
     # The epoch that leaves out quiet `update` calls must be the scan of the full step, bit for bit:
     # params, masks, optimizer state, ITOP, and every per-step metric on the same row (an update
     # on the epoch's last step included).
@@ -120,9 +117,31 @@ def test_quiet_path_epoch_equals_the_plain_scan(name, updates):
         np.testing.assert_array_equal(jax.random.key_data(a.rng), jax.random.key_data(b.rng))
         for u, v in zip(jax.tree_util.tree_leaves((a._replace(rng=0), ma)),
                         jax.tree_util.tree_leaves((b._replace(rng=0), mb))):
-            np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+            u, v = np.asarray(u), np.asarray(v)
+            if exact or not np.issubdtype(u.dtype, np.floating):
+                np.testing.assert_array_equal(u, v)
+            else:   # the suite's faster emitters round some fused float expressions apart (compile_flags)
+                np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-7)
         assert int(ma["updated"].sum()) == count
     assert int(a.step) == 24
+
+
+# RigL (a constant count) and GMP (a pruning schedule that updates at end_step too) in `make test`: masks,
+# counts and ITOP bit for bit, floats to rounding where the suite compiles with its faster emitters; bit
+# for bit as users' runs compile in `make test-slow` (next test).
+@pytest.mark.parametrize("name,updates", [
+    pytest.param("set", [3, 2, 2], marks=pytest.mark.slow), ("rigl", [3, 2, 2]),
+    pytest.param("mest", [3, 2, 2], marks=pytest.mark.slow), ("gmp", [3, 2, 3]),
+    pytest.param("granet", [3, 2, 3], marks=pytest.mark.slow)])
+def test_quiet_path_epoch_equals_the_plain_scan(name, updates):
+    _check_quiet_path(name, updates, exact=uses_default_emitters())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,updates", [("rigl", [3, 2, 2]), ("gmp", [3, 2, 3])])
+@with_default_emitters
+def test_quiet_path_epoch_equals_the_plain_scan_bit_for_bit_as_users_compile(name, updates):
+    _check_quiet_path(name, updates, exact=True)
 
 
 @pytest.mark.parametrize("name", ["rigl", "static"])
