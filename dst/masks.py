@@ -72,7 +72,8 @@ SORTED_INIT_LIMIT = 1 << 20
 
 
 @functools.partial(jax.jit, static_argnums=1)
-def _exact_random_mask(key, shape, n_active):
+def exact_random_mask(key, shape, n_active):
+    """A uniformly random mask of ``shape`` with exactly ``n_active`` True."""
     # Top-n of uniform scores: an exact count, and a draw that any implementation of top-n reproduces.
     scores = jax.random.uniform(key, shape)
     if scores.size <= SORTED_INIT_LIMIT:
@@ -80,12 +81,19 @@ def _exact_random_mask(key, shape, n_active):
     return top_k_mask(scores, jnp.ones(shape, bool), n_active, key)
 
 
-def init_masks(key: jax.Array, params, densities: Mapping[str, float]):
+@functools.lru_cache(maxsize=None)
+def _jitted_init(init_mask):
+    return jax.jit(init_mask, static_argnums=(1, 2))
+
+
+def init_masks(key: jax.Array, params, densities: Mapping[str, float], structure=None):
     """Random masks with exactly ``round(d * N)`` active weights in every layer named in ``densities``.
 
     Leaves not named in ``densities`` are dense (all-True). Each layer's positions are drawn uniformly
     at random from its own key (``fold_in`` of the leaf's index), so adding a layer does not reshuffle
-    the others.
+    the others. With a ``structure`` (:mod:`dst.structures`), each mask is drawn uniformly among the
+    masks of that structure with that count (round the densities first:
+    :func:`dst.structures.structured_densities`).
 
     Example::
 
@@ -102,7 +110,8 @@ def init_masks(key: jax.Array, params, densities: Mapping[str, float]):
         if name not in densities:
             return jnp.ones(leaf.shape, bool)
         n = active_count(densities[name], leaf.size)
-        return _exact_random_mask(jax.random.fold_in(key, index[name]), leaf.shape, n)
+        draw = exact_random_mask if structure is None else _jitted_init(structure.init_mask)
+        return draw(jax.random.fold_in(key, index[name]), leaf.shape, n)
 
     return map_named(leaf_mask, params)
 

@@ -136,12 +136,17 @@ def _search(keys: jax.Array, k):
 
 def _kth_largest_bits(keys: jax.Array, k) -> jax.Array:
     """The largest ``t`` with ``count(keys >= t) >= k``, bit by bit: 32 counting passes, one small loop."""
+    return _sample_thresholds(keys, (k,), 32)[0]
+
+
+def _kth_largest_per_row(keys: jax.Array, k: jax.Array) -> jax.Array:
+    """:func:`_kth_largest_bits` of every row of ``keys`` ``[G, S]`` at once, with ``k`` ``[G]``."""
 
     def bit_step(i, t):
         probe = t | (_U32(1) << (_U32(31) - i.astype(_U32)))
-        return jnp.where(_count(keys, probe) >= k, probe, t)
+        return jnp.where(jnp.sum(keys >= probe[:, None], axis=1, dtype=jnp.int32) >= k, probe, t)
 
-    return lax.fori_loop(0, 32, bit_step, _U32(0))
+    return lax.fori_loop(0, 32, bit_step, jnp.zeros(keys.shape[0], _U32))
 
 
 def _small_top_k(keys: jax.Array, k, key: jax.Array) -> jax.Array:
@@ -184,6 +189,13 @@ def random_ranks(key: jax.Array, shape) -> jax.Array:
     return _priorities(key, math.prod(shape)).reshape(shape)
 
 
+def _score_keys(scores: jax.Array) -> jax.Array:
+    """Order-preserving ``uint32`` keys >= 1: floats by their bits, unsigned integers as they are."""
+    if jnp.issubdtype(scores.dtype, jnp.unsignedinteger):
+        return jnp.maximum(scores.astype(_U32), _U32(1))  # 0 and 1 tie; the tie-break settles it
+    return _ordered_bits(scores)
+
+
 def top_k_mask(scores: jax.Array, eligible: jax.Array, k, key: jax.Array) -> jax.Array:
     """Bool mask of the ``k`` eligible elements with the largest ``scores``.
 
@@ -196,11 +208,7 @@ def top_k_mask(scores: jax.Array, eligible: jax.Array, k, key: jax.Array) -> jax
         grow = top_k_mask(jnp.abs(grads), ~mask, k, key)   # RigL's growth set
     """
     shape = scores.shape
-    if jnp.issubdtype(scores.dtype, jnp.unsignedinteger):
-        ordered = jnp.maximum(scores.astype(_U32), _U32(1))  # 0 and 1 tie; the tie-break settles it
-    else:
-        ordered = _ordered_bits(scores)
-    keys = jnp.where(eligible, ordered, _U32(0)).reshape(-1)
+    keys = jnp.where(eligible, _score_keys(scores), _U32(0)).reshape(-1)
     k = jnp.asarray(k, jnp.int32)
     if keys.size <= _SAMPLE:  # where the bracketed search would take no sample either
         return _small_top_k(keys, k, key).reshape(shape)
@@ -234,13 +242,31 @@ def sorted_top_k_mask(scores: jax.Array, k, key: jax.Array) -> jax.Array:
     faster than that compile up to about a million weights (dst.masks), not inside the train step.
     """
     shape, size = scores.shape, scores.size
-    if jnp.issubdtype(scores.dtype, jnp.unsignedinteger):
-        ordered = jnp.maximum(scores.astype(_U32), _U32(1)).reshape(-1)
-    else:
-        ordered = _ordered_bits(scores).reshape(-1)
+    ordered = _score_keys(scores).reshape(-1)
     # Ascending on the complements: the largest score first, the highest priority first among equals.
     *_, order = lax.sort((~ordered, ~_priorities(key, size), jnp.arange(size, dtype=jnp.int32)), num_keys=2)
     return jnp.zeros(size, bool).at[order].set(jnp.arange(size) < k).reshape(shape)
+
+
+def grouped_top_k_mask(scores: jax.Array, eligible: jax.Array, k, key: jax.Array) -> jax.Array:
+    """:func:`top_k_mask` in every row of ``[G, S]`` arrays at once: row ``g`` gets its ``k[g]`` eligible
+    elements of largest score (exactly ``min(k[g], eligible in row g)``), ties broken by the same keyed
+    priorities. The selection of structured sparsity: an N:M group or an output unit per row.
+
+    Two 32-pass bit searches over the whole array (the per-row threshold, then the per-row tie-break),
+    so the cost does not depend on the number of rows.
+    """
+    keys = jnp.where(eligible, _score_keys(scores), _U32(0))
+    k = jnp.minimum(jnp.broadcast_to(jnp.asarray(k, jnp.int32), keys.shape[:1]),
+                    jnp.sum(keys > 0, axis=1, dtype=jnp.int32))
+    t = _kth_largest_per_row(keys, jnp.maximum(k, 1))
+    above, tied = keys > t[:, None], keys == t[:, None]
+    remaining = k - jnp.sum(above, axis=1, dtype=jnp.int32)
+    prio = jnp.where(tied, _priorities(key, keys.size).reshape(keys.shape), _U32(0))
+    p = _kth_largest_per_row(prio, jnp.maximum(remaining, 1))
+    all_tied = (jnp.sum(tied, axis=1, dtype=jnp.int32) <= remaining)[:, None]
+    take_tied = jnp.where(all_tied, tied, tied & (prio >= p[:, None]))
+    return (above | take_tied) & (k > 0)[:, None]
 
 
 def bottom_k_mask(scores: jax.Array, eligible: jax.Array, k, key: jax.Array) -> jax.Array:

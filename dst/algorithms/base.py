@@ -16,6 +16,7 @@ and ``updated`` (whether this call changed the topology): the trainer zeroes the
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 from typing import NamedTuple
@@ -30,7 +31,8 @@ from dst.distributions import SparsifiableFilter
 from dst.distributions import default_sparsifiable
 from dst.masks import path_name
 from dst.selection import bottom_k_mask
-from dst.selection import top_k_mask
+from dst.structures import UNSTRUCTURED
+from dst.structures import Structure
 
 GROW_INITS = ("zeros", "normal")
 
@@ -95,8 +97,10 @@ def initial_state(masks, extra=()) -> PruneRegrowState:
 
 
 # Per-layer rules. `w`, `g`, `mask` are one layer's arrays; `f` is the (traced) drop fraction and
-# `excess` a count to drop on top of int(f * n) without regrowing it (sparsity decay).
-DropRule = Callable[..., jax.Array]          # (key, w, g, mask, f, excess) -> bool mask of dropped
+# `excess` a count to drop on top of int(f * n) without regrowing it (sparsity decay). A drop rule that
+# takes `select` (a bottom-k: (scores, eligible, k, key) -> mask) selects through the structure, so it
+# can keep blocks whole; one that does not selects single weights itself.
+DropRule = Callable[..., jax.Array]          # (key, w, g, mask, f, excess[, select]) -> bool mask of dropped
 GrowScore = Callable[..., jax.Array]         # (key, w, g) -> scores, largest grown first
 
 
@@ -114,11 +118,12 @@ def drop_count(f, n):
     return jnp.where(k + 1 - p <= 2 * ulp, k + 1, k).astype(jnp.int32)
 
 
-def magnitude_drop(key, w, g, mask, f, excess=0):
-    """Drop the ``int(f * n) + excess`` active weights of smallest ``|w|``."""
+def magnitude_drop(key, w, g, mask, f, excess=0, select=bottom_k_mask):
+    """Drop the ``int(f * n) + excess`` active weights of smallest ``|w|`` (through ``select``: whole
+    blocks of smallest L1 norm under a block structure)."""
     del g
     n = jnp.sum(mask, dtype=jnp.int32)
-    return bottom_k_mask(jnp.abs(w), mask, drop_count(f, n) + excess, key)
+    return select(jnp.abs(w), mask, drop_count(f, n) + excess, key)
 
 
 def check_schedule(update_every, start_step, end_step, drop_fraction_, drop_schedule):
@@ -149,24 +154,51 @@ def _grow_values(key, w, kept, grow_init, grow_std=None):
     return sigma * jax.random.normal(key, w.shape, w.dtype)
 
 
-def _update_layer(key, w, g, mask, f, excess, drop_rule, grow_score, grow_init, grow_std=None):
+def _update_layer(key, w, g, mask, f, excess, drop_rule, grow_score, grow_init, grow_std=None,
+                  structure: Structure = UNSTRUCTURED):
     k_drop, k_grow, k_init = jax.random.split(key, 3)
-    dropped = drop_rule(k_drop, w, g, mask, f, excess)
+    if structure.name == "unstructured":   # the call every rule took before structures: same trace
+        dropped = drop_rule(k_drop, w, g, mask, f, excess)
+    else:
+        dropped = drop_rule(k_drop, w, g, mask, f, excess, **_select_kwarg(drop_rule, structure))
     # A layer with no inactive weight (dense by its distribution) has nowhere to explore: leave it.
     dropped = dropped & (jnp.sum(mask, dtype=jnp.int32) < mask.size)
     kept = mask & ~dropped
     k = jnp.maximum(jnp.sum(dropped, dtype=jnp.int32) - excess, 0)
-    grown = top_k_mask(grow_score(k_grow, w, g), ~kept, k, k_grow)
+    grown = structure.refill(grow_score(k_grow, w, g), mask, kept, k, k_grow)
     new_mask = kept | grown
     new_w = jnp.where(grown, _grow_values(k_init, w, kept, grow_init, grow_std), jnp.where(new_mask, w, 0.0))
     return new_w, new_mask, grown
+
+
+def _select_kwarg(drop_rule, structure: Structure) -> dict:
+    return {"select": structure.drop} if "select" in inspect.signature(drop_rule).parameters else {}
+
+
+def check_structure(structure: Structure | None, drop_rule=None, *, decay: bool = False) -> Structure:
+    """The structure to use (``None``: unstructured), or one sentence on why these rules cannot keep it."""
+    structure = structure or UNSTRUCTURED
+    if structure.name == "block" and drop_rule is not None and not _select_kwarg(drop_rule, structure):
+        raise ValueError(f"structure=block cannot be kept by the drop rule {drop_rule.__name__}, which picks single "
+                         "weights rather than whole blocks; use structure unstructured, n_m or fan_in.")
+    if decay and structure.name != "unstructured":
+        raise ValueError(f"structure={structure.name} cannot be kept with a sparsity decay (initial_sparsity), "
+                         "which drops weights without regrowing them; use structure=unstructured.")
+    return structure
+
+
+def unstructured_only(structure: Structure | None, algorithm: str, reason: str) -> None:
+    """Raise one sentence when an algorithm that cannot keep a structure is given one."""
+    if structure is not None and structure.name != "unstructured":
+        raise ValueError(f"structure={structure.name} cannot be kept by {algorithm}: {reason}; use "
+                         "structure=unstructured.")
 
 
 def prune_and_regrow(*, drop_rule: DropRule, grow_score: GrowScore, update_every: int, end_step: int,
                      start_step: int = 0, drop_fraction: float = 0.3, drop_schedule: str = "cosine",
                      grow_init: str = "zeros", grow_std: float | None = None,
                      sparsifiable: SparsifiableFilter | None = None, init_extra: Callable[..., Any] | None = None,
-                     excess: Callable[..., Any] | None = None) -> SparseAlgorithm:
+                     excess: Callable[..., Any] | None = None, structure: Structure | None = None) -> SparseAlgorithm:
     """The shared core of the dynamic algorithms: at each scheduled step, in every sparse layer, drop
     the weights chosen by ``drop_rule`` and grow as many inactive ones by the largest ``grow_score``.
 
@@ -179,6 +211,11 @@ def prune_and_regrow(*, drop_rule: DropRule, grow_score: GrowScore, update_every
     Sparsity decay (MEST): ``init_extra(params, masks)`` builds ``state.extra`` and
     ``excess(step, extra, name, n)`` says how many weights a layer drops at ``step`` on top of
     ``int(f(t) n)`` without regrowing them.
+
+    Structures (:mod:`dst.structures`): the drop rule removes weights from the whole layer (whole
+    blocks under ``block``) and the grow refills each group (N:M group, output unit) to the count it
+    had, with ``grow_score`` restricted to that group; a layer the structure does not divide is left
+    as it is (dense).
     """
     check_schedule(update_every, start_step, end_step, drop_fraction, drop_schedule)
     if grow_init not in GROW_INITS:
@@ -186,6 +223,7 @@ def prune_and_regrow(*, drop_rule: DropRule, grow_score: GrowScore, update_every
     if grow_std is not None and (grow_init != "normal" or not grow_std > 0):
         raise ValueError(f"grow_std must be a positive number, with grow_init=normal; got {grow_std!r} with "
                          f"grow_init={grow_init}.")
+    structure = check_structure(structure, drop_rule, decay=excess is not None)
     keep_leaf = sparsifiable or default_sparsifiable
     alpha = float(drop_fraction)
 
@@ -202,11 +240,11 @@ def prune_and_regrow(*, drop_rule: DropRule, grow_score: GrowScore, update_every
         for i, ((path, w), m, g) in enumerate(zip(flat, treedef.flatten_up_to(masks),
                                                  treedef.flatten_up_to(grads))):
             name = path_name(path)
-            if keep_leaf(name, tuple(w.shape)):
+            if keep_leaf(name, tuple(w.shape)) and structure.undivided(tuple(w.shape)) is None:
                 n = jnp.sum(m, dtype=jnp.int32)
                 more = jnp.int32(0) if excess is None else excess(step, extra, name, n)
                 w, m, grown = _update_layer(jax.random.fold_in(key, i), w, g, m, f, more, drop_rule,
-                                            grow_score, grow_init, grow_std)
+                                            grow_score, grow_init, grow_std, structure)
             else:
                 grown = jnp.zeros(m.shape, bool)
             out_w.append(w)

@@ -11,6 +11,7 @@ from dst.algorithms.accounting import windowed
 from dst.algorithms.base import SparseAlgorithm
 from dst.algorithms.base import initial_state
 from dst.algorithms.base import skip_calls
+from dst.algorithms.base import unstructured_only
 from dst.algorithms.targets import check_sparsity
 from dst.algorithms.targets import final_counts
 from dst.masks import named_leaves
@@ -49,7 +50,8 @@ def keep_largest(key, params, masks, names, counts):
 
 def gmp(*, sparsity: float, update_every: int, end_step: int, start_step: int = 0,
         initial_sparsity: float = 0.0, distribution: str = "erk", erk_power_scale: float = 1.0,
-        dense_layers=(), scope: str = "layer", sparsifiable=None) -> SparseAlgorithm:
+        dense_layers=(), scope: str = "layer", sparsifiable=None,
+        structure=None) -> SparseAlgorithm:
     """Gradual magnitude pruning.
 
     At ``t = t0 + i dt <= t0 + n dt`` (``t0 = start_step``, ``n dt = end_step - start_step``) the
@@ -71,6 +73,9 @@ def gmp(*, sparsity: float, update_every: int, end_step: int, start_step: int = 
 
         algo = dst.algorithms.make("gmp", sparsity=0.9, update_every=100, start_step=1000, end_step=6000)
     """
+    unstructured_only(structure, "GMP", "its cubic schedule prunes single weights to per-layer counts that change at "
+                      "every pruning step, which N:M groups (always N/M) cannot follow and dst does not round to "
+                      "whole fan-ins or blocks")
     check_sparsity("sparsity", sparsity)
     check_sparsity("initial_sparsity", initial_sparsity)
     if not isinstance(update_every, int) or update_every <= 0:

@@ -16,6 +16,7 @@ from dst.algorithms.base import initial_state
 from dst.algorithms.base import magnitude_drop
 from dst.algorithms.base import no_growth
 from dst.algorithms.base import skip_calls
+from dst.algorithms.base import unstructured_only
 from dst.algorithms.gmp import keep_largest
 from dst.algorithms.gmp import pruning_due
 from dst.algorithms.gmp import steps_until_pruning
@@ -28,7 +29,7 @@ from dst.masks import replace_named
 
 def granet(*, sparsity: float, update_every: int, end_step: int, start_step: int = 0,
            initial_sparsity: float = 0.5, drop_fraction: float = 0.5, drop_schedule: str = "cosine",
-           grow_init: str = "zeros", sparsifiable=None) -> SparseAlgorithm:
+           grow_init: str = "zeros", sparsifiable=None, structure=None) -> SparseAlgorithm:
     """Gradual pruning with zero-cost neuroregeneration.
 
     At each update ``t = t0 + i dt <= end_step``:
@@ -51,6 +52,8 @@ def granet(*, sparsity: float, update_every: int, end_step: int, start_step: int
         algo = dst.algorithms.make("granet", sparsity=0.9, initial_sparsity=0.5, update_every=100,
                                    end_step=5000)
     """
+    unstructured_only(structure, "GraNet", "its gradual pruning keeps one global count of single weights that "
+                      "changes at every update, which N:M groups, whole fan-ins and whole blocks cannot follow")
     check_sparsity("sparsity", sparsity)
     check_sparsity("initial_sparsity", initial_sparsity)
     check_schedule(update_every, start_step, end_step, drop_fraction, drop_schedule)

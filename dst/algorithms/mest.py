@@ -18,7 +18,7 @@ def mest(*, update_every: int, end_step: int, start_step: int = 0, drop_fraction
          drop_schedule: str = "constant", grad_weight: float = 1.0, grow_init: str = "zeros",
          sparsity: float | None = None, initial_sparsity: float | None = None,
          decay_end_step: int | None = None, distribution: str = "erk", erk_power_scale: float = 1.0,
-         dense_layers=(), sparsifiable=None) -> SparseAlgorithm:
+         dense_layers=(), sparsifiable=None, structure=None) -> SparseAlgorithm:
     """Memory-Economic Sparse Training.
 
     At each update, per layer with ``n`` active weights: drop the ``k = int(f(t) n)`` active weights
@@ -54,9 +54,9 @@ def mest(*, update_every: int, end_step: int, start_step: int = 0, drop_fraction
                          f"{decay_end_step!r}.")
     lam = float(grad_weight)
 
-    def drop(key, w, g, mask, f, excess=0):
+    def drop(key, w, g, mask, f, excess=0, select=bottom_k_mask):
         n = jnp.sum(mask, dtype=jnp.int32)
-        return bottom_k_mask(jnp.abs(w) + lam * jnp.abs(g), mask, drop_count(f, n) + excess, key)
+        return select(jnp.abs(w) + lam * jnp.abs(g), mask, drop_count(f, n) + excess, key)
 
     def init_extra(params, masks):
         finals = final_counts(params, sparsity, distribution, erk_power_scale=erk_power_scale,
@@ -72,4 +72,5 @@ def mest(*, update_every: int, end_step: int, start_step: int = 0, drop_fraction
     return prune_and_regrow(drop_rule=drop, grow_score=random_grow_score, update_every=update_every,
                             end_step=end_step, start_step=start_step, drop_fraction=drop_fraction,
                             drop_schedule=drop_schedule, grow_init=grow_init, sparsifiable=sparsifiable,
-                            init_extra=init_extra if decaying else None, excess=excess if decaying else None)
+                            init_extra=init_extra if decaying else None, excess=excess if decaying else None,
+                            structure=structure)

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from dst.algorithms.base import SparseAlgorithm
+from dst.algorithms.base import unstructured_only
 from dst.algorithms.static import static
 from dst.algorithms.targets import check_sparsity
 from dst.algorithms.targets import final_counts
@@ -73,7 +74,7 @@ def grasp_scores(loss_fn, params, batches):
 
 
 def snip(*, sparsity: float, batches: int = 1, scope: str = "global", distribution: str = "erk",
-         erk_power_scale: float = 1.0, dense_layers=(), sparsifiable=None) -> SparseAlgorithm:
+         erk_power_scale: float = 1.0, dense_layers=(), sparsifiable=None, structure=None) -> SparseAlgorithm:
     """SNIP: single-shot pruning at initialisation by connection sensitivity.
 
     Before training, with ``g`` the loss gradient averaged over ``batches`` batches at the initial
@@ -88,12 +89,14 @@ def snip(*, sparsity: float, batches: int = 1, scope: str = "global", distributi
 
         algo = dst.algorithms.make("snip", sparsity=0.9, batches=1)
     """
+    unstructured_only(structure, "SNIP", "its one-shot pruning keeps single weights by saliency "
+                      "(structured saliency pruning is not implemented)")
     return _one_shot(snip_scores, sparsity=sparsity, batches=batches, scope=scope, distribution=distribution,
                      erk_power_scale=erk_power_scale, dense_layers=dense_layers, sparsifiable=sparsifiable)
 
 
 def grasp(*, sparsity: float, batches: int = 1, scope: str = "global", distribution: str = "erk",
-          erk_power_scale: float = 1.0, dense_layers=(), sparsifiable=None) -> SparseAlgorithm:
+          erk_power_scale: float = 1.0, dense_layers=(), sparsifiable=None, structure=None) -> SparseAlgorithm:
     """GraSP: gradient signal preservation at initialisation.
 
     Before training, with ``g`` the loss gradient over ``batches`` batches and ``Hg`` the Hessian-
@@ -109,5 +112,7 @@ def grasp(*, sparsity: float, batches: int = 1, scope: str = "global", distribut
 
         algo = dst.algorithms.make("grasp", sparsity=0.9, batches=2)
     """
+    unstructured_only(structure, "GraSP", "its one-shot pruning keeps single weights by saliency "
+                      "(structured saliency pruning is not implemented)")
     return _one_shot(grasp_scores, sparsity=sparsity, batches=batches, scope=scope, distribution=distribution,
                      erk_power_scale=erk_power_scale, dense_layers=dense_layers, sparsifiable=sparsifiable)

@@ -35,7 +35,7 @@ def random_grow_score(key, w, g):
 
 def set_(*, update_every: int, end_step: int, start_step: int = 0, drop_fraction: float = 0.3,
          drop_schedule: str = "constant", sign_split: bool = False, grow_init: str = "zeros",
-         grow_std: float | None = None, sparsifiable=None) -> SparseAlgorithm:
+         grow_std: float | None = None, sparsifiable=None, structure=None) -> SparseAlgorithm:
     """Sparse Evolutionary Training.
 
     At each update, with ``n`` active weights in a layer and drop fraction ``f(t)``:
@@ -56,4 +56,5 @@ def set_(*, update_every: int, end_step: int, start_step: int = 0, drop_fraction
     return prune_and_regrow(drop_rule=sign_split_drop if sign_split else magnitude_drop,
                             grow_score=random_grow_score, update_every=update_every, end_step=end_step,
                             start_step=start_step, drop_fraction=drop_fraction, drop_schedule=drop_schedule,
-                            grow_init=grow_init, grow_std=grow_std, sparsifiable=sparsifiable)
+                            grow_init=grow_init, grow_std=grow_std, sparsifiable=sparsifiable,
+                            structure=structure)

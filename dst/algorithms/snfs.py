@@ -15,6 +15,7 @@ from dst.algorithms.base import check_schedule
 from dst.algorithms.base import initial_state
 from dst.algorithms.base import magnitude_drop
 from dst.algorithms.base import no_growth
+from dst.algorithms.base import unstructured_only
 from dst.distributions import default_sparsifiable
 from dst.masks import named_leaves
 from dst.masks import replace_named
@@ -54,7 +55,7 @@ def allocate(total, weights, capacity, key):
 
 def snfs(*, update_every: int, end_step: int, start_step: int = 0, drop_fraction: float = 0.5,
          final_drop_fraction: float = 0.005, drop_schedule: str = "cosine", momentum: float = 0.9,
-         grow_init: str = "zeros", sparsifiable=None) -> SparseAlgorithm:
+         grow_init: str = "zeros", sparsifiable=None, structure=None) -> SparseAlgorithm:
     """Sparse momentum.
 
     Every step the momentum ``m <- beta m + (1 - beta) g`` of the dense gradient is updated
@@ -78,6 +79,8 @@ def snfs(*, update_every: int, end_step: int, start_step: int = 0, drop_fraction
 
         algo = dst.algorithms.make("snfs", update_every=100, end_step=5000)
     """
+    unstructured_only(structure, "SNFS", "it moves weights between layers in proportion to their momentum, "
+                      "and structured budgets (N:M groups, whole fan-ins, whole blocks) are not implemented for it")
     check_schedule(update_every, start_step, end_step, drop_fraction, drop_schedule)
     if not 0.0 <= final_drop_fraction <= drop_fraction:
         raise ValueError(f"final_drop_fraction must be in [0, drop_fraction={drop_fraction}]; got "

@@ -6,8 +6,11 @@ from dst.algorithms.base import SparseAlgorithm
 from dst.algorithms.base import initial_state
 
 
-def static() -> SparseAlgorithm:
+def static(structure=None) -> SparseAlgorithm:
     """Train the initial sparse topology as it is (the sparse baseline of every DST paper).
+
+    Any ``structure`` is kept: the initial masks have it (``dst.init_masks(..., structure=)``) and
+    ``update`` never changes them.
 
     ``update`` only counts steps: params and masks pass through untouched, so inactive weights stay
     exact zeros and every layer keeps its initial count.
@@ -16,6 +19,8 @@ def static() -> SparseAlgorithm:
 
         algo = dst.algorithms.make("static")
     """
+
+    del structure
 
     def init(params, masks, key=None):
         del params, key

@@ -12,6 +12,7 @@ from dst.algorithms.base import SparseAlgorithm
 from dst.algorithms.base import check_schedule
 from dst.algorithms.base import initial_state
 from dst.algorithms.base import no_growth
+from dst.algorithms.base import unstructured_only
 from dst.algorithms.targets import check_sparsity
 from dst.algorithms.targets import final_counts
 from dst.masks import named_leaves
@@ -21,7 +22,8 @@ from dst.selection import top_k_mask
 
 def topkast(*, sparsity: float, backward_sparsity: float, update_every: int, end_step: int,
             start_step: int = 0, penalty: float = 1e-4, distribution: str = "erk",
-            erk_power_scale: float = 1.0, dense_layers=(), sparsifiable=None) -> SparseAlgorithm:
+            erk_power_scale: float = 1.0, dense_layers=(), sparsifiable=None,
+            structure=None) -> SparseAlgorithm:
     """Top-K Always Sparse Training.
 
     The dense parameters ``theta`` are stored. At each update, per layer: the forward set ``A`` is
@@ -50,6 +52,8 @@ def topkast(*, sparsity: float, backward_sparsity: float, update_every: int, end
         algo = dst.algorithms.make("topkast", sparsity=0.9, backward_sparsity=0.8, update_every=100,
                                    end_step=5000)
     """
+    unstructured_only(structure, "Top-KAST", "its forward and backward sets are layer-wide top-k of |theta| "
+                      "(structured top-k sets are not implemented for it)")
     check_sparsity("sparsity", sparsity)
     check_sparsity("backward_sparsity", backward_sparsity)
     if backward_sparsity > sparsity:

@@ -41,6 +41,7 @@ from dst.app.resume import stop_on_sigterm
 from dst.app.validate import ConfigError
 from dst.app.validate import check_algorithm
 from dst.app.validate import check_data
+from dst.app.validate import structure_of
 from dst.app.validate import validate
 from dst.data import DataError
 from dst.data import image_folder
@@ -49,7 +50,11 @@ from dst.data.augment import make_augment
 from dst.graph import kernel_graph
 from dst.logging import Progress
 from dst.logging import RunLogger
+from dst.masks import named_leaves
 from dst.plotting import plot_curves
+from dst.structures import matrix_shape
+from dst.structures import structured_densities
+from dst.structures import undivided_layers
 from dst.train import distributed
 from dst.train.apply import model_state_shapes
 from dst.train.checkpoint import RunCheckpoints
@@ -73,6 +78,8 @@ class Plan(NamedTuple):
     epochs: int
     total_steps: int
     parallel: Any = None     # dst.train.devices.DataParallel over several devices, or None (one device)
+    structure: Any = None    # dst.structures.Structure of the sparse layers
+    undivided: dict = {}     # {layer: why the structure leaves it dense}
 
 
 class Run(NamedTuple):
@@ -86,6 +93,7 @@ class Run(NamedTuple):
     step: Any                   # the TrainStep
     epoch_fns: dict[int, Any]   # steps in the epoch -> compiled epoch function
     evaluate: Any
+    undivided: dict = {}        # {layer: why the structure leaves it dense}
 
 
 def prepare(cfg: dict, say=print) -> Plan:
@@ -115,10 +123,11 @@ def prepare(cfg: dict, say=print) -> Plan:
     model = make_model(cfg["model"], num_classes=data.num_classes, say=say)
     params = _check_model_takes_data(cfg, model, data.example_shape)
     _check_dense_layers(cfg["sparsity"], params)
+    structure, undivided = _check_structure_fits(cfg["sparsity"], params, say)
     parallel = DataParallel() if jax.device_count() > 1 else None
     if parallel is not None and parallel.check_batch(batch):
         raise ConfigError(parallel.check_batch(batch))
-    return Plan(cfg, data, algo, model, steps_per_epoch, epochs, total_steps, parallel)
+    return Plan(cfg, data, algo, model, steps_per_epoch, epochs, total_steps, parallel, structure, undivided)
 
 
 def epoch_length(plan: Plan, epoch: int) -> int:
@@ -161,6 +170,31 @@ def _check_dense_layers(sp: dict, params) -> None:
                           f"sparsifiable layers are {', '.join(layers)}.")
 
 
+def _check_structure_fits(sp: dict, params, say) -> tuple[Any, dict]:
+    """The structure, and the sparse layers it leaves dense (named on the console), or :class:`ConfigError`
+    when a block is larger than a layer or the structure divides no layer."""
+    structure = structure_of(sp)
+    if structure.name == "unstructured" or sp["sparsity"] == 0:
+        return structure, {}
+    layers = dst.sparsifiable_layers(params, dense_layers=sp.get("dense_layers") or ())
+    shapes = {n: matrix_shape(tuple(leaf.shape)) for n, leaf in named_leaves(params).items() if n in layers}
+    if structure.name == "block":
+        rows, cols = sp["block"]
+        for name, (r, n_out) in shapes.items():
+            if rows > r or cols > n_out:
+                raise ConfigError(f"sparsity.block={[rows, cols]} is larger than layer {name} ({r} x {n_out} in its "
+                                  f"matrix view); use a smaller block or add the layer to sparsity.dense_layers.")
+    undivided = undivided_layers(params, structure, layers)
+    setting = {"n_m": f"n_m={sp.get('n_m')}", "block": f"block={sp.get('block')}"}.get(structure.name, structure.name)
+    if len(undivided) == len(layers):
+        reasons = "; ".join(f"{n}: {why}" for n, why in undivided.items())
+        raise ConfigError(f"sparsity.{setting} divides none of the sparse layers ({reasons}); pick one that "
+                          f"divides some of them.")
+    for name, why in undivided.items():
+        say(f"sparsity: {structure.label} leaves {name} dense: {why}.")
+    return structure, undivided
+
+
 def initialise(plan: Plan) -> Run:
     """Params, model state, masks and the train state from the run's seed; the compiled epoch."""
     cfg, data, algo, model = plan.cfg, plan.data, plan.algo, plan.model
@@ -172,13 +206,22 @@ def initialise(plan: Plan) -> Run:
     # Algorithms that prune during training start from `initial_sparsity` (0: dense).
     start = sp.get("initial_sparsity")
     start = sp["sparsity"] if start is None else start
+    structure = plan.structure if plan.structure is not None and plan.structure.name != "unstructured" else None
     if sp.get("densities"):
         densities = explicit_densities(params, sp["densities"])
+        if structure is not None:
+            shapes = {n: tuple(leaf.shape) for n, leaf in named_leaves(params).items()}
+            densities = {n: structure.round_density(shapes[n], d) for n, d in densities.items()
+                         if n not in plan.undivided}
+    elif start == 0:
+        densities = {}
+    elif structure is not None:
+        densities = structured_densities(params, start, sp["distribution"], structure,
+                                         erk_power_scale=sp["erk_power_scale"], dense_layers=sp["dense_layers"])
     else:
-        densities = ({} if start == 0 else
-                     dst.layer_densities(params, start, sp["distribution"], erk_power_scale=sp["erk_power_scale"],
-                                         dense_layers=sp["dense_layers"]))
-    masks = dst.init_masks(k_mask, params, densities)
+        densities = dst.layer_densities(params, start, sp["distribution"], erk_power_scale=sp["erk_power_scale"],
+                                        dense_layers=sp["dense_layers"])
+    masks = dst.init_masks(k_mask, params, densities, structure=structure)
     layers = dst.sparsifiable_layers(params)
     apply_fn = dst.flax_apply(model)
     graph = kernel_graph(lambda p: apply_fn(p, model_state, sample, False, None)[0], params, layers)
@@ -212,7 +255,7 @@ def initialise(plan: Plan) -> Run:
                      for n in lengths}
         evaluate = dst.evaluate_fn(apply_fn, trainer["eval_batch_size"], sharding)
     return Run(state=state, layers=layers, densities=densities, flops=graph.flops, pairs=graph.pairs, step=step,
-               epoch_fns=epoch_fns, evaluate=evaluate)
+               epoch_fns=epoch_fns, evaluate=evaluate, undivided=plan.undivided)
 
 
 def explicit_densities(params, given: dict) -> dict[str, float]:
@@ -332,6 +375,8 @@ def finish_run(records: list[dict], run_dir, cfg: dict, logger, parts, outcome: 
                     "best/test_accuracy": max((r["test/accuracy"] for r in records), default=float("nan")),
                     "total_steps": records[-1]["step"] if records else 0, "wall_time": wall,
                     "run_dir": str(run_dir), "initial_densities": json.dumps(parts.densities), **extra})
+    if parts.undivided:
+        summary["dense_by_structure"] = json.dumps(parts.undivided)
     if outcome.error:
         summary["error"] = outcome.error
     if records and getattr(logger, "write", True):     # process 0 of several writes the files

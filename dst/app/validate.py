@@ -10,6 +10,7 @@ import inspect
 import numbers
 
 from dst import algorithms
+from dst import structures
 from dst.data import DATASETS
 from dst.data import LABEL_MODES
 from dst.data import locate
@@ -28,7 +29,9 @@ LOGGERS = ("wandb", "none")
 # Keys of conf/sparsity that every algorithm may carry: they describe the initial masks or the run
 # length. They reach an algorithm's factory only when it takes them (GMP takes `sparsity`, RigL does not).
 COMMON_KEYS = ("algorithm", "sparsity", "distribution", "erk_power_scale", "dense_layers", "end_fraction",
-               "initial_sparsity", "densities")
+               "initial_sparsity", "densities", "structure")
+# Settings of the structure itself: they build the `structure` an algorithm takes, never reach it alone.
+STRUCTURE_KEYS = ("n_m", "block")
 
 
 class ConfigError(ValueError):
@@ -80,7 +83,9 @@ def algorithm_hparams(sparsity_cfg: dict, total_steps: int) -> dict:
     """The keyword arguments of ``dst.algorithms.make`` from ``conf/sparsity`` (end_step resolved)."""
     accepted = inspect.signature(algorithms.registry.factory(sparsity_cfg["algorithm"])).parameters
     hparams = {k: v for k, v in sparsity_cfg.items()
-               if k != "algorithm" and (k not in COMMON_KEYS or k in accepted)}
+               if k != "algorithm" and k not in STRUCTURE_KEYS and (k not in COMMON_KEYS or k in accepted)}
+    if "structure" in hparams:
+        hparams["structure"] = structure_of(sparsity_cfg)
     if "end_step" in hparams and hparams["end_step"] is None:
         hparams["end_step"] = max(1, int(sparsity_cfg.get("end_fraction", 1.0) * total_steps))
     return hparams
@@ -114,6 +119,7 @@ def validate(cfg: dict, total_steps: int | None = None) -> None:
 
     sp = _get(cfg, "sparsity")
     _choice(cfg, "sparsity.algorithm", algorithms.names())
+    _check_structure(sp)
     _range(cfg, "sparsity.sparsity", 0.0, 1.0)
     _choice(cfg, "sparsity.distribution", DISTRIBUTIONS)
     _range(cfg, "sparsity.erk_power_scale", 0.0, None, lo_open=True)
@@ -180,6 +186,38 @@ def validate(cfg: dict, total_steps: int | None = None) -> None:
 
     if total_steps is not None:
         check_algorithm(sp, total_steps)
+
+
+def structure_of(sparsity_cfg: dict) -> structures.Structure:
+    """The :class:`dst.structures.Structure` that ``sparsity.structure`` (and ``n_m`` / ``block``) name."""
+    return structures.make(sparsity_cfg.get("structure") or "unstructured", n_m=sparsity_cfg.get("n_m"),
+                           block=sparsity_cfg.get("block"))
+
+
+def _check_structure(sp: dict) -> None:
+    """``sparsity.structure`` and its settings; under N:M, a null ``sparsity.sparsity`` becomes 1 - N/M."""
+    name = sp.get("structure") or "unstructured"
+    if name not in structures.STRUCTURES:
+        raise ConfigError(f"sparsity.structure must be one of {', '.join(structures.STRUCTURES)}; got {name!r}.")
+    try:
+        structure = structure_of(sp)
+    except ValueError as err:
+        raise ConfigError(f"sparsity.{err}") from None
+    if name == "n_m":
+        n, m = sp["n_m"]
+        implied = 1.0 - n / m
+        if sp.get("sparsity") is None:
+            sp["sparsity"] = implied
+        elif not _is_num(sp["sparsity"]) or abs(sp["sparsity"] - implied) > 1e-9:
+            raise ConfigError(f"sparsity.sparsity must be null or {implied:g} (1 - N/M) with sparsity.structure=n_m "
+                              f"and sparsity.n_m={[n, m]}; got {sp['sparsity']!r}.")
+        if sp.get("initial_sparsity") not in (None, sp["sparsity"]):
+            raise ConfigError(f"sparsity.initial_sparsity must be null with sparsity.structure=n_m (every layer is "
+                              f"{n}:{m} from the start); got {sp['initial_sparsity']!r}.")
+    accepted = inspect.signature(algorithms.registry.factory(sp["algorithm"])).parameters
+    if structure.name != "unstructured" and "structure" not in accepted:
+        raise ConfigError(f"sparsity.structure={name} cannot be kept by sparsity.algorithm={sp['algorithm']}, which "
+                          f"takes no structure; use sparsity.structure=unstructured.")
 
 
 def check_algorithm(sparsity_cfg: dict, total_steps: int, say=None):
