@@ -3,6 +3,7 @@
 from dst import algorithms
 from dst import models
 from dst import schedules
+from dst import structures
 from dst.distributions import layer_densities
 from dst.distributions import sparsifiable_layers
 from dst.masks import apply_masks
@@ -42,6 +43,7 @@ __all__ = [
     "reset_grown_moments",
     "reset_moments",
     "schedules",
+    "structures",
     "sparsifiable_layers",
     "top_k_mask",
     "topology_diff",

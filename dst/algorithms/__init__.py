@@ -17,6 +17,7 @@ from dst.algorithms.saliency import snip
 from dst.algorithms.set import set_
 from dst.algorithms.set import sign_split_drop
 from dst.algorithms.snfs import snfs
+from dst.algorithms.srigl import srigl
 from dst.algorithms.static import dense
 from dst.algorithms.static import static
 from dst.algorithms.topkast import topkast
@@ -40,6 +41,7 @@ __all__ = [
     "sign_split_drop",
     "snfs",
     "snip",
+    "srigl",
     "static",
     "topkast",
 ]

@@ -63,6 +63,8 @@ class SparseAlgorithm(NamedTuple):
       such calls. The trainer then runs those steps without calling ``update`` (no ``lax.cond`` in
       the hot loop: on CPU a cond carrying the params costs 2-7% of every step even when it does
       not fire) and calls ``update`` only where it may act. Results are identical either way.
+    * ``report(state, masks) -> {key: number}`` (host): what else the run logs about the algorithm at
+      each record (SRigL's ablated units and fan-ins per layer).
     """
 
     init: Callable[..., Any]
@@ -76,6 +78,7 @@ class SparseAlgorithm(NamedTuple):
     skip: Callable[..., Any] | None = None
     drop_fraction_at: Callable[[int], float] | None = None
     train_flops: Callable[..., float] | None = None
+    report: Callable[..., dict] | None = None
 
 
 class PruneRegrowState(NamedTuple):

@@ -13,6 +13,7 @@ from dst.algorithms.saliency import grasp
 from dst.algorithms.saliency import snip
 from dst.algorithms.set import set_
 from dst.algorithms.snfs import snfs
+from dst.algorithms.srigl import srigl
 from dst.algorithms.static import dense
 from dst.algorithms.static import static
 from dst.algorithms.topkast import topkast
@@ -23,6 +24,7 @@ _REGISTRY: dict[str, Callable[..., SparseAlgorithm]] = {
     "set": set_,
     "rigl": rigl,
     "snfs": snfs,
+    "srigl": srigl,
     "gmp": gmp,
     "snip": snip,
     "grasp": grasp,

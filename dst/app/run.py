@@ -123,6 +123,9 @@ def prepare(cfg: dict, say=print) -> Plan:
     model = make_model(cfg["model"], num_classes=data.num_classes, say=say)
     params = _check_model_takes_data(cfg, model, data.example_shape)
     _check_dense_layers(cfg["sparsity"], params)
+    if "no_ablation" in cfg["sparsity"] and cfg["sparsity"]["no_ablation"] is None:
+        cfg["sparsity"]["no_ablation"] = [f"^{re.escape(output_kernel(model, data.example_shape))}$"]
+        algo = check_algorithm(cfg["sparsity"], total_steps)
     structure, undivided = _check_structure_fits(cfg["sparsity"], params, say)
     parallel = DataParallel() if jax.device_count() > 1 else None
     if parallel is not None and parallel.check_batch(batch):
@@ -153,6 +156,16 @@ def _check_model_takes_data(cfg, model, shape):
         raise ConfigError(f"model {what} cannot take dataset.name={cfg['dataset']['name']} inputs of shape "
                           f"{shape}: {reason}") from None
     return params
+
+
+def output_kernel(model, example_shape) -> str:
+    """The kernel the forward pass uses last (the classifier), read from an abstract trace."""
+    sample = jnp.zeros((1,) + tuple(example_shape), jnp.float32)
+    params, state = model_state_shapes(model, sample)
+    state = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), state)
+    apply_fn = dst.flax_apply(model)
+    forward = lambda p: apply_fn(p, state, sample, False, None)[0]
+    return kernel_graph(forward, params, dst.sparsifiable_layers(params)).order[-1]
 
 
 def _check_dense_layers(sp: dict, params) -> None:

@@ -1,0 +1,155 @@
+"""SRigL (Lasby et al. 2024): RigL under constant fan-in, with dynamic neuron ablation."""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from dst import schedules
+from dst.algorithms.accounting import periodic_dense_gradient
+from dst.algorithms.base import SparseAlgorithm
+from dst.algorithms.base import _grow_values
+from dst.algorithms.base import check_schedule
+from dst.algorithms.base import drop_count
+from dst.algorithms.base import initial_state
+from dst.algorithms.base import skip_calls
+from dst.algorithms.accounting import windowed
+from dst.distributions import default_sparsifiable
+from dst.masks import named_leaves
+from dst.masks import replace_named
+from dst.selection import bottom_k_mask
+from dst.selection import grouped_top_k_mask
+from dst.selection import top_k_mask
+from dst.structures import from_units
+from dst.structures import units
+
+
+def srigl_layer(key, w, g, mask, f, budget, gamma, ablatable=True):
+    """One SRigL update of one layer; returns ``(new_w, new_mask, grown, ablated units)``.
+
+    ``budget`` is the layer's initial active count ``B`` (its fan-in ``k_0 = B // n_out``); ``f`` the
+    drop fraction. In the matrix view (one row per output unit, ``D`` inputs):
+
+    1. drop the ``p = int(f n)`` active weights of smallest ``|w|`` over the layer (``n`` active);
+    2. a unit's salient weights are those kept by 1 plus those among the ``p`` largest ``|g|`` of the
+       whole layer (active or not); units with fewer than ``max(1, int(gamma k_0))`` salient weights are
+       ablated, but the threshold drops to the ``(B // D + 1)``-th largest count if fewer units would
+       remain (so that the budget still fits);
+    3. the fan-in becomes ``k = B // (units not ablated)``; ablated units lose every weight, a unit that
+       kept more than ``k`` keeps its ``k`` largest ``|w|``, and every other unit grows to ``k`` by
+       largest ``|g|`` among its weights not kept (just-dropped ones included), initialised to zero.
+    """
+    k_drop, k_sal, k_trim, k_grow = jax.random.split(key, 4)
+    W, G, M = units(jnp.abs(w)), units(jnp.abs(g)), units(mask)
+    n_out, d = M.shape
+    n_prune = drop_count(f, jnp.sum(M, dtype=jnp.int32))
+    kept = M & ~bottom_k_mask(W, M, n_prune, k_drop)
+    salient = jnp.sum(kept | top_k_mask(G, jnp.ones_like(M), n_prune, k_sal), axis=1, dtype=jnp.int32)
+    k0 = budget // n_out
+    threshold = jnp.maximum(1, jnp.floor(gamma * k0.astype(jnp.float32)).astype(jnp.int32))
+    # Keep at least B // D + 1 units: the count of the unit at that rank caps the threshold.
+    floor_count = jnp.sort(salient)[::-1][jnp.minimum(budget // d, n_out - 1)]
+    threshold = jnp.minimum(threshold, floor_count)
+    ablated = (salient < threshold) & ablatable & (gamma > 0)
+    fan = budget // jnp.maximum(n_out - jnp.sum(ablated, dtype=jnp.int32), 1)
+    keep = kept & ~ablated[:, None]
+    keep = grouped_top_k_mask(W, keep, fan, k_trim)           # a unit above the new fan-in keeps its largest
+    need = jnp.where(ablated, 0, fan - jnp.sum(keep, axis=1, dtype=jnp.int32))
+    grown = grouped_top_k_mask(G, ~keep, need, k_grow)
+    new_mask = from_units(keep | grown, mask.shape)
+    grown = from_units(grown, mask.shape)
+    return jnp.where(new_mask & ~grown, w, 0.0), new_mask, grown, ablated
+
+
+def srigl(*, update_every: int, end_step: int, start_step: int = 0, drop_fraction: float = 0.3,
+          drop_schedule: str = "cosine", min_salient_fraction: float = 0.3, grow_init: str = "zeros",
+          no_ablation=(), sparsifiable=None, structure=None) -> SparseAlgorithm:
+    """Structured RigL: RigL at constant fan-in, with dynamic neuron ablation.
+
+    At each update (the RigL schedule: ``f(t)`` the cosine anneal of ``drop_fraction``), every sparse
+    layer of budget ``B`` (its initial active count) follows :func:`srigl_layer`: magnitude drop over
+    the layer, ablation of the units with fewer than ``gamma_sal = min_salient_fraction`` of the
+    initial fan-in in salient weights, the budget shared as a new constant fan-in ``B // live units``,
+    and regrowth of each live unit to that fan-in by ``|dL/dw|``. Layers matching a ``no_ablation``
+    regular expression (the run gives the classifier) are never ablated; ``min_salient_fraction=0``
+    turns ablation off (constant fan-in RigL). Ablated units can return when their gradient makes them
+    salient again. The masks must start at constant fan-in (``structure=fan_in``).
+
+    Differences from the authors' code, on purpose: a weight dropped and regrown at the same update
+    starts from zero (dst's rule for every algorithm), and a unit above the new fan-in keeps its
+    largest weights (theirs keeps the first by index).
+
+    References:
+        Lasby et al. 2024, "Dynamic Sparse Training with Structured Sparsity", ICLR
+        (calgaryml/condensed-sparsity).
+
+    Example::
+
+        algo = dst.algorithms.make("srigl", update_every=100, end_step=7500, min_salient_fraction=0.3)
+    """
+    check_schedule(update_every, start_step, end_step, drop_fraction, drop_schedule)
+    if structure is not None and structure.name != "fan_in":
+        raise ValueError(f"structure={structure.name} cannot be kept by SRigL: it is defined on constant fan-in; "
+                         "use structure=fan_in.")
+    if not isinstance(min_salient_fraction, int | float) or not 0.0 <= min_salient_fraction < 1.0:
+        raise ValueError(f"min_salient_fraction must be in [0, 1); got {min_salient_fraction!r}.")
+    keep_leaf = sparsifiable or default_sparsifiable
+    patterns = [re.compile(p) for p in (no_ablation or ())]
+    gamma = float(min_salient_fraction)
+    alpha = float(drop_fraction)
+
+    def sparse_names(tree):
+        return [n for n, x in named_leaves(tree).items() if keep_leaf(n, tuple(x.shape))]
+
+    def init(params, masks, key=None):
+        del key
+        m = named_leaves(masks)
+        budget = {n: jnp.sum(m[n], dtype=jnp.int32) for n in sparse_names(params)}
+        ablated = {n: jnp.zeros(m[n].shape[-1], bool) for n in budget}
+        return initial_state(masks, {"budget": budget, "ablated": ablated})
+
+    def topology(step, extra, key, params, masks, grads):
+        f = schedules.drop_fraction(step, alpha, drop_schedule, end_step)
+        w, m, g = named_leaves(params), named_leaves(masks), named_leaves(grads)
+        new_w, new_m, grown, ablated = {}, {}, {}, {}
+        for i, n in enumerate(extra["budget"]):
+            dense = jnp.sum(m[n], dtype=jnp.int32) == m[n].size   # nothing to explore: left as it is
+            out = srigl_layer(jax.random.fold_in(key, i), w[n], g[n], m[n], f, extra["budget"][n], gamma,
+                              not any(p.search(n) for p in patterns))
+            new_w[n], new_m[n], grown[n], ablated[n] = (jnp.where(dense, a, b) for a, b in
+                                                        zip((w[n], m[n], jnp.zeros_like(m[n]), extra["ablated"][n]),
+                                                            out))
+            new_w[n] = jnp.where(grown[n], _grow_values(jax.random.fold_in(jax.random.fold_in(key, i), 7), w[n], new_m[n] & ~grown[n],
+                                                        grow_init), new_w[n])
+        return (replace_named(params, new_w), replace_named(masks, new_m),
+                replace_named(jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, bool), masks), grown),
+                {**extra, "ablated": ablated})
+
+    def update(state, key, params, masks, grads):
+        due = schedules.is_update_step(state.step, update_every, start_step, end_step)
+        params, masks, grown, extra = lax.cond(
+            due, lambda ops: topology(state.step, state.extra, key, *ops),
+            lambda ops: (ops[0], ops[1], state.grown, state.extra), (params, masks, grads))
+        return params, masks, state._replace(step=state.step + 1, grown=grown, updated=due, extra=extra)
+
+    def quiet(state):
+        return schedules.steps_until_update(state.step, update_every, start_step, end_step)
+
+    def report(state, masks):
+        """Ablated units and the constant fan-in of each sparse layer (host values)."""
+        out, m = {}, named_leaves(masks)
+        for n, abl in state.extra["ablated"].items():
+            counts = np.asarray(units(m[n])).sum(axis=1)
+            out[f"ablated_units/{n}"] = int(np.count_nonzero(np.asarray(abl)))
+            out[f"fan_in/{n}"] = int(counts.max())
+        out["ablated_units/total"] = sum(v for k, v in out.items() if k.startswith("ablated_units/"))
+        return out
+
+    fraction = lambda t: schedules.drop_fraction(t, alpha, drop_schedule, end_step)
+    return SparseAlgorithm(init=init, update=update, quiet=quiet, skip=skip_calls, report=report,
+                           drop_fraction_at=windowed(fraction, start_step, end_step),
+                           train_flops=periodic_dense_gradient(update_every, start_step, end_step))
