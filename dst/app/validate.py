@@ -211,9 +211,6 @@ def _check_structure(sp: dict) -> None:
         elif not _is_num(sp["sparsity"]) or abs(sp["sparsity"] - implied) > 1e-9:
             raise ConfigError(f"sparsity.sparsity must be null or {implied:g} (1 - N/M) with sparsity.structure=n_m "
                               f"and sparsity.n_m={[n, m]}; got {sp['sparsity']!r}.")
-        if sp.get("initial_sparsity") not in (None, sp["sparsity"]):
-            raise ConfigError(f"sparsity.initial_sparsity must be null with sparsity.structure=n_m (every layer is "
-                              f"{n}:{m} from the start); got {sp['initial_sparsity']!r}.")
     accepted = inspect.signature(algorithms.registry.factory(sp["algorithm"])).parameters
     if structure.name != "unstructured" and "structure" not in accepted:
         raise ConfigError(f"sparsity.structure={name} cannot be kept by sparsity.algorithm={sp['algorithm']}, which "
