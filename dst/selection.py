@@ -139,14 +139,15 @@ def _kth_largest_bits(keys: jax.Array, k) -> jax.Array:
     return _sample_thresholds(keys, (k,), 32)[0]
 
 
-def _kth_largest_per_row(keys: jax.Array, k: jax.Array) -> jax.Array:
-    """:func:`_kth_largest_bits` of every row of ``keys`` ``[G, S]`` at once, with ``k`` ``[G]``."""
+def _kth_largest_along(keys: jax.Array, k: jax.Array, axis: int) -> jax.Array:
+    """:func:`_kth_largest_bits` of every group along ``axis`` at once; ``k`` and the result keep that
+    axis with size 1."""
 
     def bit_step(i, t):
         probe = t | (_U32(1) << (_U32(31) - i.astype(_U32)))
-        return jnp.where(jnp.sum(keys >= probe[:, None], axis=1, dtype=jnp.int32) >= k, probe, t)
+        return jnp.where(jnp.sum(keys >= probe, axis=axis, keepdims=True, dtype=jnp.int32) >= k, probe, t)
 
-    return lax.fori_loop(0, 32, bit_step, jnp.zeros(keys.shape[0], _U32))
+    return lax.fori_loop(0, 32, bit_step, jnp.zeros(k.shape, _U32))
 
 
 def _small_top_k(keys: jax.Array, k, key: jax.Array) -> jax.Array:
@@ -248,25 +249,47 @@ def sorted_top_k_mask(scores: jax.Array, k, key: jax.Array) -> jax.Array:
     return jnp.zeros(size, bool).at[order].set(jnp.arange(size) < k).reshape(shape)
 
 
-def grouped_top_k_mask(scores: jax.Array, eligible: jax.Array, k, key: jax.Array) -> jax.Array:
-    """:func:`top_k_mask` in every row of ``[G, S]`` arrays at once: row ``g`` gets its ``k[g]`` eligible
-    elements of largest score (exactly ``min(k[g], eligible in row g)``), ties broken by the same keyed
-    priorities. The selection of structured sparsity: an N:M group or an output unit per row.
+# Groups up to this long rank their elements by pairwise comparison (one pass per element of a group)
+# instead of two 32-pass bit searches: N:M groups (M = 4 or 8) select in a fraction of the time.
+_PAIRWISE_GROUP = 16
 
-    Two 32-pass bit searches over the whole array (the per-row threshold, then the per-row tie-break),
-    so the cost does not depend on the number of rows.
+
+def grouped_top_k_mask(scores: jax.Array, eligible: jax.Array, k, key: jax.Array, axis: int = -1) -> jax.Array:
+    """:func:`top_k_mask` in every group along ``axis`` at once: each group gets its ``k`` eligible
+    elements of largest score (exactly ``min(k, eligible in the group)``), ties broken by keyed
+    priorities. ``k`` broadcasts against the scores with ``axis`` of size 1 (one count per group). The
+    selection of structured sparsity: the groups are N:M groups or output units, taken in place (no
+    transpose).
+
+    Short groups (N:M) rank each element against the others of its group; long ones (output units)
+    take a 32-pass bit search for each group's threshold, and a second one for the tie-break only when
+    some group has more elements tied at its threshold than it still needs. Either way the result is
+    the ``k`` largest by (score, priority).
     """
+    axis = axis % scores.ndim
     keys = jnp.where(eligible, _score_keys(scores), _U32(0))
-    k = jnp.minimum(jnp.broadcast_to(jnp.asarray(k, jnp.int32), keys.shape[:1]),
-                    jnp.sum(keys > 0, axis=1, dtype=jnp.int32))
-    t = _kth_largest_per_row(keys, jnp.maximum(k, 1))
-    above, tied = keys > t[:, None], keys == t[:, None]
-    remaining = k - jnp.sum(above, axis=1, dtype=jnp.int32)
-    prio = jnp.where(tied, _priorities(key, keys.size).reshape(keys.shape), _U32(0))
-    p = _kth_largest_per_row(prio, jnp.maximum(remaining, 1))
-    all_tied = (jnp.sum(tied, axis=1, dtype=jnp.int32) <= remaining)[:, None]
-    take_tied = jnp.where(all_tied, tied, tied & (prio >= p[:, None]))
-    return (above | take_tied) & (k > 0)[:, None]
+    count_shape = keys.shape[:axis] + (1,) + keys.shape[axis + 1:]
+    k = jnp.minimum(jnp.broadcast_to(jnp.asarray(k, jnp.int32), count_shape),
+                    jnp.sum(keys > 0, axis=axis, keepdims=True, dtype=jnp.int32))
+    prio = _priorities(key, keys.size).reshape(keys.shape)
+    if keys.shape[axis] <= _PAIRWISE_GROUP:
+        better = jnp.zeros(keys.shape, jnp.int32)
+        for j in range(keys.shape[axis]):
+            kj, pj = lax.slice_in_dim(keys, j, j + 1, axis=axis), lax.slice_in_dim(prio, j, j + 1, axis=axis)
+            better = better + ((kj > keys) | ((kj == keys) & (pj > prio))).astype(jnp.int32)
+        return (keys > 0) & (better < k)
+    t = _kth_largest_along(keys, jnp.maximum(k, 1), axis)
+    above, tied = keys > t, keys == t
+    remaining = k - jnp.sum(above, axis=axis, keepdims=True, dtype=jnp.int32)
+    all_tied = jnp.sum(tied, axis=axis, keepdims=True, dtype=jnp.int32) <= remaining
+
+    def by_priority():
+        tied_prio = jnp.where(tied, prio, _U32(0))
+        p = _kth_largest_along(tied_prio, jnp.maximum(remaining, 1), axis)
+        return jnp.where(all_tied, tied, tied & (tied_prio >= p))
+
+    take_tied = lax.cond(jnp.all(all_tied), lambda: tied, by_priority)
+    return (above | take_tied) & (k > 0)
 
 
 def bottom_k_mask(scores: jax.Array, eligible: jax.Array, k, key: jax.Array) -> jax.Array:

@@ -81,14 +81,10 @@ def matrix_shape(shape: tuple) -> tuple[int, int]:
     return math.prod(shape[:-1]), shape[-1]
 
 
-def units(x: jax.Array) -> jax.Array:
-    """``[..., n_out] -> [n_out, R]``: one row per output unit, its inputs in memory order."""
-    return x.reshape(-1, x.shape[-1]).T
-
-
-def from_units(rows: jax.Array, shape: tuple) -> jax.Array:
-    """The inverse of :func:`units`."""
-    return rows.T.reshape(shape)
+def matrix(x: jax.Array) -> jax.Array:
+    """``[..., n_out] -> [R, n_out]``: the matrix view (a reshape in memory order, no copy). An output
+    unit is a column; its inputs run down the column."""
+    return x.reshape(-1, x.shape[-1])
 
 
 def unstructured() -> Structure:
@@ -103,13 +99,14 @@ def unstructured() -> Structure:
         group_counts=lambda mask: jnp.sum(mask, dtype=jnp.int32)[None])
 
 
-def _rows_refill(to_rows, from_rows):
-    """Refill for structures whose groups are rows of a view (N:M groups, output units)."""
+def _grouped_refill(view, axis):
+    """Refill for structures whose groups run along ``axis`` of a view (N:M groups, output units)."""
 
     def refill(scores, before, kept, k, key):
         del k  # each group's own deficit decides
-        need = jnp.sum(to_rows(before), axis=1, dtype=jnp.int32) - jnp.sum(to_rows(kept), axis=1, dtype=jnp.int32)
-        return from_rows(grouped_top_k_mask(to_rows(scores), ~to_rows(kept), need, key), before.shape)
+        count = lambda x: jnp.sum(view(x), axis=axis, keepdims=True, dtype=jnp.int32)
+        need = count(before) - count(kept)
+        return grouped_top_k_mask(view(scores), ~view(kept), need, key, axis).reshape(before.shape)
 
     return refill
 
@@ -125,11 +122,8 @@ def n_m(n: int, m: int) -> Structure:
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in (n, m)) or not 0 < n < m:
         raise ValueError(f"n_m must be two integers [N, M] with 0 < N < M; got {[n, m]!r}.")
 
-    def groups(x):
-        return units(x).reshape(-1, m)
-
-    def from_groups(g, shape):
-        return from_units(g.reshape(shape[-1], -1), shape)
+    def groups(x):   # [R / M, M, n_out]: each unit's inputs in runs of M
+        return matrix(x).reshape(-1, m, x.shape[-1])
 
     def undivided(shape):
         r = matrix_shape(shape)[0]
@@ -137,14 +131,13 @@ def n_m(n: int, m: int) -> Structure:
 
     def init_mask(key, shape, n_active):
         del n_active  # always size * n / m
-        rows = math.prod(shape) // m
-        return from_groups(grouped_top_k_mask(random_ranks(key, (rows, m)), jnp.ones((rows, m), bool), n, key),
-                           shape)
+        view = (math.prod(shape[:-1]) // m, m, shape[-1])
+        return grouped_top_k_mask(random_ranks(key, view), jnp.ones(view, bool), n, key, 1).reshape(shape)
 
     return Structure(name="n_m", label=f"{n}:{m}", undivided=undivided,
                      round_density=lambda shape, d: n / m, init_mask=init_mask, drop=bottom_k_mask,
-                     refill=_rows_refill(groups, from_groups),
-                     group_counts=lambda mask: jnp.sum(groups(mask), axis=1, dtype=jnp.int32))
+                     refill=_grouped_refill(groups, 1),
+                     group_counts=lambda mask: jnp.sum(groups(mask), axis=1, dtype=jnp.int32).reshape(-1))
 
 
 def fan_in() -> Structure:
@@ -159,15 +152,14 @@ def fan_in() -> Structure:
         return max(1, round(d * r)) / r
 
     def init_mask(key, shape, n_active):
-        r, n_out = matrix_shape(shape)
-        per_unit = n_active // n_out
-        return from_units(grouped_top_k_mask(random_ranks(key, (n_out, r)), jnp.ones((n_out, r), bool), per_unit,
-                                             key), shape)
+        view = matrix_shape(shape)
+        return grouped_top_k_mask(random_ranks(key, view), jnp.ones(view, bool), n_active // view[1], key,
+                                  0).reshape(shape)
 
     return Structure(name="fan_in", label="constant fan-in", undivided=lambda shape: None,
                      round_density=round_density, init_mask=init_mask, drop=bottom_k_mask,
-                     refill=_rows_refill(units, from_units),
-                     group_counts=lambda mask: jnp.sum(units(mask), axis=1, dtype=jnp.int32))
+                     refill=_grouped_refill(matrix, 0),
+                     group_counts=lambda mask: jnp.sum(matrix(mask), axis=0, dtype=jnp.int32))
 
 
 def block(rows: int, cols: int) -> Structure:

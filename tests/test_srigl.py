@@ -101,7 +101,7 @@ def reference(w, mask, g, f, budget, gamma):
 @pytest.mark.parametrize("seed", range(6))
 def test_random_layers_match_the_reference(seed):
     rng = np.random.default_rng(seed)
-    n_out, d, fan = 7, 10, 4
+    n_out, d, fan = 7, 20, 6       # units of more than 16 inputs: the searched selection
     mask = np.zeros((n_out, d), bool)
     for u in range(n_out):
         mask[u, rng.choice(d, fan, replace=False)] = True

@@ -41,7 +41,7 @@ def test_grouped_top_k_picks_each_rows_largest():
     scores = rng.normal(size=(6, 9)).astype(np.float32)
     eligible = rng.random((6, 9)) < 0.7
     k = np.array([0, 1, 3, 9, 2, 5], np.int32)
-    got = np.asarray(grouped_top_k_mask(jnp.asarray(scores), jnp.asarray(eligible), jnp.asarray(k),
+    got = np.asarray(grouped_top_k_mask(jnp.asarray(scores), jnp.asarray(eligible), jnp.asarray(k)[:, None],
                                         jax.random.key(0)))
     for row in range(6):
         order = [i for i in np.argsort(-scores[row]) if eligible[row, i]]
@@ -51,7 +51,7 @@ def test_grouped_top_k_picks_each_rows_largest():
 
 def test_grouped_top_k_breaks_ties_by_key_with_exact_counts():
     scores = jnp.asarray(np.array([[1, 1, 1, 1, 0, 0], [2, 1, 1, 1, 1, 0]], np.float32))
-    k = jnp.asarray([2, 3])
+    k = jnp.asarray([[2], [3]])
     picks = [np.asarray(grouped_top_k_mask(scores, jnp.ones((2, 6), bool), k, jax.random.key(s))) for s in range(8)]
     for got in picks:
         assert got.sum(axis=1).tolist() == [2, 3]
@@ -225,3 +225,17 @@ def test_rules_that_pick_single_weights_refuse_blocks_and_decay_refuses_structur
 def test_bad_n_m_is_one_sentence(pair):
     with pytest.raises(ValueError, match=r"^n_m must be two integers \[N, M\] with 0 < N < M; got "):
         structures.make("n_m", n_m=pair)
+
+
+def test_short_and_long_row_selections_agree(monkeypatch):
+    # Rows of at most _PAIRWISE_GROUP elements rank pairwise, longer ones search bits: the same selection.
+    from dst import selection
+    rng = np.random.default_rng(3)
+    scores = jnp.asarray(rng.integers(0, 4, size=(40, 12)).astype(np.float32))    # many ties
+    eligible = jnp.asarray(rng.random((40, 12)) < 0.8)
+    k = jnp.asarray(rng.integers(0, 13, size=(40, 1)), jnp.int32)
+    pairwise = grouped_top_k_mask(scores, eligible, k, jax.random.key(4))
+    monkeypatch.setattr(selection, "_PAIRWISE_GROUP", 0)
+    searched = grouped_top_k_mask(scores, eligible, k, jax.random.key(4))
+    np.testing.assert_array_equal(np.asarray(pairwise), np.asarray(searched))
+    assert np.asarray(pairwise).sum(axis=1).tolist() == np.minimum(np.asarray(k)[:, 0], np.asarray(eligible).sum(axis=1)).tolist()

@@ -24,8 +24,7 @@ from dst.masks import replace_named
 from dst.selection import bottom_k_mask
 from dst.selection import grouped_top_k_mask
 from dst.selection import top_k_mask
-from dst.structures import from_units
-from dst.structures import units
+from dst.structures import matrix
 
 
 def srigl_layer(key, w, g, mask, f, budget, gamma, ablatable=True):
@@ -44,11 +43,12 @@ def srigl_layer(key, w, g, mask, f, budget, gamma, ablatable=True):
        largest ``|g|`` among its weights not kept (just-dropped ones included), initialised to zero.
     """
     k_drop, k_sal, k_trim, k_grow = jax.random.split(key, 4)
-    W, G, M = units(jnp.abs(w)), units(jnp.abs(g)), units(mask)
-    n_out, d = M.shape
+    W, G, M = matrix(jnp.abs(w)), matrix(jnp.abs(g)), matrix(mask)     # [D, n_out]: a unit is a column
+    d, n_out = M.shape
+    per_unit = lambda x: jnp.sum(x, axis=0, dtype=jnp.int32)
     n_prune = drop_count(f, jnp.sum(M, dtype=jnp.int32))
     kept = M & ~bottom_k_mask(W, M, n_prune, k_drop)
-    salient = jnp.sum(kept | top_k_mask(G, jnp.ones_like(M), n_prune, k_sal), axis=1, dtype=jnp.int32)
+    salient = per_unit(kept | top_k_mask(G, jnp.ones_like(M), n_prune, k_sal))
     k0 = budget // n_out
     threshold = jnp.maximum(1, jnp.floor(gamma * k0.astype(jnp.float32)).astype(jnp.int32))
     # Keep at least B // D + 1 units: the count of the unit at that rank caps the threshold.
@@ -56,12 +56,12 @@ def srigl_layer(key, w, g, mask, f, budget, gamma, ablatable=True):
     threshold = jnp.minimum(threshold, floor_count)
     ablated = (salient < threshold) & ablatable & (gamma > 0)
     fan = budget // jnp.maximum(n_out - jnp.sum(ablated, dtype=jnp.int32), 1)
-    keep = kept & ~ablated[:, None]
-    keep = grouped_top_k_mask(W, keep, fan, k_trim)           # a unit above the new fan-in keeps its largest
-    need = jnp.where(ablated, 0, fan - jnp.sum(keep, axis=1, dtype=jnp.int32))
-    grown = grouped_top_k_mask(G, ~keep, need, k_grow)
-    new_mask = from_units(keep | grown, mask.shape)
-    grown = from_units(grown, mask.shape)
+    keep = kept & ~ablated
+    keep = grouped_top_k_mask(W, keep, fan, k_trim, 0)        # a unit above the new fan-in keeps its largest
+    need = jnp.where(ablated, 0, fan - per_unit(keep))[None]
+    grown = grouped_top_k_mask(G, ~keep, need, k_grow, 0)
+    new_mask = (keep | grown).reshape(mask.shape)
+    grown = grown.reshape(mask.shape)
     return jnp.where(new_mask & ~grown, w, 0.0), new_mask, grown, ablated
 
 
@@ -143,7 +143,7 @@ def srigl(*, update_every: int, end_step: int, start_step: int = 0, drop_fractio
         """Ablated units and the constant fan-in of each sparse layer (host values)."""
         out, m = {}, named_leaves(masks)
         for n, abl in state.extra["ablated"].items():
-            counts = np.asarray(units(m[n])).sum(axis=1)
+            counts = np.asarray(matrix(m[n])).sum(axis=0)
             out[f"ablated_units/{n}"] = int(np.count_nonzero(np.asarray(abl)))
             out[f"fan_in/{n}"] = int(counts.max())
         out["ablated_units/total"] = sum(v for k, v in out.items() if k.startswith("ablated_units/"))
