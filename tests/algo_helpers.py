@@ -21,6 +21,9 @@ INITIAL_SPARSITY = {"dense": 0.0, "gmp": 0.0, "snip": 0.0, "grasp": 0.0, "granet
 PER_LAYER_CONSTANT = {"dense", "static", "set", "rigl", "mest", "topkast", "snip", "grasp"}
 TOTAL_CONSTANT = {"snfs"}
 SHRINKING = {"gmp", "granet"}
+WITHIN_BUDGET = {"srigl"}      # each layer at most its initial count (ablation shares it as a floored fan-in)
+# Algorithms defined on a structure start from masks that have it.
+STRUCTURE = {"srigl": dst.structures.fan_in()}
 
 
 # `make test` runs the per-algorithm variants of a test for algorithms whose states differ in kind (none,
@@ -64,6 +67,10 @@ def initial_masks(name, params, sparsity=SPARSITY, seed=0):
     start = INITIAL_SPARSITY.get(name, sparsity)
     if start == 0:
         return jax.tree_util.tree_map(lambda p: jnp.ones(p.shape, bool), params)
+    structure = STRUCTURE.get(name)
+    if structure is not None:
+        densities = dst.structures.structured_densities(params, start, "erk", structure)
+        return dst.init_masks(jax.random.key(seed), params, densities, structure=structure)
     densities = dst.layer_densities(params, start, "erk")
     return dst.init_masks(jax.random.key(seed), params, densities)
 

@@ -11,6 +11,7 @@ from algo_helpers import FAST_ALGORITHMS
 from algo_helpers import PER_LAYER_CONSTANT
 from algo_helpers import SHRINKING
 from algo_helpers import TOTAL_CONSTANT
+from algo_helpers import WITHIN_BUDGET
 from algo_helpers import every_algorithm
 from algo_helpers import make_algorithm
 from algo_helpers import per_algorithm
@@ -54,7 +55,7 @@ def _counts(masks):
 
 
 def test_every_algorithm_is_classified():
-    assert set(ALGORITHMS) == PER_LAYER_CONSTANT | TOTAL_CONSTANT | SHRINKING
+    assert set(ALGORITHMS) == PER_LAYER_CONSTANT | TOTAL_CONSTANT | SHRINKING | WITHIN_BUDGET
     assert {"dense", "static", "set", "rigl", "snfs", "gmp", "snip", "grasp", "mest", "granet",
             "topkast"} <= set(ALGORITHMS)
 
@@ -95,6 +96,8 @@ def test_invariants_hold_after_every_step(name, optimizer):
             assert counts == counts0, f"{name}: a layer's count drifted"
         elif name in TOTAL_CONSTANT:
             assert sum(counts[n] for n in SPARSE) == sum(counts0[n] for n in SPARSE)
+        elif name in WITHIN_BUDGET:
+            assert all(counts[n] <= counts0[n] for n in SPARSE)
         else:
             assert all(counts[n] <= _counts(previous.masks)[n] for n in SPARSE)
         previous = state
