@@ -63,6 +63,10 @@ class Structure(NamedTuple):
     * ``refill(scores, before, kept, k, key) -> bool``: the weights to grow, of largest score, among
       those not ``kept``, so that each group holds as many as it did in ``before`` (unstructured:
       ``k`` over the layer; blocks: ``k // (rows * cols)`` whole blocks).
+    * ``keep(scores, mask, n_keep, key) -> bool``: the active weights to keep, of largest score, with
+      the structure: ``n_keep`` of them (N:M: the ``N`` largest of every group; fan-in: the
+      ``n_keep // n_out`` largest of every unit; blocks: the ``n_keep // (rows * cols)`` blocks of
+      largest summed score). One-shot and iterative pruning (IMP) call it.
     * ``group_counts(mask) -> int32 [G]``: active weights per group (N:M group, output unit, block).
     """
 
@@ -73,6 +77,7 @@ class Structure(NamedTuple):
     init_mask: Callable[..., jax.Array]
     drop: Callable[..., jax.Array]
     refill: Callable[..., jax.Array]
+    keep: Callable[..., jax.Array]
     group_counts: Callable[[jax.Array], jax.Array]
 
 
@@ -96,6 +101,7 @@ def unstructured() -> Structure:
         init_mask=exact_random_mask,
         drop=bottom_k_mask,
         refill=lambda scores, before, kept, k, key: top_k_mask(scores, ~kept, k, key),
+        keep=top_k_mask,
         group_counts=lambda mask: jnp.sum(mask, dtype=jnp.int32)[None])
 
 
@@ -137,6 +143,8 @@ def n_m(n: int, m: int) -> Structure:
     return Structure(name="n_m", label=f"{n}:{m}", undivided=undivided,
                      round_density=lambda shape, d: n / m, init_mask=init_mask, drop=bottom_k_mask,
                      refill=_grouped_refill(groups, 1),
+                     keep=lambda scores, mask, n_keep, key: grouped_top_k_mask(
+                         groups(scores), groups(mask), n, key, 1).reshape(mask.shape),
                      group_counts=lambda mask: jnp.sum(groups(mask), axis=1, dtype=jnp.int32).reshape(-1))
 
 
@@ -159,6 +167,8 @@ def fan_in() -> Structure:
     return Structure(name="fan_in", label="constant fan-in", undivided=lambda shape: None,
                      round_density=round_density, init_mask=init_mask, drop=bottom_k_mask,
                      refill=_grouped_refill(matrix, 0),
+                     keep=lambda scores, mask, n_keep, key: grouped_top_k_mask(
+                         matrix(scores), matrix(mask), n_keep // mask.shape[-1], key, 0).reshape(mask.shape),
                      group_counts=lambda mask: jnp.sum(matrix(mask), axis=0, dtype=jnp.int32))
 
 
@@ -199,8 +209,11 @@ def block(rows: int, cols: int) -> Structure:
         del before
         return expand(top_k_mask(pooled(scores), pooled(kept) == 0, k // area, key), kept.shape)
 
+    def keep(scores, mask, n_keep, key):
+        return expand(top_k_mask(pooled(scores), pooled(mask) > 0, n_keep // area, key), mask.shape)
+
     return Structure(name="block", label=f"{rows}x{cols} blocks", undivided=undivided,
-                     round_density=round_density, init_mask=init_mask, drop=drop, refill=refill,
+                     round_density=round_density, init_mask=init_mask, drop=drop, refill=refill, keep=keep,
                      group_counts=lambda mask: pooled(mask).astype(jnp.int32).reshape(-1))
 
 

@@ -6,6 +6,7 @@ from dst.algorithms.base import magnitude_drop
 from dst.algorithms.base import prune_and_regrow
 from dst.algorithms.gmp import gmp
 from dst.algorithms.granet import granet
+from dst.algorithms.imp import imp
 from dst.algorithms.mest import mest
 from dst.algorithms.registry import factory
 from dst.algorithms.registry import make
@@ -30,6 +31,7 @@ __all__ = [
     "gmp",
     "granet",
     "grasp",
+    "imp",
     "magnitude_drop",
     "make",
     "mest",

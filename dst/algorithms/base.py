@@ -65,6 +65,9 @@ class SparseAlgorithm(NamedTuple):
       not fire) and calls ``update`` only where it may act. Results are identical either way.
     * ``report(state, masks) -> {key: number}`` (host): what else the run logs about the algorithm at
       each record (SRigL's ablated units and fan-ins per layer).
+    * ``levels > 0`` with ``next_level(state, key, params, masks, start_params) -> (params, masks,
+      state)`` and ``rewind_step``: the run trains ``levels + 1`` levels, each from step ``rewind_step``
+      to the end (level 0 from 0) with a fresh optimizer, and calls ``next_level`` between them (IMP).
     """
 
     init: Callable[..., Any]
@@ -79,6 +82,9 @@ class SparseAlgorithm(NamedTuple):
     drop_fraction_at: Callable[[int], float] | None = None
     train_flops: Callable[..., float] | None = None
     report: Callable[..., dict] | None = None
+    levels: int = 0
+    next_level: Callable[..., Any] | None = None
+    rewind_step: int = 0
 
 
 class PruneRegrowState(NamedTuple):

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dst.algorithms.base import SparseAlgorithm
 from dst.algorithms.gmp import gmp
 from dst.algorithms.granet import granet
+from dst.algorithms.imp import imp
 from dst.algorithms.mest import mest
 from dst.algorithms.rigl import rigl
 from dst.algorithms.saliency import grasp
@@ -30,6 +31,7 @@ _REGISTRY: dict[str, Callable[..., SparseAlgorithm]] = {
     "grasp": grasp,
     "mest": mest,
     "granet": granet,
+    "imp": imp,
     "topkast": topkast,
 }
 

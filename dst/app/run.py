@@ -31,6 +31,8 @@ from dst.app.build import make_model
 from dst.app.build import make_tx
 from dst.app.feeds import first_examples
 from dst.app.feeds import make_feed
+from dst.app.lottery import next_level_state
+from dst.app.lottery import segments
 from dst.app.records import Interval
 from dst.app.records import record_for
 from dst.app.resume import Preempted
@@ -120,6 +122,9 @@ def prepare(cfg: dict, say=print) -> Plan:
         total_steps = min(total_steps, trainer["max_steps"])
     epochs = math.ceil(total_steps / steps_per_epoch)
     algo = check_algorithm(cfg["sparsity"], total_steps, say)
+    if algo.levels and algo.rewind_step >= total_steps:
+        raise ConfigError(f"sparsity.rewind_step must be less than the run's {total_steps} steps per level "
+                          f"(trainer.epochs x {steps_per_epoch} steps per epoch); got {algo.rewind_step}.")
     model = make_model(cfg["model"], num_classes=data.num_classes, say=say)
     params = _check_model_takes_data(cfg, model, data.example_shape)
     _check_dense_layers(cfg["sparsity"], params)
@@ -130,7 +135,8 @@ def prepare(cfg: dict, say=print) -> Plan:
     parallel = DataParallel() if jax.device_count() > 1 else None
     if parallel is not None and parallel.check_batch(batch):
         raise ConfigError(parallel.check_batch(batch))
-    return Plan(cfg, data, algo, model, steps_per_epoch, epochs, total_steps, parallel, structure, undivided)
+    plan = Plan(cfg, data, algo, model, steps_per_epoch, epochs, total_steps, parallel, structure, undivided)
+    return plan._replace(epochs=len(segments(plan))) if algo.levels else plan
 
 
 def epoch_length(plan: Plan, epoch: int) -> int:
@@ -187,7 +193,7 @@ def _check_structure_fits(sp: dict, params, say) -> tuple[Any, dict]:
     """The structure, and the sparse layers it leaves dense (named on the console), or :class:`ConfigError`
     when a block is larger than a layer or the structure divides no layer."""
     structure = structure_of(sp)
-    if structure.name == "unstructured" or sp["sparsity"] == 0:
+    if structure.name == "unstructured" or (sp["sparsity"] == 0 and "levels" not in sp):
         return structure, {}
     layers = dst.sparsifiable_layers(params, dense_layers=sp.get("dense_layers") or ())
     shapes = {n: matrix_shape(tuple(leaf.shape)) for n, leaf in named_leaves(params).items() if n in layers}
@@ -261,7 +267,7 @@ def initialise(plan: Plan) -> Run:
         evaluate = stream_evaluate_fn(apply_fn, min(trainer["eval_batch_size"], len(data.test_y)), sharding)
     else:
         augment = make_augment(cfg["dataset"].get("augment", "none"), **_augment_options(cfg["dataset"], data))
-        lengths = {epoch_length(plan, e) for e in (1, plan.epochs)}   # only the last epoch may be shorter
+        lengths = {s.steps for s in segments(plan)}   # whole epochs, and a level's first and last
         epoch_fns = {n: dst.train_epoch_fn(step, trainer["batch_size"], augment=augment,
                                            max_steps=None if n == plan.steps_per_epoch else n, loop=loop,
                                            batch_sharding=sharding)
@@ -313,6 +319,13 @@ def _augment_options(ds: dict, data) -> dict:
     return {"padding": ds.get("crop_padding", 4), "pad_value": data.pad_value}
 
 
+def level_fields(segment, interval) -> dict:
+    """What a record of an iterative run adds: its ``level``, the epoch within it, and the run's step
+    counted over all levels (``step`` stays monotonic; ``level_step`` is the level's own clock)."""
+    return {"level": segment.level, "level_epoch": segment.level_epoch, "step": segment.steps_done,
+            "flops/train_relative": interval.cumulative_flops / (segment.steps_done * 3.0 * interval.f_dense)}
+
+
 def train(plan: Plan, run: Run, logger: RunLogger, progress: Progress, start: Start, *, save, stopping,
           say=print):
     """The epoch loop from ``start``: one compiled call per epoch, a record every ``log_every_epochs``
@@ -333,15 +346,21 @@ def train(plan: Plan, run: Run, logger: RunLogger, progress: Progress, start: St
     feed.compile(state, epoch_key(1))
     say(f"compiled the train epoch in {time.perf_counter() - t_compile:.1f}s")
     clock = time.perf_counter() - start.elapsed     # the run's clock goes on where it stopped
-    for epoch in range(start.epoch + 1, plan.epochs + 1):
+    for segment in segments(plan)[start.epoch:]:
+        epoch = segment.epoch
+        if segment.level and segment.level_epoch == 1:
+            state = next_level_state(plan, run, state, segment.level)
+            say(f"level {segment.level}: density {dst.density_report(state.masks, run.layers)['global']:.4f}")
         t0 = time.perf_counter()
-        state, m = feed.epoch(state, epoch_key(epoch), epoch_length(plan, epoch))
+        state, m = feed.epoch(state, epoch_key(epoch), segment.steps)
         m = jax.device_get(m)
         interval.add(m, time.perf_counter() - t0, state)
         finite = bool(np.all(np.isfinite(m["loss"])))
-        if not (epoch % trainer["log_every_epochs"] and epoch != plan.epochs and finite):
+        if not (segment.level_epoch % trainer["log_every_epochs"] and not segment.last and finite):
             evaluations = feed.evaluate(state)
             record = record_for(epoch, state, interval, evaluations, run.pairs, time.perf_counter() - clock)
+            if plan.algo.levels:
+                record.update({"level_step": record["step"], **level_fields(segment, interval)})
             logger.log(record)
             records.append(record)
             progress.update(epoch, record)
@@ -390,6 +409,7 @@ def finish_run(records: list[dict], run_dir, cfg: dict, logger, parts, outcome: 
                     "run_dir": str(run_dir), "initial_densities": json.dumps(parts.densities), **extra})
     if parts.undivided:
         summary["dense_by_structure"] = json.dumps(parts.undivided)
+    summary.update(level_summary(records))
     if outcome.error:
         summary["error"] = outcome.error
     if records and getattr(logger, "write", True):     # process 0 of several writes the files
@@ -397,6 +417,18 @@ def finish_run(records: list[dict], run_dir, cfg: dict, logger, parts, outcome: 
     logger.finish(summary, exit_code=0 if outcome.status == "finished" else 1,
                   tables={"final/densities": density_table(records, parts.layers)} if records else None)
     return summary
+
+
+def level_summary(records: list[dict]) -> dict:
+    """Per level of an iterative run (IMP): its density and its final and best test accuracy, as
+    ``level/<L>/density``, ``level/<L>/test_accuracy``, ``level/<L>/best_test_accuracy``."""
+    out = {}
+    for level in sorted({r["level"] for r in records if "level" in r}):
+        mine = [r for r in records if r.get("level") == level]
+        out[f"level/{level}/density"] = 1.0 - mine[-1]["sparsity/global"]
+        out[f"level/{level}/test_accuracy"] = mine[-1]["test/accuracy"]
+        out[f"level/{level}/best_test_accuracy"] = max(r["test/accuracy"] for r in mine)
+    return out
 
 
 def run(cfg: dict, run_dir, *, stream=None) -> dict:

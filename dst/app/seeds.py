@@ -33,7 +33,9 @@ from dst.app.run import NonFiniteLossError
 from dst.app.run import Outcome
 from dst.app.run import _augment_options
 from dst.app.run import _loader_options
-from dst.app.run import epoch_length
+from dst.app.lottery import next_level_state
+from dst.app.lottery import segments
+from dst.app.run import level_fields
 from dst.app.run import finish_run
 from dst.app.run import initialise
 from dst.app.run import prepare
@@ -140,7 +142,7 @@ def run_seeds(cfg: dict, run_dir, *, stream=None) -> list[dict]:
     outcome, t_start = Outcome(), time.perf_counter() - elapsed
     try:
         with outcome, stop_on_sigterm() as stopping:
-            _train(cfg, plan, parts[0], files, stacked, index, data_keys, replicas, intervals, start_epoch,
+            _train(cfg, plan, parts, files, stacked, index, data_keys, replicas, intervals, start_epoch,
                    t_start, checkpoints, stopping, say)
     finally:
         checkpoints.close()
@@ -150,10 +152,11 @@ def run_seeds(cfg: dict, run_dir, *, stream=None) -> list[dict]:
     return summaries
 
 
-def _train(top_cfg, plan, parts, files, stacked, index, data_keys, replicas, intervals, start_epoch, t_start,
+def _train(top_cfg, plan, all_parts, files, stacked, index, data_keys, replicas, intervals, start_epoch, t_start,
            checkpoints, stopping, say):
     """The epoch loop of :func:`run.train`, over the stacked replicas, logging each to its own directory."""
     cfg, trainer = plan.cfg, plan.cfg["trainer"]
+    parts = all_parts[0]
     if start_epoch >= plan.epochs:
         say(f"the run already finished its {plan.epochs} epochs; nothing left to train")
         return
@@ -162,7 +165,7 @@ def _train(top_cfg, plan, parts, files, stacked, index, data_keys, replicas, int
     index = jnp.asarray(np.stack(index))
     keys = lambda epoch: jnp.stack([jax.random.fold_in(k, epoch) for k in data_keys])
     augment = make_augment(cfg["dataset"].get("augment", "none"), **_augment_options(cfg["dataset"], files))
-    lengths = {epoch_length(plan, e) for e in (1, plan.epochs)}
+    lengths = {s.steps for s in segments(plan)}
     if any(isinstance(fn, HostLoopEpoch) for fn in parts.epoch_fns.values()):
         say("note: replicas of a conv net run inside one lax.scan, which XLA on CPU runs far slower than one "
             "dispatch per step (jax#12868); on CPU separate runs may be faster.")
@@ -172,13 +175,18 @@ def _train(top_cfg, plan, parts, files, stacked, index, data_keys, replicas, int
         stacked, x, y, keys(1), index).compile() for n in lengths}
     say(f"compiled the replicated train epoch in {time.perf_counter() - t0:.1f}s")
     every = trainer.get("checkpoint_every_epochs") or 0
-    for epoch in range(start_epoch + 1, plan.epochs + 1):
+    for segment in segments(plan)[start_epoch:]:
+        epoch = segment.epoch
+        if segment.level and segment.level_epoch == 1:   # IMP: every replica prunes and rewinds its own
+            stacked = stack_replicas([next_level_state(plan._replace(cfg=rep.cfg), part, unstack_replica(stacked, r),
+                                                       segment.level)
+                                      for r, (rep, part) in enumerate(zip(replicas, all_parts))])
         t0 = time.perf_counter()
-        stacked, m = compiled[epoch_length(plan, epoch)](stacked, x, y, keys(epoch), index)
+        stacked, m = compiled[segment.steps](stacked, x, y, keys(epoch), index)
         m = jax.device_get(m)
         seconds = time.perf_counter() - t0
         finite = bool(np.all(np.isfinite(m["loss"])))
-        log = not (epoch % trainer["log_every_epochs"] and epoch != plan.epochs and finite)
+        log = not (segment.level_epoch % trainer["log_every_epochs"] and not segment.last and finite)
         for r, rep in enumerate(replicas):
             state = unstack_replica(stacked, r)
             intervals[r].add(jax.tree_util.tree_map(lambda a, r=r: a[r], m), seconds, state)
@@ -187,6 +195,8 @@ def _train(top_cfg, plan, parts, files, stacked, index, data_keys, replicas, int
             splits = {"test": test, **({"val": rep.val} if rep.val is not None else {})}
             evaluations = {k: parts.evaluate(state.params, state.model_state, *xy) for k, xy in splits.items()}
             record = record_for(epoch, state, intervals[r], evaluations, parts.pairs, time.perf_counter() - t_start)
+            if plan.algo.levels:
+                record.update({"level_step": record["step"], **level_fields(segment, intervals[r])})
             rep.logger.log(record)
             rep.records.append(record)
             rep.progress.update(epoch, record)

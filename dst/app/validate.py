@@ -203,7 +203,7 @@ def _check_structure(sp: dict) -> None:
         structure = structure_of(sp)
     except ValueError as err:
         raise ConfigError(f"sparsity.{err}") from None
-    if name == "n_m":
+    if name == "n_m" and "levels" not in sp:   # IMP's level 0 is dense; its later levels are N:M
         n, m = sp["n_m"]
         implied = 1.0 - n / m
         if sp.get("sparsity") is None:

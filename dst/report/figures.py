@@ -48,7 +48,7 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "p", "h", "d", "H",
 STYLES = tuple(zip(COLOURS, MARKERS))
 # dst's algorithms keep their slot in every figure (when one series each): the same method looks the same
 # in every report.
-KNOWN = ("static", "set", "rigl", "snfs", "gmp", "snip", "grasp", "mest", "granet", "topkast")
+KNOWN = ("static", "set", "rigl", "snfs", "gmp", "snip", "grasp", "mest", "granet", "topkast", "srigl", "imp")
 DENSE_COLOUR = "black"
 # Chance accuracy by data set (1 / classes; CIFAR-100 at its 100 fine labels, the lowest plausible); an
 # unknown data set gets 0.

@@ -6,6 +6,7 @@ import csv
 import math
 import pathlib
 
+from dst.report import levels
 from dst.report.collect import RunInfo
 from dst.report.figures import CURVE_PLOTS
 from dst.report.figures import plot_accuracy_vs_sparsity
@@ -52,6 +53,7 @@ def markdown(rows: list[dict], runs: list[RunInfo], roots: list[pathlib.Path]) -
         lines += [f"* {r['algorithm']} {r['sparsity']} {r['distribution']} {r['model']} {r['dataset']} "
                   f"{r['settings']}: seeds {', '.join(map(str, r['seeds']))}".rstrip() for r in repeated]
     lines += by_sparsity(rows)
+    lines += levels.markdown(levels.level_rows(runs))
     others = [r for r in runs if r.status != "finished"]
     lines += ["", "## Runs not averaged in", ""]
     if not others:
@@ -141,4 +143,7 @@ def write_report(runs: list[RunInfo], out_dir, root=None) -> tuple[pathlib.Path,
     plot_accuracy_vs_sparsity(rows, out_dir / PLOTS[0])
     plot_test_accuracy_over_training(rows, table, out_dir / PLOTS[1])
     plot_itop_over_training(rows, table, out_dir / PLOTS[2])
+    lottery = levels.level_rows(runs)
+    if lottery:
+        levels.plot_levels(lottery, out_dir / levels.PLOT)
     return out_dir / "report.md", rows

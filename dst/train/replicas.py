@@ -32,7 +32,7 @@ from dst.train.state import TrainState
 from dst.train.step import TrainStep
 
 # Leaves every replica shares: the schedule (see the module docstring).
-SCHEDULE_LEAVES = ("step", "algo_state/step", "algo_state/updated")
+SCHEDULE_LEAVES = ("step", "algo_state/step", "algo_state/updated", "algo_state/extra/level")  # IMP's level
 
 
 def _is_schedule(path) -> bool:

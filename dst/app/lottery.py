@@ -1,0 +1,72 @@
+"""The epochs of a run, and the levels of an iterative one (IMP: ``algo.levels > 0``).
+
+A run is a list of :class:`Segment`\\ s, one compiled epoch call each. A plain run's segments are its
+epochs. An iterative run repeats the schedule once per level: level 0 from step 0, every later level
+from ``algo.rewind_step`` (its first segment ends where the epoch of that step ends), each to the run's
+``T`` steps. Segments are numbered across levels, so checkpoints, resume and progress work as in a
+plain run; between two levels :func:`next_level_state` prunes, rewinds and restarts the optimizer.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+import dst
+from dst.app.build import make_tx
+
+# fold_in tags of a level's keys: its pruning, its fresh initialisation (control random_reinit).
+LEVEL_STREAM, REINIT_STREAM = 0x1E7E1, 0x2E1A1
+
+
+class Segment(NamedTuple):
+    epoch: int          # 1.. across the whole run (checkpoints, progress, data keys)
+    level: int          # 0 in a plain run
+    level_epoch: int    # 1.. within the level
+    steps: int          # steps in this compiled call
+    last: bool          # the level's (or plain run's) last segment
+    steps_done: int     # optimizer steps taken in the run once this segment is done, over all levels
+
+
+def segments(plan) -> list[Segment]:
+    """The run's segments (see the module docstring)."""
+    total, per_epoch = plan.total_steps, plan.steps_per_epoch
+    out, done = [], 0
+    for level in range(plan.algo.levels + 1):
+        step, level_epoch = (0 if level == 0 else plan.algo.rewind_step), 0
+        while step < total:
+            steps = min(per_epoch - step % per_epoch, total - step)
+            step, level_epoch, done = step + steps, level_epoch + 1, done + steps
+            out.append(Segment(len(out) + 1, level, level_epoch, steps, step == total, done))
+    return out
+
+
+def _restart_count(opt_state, step: int):
+    """A fresh optimizer state whose step counters (optax's ``count`` fields) read ``step``, so the
+    learning-rate schedule goes on from there."""
+    def reset(path, leaf):
+        last = path[-1] if path else None
+        named_count = getattr(last, "name", None) == "count"
+        return jnp.full_like(leaf, step) if named_count else leaf
+
+    return jax.tree_util.tree_map_with_path(reset, opt_state)
+
+
+def next_level_state(plan, run, state, level: int):
+    """The train state that starts ``level``: ``algo.next_level``'s masks and start weights (rewound,
+    or a fresh initialisation under ``control=random_reinit``), a new optimizer at the rewind step, the
+    model state of the initialisation when rewinding to step 0, and ITOP bookkeeping carried over."""
+    cfg, algo = plan.cfg, plan.algo
+    key = jax.random.fold_in(jax.random.key(cfg["trainer"]["seed"]), LEVEL_STREAM + level)
+    sample = jnp.zeros((1,) + tuple(plan.data.example_shape), jnp.float32)
+    start_params, _ = dst.init_model(plan.model, jax.random.fold_in(key, REINIT_STREAM), sample)
+    params, masks, algo_state = algo.next_level(state.algo_state, key, state.params, state.masks, start_params)
+    tx = make_tx(cfg, plan.total_steps, say=lambda *_: None)
+    model_state = run.state.model_state if algo.rewind_step == 0 else state.model_state
+    fresh = dst.create_train_state(state.rng, params, masks, tx, algo, model_state)
+    new = fresh._replace(opt_state=_restart_count(fresh.opt_state, algo.rewind_step), algo_state=algo_state,
+                         ever_active=jax.tree_util.tree_map(jnp.logical_or, state.ever_active, masks),
+                         step=jnp.asarray(algo.rewind_step, jnp.int32), rng=state.rng)
+    return new if plan.parallel is None else plan.parallel.replicate(new)
