@@ -144,10 +144,17 @@ def _records(run_dir):
 WALL = ("wall_time", "time/elapsed", "steps_per_sec", "run_dir")
 
 
-def test_an_imp_run_records_levels_and_resumes_inside_and_across_them(tmp_path, data_dir):
+@pytest.fixture(scope="module")
+def imp_run(tmp_path_factory, data_dir):
+    tmp_path = tmp_path_factory.mktemp("imp")
     run_dir = tmp_path / "whole"
     out = _imp(tmp_path, data_dir, run_dir, "sparsity.rewind_step=2")
     assert out.returncode == 0, out.stderr[-2000:]
+    return run_dir
+
+
+def test_an_imp_run_records_levels_and_summarises_each(imp_run, tmp_path):
+    run_dir = imp_run
     records = _records(run_dir)
     # 5 steps per epoch, 10 per level: level 0 is 5 + 5 steps, each later level 3 + 5 (from step 2).
     assert [(r["level"], r["level_epoch"], r["step"], r["level_step"]) for r in records] == [
@@ -164,17 +171,22 @@ def test_an_imp_run_records_levels_and_resumes_inside_and_across_them(tmp_path, 
     assert "## Lottery tickets: test accuracy (%) by level" in text
     assert f"| imp mlp fashion_mnist | 1 | {summary['level/1/density']:.4f} |" in text
     assert (tmp_path / "report" / "lottery_levels.png").stat().st_size > 0
-    for resume_after in (2, 3):    # the end of level 0 (across a level), the middle of level 1 (inside one)
-        again = tmp_path / f"resumed_{resume_after}"
-        shutil.copytree(run_dir, again)
-        for ckpt in (again / "checkpoints").iterdir():
-            if ckpt.name.isdigit() and int(ckpt.name) > resume_after:
-                shutil.rmtree(ckpt)
-        (again / "summary.json").unlink()
-        out = _imp(tmp_path, data_dir, again, "sparsity.rewind_step=2")
-        assert out.returncode == 0 and "resuming from" in out.stdout, out.stderr[-2000:]
-        strip = lambda rs: [{k: v for k, v in r.items() if k not in WALL} for r in rs]
-        assert strip(_records(again)) == strip(records)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("resume_after", [2, 3])   # the end of level 0 (across levels), inside level 1
+def test_an_imp_run_resumes_across_and_inside_levels(imp_run, tmp_path, data_dir, resume_after):
+    records = _records(imp_run)
+    again = tmp_path / f"resumed_{resume_after}"
+    shutil.copytree(imp_run, again)
+    for ckpt in (again / "checkpoints").iterdir():
+        if ckpt.name.isdigit() and int(ckpt.name) > resume_after:
+            shutil.rmtree(ckpt)
+    (again / "summary.json").unlink()
+    out = _imp(tmp_path, data_dir, again, "sparsity.rewind_step=2")
+    assert out.returncode == 0 and "resuming from" in out.stdout, out.stderr[-2000:]
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in WALL} for r in rs]
+    assert strip(_records(again)) == strip(records)
 
 
 @pytest.mark.parametrize("overrides, sentence", [
@@ -189,6 +201,7 @@ def test_bad_imp_runs_are_one_sentence(tmp_path, data_dir, overrides, sentence):
     assert len(lines) == 1 and sentence in lines[0], out.stderr
 
 
+@pytest.mark.slow
 def test_imp_replicas_in_one_program_match_their_single_runs(tmp_path, data_dir):
     seeds_dir, single_dir = tmp_path / "seeds", tmp_path / "single"
     out = _imp(tmp_path, data_dir, seeds_dir, "sparsity.levels=1", "trainer.seeds=[0,1]")
