@@ -27,7 +27,7 @@ B = np.array([[-0.05, 0.8, 0.4], [0.6, -0.25, 1.0]], np.float32)
 def _level(algo, params, masks, start=None):
     state = algo.init(params, masks)
     start = params if start is None else start
-    p, m, s = algo.next_level(state, jax.random.key(0), params, masks, start)
+    p, m, s = algo.next_level(state, jax.random.key(0), params, masks, lambda: start)
     return p, {n: np.asarray(x).astype(int).tolist() for n, x in named_leaves(m).items()}, s
 
 
@@ -70,7 +70,7 @@ def test_start_weights_are_the_rewound_ones_or_a_fresh_init_and_random_prune_kee
     np.testing.assert_array_equal(np.asarray(p["a"]["kernel"]), np.where(np.asarray(m["a"]["kernel"]), A * 10, 0))
     fresh = jax.tree_util.tree_map(lambda x: x + 100.0, params)
     reinit = dst.algorithms.make("imp", levels=1, control="random_reinit")
-    p, m, _ = reinit.next_level(reinit.init(params, masks), jax.random.key(0), params, masks, fresh)
+    p, m, _ = reinit.next_level(reinit.init(params, masks), jax.random.key(0), params, masks, lambda: fresh)
     np.testing.assert_array_equal(np.asarray(p["b"]["kernel"]), np.where(np.asarray(m["b"]["kernel"]), B + 100, 0))
     # random_prune: a uniformly random mask with the lottery's per-layer counts (4 of A, 5 of B), new each draw
     shuffled = dst.algorithms.make("imp", levels=1, control="random_prune")

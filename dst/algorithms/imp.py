@@ -53,8 +53,9 @@ def imp(*, levels: int, prune_fraction: float = 0.2, rewind_step: int = 0, scope
     level after the first re-selects at density N/M; fan-in: a whole fan-in per unit; blocks: whole blocks).
 
     The train loop drives the levels through two fields: ``levels`` and ``next_level(state, key,
-    params, masks, start_params) -> (params, masks, state)`` (``start_params`` is a fresh initialisation,
-    used by ``random_reinit``). ``update`` only records the rewind weights at ``rewind_step``.
+    params, masks, fresh_init) -> (params, masks, state)`` (``fresh_init()`` returns a new random
+    initialisation, called under ``random_reinit`` only). ``update`` only records the rewind weights at
+    ``rewind_step``.
 
     References:
         Frankle & Carbin 2019, "The Lottery Ticket Hypothesis: Finding Sparse, Trainable Neural
@@ -105,26 +106,31 @@ def imp(*, levels: int, prune_fraction: float = 0.2, rewind_step: int = 0, scope
         before = (state.extra["level"] == 0) & (state.step < rewind_step)
         return jnp.where(before, rewind_step - 1 - state.step, schedules.NEVER).astype(jnp.int32)
 
-    def next_level(state, key, params, masks, start_params):
+    @jax.jit
+    def keep_largest(w, m, n_keep, key):
+        # One program for every level (the counts are traced): {name: mask} of the weights that stay.
+        if scope == "global":
+            return global_top_k_masks({n: jnp.abs(x) for n, x in w.items()}, m, n_keep, key)
+        return {n: structure.keep(jnp.abs(w[n]), m[n], n_keep[n], jax.random.fold_in(key, i))
+                for i, n in enumerate(w)}
+
+    def next_level(state, key, params, masks, fresh_init):
         """The masks, start weights and algorithm state of the next level (host-side, once per level)."""
         w, m = named_leaves(params), named_leaves(masks)
         names = prunable(params)
         counts = {n: int(np.count_nonzero(np.asarray(m[n]))) for n in names}
         target = pruned_counts(counts, prune_fraction, scope)
-        if scope == "global":
-            kept = global_top_k_masks({n: jnp.abs(w[n]) for n in names}, {n: m[n] for n in names}, target, key)
-        else:
-            kept = {}
-            for i, n in enumerate(names):
-                shape = tuple(w[n].shape)
-                n_keep = round(structure.round_density(shape, target[n] / w[n].size) * w[n].size)
-                kept[n] = structure.keep(jnp.abs(w[n]), m[n], n_keep, jax.random.fold_in(key, i))
+        if scope == "layer":   # each layer's count, rounded to what the structure allows
+            target = {n: jnp.int32(round(structure.round_density(tuple(w[n].shape), target[n] / w[n].size)
+                                         * w[n].size)) for n in names}
+        kept = keep_largest({n: w[n] for n in names}, {n: m[n] for n in names},
+                            jnp.int32(target) if scope == "global" else target, key)
         if control == "random_prune":
             kept = {n: structure.init_mask(jax.random.fold_in(key, 1000 + i), tuple(kept[n].shape),
                                            int(np.count_nonzero(np.asarray(kept[n]))))
                     for i, n in enumerate(names)}
         new_masks = replace_named(masks, kept)
-        start = start_params if control == "random_reinit" else state.extra["rewind"]
+        start = fresh_init() if control == "random_reinit" else state.extra["rewind"]
         new_params = jax.tree_util.tree_map(lambda p, k: jnp.where(k, p, jnp.zeros_like(p)), start, new_masks)
         extra = {**state.extra, "level": state.extra["level"] + 1}
         new_state = initial_state(new_masks, extra)._replace(step=jnp.asarray(rewind_step, jnp.int32))

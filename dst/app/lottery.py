@@ -16,6 +16,8 @@ import jax.numpy as jnp
 
 import dst
 from dst.app.build import make_tx
+from dst.train.state import TrainState
+from dst.train.state import counts
 
 # fold_in tags of a level's keys: its pruning, its fresh initialisation (control random_reinit).
 LEVEL_STREAM, REINIT_STREAM = 0x1E7E1, 0x2E1A1
@@ -61,12 +63,13 @@ def next_level_state(plan, run, state, level: int):
     cfg, algo = plan.cfg, plan.algo
     key = jax.random.fold_in(jax.random.key(cfg["trainer"]["seed"]), LEVEL_STREAM + level)
     sample = jnp.zeros((1,) + tuple(plan.data.example_shape), jnp.float32)
-    start_params, _ = dst.init_model(plan.model, jax.random.fold_in(key, REINIT_STREAM), sample)
-    params, masks, algo_state = algo.next_level(state.algo_state, key, state.params, state.masks, start_params)
+    fresh_init = lambda: dst.init_model(plan.model, jax.random.fold_in(key, REINIT_STREAM), sample)[0]
+    params, masks, algo_state = algo.next_level(state.algo_state, key, state.params, state.masks, fresh_init)
     tx = make_tx(cfg, plan.total_steps, say=lambda *_: None)
-    model_state = run.state.model_state if algo.rewind_step == 0 else state.model_state
-    fresh = dst.create_train_state(state.rng, params, masks, tx, algo, model_state)
-    new = fresh._replace(opt_state=_restart_count(fresh.opt_state, algo.rewind_step), algo_state=algo_state,
-                         ever_active=jax.tree_util.tree_map(jnp.logical_or, state.ever_active, masks),
-                         step=jnp.asarray(algo.rewind_step, jnp.int32), rng=state.rng)
+    # Built op by op rather than by create_train_state's jit: a new program per level would cost seconds.
+    new = TrainState(params=params, masks=masks,
+                     model_state=run.state.model_state if algo.rewind_step == 0 else state.model_state,
+                     opt_state=_restart_count(tx.init(params), algo.rewind_step), algo_state=algo_state,
+                     ever_active=jax.tree_util.tree_map(jnp.logical_or, state.ever_active, masks),
+                     active=counts(masks), step=jnp.asarray(algo.rewind_step, jnp.int32), rng=state.rng)
     return new if plan.parallel is None else plan.parallel.replicate(new)
