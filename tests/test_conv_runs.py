@@ -49,12 +49,18 @@ PRESETS = {
     "mnist1d_mlp": "mnist1d",
     "rigl_resnet50_imagenet": "imagenet",
     "set_tutorial": "mnist",
+    "srigl_resnet18_cifar10": "cifar10",
+    "srigl_resnet50_imagenet": "imagenet",
+    "mnist1d_lottery": "mnist1d",
 }
 # Absolute step settings of a preset that a two-step smoke run cannot reach.
 SMOKE = {"snfs_wrn28_2_cifar10": ["sparsity.start_step=0", "sparsity.update_every=1"],
          "rigl_lenet300_mnist": ["sparsity.end_step=2"],
          "set_tutorial": ["dataset.subset.train=96", "dataset.subset.test=40", "sparsity.start_step=1",
                           "sparsity.update_every=1", "sparsity.end_step=2"],
+         "mnist1d_lottery": ["sparsity.levels=1"],
+         "srigl_resnet50_imagenet": ["sparsity.end_step=2", "sparsity.update_every=1", "dataset.image_size=32",
+                                     "dataset.resize=36", "dataset.workers=2", "dataset.chunk_steps=2"],
          "rigl_resnet50_imagenet": ["sparsity.end_step=2", "sparsity.update_every=1", "dataset.image_size=32",
                                     "dataset.resize=36", "dataset.workers=2", "dataset.chunk_steps=2"]}
 
@@ -65,7 +71,8 @@ def test_every_preset_is_tested():
 
 # The WRN and ResNet-50 presets compile deep conv nets (30-60 s each here), and set_tutorial's three
 # 1000-wide layers train for 30 s: `make test-slow`.
-WIDE = {"rigl_wrn22_cifar10", "snfs_wrn28_2_cifar10", "rigl_resnet50_imagenet", "set_tutorial"}
+WIDE = {"rigl_wrn22_cifar10", "snfs_wrn28_2_cifar10", "rigl_resnet50_imagenet", "set_tutorial", "srigl_resnet18_cifar10",
+        "srigl_resnet50_imagenet"}
 
 
 @pytest.mark.parametrize("preset", sorted(set(PRESETS) - WIDE))
@@ -86,9 +93,13 @@ def _run_preset(preset, data, tmp_path):
     cfg = composed(f"experiment={preset}", f"dataset.data_dir={data / PRESETS[preset]}", "trainer.max_steps=2",
                    "trainer.batch_size=16", "logger=none", *SMOKE.get(preset, []))
     summary = run(cfg, tmp_path, stream=QUIET)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    if cfg["sparsity"]["algorithm"] == "imp":    # one level after the dense one: 2 + 2 steps, 20% pruned
+        assert summary["status"] == "finished" and summary["step"] == 4 and len(records) == 2
+        assert summary["sparsity/global"] == pytest.approx(0.2, abs=0.01)
+        return
     assert summary["status"] == "finished" and summary["step"] == 2
     assert summary["sparsity/global"] == pytest.approx(cfg["sparsity"]["sparsity"], abs=0.01)
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 1 and records[0]["epoch"] == 1
     if preset == "rigl_wrn22_cifar10":
         assert summary["sparsity/stem_conv/kernel"] == 0.0 and summary["sparsity/layer3_2/conv2/kernel"] > 0.8
