@@ -12,12 +12,14 @@ from dst.algorithms.base import SparseAlgorithm
 from dst.algorithms.base import check_schedule
 from dst.algorithms.base import initial_state
 from dst.algorithms.base import no_growth
-from dst.algorithms.base import unstructured_only
 from dst.algorithms.targets import check_sparsity
 from dst.algorithms.targets import final_counts
+from dst.masks import active_count
 from dst.masks import named_leaves
 from dst.masks import replace_named
 from dst.selection import top_k_mask
+from dst.structures import UNSTRUCTURED
+from dst.structures import structured_densities
 
 
 def topkast(*, sparsity: float, backward_sparsity: float, update_every: int, end_step: int,
@@ -29,7 +31,9 @@ def topkast(*, sparsity: float, backward_sparsity: float, update_every: int, end
     The dense parameters ``theta`` are stored. At each update, per layer: the forward set ``A`` is
     the ``round(D_l N_l)`` largest ``|theta|`` and the backward set ``B`` the ``round(B_l N_l)``
     largest (``D_l``, ``B_l`` from ``distribution`` at ``sparsity`` and ``backward_sparsity``; ties
-    share one key, so ``A`` is inside ``B``). The forward pass uses ``theta`` masked by ``A``
+    share one key, so ``A`` is inside ``B``; under a ``structure`` ``A`` has it, the N largest of every
+    N:M group, a whole fan-in per unit or whole blocks, and ``B`` is ``A`` and the largest of the rest).
+    The forward pass uses ``theta`` masked by ``A``
     (``masks``); the optimizer updates ``theta`` on ``B`` with the gradient at the masked weights plus
     the exploration penalty ``penalty/2 * sum_{B \\ A} theta^2 / D_l`` on the weights outside the
     forward set (scaled by ``1/D_l``: the sparser the layer, the more a weight pays to stay in the
@@ -52,8 +56,6 @@ def topkast(*, sparsity: float, backward_sparsity: float, update_every: int, end
         algo = dst.algorithms.make("topkast", sparsity=0.9, backward_sparsity=0.8, update_every=100,
                                    end_step=5000)
     """
-    unstructured_only(structure, "Top-KAST", "its forward and backward sets are layer-wide top-k of |theta| "
-                      "(structured top-k sets are not implemented for it)")
     check_sparsity("sparsity", sparsity)
     check_sparsity("backward_sparsity", backward_sparsity)
     if backward_sparsity > sparsity:
@@ -62,18 +64,31 @@ def topkast(*, sparsity: float, backward_sparsity: float, update_every: int, end
     check_schedule(update_every, start_step, end_step, 0.0, "constant")
     if penalty < 0:
         raise ValueError(f"penalty must be non-negative; got {penalty!r}.")
+    structure = structure or UNSTRUCTURED
     counts = lambda params, s: final_counts(params, s, distribution, erk_power_scale=erk_power_scale,
                                             dense_layers=dense_layers, sparsifiable=sparsifiable)
 
+    def forward_counts(params):
+        if structure.name == "unstructured":
+            return counts(params, sparsity)
+        leaves = named_leaves(params)
+        densities = structured_densities(params, sparsity, distribution, structure, erk_power_scale=erk_power_scale,
+                                         dense_layers=dense_layers, sparsifiable=sparsifiable)
+        return {n: active_count(d, leaves[n].size) for n, d in densities.items()}
+
     def top_sets(key, params):
         w = named_leaves(params)
-        fwd, bwd = counts(params, sparsity), counts(params, backward_sparsity)
+        fwd, bwd = forward_counts(params), counts(params, backward_sparsity)
         a, b = {}, {}
         for i, n in enumerate(fwd):
             k = jax.random.fold_in(key, i)      # one key for both: equal priorities, so A is inside B
             everything = jnp.ones(w[n].shape, bool)
-            a[n] = top_k_mask(jnp.abs(w[n]), everything, fwd[n], k)
-            b[n] = top_k_mask(jnp.abs(w[n]), everything, bwd[n], k)
+            if structure.name == "unstructured":
+                a[n] = top_k_mask(jnp.abs(w[n]), everything, fwd[n], k)
+                b[n] = top_k_mask(jnp.abs(w[n]), everything, bwd[n], k)
+            else:   # A with the structure; B is A and the largest of the rest (B needs no structure)
+                a[n] = structure.keep(jnp.abs(w[n]), everything, fwd[n], k)
+                b[n] = a[n] | top_k_mask(jnp.abs(w[n]), ~a[n], max(bwd.get(n, 0) - fwd[n], 0), k)
         return a, b
 
     def init(params, masks, key=None):
