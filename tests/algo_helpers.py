@@ -14,11 +14,11 @@ from dst.models import MLP
 
 SPARSITY = 0.8
 HPARAMS = dict(update_every=2, end_step=1000, drop_fraction=0.3, sparsity=SPARSITY, backward_sparsity=0.6,
-               batches=2)
+               batches=2, levels=2)
 # Where each algorithm starts: most at SPARSITY; these from another density (0.0: dense).
-INITIAL_SPARSITY = {"dense": 0.0, "gmp": 0.0, "snip": 0.0, "grasp": 0.0, "granet": 0.5}
+INITIAL_SPARSITY = {"dense": 0.0, "gmp": 0.0, "snip": 0.0, "grasp": 0.0, "granet": 0.5, "imp": 0.0}
 # What each algorithm promises about its active counts.
-PER_LAYER_CONSTANT = {"dense", "static", "set", "rigl", "mest", "topkast", "snip", "grasp"}
+PER_LAYER_CONSTANT = {"dense", "static", "set", "rigl", "mest", "topkast", "snip", "grasp", "imp"}
 TOTAL_CONSTANT = {"snfs"}
 SHRINKING = {"gmp", "granet"}
 WITHIN_BUDGET = {"srigl"}      # each layer at most its initial count (ablation shares it as a floored fan-in)

@@ -46,10 +46,12 @@ def test_each_algorithm_config_trains_to_its_sparsity(algorithm, data_dir, tmp_p
                  "trainer.batch_size=64", "logger=none", "model=mlp", "model.hidden=[20,12]"]
     if "update_every" in composed(f"sparsity={algorithm}")["sparsity"]:
         overrides.append("sparsity.update_every=3")
+    if algorithm == "imp":      # two levels after the dense one: 0.8^2 of the weights remain
+        overrides.append("sparsity.levels=2")
     cfg = composed(*overrides)
     summary = run(cfg, tmp_path, stream=open("/dev/null", "w"))
     assert summary["status"] == "finished"
-    target = cfg["sparsity"]["sparsity"]
+    target = 1 - 0.8 ** 2 if algorithm == "imp" else cfg["sparsity"]["sparsity"]
     assert summary["sparsity/global"] == pytest.approx(target, abs=0.005), algorithm
     assert "dead_units/total" in summary and summary["test/accuracy"] > 0.3
 
