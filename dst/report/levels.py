@@ -73,7 +73,8 @@ def plot_levels(rows: list[dict], path) -> pathlib.Path:
                     yerr=[100 * r["best_test_accuracy_std"] for r in mine], color=colour, marker=marker,
                     capsize=3, label=label)
     ax.set_xscale("log")
-    ticks = sorted({round(r["density"], 6) for r in rows})
+    ticks = sorted({round(r["density"], 6) for r in rows}, reverse=True)
+    ticks = ticks[::-(-len(ticks) // 8)]          # at most 8 labels, from the dense end
     ax.xaxis.set_major_locator(FixedLocator(ticks))
     ax.xaxis.set_major_formatter(FixedFormatter([f"{100 * t:.3g}%" for t in ticks]))
     ax.xaxis.set_minor_locator(NullLocator())
