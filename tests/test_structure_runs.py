@@ -55,7 +55,7 @@ def test_an_n_m_run_names_the_layers_it_leaves_dense_and_regrows(tmp_path, data_
     (("sparsity.structure=block", "sparsity.block=[1,1]"),
      "sparsity.block must be two positive integers [rows, cols], not both 1; got [1, 1]."),
     (("sparsity=gmp", "sparsity.structure=n_m", "sparsity.n_m=[2,4]", "sparsity.sparsity=null"),
-     "sparsity.structure=n_m cannot be kept by GMP: its cubic schedule prunes single weights"),
+     "sparsity.structure=n_m cannot be kept by GMP: its cubic schedule prunes to per-layer counts"),
     (("sparsity=set", "sparsity.sign_split=true", "sparsity.structure=block", "sparsity.block=[2,2]"),
      "sparsity.structure=block cannot be kept by the drop rule sign_split_drop"),
     (("sparsity=srigl", "sparsity.structure=unstructured"),

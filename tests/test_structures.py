@@ -207,7 +207,7 @@ def test_dynamic_algorithms_keep_the_structure_and_change_the_mask(name, structu
 
 # --- what cannot be kept says so -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["gmp", "granet", "snfs", "snip", "grasp"])
+@pytest.mark.parametrize("name", ["granet", "snfs", "snip", "grasp"])
 def test_algorithms_that_cannot_keep_a_structure_say_so(name):
     with pytest.raises(ValueError, match=r"^structure=n_m cannot be kept by \w+(-\w+)?: .+; use structure=unstructured\.$"):
         make_algorithm(name, structure=structures.n_m(2, 4))
@@ -260,3 +260,29 @@ def test_topkast_forward_sets_have_the_structure_inside_the_backward_set(structu
             if m.ndim == 2:
                 assert holds(m, structure_name) and int(m.sum()) == int(round(densities[n] * m.size)), n
                 assert not np.any(np.asarray(m) & ~np.asarray(backward[n])), n
+
+
+@pytest.mark.parametrize("structure_name", ["fan_in", "block"])
+def test_gmp_prunes_to_whole_fan_ins_and_whole_blocks(structure_name):
+    _, params, _, _ = tiny_problem()
+    structure = STRUCTURES[structure_name]
+    masks = jax.tree_util.tree_map(lambda p: jnp.ones(p.shape, bool), params)
+    algo = dst.algorithms.make("gmp", sparsity=0.8, update_every=2, end_step=8, distribution="uniform",
+                               structure=structure)
+    state = algo.init(params, masks)
+    update = jax.jit(algo.update)
+    previous = masks
+    for step in range(9):
+        params = jax.tree_util.tree_map(lambda p, s=step: p + 0.01 * jax.random.normal(jax.random.key(s), p.shape),
+                                        params)
+        params, masks, state = update(state, jax.random.key(step), params, masks, params)
+        for n, m in named_leaves(masks).items():
+            if m.ndim == 2:
+                assert holds(m, structure_name), (n, step)
+                assert not np.any(np.asarray(m) & ~np.asarray(named_leaves(previous)[n])), (n, step)   # never regrows
+        previous = masks
+    final = {n: int(m.sum()) for n, m in named_leaves(masks).items() if m.ndim == 2}
+    target = structures.structured_densities(params, 0.8, "uniform", structure)
+    assert final == {n: int(round(d * named_leaves(params)[n].size)) for n, d in target.items()}
+    with pytest.raises(ValueError, match="structure=n_m cannot be kept by GMP: its cubic schedule"):
+        dst.algorithms.make("gmp", sparsity=0.5, update_every=2, end_step=8, structure=structures.n_m(2, 4))

@@ -11,13 +11,14 @@ from dst.algorithms.accounting import windowed
 from dst.algorithms.base import SparseAlgorithm
 from dst.algorithms.base import initial_state
 from dst.algorithms.base import skip_calls
-from dst.algorithms.base import unstructured_only
 from dst.algorithms.targets import check_sparsity
 from dst.algorithms.targets import final_counts
 from dst.masks import named_leaves
 from dst.masks import replace_named
 from dst.selection import global_top_k_masks
-from dst.selection import top_k_mask
+from dst.masks import active_count
+from dst.structures import UNSTRUCTURED
+from dst.structures import structured_densities
 
 SCOPES = ("layer", "global")
 
@@ -38,13 +39,14 @@ def steps_until_pruning(step, update_every, start_step, end_step, never=schedule
     return jnp.where(step > end_step, never, jnp.minimum(on_grid, end_step - step))
 
 
-def keep_largest(key, params, masks, names, counts):
-    """New masks keeping the largest ``|w|`` among active weights: ``counts[name]`` per layer, or, when
-    ``counts`` is one number, that many over all ``names`` together (a global threshold)."""
+def keep_largest(key, params, masks, names, counts, structure=UNSTRUCTURED):
+    """New masks keeping the largest ``|w|`` among active weights: ``counts[name]`` per layer (with
+    ``structure``: its ``keep``, down to a whole fan-in or whole blocks), or, when ``counts`` is one
+    number, that many over all ``names`` together (a global threshold)."""
     w, m = named_leaves(params), named_leaves(masks)
     if not isinstance(counts, dict):
         return global_top_k_masks({n: jnp.abs(w[n]) for n in names}, {n: m[n] for n in names}, counts, key)
-    return {n: top_k_mask(jnp.abs(w[n]), m[n], counts[n], jax.random.fold_in(key, i))
+    return {n: structure.keep(jnp.abs(w[n]), m[n], counts[n], jax.random.fold_in(key, i))
             for i, n in enumerate(names)}
 
 
@@ -62,7 +64,9 @@ def gmp(*, sparsity: float, update_every: int, end_step: int, start_step: int = 
     * ``scope="global"``: one threshold over all sparsifiable layers keeps the
       ``round((1 - s_t) sum N_l)`` largest ``|w|``.
 
-    Weights are only removed (a pruned weight never returns); pruned weights become exact zeros.
+    Weights are only removed (a pruned weight never returns); pruned weights become exact zeros. Under a
+    ``structure`` (``fan_in`` or ``block``, with ``scope="layer"``) each layer keeps its largest weights
+    with the structure, its count rounded down to a whole fan-in or whole blocks.
     Training starts from masks at ``initial_sparsity`` (dense by default).
 
     References:
@@ -73,9 +77,14 @@ def gmp(*, sparsity: float, update_every: int, end_step: int, start_step: int = 
 
         algo = dst.algorithms.make("gmp", sparsity=0.9, update_every=100, start_step=1000, end_step=6000)
     """
-    unstructured_only(structure, "GMP", "its cubic schedule prunes single weights to per-layer counts that change at "
-                      "every pruning step, which N:M groups (always N/M) cannot follow and dst does not round to "
-                      "whole fan-ins or blocks")
+    structure = structure or UNSTRUCTURED
+    if structure.name == "n_m":
+        raise ValueError("structure=n_m cannot be kept by GMP: its cubic schedule prunes to per-layer counts that "
+                         "change at every pruning step, while N:M fixes every layer at N/M; use structure=unstructured, "
+                         "fan_in or block.")
+    if structure.name != "unstructured" and scope == "global":
+        raise ValueError(f"scope=global cannot keep structure={structure.name} (one threshold over all layers picks "
+                         "single weights); use scope=layer.")
     check_sparsity("sparsity", sparsity)
     check_sparsity("initial_sparsity", initial_sparsity)
     if not isinstance(update_every, int) or update_every <= 0:
@@ -87,8 +96,14 @@ def gmp(*, sparsity: float, update_every: int, end_step: int, start_step: int = 
 
     def init(params, masks, key=None):
         del key
-        finals = final_counts(params, sparsity, distribution, erk_power_scale=erk_power_scale,
-                              dense_layers=dense_layers, sparsifiable=sparsifiable)
+        if structure.name == "unstructured":
+            finals = final_counts(params, sparsity, distribution, erk_power_scale=erk_power_scale,
+                                  dense_layers=dense_layers, sparsifiable=sparsifiable)
+        else:   # the layers the structure divides, at densities it allows
+            sizes = {n: x.size for n, x in named_leaves(params).items()}
+            finals = {n: active_count(d, sizes[n]) for n, d in structured_densities(
+                params, sparsity, distribution, structure, erk_power_scale=erk_power_scale,
+                dense_layers=dense_layers, sparsifiable=sparsifiable).items()}
         return initial_state(masks, {n: jnp.int32(c) for n, c in finals.items()})
 
     def targets(step, finals, params):
@@ -112,7 +127,7 @@ def gmp(*, sparsity: float, update_every: int, end_step: int, start_step: int = 
         def prune(ops):
             params, masks = ops
             counts = targets(state.step.astype(jnp.float32), state.extra, params)
-            kept = keep_largest(key, params, masks, list(state.extra), counts)
+            kept = keep_largest(key, params, masks, list(state.extra), counts, structure)
             masks = replace_named(masks, kept)
             params = jax.tree_util.tree_map(lambda p, m: jnp.where(m, p, 0.0), params, masks)
             return params, masks
