@@ -68,6 +68,9 @@ class Structure(NamedTuple):
       ``n_keep // n_out`` largest of every unit; blocks: the ``n_keep // (rows * cols)`` blocks of
       largest summed score). One-shot and iterative pruning (IMP) call it.
     * ``group_counts(mask) -> int32 [G]``: active weights per group (N:M group, output unit, block).
+    * ``granule``: how many weights enter or leave a layer together when its count may change (a
+      block's ``rows * cols``; 1 otherwise): algorithms that move budget between layers (SNFS) move it
+      in these units.
     """
 
     name: str
@@ -79,6 +82,7 @@ class Structure(NamedTuple):
     refill: Callable[..., jax.Array]
     keep: Callable[..., jax.Array]
     group_counts: Callable[[jax.Array], jax.Array]
+    granule: int = 1
 
 
 def matrix_shape(shape: tuple) -> tuple[int, int]:
@@ -214,7 +218,7 @@ def block(rows: int, cols: int) -> Structure:
 
     return Structure(name="block", label=f"{rows}x{cols} blocks", undivided=undivided,
                      round_density=round_density, init_mask=init_mask, drop=drop, refill=refill, keep=keep,
-                     group_counts=lambda mask: pooled(mask).astype(jnp.int32).reshape(-1))
+                     group_counts=lambda mask: pooled(mask).astype(jnp.int32).reshape(-1), granule=area)
 
 
 def make(name: str = "unstructured", **settings) -> Structure:

@@ -207,7 +207,7 @@ def test_dynamic_algorithms_keep_the_structure_and_change_the_mask(name, structu
 
 # --- what cannot be kept says so -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["granet", "snfs", "snip", "grasp"])
+@pytest.mark.parametrize("name", ["granet", "snip", "grasp"])
 def test_algorithms_that_cannot_keep_a_structure_say_so(name):
     with pytest.raises(ValueError, match=r"^structure=n_m cannot be kept by \w+(-\w+)?: .+; use structure=unstructured\.$"):
         make_algorithm(name, structure=structures.n_m(2, 4))
@@ -286,3 +286,24 @@ def test_gmp_prunes_to_whole_fan_ins_and_whole_blocks(structure_name):
     assert final == {n: int(round(d * named_leaves(params)[n].size)) for n, d in target.items()}
     with pytest.raises(ValueError, match="structure=n_m cannot be kept by GMP: its cubic schedule"):
         dst.algorithms.make("gmp", sparsity=0.5, update_every=2, end_step=8, structure=structures.n_m(2, 4))
+
+
+def test_snfs_moves_budget_between_layers_in_whole_blocks():
+    algo, params, masks = _structured_start("snfs", "block")
+    state = algo.init(params, masks)
+    update = jax.jit(algo.update)
+    total = sum(int(m.sum()) for m in jax.tree_util.tree_leaves(masks) if m.ndim == 2)
+    moved = False
+    for step in range(4):
+        grads = jax.tree_util.tree_map(lambda p, s=step: jax.random.normal(jax.random.key(100 + s), p.shape) *
+                                       (1 + 9 * (p.shape[0] == 32)), params)    # one layer's momentum is larger
+        old = {n: int(m.sum()) for n, m in named_leaves(masks).items() if m.ndim == 2}
+        params, masks, state = update(state, jax.random.key(step), params, masks, grads)
+        new = {n: int(m.sum()) for n, m in named_leaves(masks).items() if m.ndim == 2}
+        assert all(holds(m, "block") for m in jax.tree_util.tree_leaves(masks) if m.ndim == 2)
+        assert sum(new.values()) == total and all(c % 4 == 0 for c in new.values())
+        moved |= new != old
+    assert moved      # the budget really moved between layers
+    for name in ("n_m", "fan_in"):
+        with pytest.raises(ValueError, match=f"structure={name} cannot be kept by SNFS: it moves weights between"):
+            make_algorithm("snfs", structure=STRUCTURES[name])

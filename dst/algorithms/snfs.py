@@ -15,11 +15,11 @@ from dst.algorithms.base import check_schedule
 from dst.algorithms.base import initial_state
 from dst.algorithms.base import magnitude_drop
 from dst.algorithms.base import no_growth
-from dst.algorithms.base import unstructured_only
 from dst.distributions import default_sparsifiable
 from dst.masks import named_leaves
 from dst.masks import replace_named
 from dst.selection import top_k_mask
+from dst.structures import UNSTRUCTURED
 
 
 def allocate(total, weights, capacity, key):
@@ -69,7 +69,9 @@ def snfs(*, update_every: int, end_step: int, start_step: int = 0, drop_fraction
        excess spilled to the other layers, and made integers that sum to exactly ``K``;
     3. each layer grows its budget at the inactive weights of largest ``|m|``, initialised to zero.
 
-    The total active count is preserved exactly; per-layer counts move with the momentum.
+    The total active count is preserved exactly; per-layer counts move with the momentum. Under
+    ``structure=block`` every count above is in whole blocks: whole blocks of smallest L1 ``|w|`` drop,
+    budgets are split in blocks, and the blocks of largest summed ``|m|`` grow.
 
     References:
         Dettmers & Zettlemoyer 2019, "Sparse Networks from Scratch: Faster Training without Losing
@@ -79,8 +81,11 @@ def snfs(*, update_every: int, end_step: int, start_step: int = 0, drop_fraction
 
         algo = dst.algorithms.make("snfs", update_every=100, end_step=5000)
     """
-    unstructured_only(structure, "SNFS", "it moves weights between layers in proportion to their momentum, "
-                      "and structured budgets (N:M groups, whole fan-ins, whole blocks) are not implemented for it")
+    structure = structure or UNSTRUCTURED
+    if structure.name in ("n_m", "fan_in"):
+        raise ValueError(f"structure={structure.name} cannot be kept by SNFS: it moves weights between layers, and a "
+                         f"layer's count under {structure.name} is fixed by its groups (N/M, or one fan-in per unit "
+                         "for all units); use structure=unstructured or block.")
     check_schedule(update_every, start_step, end_step, drop_fraction, drop_schedule)
     if not 0.0 <= final_drop_fraction <= drop_fraction:
         raise ValueError(f"final_drop_fraction must be in [0, drop_fraction={drop_fraction}]; got "
@@ -102,7 +107,8 @@ def snfs(*, update_every: int, end_step: int, start_step: int = 0, drop_fraction
     def update(state, key, params, masks, grads):
         mom = jax.tree_util.tree_map(lambda m, g: momentum * m + (1.0 - momentum) * g,
                                      state.extra["momentum"], grads)
-        names = [n for n, x in named_leaves(params).items() if keep_leaf(n, tuple(x.shape))]
+        names = [n for n, x in named_leaves(params).items()
+                 if keep_leaf(n, tuple(x.shape)) and structure.undivided(tuple(x.shape)) is None]
         due = schedules.is_update_step(state.step, update_every, start_step, end_step)
 
         def topology(ops):
@@ -113,18 +119,18 @@ def snfs(*, update_every: int, end_step: int, start_step: int = 0, drop_fraction
             for i, n in enumerate(names):
                 active = jnp.sum(m[n], dtype=jnp.int32)
                 can_move = active < m[n].size           # dense layers stay out of the exchange
-                d = magnitude_drop(jax.random.fold_in(key, i), w[n], None, m[n], p) & can_move
+                d = magnitude_drop(jax.random.fold_in(key, i), w[n], None, m[n], p, select=structure.drop) & can_move
                 kept[n] = m[n] & ~d
-                dropped.append(jnp.sum(d, dtype=jnp.int32))
+                dropped.append(jnp.sum(d, dtype=jnp.int32) // structure.granule)   # in granules (blocks)
                 mean_mom = jnp.sum(jnp.where(m[n], jnp.abs(mo[n]), 0.0)) / jnp.maximum(active, 1)
                 share.append(jnp.where(can_move, mean_mom, 0.0))
-                room.append(jnp.where(can_move, m[n].size - jnp.sum(kept[n], dtype=jnp.int32), 0))
+                room.append(jnp.where(can_move, m[n].size - jnp.sum(kept[n], dtype=jnp.int32), 0) // structure.granule)
             k_alloc, k_grow = jax.random.split(jax.random.fold_in(key, len(names)))
             budget = allocate(sum(dropped), jnp.stack(share), jnp.stack(room), k_alloc)
             new_w, new_m, grown = {}, {}, {}
             for i, n in enumerate(names):
                 kg, ki = jax.random.split(jax.random.fold_in(k_grow, i))
-                grown[n] = top_k_mask(jnp.abs(mo[n]), ~kept[n], budget[i], kg)
+                grown[n] = structure.refill(jnp.abs(mo[n]), m[n], kept[n], budget[i] * structure.granule, kg)
                 new_m[n] = kept[n] | grown[n]
                 new_w[n] = jnp.where(grown[n], _grow_values(ki, w[n], kept[n], grow_init),
                                      jnp.where(new_m[n], w[n], 0.0))
