@@ -207,7 +207,7 @@ def test_dynamic_algorithms_keep_the_structure_and_change_the_mask(name, structu
 
 # --- what cannot be kept says so -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["granet", "snip", "grasp"])
+@pytest.mark.parametrize("name", ["granet"])
 def test_algorithms_that_cannot_keep_a_structure_say_so(name):
     with pytest.raises(ValueError, match=r"^structure=n_m cannot be kept by \w+(-\w+)?: .+; use structure=unstructured\.$"):
         make_algorithm(name, structure=structures.n_m(2, 4))
@@ -307,3 +307,21 @@ def test_snfs_moves_budget_between_layers_in_whole_blocks():
     for name in ("n_m", "fan_in"):
         with pytest.raises(ValueError, match=f"structure={name} cannot be kept by SNFS: it moves weights between"):
             make_algorithm("snfs", structure=STRUCTURES[name])
+
+
+@pytest.mark.parametrize("name", ["snip", "grasp"])
+@pytest.mark.parametrize("structure_name", sorted(STRUCTURES))
+def test_one_shot_pruning_keeps_each_layers_top_with_the_structure(name, structure_name):
+    model, params, x, y = tiny_problem()
+    structure = STRUCTURES[structure_name]
+    algo = dst.algorithms.make(name, sparsity=0.75, scope="layer", distribution="uniform", batches=1,
+                               structure=structure)
+    dense = jax.tree_util.tree_map(lambda p: jnp.ones(p.shape, bool), params)
+    masks = dst.train.prune_at_init(algo, jax.random.key(0), params, dense, dst.flax_apply(model), x, y, 32)
+    expected = structures.structured_densities(params, 0.75, "uniform", structure)
+    for n, m in named_leaves(masks).items():
+        if m.ndim == 2:
+            assert holds(m, structure_name), n
+            assert int(m.sum()) == int(round(expected[n] * m.size)), n
+    with pytest.raises(ValueError, match=f"scope=global cannot keep structure={structure_name}"):
+        dst.algorithms.make(name, sparsity=0.75, scope="global", structure=structure)

@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 
 from dst.algorithms.base import SparseAlgorithm
-from dst.algorithms.base import unstructured_only
 from dst.algorithms.static import static
 from dst.algorithms.targets import check_sparsity
 from dst.algorithms.targets import final_counts
@@ -14,7 +13,9 @@ from dst.masks import apply_masks
 from dst.masks import named_leaves
 from dst.masks import replace_named
 from dst.selection import global_top_k_masks
-from dst.selection import top_k_mask
+from dst.masks import active_count
+from dst.structures import UNSTRUCTURED
+from dst.structures import structured_densities
 
 SCOPES = ("global", "layer")
 
@@ -26,23 +27,33 @@ def mean_gradient(loss_fn, params, batches):
 
 
 def _keep_top(key, scores: dict, masks, params, sparsity, scope, distribution, erk_power_scale, dense_layers,
-              sparsifiable):
-    finals = final_counts(params, sparsity, distribution, erk_power_scale=erk_power_scale,
-                          dense_layers=dense_layers, sparsifiable=sparsifiable)
+              sparsifiable, structure=UNSTRUCTURED):
+    if structure.name == "unstructured":
+        finals = final_counts(params, sparsity, distribution, erk_power_scale=erk_power_scale,
+                              dense_layers=dense_layers, sparsifiable=sparsifiable)
+    else:   # the layers the structure divides, at the densities it allows; each keeps its top with the structure
+        sizes = {n: x.size for n, x in named_leaves(params).items()}
+        finals = {n: active_count(d, sizes[n]) for n, d in structured_densities(
+            params, sparsity, distribution, structure, erk_power_scale=erk_power_scale, dense_layers=dense_layers,
+            sparsifiable=sparsifiable).items()}
     m = named_leaves(masks)
     names = list(finals)
     if scope == "global":
         total = round((1.0 - sparsity) * sum(m[n].size for n in names))
         kept = global_top_k_masks({n: scores[n] for n in names}, {n: m[n] for n in names}, total, key)
     else:
-        kept = {n: top_k_mask(scores[n], m[n], finals[n], jax.random.fold_in(key, i))
+        kept = {n: structure.keep(scores[n], m[n], finals[n], jax.random.fold_in(key, i))
                 for i, n in enumerate(names)}
     return replace_named(masks, kept)
 
 
 def _one_shot(score_fn, *, sparsity, batches, scope, distribution, erk_power_scale, dense_layers,
-              sparsifiable) -> SparseAlgorithm:
+              sparsifiable, structure=None) -> SparseAlgorithm:
     check_sparsity("sparsity", sparsity)
+    structure = structure or UNSTRUCTURED
+    if structure.name != "unstructured" and scope == "global":
+        raise ValueError(f"scope=global cannot keep structure={structure.name} (one threshold over all layers picks "
+                         "single weights); use scope=layer.")
     if not isinstance(batches, int) or batches <= 0:
         raise ValueError(f"batches must be a positive integer; got {batches!r}.")
     if scope not in SCOPES:
@@ -52,7 +63,7 @@ def _one_shot(score_fn, *, sparsity, batches, scope, distribution, erk_power_sca
         params = apply_masks(params, masks)
         scores = named_leaves(score_fn(loss_fn, params, data))
         return _keep_top(key, scores, masks, params, sparsity, scope, distribution, erk_power_scale,
-                         dense_layers, sparsifiable)
+                         dense_layers, sparsifiable, structure)
 
     base = static()
     return base._replace(prune_at_init=prune_at_init, init_batches=batches)
@@ -80,7 +91,8 @@ def snip(*, sparsity: float, batches: int = 1, scope: str = "global", distributi
     Before training, with ``g`` the loss gradient averaged over ``batches`` batches at the initial
     weights, keep the weights of largest ``|g * w|``: ``round((1 - S) sum N_l)`` of them under one
     threshold (``scope="global"``, the paper's rule) or each layer's count from ``distribution``
-    (``scope="layer"``). Training is then static.
+    (``scope="layer"``; with a ``structure``, each layer keeps its top with that structure: the N of
+    every N:M group, a whole fan-in per unit, whole blocks by summed score). Training is then static.
 
     References:
         Lee et al. 2019, "SNIP: Single-shot Network Pruning based on Connection Sensitivity", ICLR.
@@ -89,10 +101,9 @@ def snip(*, sparsity: float, batches: int = 1, scope: str = "global", distributi
 
         algo = dst.algorithms.make("snip", sparsity=0.9, batches=1)
     """
-    unstructured_only(structure, "SNIP", "its one-shot pruning keeps single weights by saliency "
-                      "(structured saliency pruning is not implemented)")
     return _one_shot(snip_scores, sparsity=sparsity, batches=batches, scope=scope, distribution=distribution,
-                     erk_power_scale=erk_power_scale, dense_layers=dense_layers, sparsifiable=sparsifiable)
+                     erk_power_scale=erk_power_scale, dense_layers=dense_layers, sparsifiable=sparsifiable,
+                     structure=structure)
 
 
 def grasp(*, sparsity: float, batches: int = 1, scope: str = "global", distribution: str = "erk",
@@ -112,7 +123,6 @@ def grasp(*, sparsity: float, batches: int = 1, scope: str = "global", distribut
 
         algo = dst.algorithms.make("grasp", sparsity=0.9, batches=2)
     """
-    unstructured_only(structure, "GraSP", "its one-shot pruning keeps single weights by saliency "
-                      "(structured saliency pruning is not implemented)")
     return _one_shot(grasp_scores, sparsity=sparsity, batches=batches, scope=scope, distribution=distribution,
-                     erk_power_scale=erk_power_scale, dense_layers=dense_layers, sparsifiable=sparsifiable)
+                     erk_power_scale=erk_power_scale, dense_layers=dense_layers, sparsifiable=sparsifiable,
+                     structure=structure)
