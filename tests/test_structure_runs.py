@@ -81,3 +81,25 @@ def test_srigl_logs_ablated_units_and_fan_ins(tmp_path, data_dir):
         assert r["ablated_units/Dense_2/kernel"] == 0          # the classifier is never ablated
         assert r["ablated_units/total"] == sum(r[f"ablated_units/Dense_{i}/kernel"] for i in range(3))
         assert r["fan_in/Dense_0/kernel"] >= round(0.2 * 784)
+    # The classifier is resolved for the algorithm, not written into the config: replicas' configs agree.
+    assert "no_ablation: null" in (run_dir / ".hydra" / "config.yaml").read_text()
+
+
+def test_report_labels_name_the_structure_and_only_its_own_setting(tmp_path):
+    from dst.report.collect import RunInfo
+    from dst.report.summarize import other_settings
+
+    def run(name, structure, n_m=None, block=None):
+        sp = {"algorithm": "rigl", "sparsity": 0.5, "distribution": "erk", "structure": structure, "n_m": n_m,
+              "block": block}
+        cfg = {"sparsity": sp, "model": {"name": "lenet300"}, "dataset": {"name": "fashion_mnist"}}
+        return RunInfo(tmp_path / name, "finished", cfg, {}, [])
+
+    runs = [run("u", "unstructured"), run("nm", "n_m", n_m=[2, 4]), run("b", "block", block=[4, 4]),
+            run("alone", "n_m", n_m=[1, 4])]
+    runs[3].config["sparsity"]["sparsity"] = 0.75          # the only run of its five base keys
+    labels = other_settings(runs)
+    assert labels[tmp_path / "u"] == "sparsity.structure=unstructured"
+    assert labels[tmp_path / "nm"] == "sparsity.n_m=[2, 4], sparsity.structure=n_m"
+    assert labels[tmp_path / "b"] == "sparsity.block=[4, 4], sparsity.structure=block"
+    assert labels[tmp_path / "alone"] == "sparsity.n_m=[1, 4], sparsity.structure=n_m"

@@ -129,8 +129,9 @@ def prepare(cfg: dict, say=print) -> Plan:
     params = _check_model_takes_data(cfg, model, data.example_shape)
     _check_dense_layers(cfg["sparsity"], params)
     if "no_ablation" in cfg["sparsity"] and cfg["sparsity"]["no_ablation"] is None:
-        cfg["sparsity"]["no_ablation"] = [f"^{re.escape(output_kernel(model, data.example_shape))}$"]
-        algo = check_algorithm(cfg["sparsity"], total_steps)
+        # The classifier, resolved for the algorithm only: the config keeps `null`, the same in every replica.
+        resolved = {**cfg["sparsity"], "no_ablation": [f"^{re.escape(output_kernel(model, data.example_shape))}$"]}
+        algo = check_algorithm(resolved, total_steps)
     structure, undivided = _check_structure_fits(cfg["sparsity"], params, say)
     parallel = DataParallel() if jax.device_count() > 1 else None
     if parallel is not None and parallel.check_batch(batch):

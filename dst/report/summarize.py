@@ -52,6 +52,21 @@ def _run_only(key: str) -> bool:
     return any(key == k or key.startswith(f"{k}.") for k in RUN_ONLY)
 
 
+# A structure's own setting, shown with the structure and never otherwise (null under other structures).
+STRUCTURE_SETTING = {"n_m": "sparsity.n_m", "block": "sparsity.block"}
+
+
+def _shown(flat: dict, varying: list[str]) -> list[str]:
+    """The keys a run's label shows: ``varying`` without the settings of structures it does not have,
+    plus its structure (and the structure's setting) whenever it is not unstructured."""
+    structure = flat.get("sparsity.structure") or "unstructured"
+    own = STRUCTURE_SETTING.get(structure)
+    keys = [k for k in varying if k not in STRUCTURE_SETTING.values() or k == own]
+    if structure != "unstructured":
+        keys += [k for k in ("sparsity.structure", own) if k and k in flat and k not in keys]
+    return sorted(keys)
+
+
 def other_settings(runs: list[RunInfo]) -> dict:
     """``{run path: "key=value, ..."}``: per finished run, the config values (outside ``RUN_ONLY``) that
     differ among the finished runs sharing its five base keys (among those that have the key); empty when
@@ -68,7 +83,7 @@ def other_settings(runs: list[RunInfo]) -> dict:
         varying = [k for k in keys if len({json.dumps(f[k], sort_keys=True, default=str)
                                            for f in flats.values() if k in f}) > 1]
         for path, flat in flats.items():
-            labels[path] = ", ".join(f"{k}={flat[k]}" for k in varying if k in flat)
+            labels[path] = ", ".join(f"{k}={flat[k]}" for k in _shown(flat, varying) if k in flat)
     return labels
 
 
