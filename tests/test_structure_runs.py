@@ -2,11 +2,14 @@
 dense, SRigL logs its ablations, and every bad structure setting is one sentence before anything runs."""
 
 import json
+import pathlib
 
+import jax.numpy as jnp
 import pytest
 from cli_helpers import dst_train_here
 from idx_data import write_dataset
 
+CONF = pathlib.Path(__file__).resolve().parent.parent / "conf"
 MODEL = ("model=mlp", "model.hidden=[20,12]")       # reduction dimensions 784, 20 and 12
 
 
@@ -81,8 +84,25 @@ def test_srigl_logs_ablated_units_and_fan_ins(tmp_path, data_dir):
         assert r["ablated_units/Dense_2/kernel"] == 0          # the classifier is never ablated
         assert r["ablated_units/total"] == sum(r[f"ablated_units/Dense_{i}/kernel"] for i in range(3))
         assert r["fan_in/Dense_0/kernel"] >= round(0.2 * 784)
-    # The classifier is resolved for the algorithm, not written into the config: replicas' configs agree.
-    assert "no_ablation: null" in (run_dir / ".hydra" / "config.yaml").read_text()
+
+
+def test_srigl_resolves_the_classifier_without_changing_the_config(data_dir):
+    # Replicas write their configs after `prepare`: a resolved value there would split seed 0 from the others.
+    from hydra import compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from dst.app.run import prepare
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = OmegaConf.to_container(compose("config", overrides=[
+            "sparsity=srigl", *MODEL, "dataset=fashion_mnist", f"dataset.data_dir={data_dir}", "logger=none"]),
+            resolve=True)
+    plan = prepare(cfg, say=lambda *_: None)
+    assert cfg["sparsity"]["no_ablation"] is None
+    report = plan.algo.report(plan.algo.init({"Dense_2": {"kernel": jnp.ones((12, 10))}},
+                                             {"Dense_2": {"kernel": jnp.ones((12, 10), bool)}}),
+                              {"Dense_2": {"kernel": jnp.ones((12, 10), bool)}})
+    assert report["ablated_units/Dense_2/kernel"] == 0
 
 
 def test_report_labels_name_the_structure_and_only_its_own_setting(tmp_path):
