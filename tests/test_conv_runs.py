@@ -52,6 +52,7 @@ PRESETS = {
     "srigl_resnet18_cifar10": "cifar10",
     "srigl_resnet50_imagenet": "imagenet",
     "mnist1d_lottery": "mnist1d",
+    "srste_resnet50_imagenet": "imagenet",
 }
 # Absolute step settings of a preset that a two-step smoke run cannot reach.
 SMOKE = {"snfs_wrn28_2_cifar10": ["sparsity.start_step=0", "sparsity.update_every=1"],
@@ -59,6 +60,8 @@ SMOKE = {"snfs_wrn28_2_cifar10": ["sparsity.start_step=0", "sparsity.update_ever
          "set_tutorial": ["dataset.subset.train=96", "dataset.subset.test=40", "sparsity.start_step=1",
                           "sparsity.update_every=1", "sparsity.end_step=2"],
          "mnist1d_lottery": ["sparsity.levels=1"],
+         "srste_resnet50_imagenet": ["optimizer.warmup_steps=1", "dataset.image_size=32", "dataset.resize=36",
+                                     "dataset.workers=2", "dataset.chunk_steps=2"],
          "srigl_resnet50_imagenet": ["sparsity.end_step=2", "sparsity.update_every=1", "dataset.image_size=32",
                                      "dataset.resize=36", "dataset.workers=2", "dataset.chunk_steps=2"],
          "rigl_resnet50_imagenet": ["sparsity.end_step=2", "sparsity.update_every=1", "dataset.image_size=32",
@@ -72,7 +75,7 @@ def test_every_preset_is_tested():
 # The WRN and ResNet-50 presets compile deep conv nets (30-60 s each here), and set_tutorial's three
 # 1000-wide layers train for 30 s: `make test-slow`.
 WIDE = {"rigl_wrn22_cifar10", "snfs_wrn28_2_cifar10", "rigl_resnet50_imagenet", "set_tutorial", "srigl_resnet18_cifar10",
-        "srigl_resnet50_imagenet"}
+        "srigl_resnet50_imagenet", "srste_resnet50_imagenet"}
 
 
 @pytest.mark.parametrize("preset", sorted(set(PRESETS) - WIDE))
