@@ -42,7 +42,7 @@ SCRIPT = textwrap.dedent("""
         loss = float(np.max(np.abs(np.asarray(ma["loss"]) - np.asarray(mb["loss"]))))
         spread = len(b.params["Dense_0"]["kernel"].sharding.device_set)
         out[name] = dict(masks_equal=masks_equal, param_err=err, loss_err=loss, devices=spread,
-                         updates=int(np.sum(np.asarray(mb["updated"]))), dynamic=algo.dynamic,
+                         updates=int(np.sum(np.asarray(mb["updated"]))), dynamic=algo.dynamic and not algo.levels,
                          single_updates=int(np.sum(np.asarray(ma["updated"]))))
     # Evaluation splits each chunk over the devices (30 rows round up to 32) and gives the same numbers.
     apply = dst.flax_apply(model)
@@ -66,7 +66,7 @@ def test_four_devices_keep_the_masks_of_one_device():
     for name, r in results.items():
         assert r["masks_equal"], name
         assert r["updates"] == r["single_updates"] and r["devices"] == 4, name
-        if r["dynamic"]:
+        if r["dynamic"]:   # (IMP's topology changes between levels, not within the epoch run here)
             assert r["updates"] == 3, name      # steps 9, 12, 15 of the second epoch
         assert r["param_err"] < 1e-5 and r["loss_err"] < 1e-5, (name, r)
 
