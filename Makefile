@@ -10,14 +10,19 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 # The install takes the versions pinned in constraints.txt (the set the tests last passed with), through uv:
 # resolving pyproject's ranges from scratch backtracks over old botocore releases for a minute, while the
 # pinned set installs in about 25 s. `make lock` re-resolves the pins from pyproject.toml.
+# dst itself is built without build isolation, after its build tools and jax are in the venv: the C++
+# kernels (CMakeLists.txt) compile against the FFI headers of the very jaxlib that will load them.
 # --compile-bytecode, as pip does: where PYTHONDONTWRITEBYTECODE is set, a venv without .pyc files parses
 # jax, flax and wandb again in every process (make test took 6 min 14 s instead of about 5).
 UV := $(VENV)/bin/uv
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt CMakeLists.txt $(wildcard dst/kernels/csrc/*)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet 'uv>=0.5,<1'
-	$(UV) pip install --quiet --compile-bytecode --python $(PY) -c constraints.txt -e '.[dev,launchers,docs]'
+	$(UV) pip install --quiet --compile-bytecode --python $(PY) -c constraints.txt scikit-build-core nanobind jax jaxlib
+	$(UV) pip install --quiet --compile-bytecode --python $(PY) -c constraints.txt -e '.[build,dev,launchers,docs]' \
+		--no-build-isolation-package dst
+	$(PY) -c "import dst.kernels as k; print('dst kernels:', k.status())"
 	@touch $(STAMP)
 
 lock: $(STAMP)

@@ -25,7 +25,6 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 import optax
 
 import dst

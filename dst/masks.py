@@ -44,19 +44,20 @@ def path_name(path) -> str:
     return "/".join(parts)
 
 
-def named_leaves(tree) -> dict[str, jax.Array]:
-    """The leaves of ``tree`` keyed by their path names, in tree order."""
-    return {path_name(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+def named_leaves(tree, is_leaf=None) -> dict[str, jax.Array]:
+    """The leaves of ``tree`` keyed by their path names, in tree order (``is_leaf`` as in ``tree_map``:
+    a sparse backend's topology tuples are leaves of a masks pytree)."""
+    return {path_name(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(tree, is_leaf=is_leaf)}
 
 
-def map_named(fn, tree, *rest):
+def map_named(fn, tree, *rest, is_leaf=None):
     """``tree_map`` whose function also receives the leaf's path name first."""
-    return jax.tree_util.tree_map_with_path(lambda p, *xs: fn(path_name(p), *xs), tree, *rest)
+    return jax.tree_util.tree_map_with_path(lambda p, *xs: fn(path_name(p), *xs), tree, *rest, is_leaf=is_leaf)
 
 
-def replace_named(tree, updates: dict):
+def replace_named(tree, updates: dict, is_leaf=None):
     """``tree`` with the leaves named in ``updates`` (``{path name: new leaf}``) replaced."""
-    return map_named(lambda name, leaf: updates.get(name, leaf), tree)
+    return map_named(lambda name, leaf: updates.get(name, leaf), tree, is_leaf=is_leaf)
 
 
 def active_count(density: float, size: int) -> int:
@@ -81,7 +82,7 @@ def exact_random_mask(key, shape, n_active):
     return top_k_mask(scores, jnp.ones(shape, bool), n_active, key)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jitted_init(init_mask):
     return jax.jit(init_mask, static_argnums=(1, 2))
 

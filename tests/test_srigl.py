@@ -118,6 +118,7 @@ def test_random_layers_match_the_reference(seed):
 
 def test_srigl_in_a_run_keeps_constant_fan_in_and_reports_ablations():
     from algo_helpers import tiny_problem
+
     from dst import structures
     _, params, _, _ = tiny_problem()
     structure = structures.fan_in()

@@ -13,10 +13,10 @@ from dst.algorithms.base import initial_state
 from dst.algorithms.base import skip_calls
 from dst.algorithms.targets import check_sparsity
 from dst.algorithms.targets import final_counts
+from dst.masks import active_count
 from dst.masks import named_leaves
 from dst.masks import replace_named
 from dst.selection import global_top_k_masks
-from dst.masks import active_count
 from dst.structures import UNSTRUCTURED
 from dst.structures import structured_densities
 

@@ -9,11 +9,11 @@ from dst.algorithms.base import SparseAlgorithm
 from dst.algorithms.static import static
 from dst.algorithms.targets import check_sparsity
 from dst.algorithms.targets import final_counts
+from dst.masks import active_count
 from dst.masks import apply_masks
 from dst.masks import named_leaves
 from dst.masks import replace_named
 from dst.selection import global_top_k_masks
-from dst.masks import active_count
 from dst.structures import UNSTRUCTURED
 from dst.structures import structured_densities
 

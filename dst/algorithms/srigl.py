@@ -11,13 +11,13 @@ from jax import lax
 
 from dst import schedules
 from dst.algorithms.accounting import periodic_dense_gradient
+from dst.algorithms.accounting import windowed
 from dst.algorithms.base import SparseAlgorithm
 from dst.algorithms.base import _grow_values
 from dst.algorithms.base import check_schedule
 from dst.algorithms.base import drop_count
 from dst.algorithms.base import initial_state
 from dst.algorithms.base import skip_calls
-from dst.algorithms.accounting import windowed
 from dst.distributions import default_sparsifiable
 from dst.masks import named_leaves
 from dst.masks import replace_named

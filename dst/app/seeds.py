@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 import yaml
 
+from dst.app.lottery import next_level_state
+from dst.app.lottery import segments
 from dst.app.records import Interval
 from dst.app.records import record_for
 from dst.app.resume import Preempted
@@ -33,11 +35,9 @@ from dst.app.run import NonFiniteLossError
 from dst.app.run import Outcome
 from dst.app.run import _augment_options
 from dst.app.run import _loader_options
-from dst.app.lottery import next_level_state
-from dst.app.lottery import segments
-from dst.app.run import level_fields
 from dst.app.run import finish_run
 from dst.app.run import initialise
+from dst.app.run import level_fields
 from dst.app.run import prepare
 from dst.app.run import run_tags
 from dst.app.validate import ConfigError

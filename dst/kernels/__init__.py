@@ -1,0 +1,32 @@
+"""The compiled kernels of the sparse backends, and whether this install has them.
+
+``dst.kernels._cpu`` is a C++ module built by the package's own install (``CMakeLists.txt``, driven by
+scikit-build-core) against the XLA FFI headers of the installed jax. Its three handlers are registered with
+``jax.ffi`` on first use:
+
+* ``dst_spmm``: ``yT = W xT`` over compressed rows (forward);
+* ``dst_spmm_t``: ``dxT = W^T dyT`` over the transposed structure (input gradient);
+* ``dst_sddmm``: ``dW = dyT xT^T`` at the nonzeros only (value gradient).
+
+The products themselves, with their custom VJP and the XLA fallback, are in :mod:`dst.kernels.ops`.
+"""
+
+from dst.kernels._loader import available
+from dst.kernels._loader import register
+from dst.kernels._loader import require
+from dst.kernels._loader import status
+from dst.kernels.ops import condensed_matmul
+from dst.kernels.ops import condensed_matmul_gather
+from dst.kernels.ops import csr_matmul
+from dst.kernels.ops import csr_matmul_xla
+
+__all__ = [
+    "available",
+    "condensed_matmul",
+    "condensed_matmul_gather",
+    "csr_matmul",
+    "csr_matmul_xla",
+    "register",
+    "require",
+    "status",
+]

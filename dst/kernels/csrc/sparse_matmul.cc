@@ -1,0 +1,196 @@
+// Sparse x dense products for a sparse layer y = x @ W, with W held as compressed rows over its
+// OUTPUT units: row o lists the inputs it reads (`cols[rowptr[o]:rowptr[o+1]]`) and their weights.
+// A constant fan-in ("condensed") layer is the same format with rowptr[o] = o * k.
+//
+// Activations come batch-last (xT: [n_in, B], yT: [n_out, B]) so that every nonzero touches one
+// contiguous run of B floats: the forward pass and dx are one AXPY of the batch per nonzero, the weight
+// gradient is one dot product of two batch rows per nonzero (SparseProp's layout, Nikdan et al. 2023).
+// Work is split over output rows (forward, dW) or input rows (dx) with OpenMP, so no two threads write
+// the same output and nothing is scatter-added: dx walks the transposed structure, built per call by a
+// counting sort (O(nnz + n_in), small next to the O(nnz * B) products).
+
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+#include "nanobind/nanobind.h"
+#include "xla/ffi/api/c_api.h"
+#include "xla/ffi/api/ffi.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace nb = nanobind;
+namespace ffi = xla::ffi;
+
+namespace {
+
+// Dimensions of a batch-last activation [n, B] (a 1-D buffer is one column: B = 1).
+std::pair<int64_t, int64_t> RowsAndBatch(ffi::Buffer<ffi::F32>& a) {
+  auto dims = a.dimensions();
+  if (dims.size() == 0) return {1, 1};
+  int64_t rows = dims[0];
+  return {rows, rows == 0 ? 0 : a.element_count() / rows};
+}
+
+// Reject a structure that would read or write out of bounds (O(nnz + n_out), small next to a product).
+ffi::Error CheckStructure(ffi::Buffer<ffi::S32>& cols, ffi::Buffer<ffi::S32>& rowptr, int64_t nnz,
+                          int64_t n_out, int64_t n_in) {
+  if (rowptr.element_count() != n_out + 1)
+    return ffi::Error::InvalidArgument("dst sparse kernel: rowptr must have n_out + 1 entries");
+  if (cols.element_count() != nnz)
+    return ffi::Error::InvalidArgument("dst sparse kernel: cols and values must have the same length");
+  const int32_t* p = rowptr.typed_data();
+  if (p[0] != 0 || p[n_out] != nnz)
+    return ffi::Error::InvalidArgument("dst sparse kernel: rowptr must run from 0 to the number of values");
+  for (int64_t o = 0; o < n_out; ++o)
+    if (p[o + 1] < p[o]) return ffi::Error::InvalidArgument("dst sparse kernel: rowptr must not decrease");
+  const int32_t* c = cols.typed_data();
+  for (int64_t j = 0; j < nnz; ++j)
+    if (c[j] < 0 || c[j] >= n_in)
+      return ffi::Error::InvalidArgument("dst sparse kernel: cols must lie in [0, n_in)");
+  return ffi::Error::Success();
+}
+
+// yT[o, :] = sum_j values[j] * xT[cols[j], :] over row o's nonzeros.
+ffi::Error SpmmImpl(ffi::Buffer<ffi::F32> values, ffi::Buffer<ffi::S32> cols, ffi::Buffer<ffi::S32> rowptr,
+                    ffi::Buffer<ffi::F32> xT, ffi::ResultBuffer<ffi::F32> yT) {
+  auto [n_in, batch] = RowsAndBatch(xT);
+  const int64_t n_out = yT->dimensions().size() ? yT->dimensions()[0] : 1;
+  if (auto err = CheckStructure(cols, rowptr, values.element_count(), n_out, n_in); err.failure()) return err;
+  const float* v = values.typed_data();
+  const int32_t* c = cols.typed_data();
+  const int32_t* p = rowptr.typed_data();
+  const float* x = xT.typed_data();
+  float* y = yT->typed_data();
+#pragma omp parallel for schedule(dynamic, 16)
+  for (int64_t o = 0; o < n_out; ++o) {
+    float* __restrict__ yo = y + o * batch;
+    for (int64_t b = 0; b < batch; ++b) yo[b] = 0.0f;
+    for (int64_t j = p[o]; j < p[o + 1]; ++j) {
+      const float w = v[j];
+      const float* __restrict__ xc = x + static_cast<int64_t>(c[j]) * batch;
+      for (int64_t b = 0; b < batch; ++b) yo[b] += w * xc[b];
+    }
+  }
+  return ffi::Error::Success();
+}
+
+// dxT[i, :] = sum over the nonzeros (o, i) of values * dyT[o, :]: the transposed product, computed
+// row by row of the transpose (built here by a counting sort), so each thread owns its output rows.
+ffi::Error SpmmTransposedImpl(ffi::Buffer<ffi::F32> values, ffi::Buffer<ffi::S32> cols,
+                              ffi::Buffer<ffi::S32> rowptr, ffi::Buffer<ffi::F32> dyT,
+                              ffi::ResultBuffer<ffi::F32> dxT) {
+  auto [n_out, batch] = RowsAndBatch(dyT);
+  const int64_t n_in = dxT->dimensions().size() ? dxT->dimensions()[0] : 1;
+  const int64_t nnz = values.element_count();
+  if (auto err = CheckStructure(cols, rowptr, nnz, n_out, n_in); err.failure()) return err;
+  const float* v = values.typed_data();
+  const int32_t* c = cols.typed_data();
+  const int32_t* p = rowptr.typed_data();
+  // The transpose: for input row i, its nonzeros' output rows and values, in output-row order.
+  std::vector<int64_t> tptr(n_in + 1, 0);
+  for (int64_t j = 0; j < nnz; ++j) ++tptr[c[j] + 1];
+  for (int64_t i = 0; i < n_in; ++i) tptr[i + 1] += tptr[i];
+  std::vector<int32_t> trow(nnz);
+  std::vector<float> tval(nnz);
+  {
+    std::vector<int64_t> next(tptr.begin(), tptr.end() - 1);
+    for (int64_t o = 0; o < n_out; ++o)
+      for (int64_t j = p[o]; j < p[o + 1]; ++j) {
+        const int64_t at = next[c[j]]++;
+        trow[at] = static_cast<int32_t>(o);
+        tval[at] = v[j];
+      }
+  }
+  const float* dy = dyT.typed_data();
+  float* dx = dxT->typed_data();
+#pragma omp parallel for schedule(dynamic, 16)
+  for (int64_t i = 0; i < n_in; ++i) {
+    float* __restrict__ di = dx + i * batch;
+    for (int64_t b = 0; b < batch; ++b) di[b] = 0.0f;
+    for (int64_t t = tptr[i]; t < tptr[i + 1]; ++t) {
+      const float w = tval[t];
+      const float* __restrict__ dyo = dy + static_cast<int64_t>(trow[t]) * batch;
+      for (int64_t b = 0; b < batch; ++b) di[b] += w * dyo[b];
+    }
+  }
+  return ffi::Error::Success();
+}
+
+// dvalues[j] = <dyT[o, :], xT[cols[j], :]> for the nonzero j of row o: the weight gradient at the
+// nonzeros only (a sampled dense-dense product), never the dense [n_in, n_out] gradient.
+ffi::Error SddmmImpl(ffi::Buffer<ffi::S32> cols, ffi::Buffer<ffi::S32> rowptr, ffi::Buffer<ffi::F32> dyT,
+                     ffi::Buffer<ffi::F32> xT, ffi::ResultBuffer<ffi::F32> dvalues) {
+  auto [n_out, batch] = RowsAndBatch(dyT);
+  const int64_t nnz = dvalues->element_count();
+  const int64_t n_in = xT.dimensions().size() ? xT.dimensions()[0] : 1;
+  if (auto err = CheckStructure(cols, rowptr, nnz, n_out, n_in); err.failure()) return err;
+  const int32_t* c = cols.typed_data();
+  const int32_t* p = rowptr.typed_data();
+  const float* dy = dyT.typed_data();
+  const float* x = xT.typed_data();
+  float* dv = dvalues->typed_data();
+#pragma omp parallel for schedule(dynamic, 16)
+  for (int64_t o = 0; o < n_out; ++o) {
+    const float* __restrict__ dyo = dy + o * batch;
+    for (int64_t j = p[o]; j < p[o + 1]; ++j) {
+      const float* __restrict__ xc = x + static_cast<int64_t>(c[j]) * batch;
+      float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t b = 0; b < batch; ++b) acc += dyo[b] * xc[b];
+      dv[j] = acc;
+    }
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DstSpmm, SpmmImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // values [nnz]
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // cols [nnz]
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // rowptr [n_out + 1]
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // xT [n_in, B]
+                                  .Ret<ffi::Buffer<ffi::F32>>()); // yT [n_out, B]
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DstSpmmTransposed, SpmmTransposedImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // values [nnz]
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // cols [nnz]
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // rowptr [n_out + 1]
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // dyT [n_out, B]
+                                  .Ret<ffi::Buffer<ffi::F32>>()); // dxT [n_in, B]
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DstSddmm, SddmmImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // cols [nnz]
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // rowptr [n_out + 1]
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // dyT [n_out, B]
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // xT [n_in, B]
+                                  .Ret<ffi::Buffer<ffi::F32>>()); // dvalues [nnz]
+
+template <typename T>
+nb::capsule Encapsulate(T* fn) {
+  static_assert(std::is_invocable_r_v<XLA_FFI_Error*, T, XLA_FFI_CallFrame*>, "not an XLA FFI handler");
+  return nb::capsule(reinterpret_cast<void*>(fn));
+}
+
+NB_MODULE(_cpu, m) {
+  m.def("registrations", []() {
+    nb::dict out;
+    out["dst_spmm"] = Encapsulate(DstSpmm);
+    out["dst_spmm_t"] = Encapsulate(DstSpmmTransposed);
+    out["dst_sddmm"] = Encapsulate(DstSddmm);
+    return out;
+  });
+  m.def("num_threads", []() {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+  });
+}

@@ -1,0 +1,105 @@
+"""Sparse-times-dense products for a layer ``y = x @ W`` whose weights are stored by output unit.
+
+Storage (``n_out`` output units, ``nnz`` stored weights):
+
+* CSR: ``values [nnz]``, ``cols [nnz]`` (int32 input index of each weight), ``rowptr [n_out + 1]``; output
+  unit ``o`` holds ``values[rowptr[o]:rowptr[o+1]]``. This is W's transpose ``[n_out, n_in]`` in CSR form.
+* condensed (constant fan-in ``k``): ``values [n_out, k]``, ``indices [n_out, k]`` — CSR with
+  ``rowptr[o] = o * k``.
+
+With the compiled kernels (:mod:`dst.kernels`) on the CPU, the forward pass, ``dx`` and ``dvalues`` are
+one FFI call each under a custom VJP: the value gradient is computed at the nonzeros only and no dense
+``[n_in, n_out]`` array exists. Elsewhere (no kernels built, or an accelerator) the same functions run an
+XLA gather and ``segment_sum`` with the same results; :func:`condensed_matmul_gather` is the
+batch-of-one inference path.
+
+References:
+  Nikdan, Pegolotti, Iofinova, Kurtic, Alistarh. "SparseProp: Efficient Sparse Backpropagation for
+  Faster Training of Neural Networks", ICML 2023 (batch-last activations, dW at the nonzeros).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from dst.kernels import _loader
+
+
+def _use_kernels() -> bool:
+    return _loader.available() and jax.default_backend() == "cpu"
+
+
+def _row_ids(rowptr: jax.Array, nnz: int) -> jax.Array:
+    """The output unit of each stored weight (from the row pointers)."""
+    return jnp.searchsorted(rowptr, jnp.arange(nnz, dtype=rowptr.dtype), side="right") - 1
+
+
+def csr_matmul_xla(x: jax.Array, values: jax.Array, cols: jax.Array, rowptr: jax.Array) -> jax.Array:
+    """``x @ W`` in plain XLA (gather, multiply, ``segment_sum``); differentiable by autodiff."""
+    n_out = rowptr.shape[0] - 1
+    contributions = jnp.take(x, cols, axis=-1) * values               # [..., nnz]
+    rows = _row_ids(rowptr, values.shape[0])
+    moved = jnp.moveaxis(contributions, -1, 0)
+    return jnp.moveaxis(jax.ops.segment_sum(moved, rows, n_out, indices_are_sorted=True), 0, -1)
+
+
+def _batch_last(x: jax.Array) -> tuple[jax.Array, tuple]:
+    lead = x.shape[:-1]
+    return x.reshape(-1, x.shape[-1]).T, lead
+
+
+def _ffi(name: str, shape: tuple, *args) -> jax.Array:
+    out = jax.ShapeDtypeStruct(shape, jnp.float32)
+    return jax.ffi.ffi_call(name, out, vmap_method="sequential")(*args)
+
+
+@jax.custom_vjp
+def _csr_matmul_kernel(values, cols, rowptr, x):
+    y, _ = _csr_fwd(values, cols, rowptr, x)
+    return y
+
+
+def _csr_fwd(values, cols, rowptr, x):
+    _loader.register()
+    xT, lead = _batch_last(x.astype(jnp.float32))
+    yT = _ffi("dst_spmm", (rowptr.shape[0] - 1, xT.shape[1]), values, cols, rowptr, xT)
+    return yT.T.reshape(*lead, -1), (values, cols, rowptr, xT)
+
+
+def _csr_bwd(residuals, dy):
+    values, cols, rowptr, xT = residuals
+    dyT, lead = _batch_last(dy.astype(jnp.float32))
+    dxT = _ffi("dst_spmm_t", xT.shape, values, cols, rowptr, dyT)
+    dvalues = _ffi("dst_sddmm", values.shape, cols, rowptr, dyT, xT)
+    return dvalues, None, None, dxT.T.reshape(*lead, -1)
+
+
+_csr_matmul_kernel.defvjp(_csr_fwd, _csr_bwd)
+
+
+def csr_matmul(x: jax.Array, values: jax.Array, cols: jax.Array, rowptr: jax.Array) -> jax.Array:
+    """``y = x @ W`` for ``x [..., n_in]`` and a CSR ``W`` (see the module doc); ``y [..., n_out]``.
+
+    Differentiable in ``x`` and ``values``. Runs the compiled kernels on the CPU when they are built.
+    """
+    cols, rowptr = cols.astype(jnp.int32), rowptr.astype(jnp.int32)
+    if _use_kernels():
+        return _csr_matmul_kernel(values.astype(jnp.float32), cols, rowptr, x)
+    return csr_matmul_xla(x, values, cols, rowptr)
+
+
+def condensed_matmul(x: jax.Array, values: jax.Array, indices: jax.Array) -> jax.Array:
+    """``y = x @ W`` for a constant fan-in ``W`` held as ``values [n_out, k]``, ``indices [n_out, k]``."""
+    n_out, k = values.shape
+    rowptr = jnp.arange(n_out + 1, dtype=jnp.int32) * k
+    return csr_matmul(x, values.reshape(-1), indices.reshape(-1), rowptr)
+
+
+def condensed_matmul_gather(x: jax.Array, values: jax.Array, indices: jax.Array) -> jax.Array:
+    """The same product as one XLA gather ``x[..., indices]`` (``[..., n_out, k]``) times ``values``.
+
+    Fast for online inference (a batch of one); at training batch sizes the gathered tensor costs more
+    than the dense product, so training uses :func:`condensed_matmul`.
+    """
+    return jnp.einsum("...ok,ok->...o", jnp.take(x, indices, axis=-1), values)

@@ -1,0 +1,98 @@
+"""The compiled sparse kernels (dst.kernels): built by this install, and equal to dense products.
+
+Every expectation is a dense numpy product of the same weights (W with zeros off the sparsity pattern):
+forward ``x @ W``, input gradient ``dy @ W.T``, and the weight gradient ``x.T @ dy`` read at the stored
+positions. Patterns include empty output units, empty input rows, a batch of one and leading batch dims.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dst import kernels
+
+
+def random_csr(rng, n_in, n_out, density, *, empty_rows=(), empty_cols=()):
+    """A random W [n_in, n_out] and its CSR over output units (values, cols, rowptr)."""
+    mask = rng.random((n_in, n_out)) < density
+    mask[list(empty_rows), :] = False      # inputs that feed nothing
+    mask[:, list(empty_cols)] = False      # output units with no inputs
+    w = np.where(mask, rng.normal(size=mask.shape), 0.0).astype(np.float32)
+    o_idx, i_idx = np.nonzero(mask.T)      # row-major over output units: CSR order
+    rowptr = np.concatenate([[0], np.cumsum(mask.sum(0))]).astype(np.int32)
+    return w, w[i_idx, o_idx], i_idx.astype(np.int32), rowptr, (i_idx, o_idx)
+
+
+def test_kernels_are_built_by_the_install():
+    """A fresh clone's install compiles them (CMakeLists.txt); a missing build must fail CI, not skip."""
+    assert kernels.available(), kernels.status()
+    assert "OpenMP threads" in kernels.status()
+
+
+@pytest.mark.parametrize("batch_shape", [(1,), (7,), (2, 3)])
+def test_csr_forward_and_gradients_equal_the_dense_product(batch_shape):
+    rng = np.random.default_rng(len(batch_shape) * 10 + batch_shape[-1])
+    n_in, n_out = 41, 19
+    w, values, cols, rowptr, (i_idx, o_idx) = random_csr(rng, n_in, n_out, 0.2, empty_rows=(0, 5),
+                                                        empty_cols=(3, 18))
+    x = rng.normal(size=(*batch_shape, n_in)).astype(np.float32)
+    dy = rng.normal(size=(*batch_shape, n_out)).astype(np.float32)
+
+    y, vjp = jax.vjp(lambda v, x: kernels.csr_matmul(x, v, cols, rowptr), values, x)
+    dvalues, dx = vjp(jnp.asarray(dy))
+
+    np.testing.assert_allclose(y, x @ w, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, dy @ w.T, rtol=1e-5, atol=1e-5)
+    x2, dy2 = x.reshape(-1, n_in), dy.reshape(-1, n_out)
+    np.testing.assert_allclose(dvalues, (x2.T @ dy2)[i_idx, o_idx], rtol=1e-5, atol=1e-5)
+
+
+def test_the_kernels_run_in_the_program_and_match_the_xla_fallback_under_jit_and_vmap():
+    rng = np.random.default_rng(1)
+    w, values, cols, rowptr, _ = random_csr(rng, 64, 32, 0.1)
+    x = jnp.asarray(rng.normal(size=(3, 16, 64)), jnp.float32)   # vmapped over 3 replicas
+
+    def loss(fn, v, x):
+        return jnp.sum(jnp.tanh(fn(x, v, cols, rowptr)) ** 2)
+
+    kernel = jax.jit(jax.vmap(jax.grad(lambda v, x: loss(kernels.csr_matmul, v, x), (0, 1)), (None, 0)))
+    fallback = jax.vmap(jax.grad(lambda v, x: loss(kernels.csr_matmul_xla, v, x), (0, 1)), (None, 0))
+    for a, b in zip(kernel(values, x), fallback(values, x)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    hlo = jax.jit(jax.grad(lambda v, x: loss(kernels.csr_matmul, v, x), (0, 1))).lower(values, x[0]).as_text()
+    for target in ("dst_spmm", "dst_spmm_t", "dst_sddmm"):
+        assert target in hlo
+
+
+def test_condensed_layer_equals_dense_and_the_gather_path():
+    rng = np.random.default_rng(2)
+    n_in, n_out, k = 30, 12, 4
+    indices = np.stack([rng.choice(n_in, k, replace=False) for _ in range(n_out)]).astype(np.int32)
+    values = rng.normal(size=(n_out, k)).astype(np.float32)
+    w = np.zeros((n_in, n_out), np.float32)
+    w[indices, np.arange(n_out)[:, None]] = values
+    x = rng.normal(size=(5, n_in)).astype(np.float32)
+    dy = rng.normal(size=(5, n_out)).astype(np.float32)
+
+    y, vjp = jax.vjp(lambda v, x: kernels.condensed_matmul(x, v, indices), values, x)
+    dvalues, dx = vjp(jnp.asarray(dy))
+    np.testing.assert_allclose(y, x @ w, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(kernels.condensed_matmul_gather(x, values, indices), x @ w, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, dy @ w.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dvalues, (x.T @ dy)[indices, np.arange(n_out)[:, None]], rtol=1e-5, atol=1e-5)
+
+
+def test_a_layer_with_no_stored_weights_outputs_zeros():
+    x = jnp.ones((4, 6))
+    empty = jnp.zeros((0,), jnp.int32)
+    y, vjp = jax.vjp(lambda x: kernels.csr_matmul(x, jnp.zeros((0,)), empty, jnp.zeros((4,), jnp.int32)), x)
+    np.testing.assert_array_equal(y, np.zeros((4, 3)))
+    np.testing.assert_array_equal(vjp(jnp.ones((4, 3)))[0], np.zeros((4, 6)))
+
+
+def test_a_malformed_structure_is_an_error_not_a_wrong_answer():
+    x = jnp.ones((2, 5))
+    with pytest.raises(Exception, match="rowptr|values"):
+        jax.block_until_ready(kernels.csr_matmul(x, jnp.ones((3,)), jnp.zeros((2,), jnp.int32),
+                                                 jnp.array([0, 3], jnp.int32)))
