@@ -14,7 +14,7 @@ Rows of both formats are output units, so a unit's weights are contiguous and th
 (:mod:`dst.kernels`) stream the batch once per weight. Shapes depend only on ``nnz`` (or ``k``), which
 a layer keeps through prune-and-regrow, so a run compiles once. :func:`compress` and :func:`expand` convert
 a whole params/masks pair between the dense view and the stored one (inside ``jit``: the counts are static
-:class:`Layout` values fixed when the run starts); :func:`sparse_apply` runs a flax model on the stored
+:class:`Layout` values fixed when the run starts); :func:`stored_apply` runs a flax model on the stored
 form, replacing each stored ``nn.Dense`` by the backend's product.
 
 References:
@@ -25,6 +25,7 @@ References:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 from typing import NamedTuple
 
 import flax.linen as nn
@@ -35,6 +36,7 @@ import numpy as np
 from dst import kernels
 from dst.masks import named_leaves
 from dst.masks import replace_named
+from dst.train.apply import flax_apply
 
 BACKENDS = ("masked", "csr", "condensed")
 
@@ -63,8 +65,10 @@ class Backend(NamedTuple):
     """How one layer is stored. Every function is pure and jit-able; ``layout`` is static.
 
     * ``layout(mask) -> Layout`` from a concrete mask, or raises ``ValueError`` (one sentence);
-    * ``compress(w, mask, layout) -> (stored values, topology)``;
-    * ``expand(values, topology, layout) -> (w, mask)``, the inverse;
+    * ``compress(w, mask, layout) -> (values, slots, topology)``: ``slots`` (bool, shaped like
+      ``values``) marks the slots that hold an active weight; the rest are zero-valued padding, so a
+      layer may hold fewer weights than its capacity ``layout.count`` without changing a shape;
+    * ``expand(values, slots, topology, layout) -> (w, mask)``, the inverse;
     * ``matmul(x, values, topology) -> x @ W``.
     """
 
@@ -75,10 +79,19 @@ class Backend(NamedTuple):
     matmul: Callable
 
 
-def _nonzero_by_unit(mask: jax.Array, count: int):
-    """Positions of the active weights, output unit by output unit (CSR order): ``(inputs, units)``."""
-    units, inputs = jnp.nonzero(mask.T, size=count, fill_value=0)
-    return inputs.astype(jnp.int32), units.astype(jnp.int32)
+def _slots_by_unit(mask: jax.Array, capacity: int):
+    """The active weights' positions output unit by output unit (CSR order), in ``capacity`` slots:
+    ``(inputs, units, valid)``. Slots past the active count are padding (``valid`` False, position 0)."""
+    units, inputs = jnp.nonzero(mask.T, size=capacity, fill_value=0)
+    valid = jnp.arange(capacity) < jnp.sum(mask, dtype=jnp.int32)
+    return inputs.astype(jnp.int32), units.astype(jnp.int32), valid
+
+
+def _scatter(values, valid, inputs, units, shape):
+    """The dense kernel and mask of stored slots (padding slots add nothing)."""
+    w = jnp.zeros(shape, values.dtype).at[inputs, units].add(jnp.where(valid, values, 0))
+    mask = jnp.zeros(shape, bool).at[inputs, units].max(valid)
+    return w, mask
 
 
 def _csr_layout(mask) -> Layout:
@@ -87,16 +100,16 @@ def _csr_layout(mask) -> Layout:
 
 
 def _csr_compress(w, mask, layout):
-    inputs, units = _nonzero_by_unit(mask, layout.count)
-    rowptr = jnp.concatenate([jnp.zeros(1, jnp.int32), jnp.cumsum(jnp.sum(mask, 0, dtype=jnp.int32))])
-    return w[inputs, units], CSR(inputs, rowptr.astype(jnp.int32))
+    inputs, units, valid = _slots_by_unit(mask, layout.count)
+    per_unit = jnp.cumsum(jnp.sum(mask, 0, dtype=jnp.int32))
+    # Padding slots belong to the last unit, where they multiply a zero value.
+    rowptr = jnp.concatenate([jnp.zeros(1, jnp.int32), per_unit[:-1], jnp.full(1, layout.count, jnp.int32)])
+    return jnp.where(valid, w[inputs, units], 0), valid, CSR(inputs, rowptr)
 
 
-def _csr_expand(values, topology, layout):
+def _csr_expand(values, valid, topology, layout):
     units = jnp.searchsorted(topology.rowptr, jnp.arange(layout.count, dtype=jnp.int32), side="right") - 1
-    w = jnp.zeros(layout.shape, values.dtype).at[topology.cols, units].set(values)
-    mask = jnp.zeros(layout.shape, bool).at[topology.cols, units].set(True)
-    return w, mask
+    return _scatter(values, valid, topology.cols, units, layout.shape)
 
 
 def _condensed_layout(mask) -> Layout:
@@ -109,15 +122,16 @@ def _condensed_layout(mask) -> Layout:
 
 def _condensed_compress(w, mask, layout):
     n_out, k = layout.shape[1], layout.count
-    inputs, units = _nonzero_by_unit(mask, n_out * k)
-    return w[inputs, units].reshape(n_out, k), Condensed(inputs.reshape(n_out, k))
+    inputs, units, valid = _slots_by_unit(mask, n_out * k)
+    shape = (n_out, k)
+    return (jnp.where(valid, w[inputs, units], 0).reshape(shape), valid.reshape(shape),
+            Condensed(inputs.reshape(shape)))
 
 
-def _condensed_expand(values, topology, layout):
-    units = jnp.broadcast_to(jnp.arange(layout.shape[1])[:, None], topology.indices.shape)
-    w = jnp.zeros(layout.shape, values.dtype).at[topology.indices, units].set(values)
-    mask = jnp.zeros(layout.shape, bool).at[topology.indices, units].set(True)
-    return w, mask
+def _condensed_expand(values, valid, topology, layout):
+    units = jnp.broadcast_to(jnp.arange(layout.shape[1], dtype=jnp.int32)[:, None], topology.indices.shape)
+    return _scatter(values.reshape(-1), valid.reshape(-1), topology.indices.reshape(-1), units.reshape(-1),
+                    layout.shape)
 
 
 def csr() -> Backend:
@@ -160,45 +174,66 @@ def layouts(backend: Backend, masks, layers) -> dict[str, Layout]:
 
 
 def compress(backend: Backend, layout_of: dict[str, Layout], params, masks):
-    """``(params, masks)`` with each layer of ``layout_of`` in stored form (values; topology)."""
+    """``(params, slots, topologies)``: each layer of ``layout_of`` in stored form. ``params`` hold its
+    values, ``slots`` its slot masks and ``topologies`` (``{layer name: CSR | Condensed}``) where the
+    values sit. Other leaves pass through (``slots`` keeps their masks)."""
     p, m = named_leaves(params), named_leaves(masks)
     stored = {name: backend.compress(p[name], m[name], lay) for name, lay in layout_of.items()}
-    return (replace_named(params, {n: v for n, (v, _) in stored.items()}),
-            replace_named(masks, {n: t for n, (_, t) in stored.items()}, is_leaf=_is_topology))
+    topologies = {name: v[2] for name, v in stored.items()}
+    return (replace_named(params, {n: v[0] for n, v in stored.items()}),
+            replace_named(masks, {n: v[1] for n, v in stored.items()}), topologies)
 
 
-def expand(backend: Backend, layout_of: dict[str, Layout], params, masks):
-    """The dense view ``(params, masks)`` of a stored pair (the inverse of :func:`compress`)."""
-    p, m = named_leaves(params), named_leaves(masks, is_leaf=_is_topology)
-    dense = {name: backend.expand(p[name], m[name], lay) for name, lay in layout_of.items()}
+def expand(backend: Backend, layout_of: dict[str, Layout], params, slots, topologies):
+    """The dense view ``(params, masks)`` of a stored triple (the inverse of :func:`compress`)."""
+    p, s = named_leaves(params), named_leaves(slots)
+    dense = {name: backend.expand(p[name], s[name], topologies[name], lay) for name, lay in layout_of.items()}
     return (replace_named(params, {n: w for n, (w, _) in dense.items()}),
-            replace_named(masks, {n: mask for n, (_, mask) in dense.items()}, is_leaf=_is_topology))
+            replace_named(slots, {n: mask for n, (_, mask) in dense.items()}))
 
 
-def _is_topology(x) -> bool:
-    return isinstance(x, CSR | Condensed)
+class Stored(NamedTuple):
+    """What a stored model's apply takes in the place of its params: the params (stored layers as
+    values) and where the values sit."""
+
+    params: Any
+    topologies: dict
 
 
-def sparse_apply(model: nn.Module, backend: Backend, layout_of: dict[str, Layout]):
-    """``apply(variables, x, topologies, **kwargs)``: ``model.apply`` with every stored ``nn.Dense``
-    computed as ``backend.matmul(x, values, topology) + bias`` (``topologies``: the masks pytree in
-    stored form). Other modules run as they are."""
-    stored_modules = {name.rsplit("/", 1)[0] for name in layout_of}
+def stored_apply(model: nn.Module, backend: Backend, layout_of: dict[str, Layout]):
+    """The trainer's ``apply_fn`` (:mod:`dst.train.apply`) for a model stored by ``backend``: it takes a
+    :class:`Stored` where the masked model takes params, and computes every stored ``nn.Dense`` as
+    ``backend.matmul(x, values, topology) + bias``; other modules run as they are.
 
-    def apply(variables, x, topologies, **kwargs):
-        topology_of = named_leaves(topologies, is_leaf=_is_topology)
+    ``apply_fn.with_taps(stored, model_state, x, train, rng, probes)`` also adds ``probes[layer]`` to
+    each stored layer's output and returns its inputs, ``(logits, model_state, inputs)``: the gradient
+    with respect to the probes is each layer's output gradient, so a dense weight gradient
+    ``inputs^T @ d probes`` can be formed one layer at a time where an algorithm needs it (RigL).
+    """
+    modules = {name.rsplit("/", 1)[0]: name for name in layout_of}
+    masked = flax_apply(model)
+
+    def run(stored: Stored, model_state, x, train, rng, probes):
+        inputs = {}
 
         def interceptor(next_fun, args, kw, context):
             module = context.module
-            path = "/".join(module.path)
-            if context.method_name != "__call__" or path not in stored_modules or not isinstance(module, nn.Dense):
+            name = modules.get("/".join(module.path))
+            if context.method_name != "__call__" or name is None or not isinstance(module, nn.Dense):
                 return next_fun(*args, **kw)
             params = module.variables["params"]
-            (inputs,) = args
-            y = backend.matmul(inputs, params["kernel"], topology_of[f"{path}/kernel"])
-            return y + params["bias"] if module.use_bias else y
+            (x_in,) = args
+            inputs[name] = x_in
+            y = backend.matmul(x_in, params["kernel"], stored.topologies[name])
+            y = y + params["bias"] if module.use_bias else y
+            return y if probes is None else y + probes[name]
 
         with nn.intercept_methods(interceptor):
-            return model.apply(variables, x, **kwargs)
+            logits, model_state = masked(stored.params, model_state, x, train, rng)
+        return logits, model_state, inputs
 
-    return apply
+    def apply_fn(stored, model_state, x, train, rng):
+        return run(stored, model_state, x, train, rng, None)[:2]
+
+    apply_fn.with_taps = run
+    return apply_fn

@@ -40,11 +40,12 @@ def test_compress_then_expand_returns_the_masked_params(name, structure):
     model, params, masks, layers = mlp_with_masks(structure)
     backend = backends.make(name)
     layout_of = backends.layouts(backend, masks, layers)
-    stored, topo = jax.jit(lambda p, m: backends.compress(backend, layout_of, p, m))(params, masks)
+    stored, slots, topo = jax.jit(lambda p, m: backends.compress(backend, layout_of, p, m))(params, masks)
     for layer, lay in layout_of.items():
         assert named_leaves(stored)[layer].size == lay.count * (lay.shape[1] if name == "condensed" else 1)
         assert lay.count * (lay.shape[1] if name == "condensed" else 1) == int(named_leaves(masks)[layer].sum())
-    back_p, back_m = jax.jit(lambda p, m: backends.expand(backend, layout_of, p, m))(stored, topo)
+        assert bool(named_leaves(slots)[layer].all())
+    back_p, back_m = jax.jit(lambda p, s, t: backends.expand(backend, layout_of, p, s, t))(stored, slots, topo)
     jax.tree_util.tree_map(np.testing.assert_array_equal, back_p, params)
     jax.tree_util.tree_map(np.testing.assert_array_equal, back_m, masks)
 
@@ -54,8 +55,8 @@ def test_a_stored_model_computes_the_masked_model_and_its_gradients(name, struct
     model, params, masks, layers = mlp_with_masks(structure)
     backend = backends.make(name)
     layout_of = backends.layouts(backend, masks, layers)
-    stored, topo = backends.compress(backend, layout_of, params, masks)
-    apply = backends.sparse_apply(model, backend, layout_of)
+    stored, _, topo = backends.compress(backend, layout_of, params, masks)
+    apply = backends.stored_apply(model, backend, layout_of)
     x = jax.random.normal(jax.random.key(5), (16, 32))
     y = jax.random.randint(jax.random.key(6), (16,), 0, 8)
 
@@ -63,14 +64,32 @@ def test_a_stored_model_computes_the_masked_model_and_its_gradients(name, struct
         return dst.train.cross_entropy(flax_apply(model)(p, {}, x, True, None)[0], y)
 
     def stored_loss(p):
-        return dst.train.cross_entropy(apply({"params": p}, x, topo), y)
+        return dst.train.cross_entropy(apply(backends.Stored(p, topo), {}, x, True, None)[0], y)
 
     loss, grads = jax.value_and_grad(masked_loss)(params)
     s_loss, s_grads = jax.jit(jax.value_and_grad(stored_loss))(stored)
     np.testing.assert_allclose(s_loss, loss, rtol=1e-5)
     # The dense gradient at the stored positions is the stored values' gradient; biases are dense.
-    expected, _ = backends.compress(backend, layout_of, grads, masks)
+    expected, _, _ = backends.compress(backend, layout_of, grads, masks)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), s_grads, expected)
+
+
+def test_a_layer_below_its_capacity_pads_with_inactive_zero_slots():
+    """A layer that lost weights (SRigL's ablation rounds its budget down) keeps its shapes: the freed
+    slots hold zeros, are marked inactive, and expand to nothing."""
+    rng = np.random.default_rng(3)
+    mask = rng.random((12, 5)) < 0.5
+    w = np.where(mask, rng.normal(size=mask.shape), 0).astype(np.float32)
+    backend = backends.csr()
+    layout = backends.Layout((12, 5), int(mask.sum()) + 4)
+    values, slots, topo = backend.compress(jnp.asarray(w), jnp.asarray(mask), layout)
+    assert values.shape == (layout.count,) and int(slots.sum()) == mask.sum()
+    assert not np.asarray(values)[~np.asarray(slots)].any()
+    back_w, back_mask = backend.expand(values, slots, topo, layout)
+    np.testing.assert_array_equal(back_w, w)
+    np.testing.assert_array_equal(back_mask, mask)
+    x = rng.normal(size=(3, 12)).astype(np.float32)
+    np.testing.assert_allclose(backend.matmul(x, values, topo), x @ w, rtol=1e-5, atol=1e-5)
 
 
 def test_condensed_refuses_a_mask_without_constant_fan_in():

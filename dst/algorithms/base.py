@@ -68,6 +68,8 @@ class SparseAlgorithm(NamedTuple):
     * ``levels > 0`` with ``next_level(state, key, params, masks, start_params) -> (params, masks,
       state)`` and ``rewind_step``: the run trains ``levels + 1`` levels, each from step ``rewind_step``
       to the end (level 0 from 0) with a fresh optimizer, and calls ``next_level`` between them (IMP).
+    * ``keeps_counts=True``: every update leaves each layer's number of active weights as it was, so
+      the algorithm runs on the fixed-nnz storage backends (``csr``, ``condensed``; :mod:`dst.backends`).
     """
 
     init: Callable[..., Any]
@@ -85,6 +87,7 @@ class SparseAlgorithm(NamedTuple):
     levels: int = 0
     next_level: Callable[..., Any] | None = None
     rewind_step: int = 0
+    keeps_counts: bool = False
 
 
 class PruneRegrowState(NamedTuple):
@@ -274,7 +277,7 @@ def prune_and_regrow(*, drop_rule: DropRule, grow_score: GrowScore, update_every
         return schedules.steps_until_update(state.step, update_every, start_step, end_step)
 
     fraction = lambda t: schedules.drop_fraction(t, alpha, drop_schedule, end_step)
-    return SparseAlgorithm(init=init, update=update, quiet=quiet, skip=skip_calls,
+    return SparseAlgorithm(init=init, update=update, quiet=quiet, skip=skip_calls, keeps_counts=excess is None,
                            drop_fraction_at=windowed(fraction, start_step, end_step))
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 from typing import NamedTuple
 
@@ -14,6 +13,9 @@ from jax import lax
 from dst.algorithms.base import SparseAlgorithm
 from dst.masks import apply_masks
 from dst.masks import named_leaves
+from dst.train import stored
+from dst.train.moments import map_param_like  # noqa: F401 (re-exported by dst.train)
+from dst.train.moments import reset_moments
 
 # fold_in tag of the algorithm's init key, so it is independent of the per-step key chain.
 ALGO_INIT_STREAM = 0x616C67
@@ -29,22 +31,32 @@ class TrainState(NamedTuple):
     active: Any        # {layer name: int32} active count per leaf at the last bookkeeping
     step: jax.Array    # int32 optimizer steps taken
     rng: jax.Array
+    topologies: Any = None   # stored runs ({layer: CSR | Condensed}, dst.backends); None when masked
 
 
 def create_train_state(key, params, masks, tx: optax.GradientTransformation, algo: SparseAlgorithm,
-                       model_state=None) -> TrainState:
+                       model_state=None, storage=None) -> TrainState:
     """Mask the params, initialise the optimizer and the algorithm.
 
     ``key`` starts the chain of per-step keys (dropout, the algorithm's updates); the algorithm's
     ``init`` gets a key folded from it (Top-KAST breaks the ties of its first backward set with it).
+    With a ``storage`` (:func:`dst.train.stored.make_storage`) the state holds the stored layers'
+    values, slot masks and topologies instead of dense kernels and masks; the optimizer's moments are
+    then per stored weight.
     """
     def create(key, params, masks, model_state):
         if algo.trainable is None:  # dense storage (Top-KAST) keeps the weights outside the mask
             params = apply_masks(params, masks)
-        algo_state = algo.init(params, masks, jax.random.fold_in(key, ALGO_INIT_STREAM))
+        algo_key = jax.random.fold_in(key, ALGO_INIT_STREAM)
+        topologies = None
+        if storage is None:
+            algo_state = algo.init(params, masks, algo_key)
+        else:
+            params, masks, topologies = stored.compress_state(storage, params, masks)
+            algo_state = stored.init_algorithm(algo, storage, params, masks, topologies, algo_key)
         return TrainState(params=params, masks=masks, model_state=model_state, opt_state=tx.init(params),
                           algo_state=algo_state, ever_active=masks, active=counts(masks),
-                          step=jnp.zeros((), jnp.int32), rng=key)
+                          step=jnp.zeros((), jnp.int32), rng=key, topologies=topologies)
 
     # One compiled program: op by op, each of the dozens of small operations compiles on its own.
     return jax.jit(create)(key, params, masks, {} if model_state is None else model_state)
@@ -84,33 +96,6 @@ def settle_topology(state: TrainState):
     state = state._replace(opt_state=opt_state, ever_active=ever_active, active=active,
                            algo_state=algo_state._replace(updated=jnp.zeros((), bool)))
     return state, topology
-
-
-def map_param_like(fn: Callable, opt_state, params, *rest):
-    """Apply ``fn(leaf, *rest_leaves)`` to every subtree of ``opt_state`` shaped like ``params``.
-
-    This reaches the per-weight moments of any optax optimizer (SGD's trace, Adam's mu and nu, states
-    nested in ``chain``, ``inject_hyperparams`` or ``masked``) without knowing its state classes.
-    """
-    params_def = jax.tree_util.tree_structure(params)
-    leaf_shapes = [x.shape for x in jax.tree_util.tree_leaves(params)]
-
-    def param_like(node):
-        if jax.tree_util.tree_structure(node) != params_def:
-            return False
-        return [getattr(x, "shape", None) for x in jax.tree_util.tree_leaves(node)] == leaf_shapes
-
-    def visit(node):
-        if param_like(node):
-            return jax.tree_util.tree_map(fn, node, *rest)
-        return node
-
-    return jax.tree_util.tree_map(visit, opt_state, is_leaf=param_like)
-
-
-def reset_moments(opt_state, params, reset):
-    """Zero every optimizer moment at the positions where ``reset`` (bool pytree) is True."""
-    return map_param_like(lambda m, r: jnp.where(r, jnp.zeros_like(m), m), opt_state, params, reset)
 
 
 def reset_grown_moments(opt_state, params, algo_state):

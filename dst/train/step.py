@@ -15,7 +15,9 @@ import jax.numpy as jnp
 import optax
 
 from dst.algorithms.base import SparseAlgorithm
+from dst.backends import Stored
 from dst.masks import apply_masks
+from dst.train import stored
 from dst.train.apply import ApplyFn
 from dst.train.state import TrainState
 from dst.train.state import settle_topology
@@ -61,7 +63,7 @@ class TrainStep:
 
 
 def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, algo: SparseAlgorithm,
-                    loss_fn: Callable = cross_entropy) -> TrainStep:
+                    loss_fn: Callable = cross_entropy, storage=None) -> TrainStep:
     """The pure train step ``(state, (x, y)) -> (state, metrics)``.
 
     ``apply_fn(params, model_state, x, train, rng)`` returns ``(logits, new_model_state)`` (see
@@ -74,16 +76,44 @@ def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, algo: S
 
     ``metrics`` holds the batch ``loss`` and ``accuracy``, whether this step ``updated`` the topology,
     and per layer the ``grown`` and ``dropped`` counts settled at this step (zeros at most steps).
+
+    With a ``storage`` (:mod:`dst.train.stored`; its state from ``create_train_state(...,
+    storage=storage)``) the model runs on the stored layers (``storage.apply_fn``; ``apply_fn`` is not
+    used), the gradient is taken with respect to the stored values only, and the algorithm updates the
+    topology through :func:`dst.train.stored.update_algorithm`.
     """
-    full = _build_step(apply_fn, tx, algo, loss_fn)
+    full = _build_step(apply_fn, tx, algo, loss_fn, storage)
     if not (algo.dynamic and algo.quiet is not None and algo.skip is not None):
         return TrainStep(full=full)
     skip_one = lambda algo_state, key, params, masks, grads: (params, masks, algo.skip(algo_state, 1))
-    plain = _build_step(apply_fn, tx, algo._replace(update=skip_one, dynamic=False), loss_fn)
+    plain = _build_step(apply_fn, tx, algo._replace(update=skip_one, dynamic=False), loss_fn, storage)
     return TrainStep(full=full, plain=plain, quiet=algo.quiet)
 
 
-def _build_step(apply_fn, tx, algo, loss_fn):
+def _stored_gradients(storage, state, x, y, k_dropout, loss_fn, taps: bool):
+    """Loss, logits, model state and the gradient with respect to the stored values; with ``taps``
+    also each stored layer's ``(inputs, output gradients)`` (through zero probes on their outputs)."""
+    run = storage.apply_fn.with_taps
+
+    def objective(values, probes):
+        logits, model_state, inputs = run(Stored(values, state.topologies), state.model_state, x, True,
+                                          k_dropout, probes)
+        return loss_fn(logits, y), (logits, model_state, inputs)
+
+    probes = None
+    if taps:
+        seen = jax.eval_shape(lambda v: objective(v, None)[1][2], state.params)
+        probes = {n: jnp.zeros(seen[n].shape[:-1] + (lay.shape[1],), jnp.float32)
+                  for n, lay in storage.layout_of.items()}
+    argnums = (0, 1) if taps else 0
+    (loss, (logits, model_state, inputs)), grads = jax.value_and_grad(objective, argnums, has_aux=True)(
+        state.params, probes)
+    grads, tapped = grads if taps else (grads, None)
+    return loss, logits, model_state, grads, (inputs, tapped)
+
+
+def _build_step(apply_fn, tx, algo, loss_fn, storage=None):
+    stored_update = None if storage is None else stored.update_algorithm(algo, storage)
     def step(state: TrainState, batch):
         x, y = batch
         rng, k_dropout, k_algo = jax.random.split(state.rng, 3)
@@ -99,10 +129,14 @@ def _build_step(apply_fn, tx, algo, loss_fn):
 
         # Stored params are the effective weights (exact zeros outside the mask), except with dense
         # storage, where the mask is applied here. Either way `grads` is the dense gradient with
-        # respect to the effective weights.
+        # respect to the effective weights (on a storage backend: at the stored slots).
         dense_storage = algo.trainable is not None
-        weights = apply_masks(state.params, state.masks) if dense_storage else state.params
-        (loss, (logits, model_state)), grads = jax.value_and_grad(objective, has_aux=True)(weights)
+        if storage is not None:
+            loss, logits, model_state, grads, taps = _stored_gradients(storage, state, x, y, k_dropout, loss_fn,
+                                                                       taps=algo.dynamic)
+        else:
+            weights = apply_masks(state.params, state.masks) if dense_storage else state.params
+            (loss, (logits, model_state)), grads = jax.value_and_grad(objective, has_aux=True)(weights)
         train_set = algo.trainable(state.algo_state, state.masks) if dense_storage else state.masks
         opt_grads = grads
         if algo.penalty is not None:
@@ -112,11 +146,16 @@ def _build_step(apply_fn, tx, algo, loss_fn):
         updates, opt_state = tx.update(masked, state.opt_state, state.params)
         params = jax.tree_util.tree_map(lambda p, u, m: jnp.where(m, p + u, p if dense_storage else 0.0),
                                         state.params, updates, train_set)
-        params, masks, algo_state = algo.update(state.algo_state, k_algo, params, state.masks, grads)
+        topologies = state.topologies
+        if storage is None:
+            params, masks, algo_state = algo.update(state.algo_state, k_algo, params, state.masks, grads)
+        else:
+            params, masks, topologies, opt_state, algo_state = stored_update(
+                state.algo_state, k_algo, params, state.masks, topologies, grads, taps, opt_state)
         metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == y),
                    "updated": algo_state.updated, **topology}
         new_state = state._replace(params=params, masks=masks, model_state=model_state, opt_state=opt_state,
-                                   algo_state=algo_state, step=state.step + 1, rng=rng)
+                                   algo_state=algo_state, step=state.step + 1, rng=rng, topologies=topologies)
         return new_state, metrics
 
     return step

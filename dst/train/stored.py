@@ -1,0 +1,134 @@
+"""Training on a storage backend (``csr``, ``condensed``): the run's storage, and the algorithms on it.
+
+A stored run keeps, for each stored layer, its values in ``state.params``, its slot mask (which slots
+hold an active weight) in ``state.masks`` and where the values sit in ``state.topologies`` (see
+:mod:`dst.backends`). The optimizer, its moments and the plain step see only the stored slots.
+
+The algorithms keep their own rules: at a step where an algorithm may change the topology, its
+``update`` runs on the dense view of the layers (expanded from storage), with the dense weight gradient
+of each stored layer formed as ``inputs^T @ output gradient`` from the step's own forward and backward
+pass, and the result is stored again. Kept weights keep their values and optimizer moments (they move
+slots with their positions); grown weights take the freed slots; every shape stays as it was, so the
+run compiles once, and the topology decisions are the masked run's. Between updates nothing dense
+exists. (The dense view costs a layer's dense size at update steps only; a native row-blocked path for
+layers whose dense form does not fit is the next step.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from dst import backends
+from dst.algorithms.base import SparseAlgorithm
+from dst.masks import named_leaves
+from dst.masks import replace_named
+from dst.train.moments import map_param_trees
+
+
+class Storage(NamedTuple):
+    """A run's storage: the backend, each stored layer's static :class:`dst.backends.Layout`, and the
+    model's apply function on stored params (:func:`dst.backends.stored_apply`)."""
+
+    backend: backends.Backend
+    layout_of: dict
+    apply_fn: Callable
+
+
+def make_storage(model, backend: str, masks, layers) -> Storage | None:
+    """The :class:`Storage` of ``model`` under ``backend`` (``None`` for ``masked``). Every 2-D
+    (fully connected) kernel among ``layers`` is stored; other layers stay masked."""
+    chosen = backends.make(backend)
+    if chosen is None:
+        return None
+    shapes = {name: np.shape(leaf) for name, leaf in named_leaves(masks).items()}
+    stored = [name for name in layers if len(shapes[name]) == 2]
+    layout_of = backends.layouts(chosen, masks, stored)
+    return Storage(chosen, layout_of, backends.stored_apply(model, chosen, layout_of))
+
+
+def check_algorithm(algo: SparseAlgorithm, backend: str) -> None:
+    """One sentence when ``algo`` cannot run on a fixed-capacity backend."""
+    if algo.trainable is not None or algo.penalty is not None:
+        raise ValueError(f"sparsity.backend={backend} stores the active weights only, and this algorithm trains "
+                         "weights outside its forward mask (Top-KAST's backward set); use sparsity.backend=masked.")
+    if not algo.keeps_counts:
+        raise ValueError(f"sparsity.backend={backend} keeps a fixed number of weights per layer, and this algorithm "
+                         "changes it (gradual pruning, GraNet, SNFS, MEST's decay, IMP); use sparsity.backend=masked, "
+                         "or static, set, rigl, mest or srigl.")
+    if algo.dynamic and (algo.quiet is None or algo.skip is None):
+        raise ValueError(f"sparsity.backend={backend} needs an algorithm that says when it may update (quiet/skip "
+                         "hooks); use sparsity.backend=masked.")
+
+
+def compress_state(storage: Storage, params, masks):
+    """``(values, slots, topologies)`` of dense ``params`` and ``masks``."""
+    return backends.compress(storage.backend, storage.layout_of, params, masks)
+
+
+def expand_state(storage: Storage, params, slots, topologies):
+    """The dense view ``(params, masks)`` of a stored run's state."""
+    return backends.expand(storage.backend, storage.layout_of, params, slots, topologies)
+
+
+def _stored_grown(storage: Storage, grown, masks):
+    """A dense ``grown`` pytree read at the slots of the stored ``masks`` (bool per slot)."""
+    as_float = jax.tree_util.tree_map(lambda g: g.astype(jnp.float32), grown)
+    values, slots, _ = compress_state(storage, as_float, masks)
+    return jax.tree_util.tree_map(lambda v, s: (v > 0) & s, values, slots)
+
+
+def init_algorithm(algo: SparseAlgorithm, storage: Storage, params, slots, topologies, key):
+    """``algo.init`` on the dense view, with ``grown`` stored by slot."""
+    dense_p, dense_m = expand_state(storage, params, slots, topologies)
+    state = algo.init(dense_p, dense_m, key)
+    return state._replace(grown=_stored_grown(storage, state.grown, dense_m))
+
+
+def dense_gradients(storage: Storage, grads, taps):
+    """``grads`` with each stored layer's value gradient replaced by its dense weight gradient
+    ``inputs^T @ output gradient`` (``taps = (inputs, output gradients)``, per layer)."""
+    inputs, cotangents = taps
+    dense = {}
+    for name, layout in storage.layout_of.items():
+        n_in, n_out = layout.shape
+        x = inputs[name].reshape(-1, n_in).astype(jnp.float32)
+        dense[name] = x.T @ cotangents[name].reshape(-1, n_out).astype(jnp.float32)
+    return replace_named(grads, dense)
+
+
+def update_algorithm(algo: SparseAlgorithm, storage: Storage) -> Callable:
+    """``update(state, key, params, slots, topologies, grads, taps, opt_state) -> (params, slots,
+    topologies, opt_state, state)``: ``algo.update`` on the dense view at the steps where it may act
+    (``algo.quiet(state) == 0``), and ``algo.skip`` elsewhere. The optimizer's per-weight moments move
+    with their weights to the new slots."""
+
+    def act(state, key, params, slots, topologies, opt_state, grads, taps):
+        dense_p, dense_m = expand_state(storage, params, slots, topologies)
+        dense_g = dense_gradients(storage, grads, taps)
+        inner = state._replace(grown=jax.tree_util.tree_map(lambda m: jnp.zeros(m.shape, bool), dense_m))
+        new_p, new_m, new_state = algo.update(inner, key, dense_p, dense_m, dense_g)
+
+        def move(moments):   # to the slots of the new topology (a grown weight's moments are reset later)
+            return compress_state(storage, expand_state(storage, moments, slots, topologies)[0], new_m)[0]
+
+        opt_state = map_param_trees(move, opt_state, params)
+        params, slots, topologies = compress_state(storage, new_p, new_m)
+        new_state = new_state._replace(grown=_stored_grown(storage, new_state.grown, new_m))
+        return params, slots, topologies, opt_state, new_state
+
+    def update(state, key, params, slots, topologies, grads, taps, opt_state):
+        if not algo.dynamic:
+            params, slots, state = algo.update(state, key, params, slots, grads)
+            return params, slots, topologies, opt_state, state
+        return lax.cond(algo.quiet(state) == 0,
+                        lambda ops: act(state, key, *ops),
+                        lambda ops: (*ops[:4], algo.skip(state, 1)),
+                        (params, slots, topologies, opt_state, grads, taps))
+
+    return update
