@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from algo_helpers import make_algorithm
 
 import dst
-from algo_helpers import make_algorithm
 from dst import structures
 from dst.masks import named_leaves
 from dst.models import MLP
@@ -76,6 +76,9 @@ def test_a_stored_run_makes_the_masked_runs_decisions(name, structure, backend):
     if algo.dynamic:
         assert updates == STEPS // UPDATE_EVERY
         assert not np.array_equal(named_leaves(a.masks)[layers[0]], named_leaves(masks)[layers[0]])
+    # ITOP's ever-active set, after the masked run settles its last update.
+    settled = dst.train.settle_topology(a)[0]
+    jax.tree_util.tree_map(np.testing.assert_array_equal, b.ever_active, settled.ever_active)
     # Momentum per stored weight: the masked run's trace read at the stored slots.
     expected, _, _ = stored.compress_state(storage, a.opt_state[0].trace, a.masks)
     jax.tree_util.tree_map(lambda p, q: np.testing.assert_allclose(p, q, atol=1e-5), b.opt_state[0].trace, expected)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dst.data import image_folder
+from dst.train.stored import model_params
 
 
 def epoch_seed(key) -> int:
@@ -35,7 +36,8 @@ class DeviceFeed:
         return self.compiled[steps](state, self.x, self.y, key)
 
     def evaluate(self, state) -> dict:
-        return {name: self.evaluator(state.params, state.model_state, *xy) for name, xy in self.splits.items()}
+        params = model_params(state)
+        return {name: self.evaluator(params, state.model_state, *xy) for name, xy in self.splits.items()}
 
 
 class StreamFeed:
@@ -68,7 +70,7 @@ class StreamFeed:
         batches = image_folder.eval_batches(self.data, self.evaluator.batch_size, self.threads, shard=shard)
         if shard[1] > 1:
             batches = map(self.parallel.global_batch, batches)
-        return {"test": self.evaluator(state.params, state.model_state, batches)}
+        return {"test": self.evaluator(model_params(state), state.model_state, batches)}
 
 
 def first_examples(data, seed: int, count: int, threads: int):

@@ -57,6 +57,7 @@ from dst.plotting import plot_curves
 from dst.structures import matrix_shape
 from dst.structures import structured_densities
 from dst.structures import undivided_layers
+from dst.train import stored
 from dst.train import distributed
 from dst.train.apply import model_state_shapes
 from dst.train.checkpoint import RunCheckpoints
@@ -96,6 +97,7 @@ class Run(NamedTuple):
     epoch_fns: dict[int, Any]   # steps in the epoch -> compiled epoch function
     evaluate: Any
     undivided: dict = {}        # {layer: why the structure leaves it dense}
+    storage: Any = None         # dst.train.stored.Storage of a csr/condensed run; None when masked
 
 
 def prepare(cfg: dict, say=print) -> Plan:
@@ -136,6 +138,7 @@ def prepare(cfg: dict, say=print) -> Plan:
     parallel = DataParallel() if jax.device_count() > 1 else None
     if parallel is not None and parallel.check_batch(batch):
         raise ConfigError(parallel.check_batch(batch))
+    _check_backend_fits(cfg["sparsity"], algo, params, parallel)
     plan = Plan(cfg, data, algo, model, steps_per_epoch, epochs, total_steps, parallel, structure, undivided)
     return plan._replace(epochs=len(segments(plan))) if algo.levels else plan
 
@@ -215,6 +218,25 @@ def _check_structure_fits(sp: dict, params, say) -> tuple[Any, dict]:
     return structure, undivided
 
 
+def _check_backend_fits(sp: dict, algo, params, parallel) -> None:
+    """A sparse backend needs an algorithm that keeps each layer's count, one device, and a fully
+    connected sparse layer to store."""
+    backend = sp.get("backend") or "masked"
+    if backend == "masked":
+        return
+    try:
+        stored.check_algorithm(algo, backend, f"sparsity.algorithm={sp['algorithm']}")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if parallel is not None:
+        raise ConfigError(f"sparsity.backend={backend} runs on one device, and this run sees {parallel.count}; make "
+                          "one visible (CUDA_VISIBLE_DEVICES, or XLA_FLAGS without a forced host device count).")
+    layers = dst.sparsifiable_layers(params, dense_layers=sp.get("dense_layers") or ())
+    if not any(len(leaf.shape) == 2 for n, leaf in named_leaves(params).items() if n in layers):
+        raise ConfigError(f"sparsity.backend={backend} stores fully connected layers, and this model has no sparse "
+                          "one (its convolutions stay masked); use sparsity.backend=masked.")
+
+
 def initialise(plan: Plan) -> Run:
     """Params, model state, masks and the train state from the run's seed; the compiled epoch."""
     cfg, data, algo, model = plan.cfg, plan.data, plan.algo, plan.model
@@ -257,10 +279,13 @@ def initialise(plan: Plan) -> Run:
                                     trainer["batch_size"], model_state=model_state)
     densities = {n: d for n, d in dst.density_report(masks, layers).items() if n != "global"}
     tx = make_tx(cfg, plan.total_steps)
-    state = dst.create_train_state(k_state, params, masks, tx, algo, model_state)
+    storage = make_run_storage(sp, model, masks, [n for n in layers if densities[n] < 1])
+    state = dst.create_train_state(k_state, params, masks, tx, algo, model_state, storage=storage)
     if plan.parallel is not None:
         state = plan.parallel.replicate(state)
-    step = dst.make_train_step(apply_fn, tx, algo, make_loss(trainer))
+    step = dst.make_train_step(apply_fn, tx, algo, make_loss(trainer), storage=storage)
+    if storage is not None:   # evaluation takes the stored params (dst.train.model_params) too
+        apply_fn = storage.apply_fn
     loop = epoch_loop(trainer.get("epoch_loop", "auto"), graph.convolutional)
     sharding = None if plan.parallel is None else plan.parallel.batch
     if streaming:    # augmentation happens on the host; one epoch function serves every length
@@ -275,7 +300,24 @@ def initialise(plan: Plan) -> Run:
                      for n in lengths}
         evaluate = dst.evaluate_fn(apply_fn, trainer["eval_batch_size"], sharding)
     return Run(state=state, layers=layers, densities=densities, flops=graph.flops, pairs=graph.pairs, step=step,
-               epoch_fns=epoch_fns, evaluate=evaluate, undivided=plan.undivided)
+               epoch_fns=epoch_fns, evaluate=evaluate, undivided=plan.undivided, storage=storage)
+
+
+def make_run_storage(sp: dict, model, masks, sparse_layers):
+    """The run's :class:`dst.train.stored.Storage` (None when masked) over its ``sparse_layers``, what it
+    stores and what stays masked named on the console."""
+    backend = sp.get("backend") or "masked"
+    try:
+        storage = stored.make_storage(model, backend, masks, sparse_layers)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if storage is not None:
+        kept = [n for n in sparse_layers if n not in storage.layout_of]
+        print(f"sparsity: backend {backend} stores {', '.join(storage.layout_of)}"
+              + (f"; {', '.join(kept)} stay masked (convolutions)" if kept else "") + ".")
+        if not storage.dense_metrics:
+            print("sparsity: the stored layers are too large for per-weight metric state: itop_rate is not tracked.")
+    return storage
 
 
 def explicit_densities(params, given: dict) -> dict[str, float]:
@@ -355,11 +397,12 @@ def train(plan: Plan, run: Run, logger: RunLogger, progress: Progress, start: St
         t0 = time.perf_counter()
         state, m = feed.epoch(state, epoch_key(epoch), segment.steps)
         m = jax.device_get(m)
-        interval.add(m, time.perf_counter() - t0, state)
+        view = stored.dense_view(run.storage, state)   # what records read: dense masks, also when stored
+        interval.add(m, time.perf_counter() - t0, view)
         finite = bool(np.all(np.isfinite(m["loss"])))
         if not (segment.level_epoch % trainer["log_every_epochs"] and not segment.last and finite):
             evaluations = feed.evaluate(state)
-            record = record_for(epoch, state, interval, evaluations, run.pairs, time.perf_counter() - clock)
+            record = record_for(epoch, view, interval, evaluations, run.pairs, time.perf_counter() - clock)
             if plan.algo.levels:
                 record.update({"level_step": record["step"], **level_fields(segment, interval)})
             logger.log(record)
@@ -410,6 +453,10 @@ def finish_run(records: list[dict], run_dir, cfg: dict, logger, parts, outcome: 
                     "run_dir": str(run_dir), "initial_densities": json.dumps(parts.densities), **extra})
     if parts.undivided:
         summary["dense_by_structure"] = json.dumps(parts.undivided)
+    storage = getattr(parts, "storage", None)
+    summary["backend"] = cfg["sparsity"].get("backend") or "masked"
+    if storage is not None:   # what each stored layer holds: its capacity in weights (csr) or fan-in slots
+        summary["stored_layers"] = json.dumps({n: lay.count for n, lay in storage.layout_of.items()})
     summary.update(level_summary(records))
     if outcome.error:
         summary["error"] = outcome.error

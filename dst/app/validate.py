@@ -10,6 +10,8 @@ import inspect
 import numbers
 
 from dst import algorithms
+from dst import backends
+from dst import kernels
 from dst import structures
 from dst.data import DATASETS
 from dst.data import LABEL_MODES
@@ -29,7 +31,7 @@ LOGGERS = ("wandb", "none")
 # Keys of conf/sparsity that every algorithm may carry: they describe the initial masks or the run
 # length. They reach an algorithm's factory only when it takes them (GMP takes `sparsity`, RigL does not).
 COMMON_KEYS = ("algorithm", "sparsity", "distribution", "erk_power_scale", "dense_layers", "end_fraction",
-               "initial_sparsity", "densities", "structure")
+               "initial_sparsity", "densities", "structure", "backend")
 # Settings of the structure itself: they build the `structure` an algorithm takes, never reach it alone.
 STRUCTURE_KEYS = ("n_m", "block")
 
@@ -120,6 +122,7 @@ def validate(cfg: dict, total_steps: int | None = None) -> None:
     sp = _get(cfg, "sparsity")
     _choice(cfg, "sparsity.algorithm", algorithms.names())
     _check_structure(sp)
+    _check_backend(cfg)
     _range(cfg, "sparsity.sparsity", 0.0, 1.0)
     _choice(cfg, "sparsity.distribution", DISTRIBUTIONS)
     _range(cfg, "sparsity.erk_power_scale", 0.0, None, lo_open=True)
@@ -192,6 +195,26 @@ def structure_of(sparsity_cfg: dict) -> structures.Structure:
     """The :class:`dst.structures.Structure` that ``sparsity.structure`` (and ``n_m`` / ``block``) name."""
     return structures.make(sparsity_cfg.get("structure") or "unstructured", n_m=sparsity_cfg.get("n_m"),
                            block=sparsity_cfg.get("block"))
+
+
+def _check_backend(cfg: dict) -> None:
+    """``sparsity.backend``: a known one, with its kernels built, on one device and one seed; condensed
+    only under a constant fan-in structure."""
+    sp = cfg["sparsity"]
+    backend = sp.get("backend") or "masked"
+    if backend not in backends.BACKENDS:
+        raise ConfigError(f"sparsity.backend must be one of {', '.join(backends.BACKENDS)}; got {backend!r}.")
+    if backend == "masked":
+        return
+    structure = sp.get("structure") or "unstructured"
+    if backend == "condensed" and structure not in ("fan_in", "n_m"):
+        raise ConfigError(f"sparsity.backend=condensed holds a constant fan-in, so sparsity.structure must be fan_in "
+                          f"or n_m; got {structure}.")
+    if not kernels.available():
+        raise ConfigError(f"sparsity.backend={backend} needs the compiled kernels: {kernels.status()}.")
+    if cfg["trainer"].get("seeds") is not None:
+        raise ConfigError(f"trainer.seeds must be null with sparsity.backend={backend} (replicas in one program run "
+                          "on sparsity.backend=masked); run one seed per run instead.")
 
 
 def _check_structure(sp: dict) -> None:

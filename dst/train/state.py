@@ -27,7 +27,8 @@ class TrainState(NamedTuple):
     model_state: Any   # the model's non-parameter collections ({"batch_stats": ...}; {} for MLPs)
     opt_state: Any
     algo_state: Any
-    ever_active: Any   # bool pytree: weights active at any step so far (ITOP rate)
+    ever_active: Any   # bool pytree: weights active at any step so far (ITOP rate); dense even in stored
+                       # runs, where it is None when it would not fit (dst.train.stored.Storage.dense_metrics)
     active: Any        # {layer name: int32} active count per leaf at the last bookkeeping
     step: jax.Array    # int32 optimizer steps taken
     rng: jax.Array
@@ -48,14 +49,15 @@ def create_train_state(key, params, masks, tx: optax.GradientTransformation, alg
         if algo.trainable is None:  # dense storage (Top-KAST) keeps the weights outside the mask
             params = apply_masks(params, masks)
         algo_key = jax.random.fold_in(key, ALGO_INIT_STREAM)
-        topologies = None
+        topologies, ever_active = None, masks
         if storage is None:
             algo_state = algo.init(params, masks, algo_key)
         else:
+            ever_active = masks if storage.dense_metrics else None
             params, masks, topologies = stored.compress_state(storage, params, masks)
             algo_state = stored.init_algorithm(algo, storage, params, masks, topologies, algo_key)
         return TrainState(params=params, masks=masks, model_state=model_state, opt_state=tx.init(params),
-                          algo_state=algo_state, ever_active=masks, active=counts(masks),
+                          algo_state=algo_state, ever_active=ever_active, active=counts(masks),
                           step=jnp.zeros((), jnp.int32), rng=key, topologies=topologies)
 
     # One compiled program: op by op, each of the dozens of small operations compiles on its own.
@@ -83,8 +85,9 @@ def settle_topology(state: TrainState):
         grown = counts(algo_state.grown)
         now = counts(state.masks)
         dropped = {n: active[n] - now[n] + grown[n] for n in grown}
-        return (reset_moments(opt_state, state.params, algo_state.grown),
-                jax.tree_util.tree_map(jnp.logical_or, ever_active, algo_state.grown), now,
+        if state.topologies is None:   # a stored run's grown weights are slots: its update keeps ever_active
+            ever_active = jax.tree_util.tree_map(jnp.logical_or, ever_active, algo_state.grown)
+        return (reset_moments(opt_state, state.params, algo_state.grown), ever_active, now,
                 {"grown": grown, "dropped": dropped})
 
     def nothing(ops):

@@ -150,8 +150,10 @@ def _build_step(apply_fn, tx, algo, loss_fn, storage=None):
         if storage is None:
             params, masks, algo_state = algo.update(state.algo_state, k_algo, params, state.masks, grads)
         else:
-            params, masks, topologies, opt_state, algo_state = stored_update(
-                state.algo_state, k_algo, params, state.masks, topologies, grads, taps, opt_state)
+            params, masks, topologies, opt_state, ever_active, algo_state = stored_update(
+                state.algo_state, k_algo, params, state.masks, topologies, grads, taps, opt_state,
+                state.ever_active)
+            state = state._replace(ever_active=ever_active)
         metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == y),
                    "updated": algo_state.updated, **topology}
         new_state = state._replace(params=params, masks=masks, model_state=model_state, opt_state=opt_state,

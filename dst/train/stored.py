@@ -31,13 +31,20 @@ from dst.masks import replace_named
 from dst.train.moments import map_param_trees
 
 
+# Per-weight dense metric state (ITOP's ever-active set) is kept while the stored layers' dense size is at
+# most this many weights (a 1 GiB bool set at the limit); above it the run reports no itop_rate.
+DENSE_METRICS_LIMIT = 2**30
+
+
 class Storage(NamedTuple):
-    """A run's storage: the backend, each stored layer's static :class:`dst.backends.Layout`, and the
-    model's apply function on stored params (:func:`dst.backends.stored_apply`)."""
+    """A run's storage: the backend, each stored layer's static :class:`dst.backends.Layout`, the
+    model's apply function on stored params (:func:`dst.backends.stored_apply`), and whether per-weight
+    dense metric state is kept (``dense_metrics``, see ``DENSE_METRICS_LIMIT``)."""
 
     backend: backends.Backend
     layout_of: dict
     apply_fn: Callable
+    dense_metrics: bool = True
 
 
 def make_storage(model, backend: str, masks, layers) -> Storage | None:
@@ -49,21 +56,23 @@ def make_storage(model, backend: str, masks, layers) -> Storage | None:
     shapes = {name: np.shape(leaf) for name, leaf in named_leaves(masks).items()}
     stored = [name for name in layers if len(shapes[name]) == 2]
     layout_of = backends.layouts(chosen, masks, stored)
-    return Storage(chosen, layout_of, backends.stored_apply(model, chosen, layout_of))
+    dense_size = sum(int(np.prod(lay.shape)) for lay in layout_of.values())
+    return Storage(chosen, layout_of, backends.stored_apply(model, chosen, layout_of),
+                   dense_metrics=dense_size <= DENSE_METRICS_LIMIT)
 
 
-def check_algorithm(algo: SparseAlgorithm, backend: str) -> None:
-    """One sentence when ``algo`` cannot run on a fixed-capacity backend."""
+def check_algorithm(algo: SparseAlgorithm, backend: str, name: str = "this algorithm") -> None:
+    """One sentence when ``algo`` (called ``name`` in the sentence) cannot run on a fixed-capacity backend."""
     if algo.trainable is not None or algo.penalty is not None:
-        raise ValueError(f"sparsity.backend={backend} stores the active weights only, and this algorithm trains "
+        raise ValueError(f"sparsity.backend={backend} stores the active weights only, and {name} trains "
                          "weights outside its forward mask (Top-KAST's backward set); use sparsity.backend=masked.")
     if not algo.keeps_counts:
-        raise ValueError(f"sparsity.backend={backend} keeps a fixed number of weights per layer, and this algorithm "
+        raise ValueError(f"sparsity.backend={backend} keeps a fixed number of weights per layer, and {name} "
                          "changes it (gradual pruning, GraNet, SNFS, MEST's decay, IMP); use sparsity.backend=masked, "
                          "or static, set, rigl, mest or srigl.")
     if algo.dynamic and (algo.quiet is None or algo.skip is None):
         raise ValueError(f"sparsity.backend={backend} needs an algorithm that says when it may update (quiet/skip "
-                         "hooks); use sparsity.backend=masked.")
+                         f"hooks), which {name} does not; use sparsity.backend=masked.")
 
 
 def compress_state(storage: Storage, params, masks):
@@ -103,12 +112,13 @@ def dense_gradients(storage: Storage, grads, taps):
 
 
 def update_algorithm(algo: SparseAlgorithm, storage: Storage) -> Callable:
-    """``update(state, key, params, slots, topologies, grads, taps, opt_state) -> (params, slots,
-    topologies, opt_state, state)``: ``algo.update`` on the dense view at the steps where it may act
-    (``algo.quiet(state) == 0``), and ``algo.skip`` elsewhere. The optimizer's per-weight moments move
-    with their weights to the new slots."""
+    """``update(state, key, params, slots, topologies, grads, taps, opt_state, ever_active) -> (params,
+    slots, topologies, opt_state, ever_active, state)``: ``algo.update`` on the dense view at the steps
+    where it may act (``algo.quiet(state) == 0``), and ``algo.skip`` elsewhere. The optimizer's
+    per-weight moments move with their weights to the new slots; ``ever_active`` (dense, or None) gains
+    the new masks."""
 
-    def act(state, key, params, slots, topologies, opt_state, grads, taps):
+    def act(state, key, params, slots, topologies, opt_state, ever_active, grads, taps):
         dense_p, dense_m = expand_state(storage, params, slots, topologies)
         dense_g = dense_gradients(storage, grads, taps)
         inner = state._replace(grown=jax.tree_util.tree_map(lambda m: jnp.zeros(m.shape, bool), dense_m))
@@ -118,17 +128,35 @@ def update_algorithm(algo: SparseAlgorithm, storage: Storage) -> Callable:
             return compress_state(storage, expand_state(storage, moments, slots, topologies)[0], new_m)[0]
 
         opt_state = map_param_trees(move, opt_state, params)
+        if ever_active is not None:
+            ever_active = jax.tree_util.tree_map(jnp.logical_or, ever_active, new_m)
         params, slots, topologies = compress_state(storage, new_p, new_m)
         new_state = new_state._replace(grown=_stored_grown(storage, new_state.grown, new_m))
-        return params, slots, topologies, opt_state, new_state
+        return params, slots, topologies, opt_state, ever_active, new_state
 
-    def update(state, key, params, slots, topologies, grads, taps, opt_state):
+    def update(state, key, params, slots, topologies, grads, taps, opt_state, ever_active):
         if not algo.dynamic:
             params, slots, state = algo.update(state, key, params, slots, grads)
-            return params, slots, topologies, opt_state, state
+            return params, slots, topologies, opt_state, ever_active, state
         return lax.cond(algo.quiet(state) == 0,
                         lambda ops: act(state, key, *ops),
-                        lambda ops: (*ops[:4], algo.skip(state, 1)),
-                        (params, slots, topologies, opt_state, grads, taps))
+                        lambda ops: (*ops[:5], algo.skip(state, 1)),
+                        (params, slots, topologies, opt_state, ever_active, grads, taps))
 
     return update
+
+
+def model_params(state):
+    """What the run's ``apply_fn`` takes as params: ``state.params``, or on a storage backend the
+    :class:`dst.backends.Stored` pair of the params and their topologies."""
+    return state.params if state.topologies is None else backends.Stored(state.params, state.topologies)
+
+
+def dense_view(storage: Storage | None, state):
+    """``state`` with dense params and masks for what a record reads (densities, dead units, an
+    algorithm's report): itself when masked; the stored layers expanded otherwise."""
+    if storage is None:
+        return state
+    params, masks = jax.jit(lambda p, s, t: expand_state(storage, p, s, t))(state.params, state.masks,
+                                                                             state.topologies)
+    return state._replace(params=params, masks=masks, topologies=None)

@@ -1,0 +1,67 @@
+"""Storage backends through the real CLI: a csr run names what it stores and makes the masked run's
+topology decisions; every setting a backend cannot take is one sentence before anything compiles."""
+
+import json
+
+import pytest
+from cli_helpers import dst_train_here
+from idx_data import write_dataset
+
+MODEL = ("model=mlp", "model.hidden=[24,16]")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("idx") / "fashion_mnist")
+
+
+def _train(tmp_path, data_dir, name, *overrides):
+    run_dir = tmp_path / name
+    out = dst_train_here(*MODEL, "dataset=fashion_mnist", f"dataset.data_dir={data_dir}", "trainer.epochs=2",
+                         "trainer.batch_size=64", "logger.name=none", *overrides, f"hydra.run.dir={run_dir}",
+                         cwd=tmp_path)
+    return run_dir, out
+
+
+def _records(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("backend, structure", [("csr", ()), ("condensed", ("sparsity.structure=fan_in",))])
+def test_a_stored_run_makes_the_masked_runs_topology_decisions(tmp_path, data_dir, backend, structure):
+    common = ("sparsity=rigl", "sparsity.sparsity=0.8", "sparsity.update_every=5", *structure)
+    masked_dir, masked = _train(tmp_path, data_dir, "masked", *common)
+    stored_dir, out = _train(tmp_path, data_dir, backend, *common, f"sparsity.backend={backend}")
+    assert masked.returncode == 0 and out.returncode == 0, out.stderr[-2000:]
+    assert (f"sparsity: backend {backend} stores Dense_0/kernel, Dense_1/kernel, Dense_2/kernel."
+            in out.stdout.splitlines()[:3])
+    summary = json.loads((stored_dir / "summary.json").read_text())
+    assert summary["backend"] == backend and set(json.loads(summary["stored_layers"])) == {
+        "Dense_0/kernel", "Dense_1/kernel", "Dense_2/kernel"}
+    for a, b in zip(_records(stored_dir), _records(masked_dir), strict=True):
+        assert a["topology/updates"] > 0
+        for key in ("sparsity/global", "topology/dropped", "topology/grown", "itop_rate", "dead_units/total"):
+            assert a[key] == b[key], key
+        assert abs(a["test/accuracy"] - b["test/accuracy"]) <= 0.01
+        assert abs(a["train/loss"] - b["train/loss"]) <= 1e-3
+
+
+@pytest.mark.parametrize("overrides, sentence", [
+    (("sparsity.backend=coo",), "sparsity.backend must be one of masked, csr, condensed; got 'coo'."),
+    (("sparsity.backend=condensed",),
+     "sparsity.backend=condensed holds a constant fan-in, so sparsity.structure must be fan_in or n_m; got "
+     "unstructured."),
+    (("sparsity=gmp", "sparsity.backend=csr"),
+     "sparsity.backend=csr keeps a fixed number of weights per layer, and sparsity.algorithm=gmp changes it"),
+    (("sparsity=topkast", "sparsity.backend=csr"),
+     "sparsity.backend=csr stores the active weights only, and sparsity.algorithm=topkast trains weights outside"),
+    (("sparsity.backend=csr", "trainer.seeds=[0,1]"),
+     "trainer.seeds must be null with sparsity.backend=csr"),
+])
+def test_what_a_backend_cannot_take_is_one_sentence(tmp_path, data_dir, overrides, sentence):
+    run_dir, out = _train(tmp_path, data_dir, "bad", *(() if any(o.startswith("sparsity=") for o in overrides)
+                                                       else ("sparsity=rigl",)), *overrides)
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and sentence in lines[0], out.stderr
+    assert not (run_dir / "summary.json").exists()
