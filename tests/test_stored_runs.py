@@ -19,6 +19,7 @@ from dst import structures
 from dst.masks import named_leaves
 from dst.models import MLP
 from dst.train import stored
+from dst.train.checkpoint import RunCheckpoints
 
 STEPS, UPDATE_EVERY = 9, 3
 
@@ -89,3 +90,27 @@ def test_an_algorithm_that_cannot_keep_a_fixed_capacity_says_so(name):
     algo = make_algorithm(name)
     with pytest.raises(ValueError, match=r"sparsity\.backend=csr .*use sparsity\.backend=masked"):
         stored.check_algorithm(algo, "csr")
+
+
+def test_a_stored_state_round_trips_through_a_checkpoint_and_trains_on_identically(tmp_path):
+    model, params, masks, layers, x, y = problem(structures.fan_in())
+    algo = algorithm("rigl", structures.fan_in())
+    tx = optax.adam(1e-2)
+    storage = stored.make_storage(model, "condensed", masks, layers)
+    step = jax.jit(dst.make_train_step(None, tx, algo, storage=storage).full)
+    state = dst.create_train_state(jax.random.key(4), params, masks, tx, algo, storage=storage)
+    for i in range(4):     # past the update at step 3: the topology differs from the initial one
+        state, _ = step(state, (x[i], y[i]))
+    checkpoints = RunCheckpoints(tmp_path / "checkpoints")
+    checkpoints.save(1, state, jax.random.key(9), {"fingerprint": {}})
+    fresh = dst.create_train_state(jax.random.key(4), params, masks, tx, algo, storage=storage)
+    restored, _, _ = checkpoints.restore(1, fresh, jax.random.key(9), {})
+    checkpoints.close()
+    jax.tree_util.tree_map(np.testing.assert_array_equal, jax.random.key_data(restored.rng),
+                           jax.random.key_data(state.rng))
+    same = lambda a, b: jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+    same(restored._replace(rng=None), state._replace(rng=None))
+    for i in range(4, STEPS):
+        state, _ = step(state, (x[i], y[i]))
+        restored, _ = step(restored, (x[i], y[i]))
+    same(restored._replace(rng=None), state._replace(rng=None))
