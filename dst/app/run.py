@@ -57,8 +57,8 @@ from dst.plotting import plot_curves
 from dst.structures import matrix_shape
 from dst.structures import structured_densities
 from dst.structures import undivided_layers
-from dst.train import stored
 from dst.train import distributed
+from dst.train import stored
 from dst.train.apply import model_state_shapes
 from dst.train.checkpoint import RunCheckpoints
 from dst.train.devices import DataParallel

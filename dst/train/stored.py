@@ -30,7 +30,6 @@ from dst.masks import named_leaves
 from dst.masks import replace_named
 from dst.train.moments import map_param_trees
 
-
 # Per-weight dense metric state (ITOP's ever-active set) is kept while the stored layers' dense size is at
 # most this many weights (a 1 GiB bool set at the limit); above it the run reports no itop_rate.
 DENSE_METRICS_LIMIT = 2**30

@@ -1,0 +1,92 @@
+"""A whole train step on each storage backend: masked against csr and condensed, per density and width.
+
+The model is an MLP 784-W-W-W-10 (``--widths``, default 1000 and 4000), batch 128, SGD with momentum,
+constant fan-in masks at each density (so all three backends hold the very same weights; the first and
+last layer included). Each variant runs ``--steps`` steps of static training as one ``lax.scan`` (the
+plain step every dynamic algorithm takes between its updates), and per-step times are medians over rounds
+that interleave the variants. Also reported: the ratio masked / backend, and the compiled plain step's
+memory (``compile().memory_analysis()``: arguments + temporaries, in MiB).
+
+Run: ``.venv/bin/python benchmarks/backend_step_time.py [--widths 1000,4000] [--densities 0.5,0.1,0.01,0.001]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import dst
+from dst import kernels
+from dst import structures
+from dst.models import MLP
+from dst.train import stored
+
+BATCH = 128
+
+
+def timed(fn, *args):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    return time.perf_counter() - start
+
+
+def variants(width, density, steps):
+    model = MLP(hidden=(width, width, width), num_classes=10)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 784)))["params"]
+    layers = dst.sparsifiable_layers(params)
+    fan = structures.fan_in()
+    densities = {n: fan.round_density(tuple(params[n.split("/")[0]]["kernel"].shape), density) for n in layers}
+    masks = dst.init_masks(jax.random.key(1), params, densities, structure=fan)
+    x = jax.random.normal(jax.random.key(2), (steps * BATCH, 784))
+    y = jax.random.randint(jax.random.key(3), (steps * BATCH,), 0, 10)
+    tx = optax.sgd(0.01, momentum=0.9)
+    algo = dst.algorithms.make("static")
+    out = {}
+    for backend in ("masked", "csr", "condensed"):
+        storage = stored.make_storage(model, backend, masks, layers)
+        state = dst.create_train_state(jax.random.key(4), params, masks, tx, algo, storage=storage)
+        step = dst.make_train_step(dst.flax_apply(model), tx, algo, storage=storage)
+        epoch = jax.jit(dst.train_epoch_fn(step, BATCH, loop="scan"))
+        memory = epoch.lower(state, x, y, jax.random.key(5)).compile().memory_analysis()
+        mib = (memory.argument_size_in_bytes + memory.temp_size_in_bytes) / 2**20 if memory else float("nan")
+        out[backend] = ((lambda e, s: lambda key: e(s, x, y, key)[0])(epoch, state), mib)
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--widths", default="1000,4000")
+    parser.add_argument("--densities", default="0.5,0.1,0.05,0.01,0.001")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=20, help="steps per timed call")
+    args = parser.parse_args()
+    kernels.require("benchmark")
+    print(f"machine: {platform.machine()} {platform.processor() or ''} devices={jax.devices()} "
+          f"jax={jax.__version__}; kernels {kernels.status()}; MLP 784-W-W-W-10, batch {BATCH}, constant "
+          f"fan-in masks, static training, {args.rounds} rounds x {args.steps} steps, medians")
+    print(f"{'width':>6s} {'density':>8s} {'masked ms':>10s} {'csr ms':>8s} {'cond. ms':>9s} {'masked/csr':>11s} "
+          f"{'masked/cond.':>13s} {'MiB masked/csr/cond.':>22s}")
+    for width in (int(w) for w in args.widths.split(",")):
+        for density in (float(d) for d in args.densities.split(",")):
+            runs = variants(width, density, args.steps)
+            for fn, _ in runs.values():
+                timed(fn, jax.random.key(6))
+            times = {k: [] for k in runs}
+            for r in range(args.rounds):
+                for k, (fn, _) in runs.items():
+                    times[k].append(timed(fn, jax.random.key(100 + r)) / args.steps)
+            med = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+            ratio = lambda k, t=times: statistics.median(m / v for m, v in zip(t["masked"], t[k]))
+            mib = "/".join(f"{runs[k][1]:.0f}" for k in runs)
+            print(f"{width:6d} {density:8.3%} {med['masked']:10.2f} {med['csr']:8.2f} {med['condensed']:9.2f} "
+                  f"{ratio('csr'):11.2f} {ratio('condensed'):13.2f} {mib:>22s}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
