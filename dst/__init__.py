@@ -5,6 +5,7 @@ from dst import models
 from dst import schedules
 from dst import structures
 from dst.distributions import layer_densities
+from dst.export import load_exported
 from dst.distributions import sparsifiable_layers
 from dst.masks import apply_masks
 from dst.masks import density_report
@@ -38,6 +39,7 @@ __all__ = [
     "init_model",
     "init_masks",
     "layer_densities",
+    "load_exported",
     "make_train_step",
     "models",
     "reset_grown_moments",

@@ -36,7 +36,6 @@ import numpy as np
 from dst import kernels
 from dst.masks import named_leaves
 from dst.masks import replace_named
-from dst.train.apply import flax_apply
 
 BACKENDS = ("masked", "csr", "condensed")
 
@@ -210,6 +209,8 @@ def stored_apply(model: nn.Module, backend: Backend, layout_of: dict[str, Layout
     with respect to the probes is each layer's output gradient, so a dense weight gradient
     ``inputs^T @ d probes`` can be formed one layer at a time where an algorithm needs it (RigL).
     """
+    from dst.train.apply import flax_apply   # here: dst.train imports this module
+
     modules = {name.rsplit("/", 1)[0]: name for name in layout_of}
     masked = flax_apply(model)
 

@@ -1,0 +1,157 @@
+"""A trained sparse model in a compact file, and a predict function loaded back from it.
+
+:func:`export_model` writes one ``.npz`` file (numpy's zip of arrays): the model's config, its dense
+leaves (biases, norms, layers kept dense or masked), its model state (BatchNorm averages) and each
+stored layer in the chosen format:
+
+* ``dense``: every kernel dense, with exact zeros off its mask;
+* ``csr``: each sparse fully connected kernel as ``values``, ``cols`` and ``rowptr`` over its output
+  units, exactly its active weights;
+* ``condensed``: each as ``values [n_out, k]`` and ``indices [n_out, k]`` (constant fan-in only).
+
+:func:`load_exported` rebuilds the model and returns a jitted ``predict(x) -> logits`` (evaluation mode)
+that runs the stored layers on the compiled kernels (:mod:`dst.kernels`); a batch of one runs the XLA
+gather path instead, the fast one there. Convolutions stay dense in every format.
+
+``dst-export RUN_DIR --format csr --out model.npz`` writes the file from a run's latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dst import backends
+from dst import kernels
+from dst.masks import named_leaves
+from dst.models import build_model
+
+FORMATS = ("dense", "csr", "condensed")
+_VERSION = 1
+
+
+def _stored_layers(masks, layers):
+    shapes = {n: np.shape(m) for n, m in named_leaves(masks).items()}
+    return [n for n in layers if len(shapes[n]) == 2 and not np.all(named_leaves(masks)[n])]
+
+
+def export_model(path, fmt: str, model_config: dict, num_classes: int, params, masks, model_state,
+                 layers) -> dict:
+    """Write ``params`` (dense, any values off ``masks``) under ``masks`` to ``path`` in format ``fmt``;
+    ``layers`` are the sparsifiable ones. Returns ``{layer: stored count}`` of the stored layers."""
+    if fmt not in FORMATS:
+        raise ValueError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}.")
+    params = jax.tree_util.tree_map(lambda p, m: np.where(np.asarray(m), np.asarray(p), 0).astype(np.asarray(p).dtype),
+                                    params, masks)
+    stored = [] if fmt == "dense" else _stored_layers(masks, layers)
+    backend = backends.make(fmt) if stored else None
+    arrays, counts = {}, {}
+    m = named_leaves(masks)
+    for name, leaf in named_leaves(params).items():
+        if name not in stored:
+            arrays[f"params/{name}"] = np.asarray(leaf)
+            continue
+        try:
+            layout = backend.layout(np.asarray(m[name]))
+        except ValueError as err:
+            raise ValueError(f"--format {fmt}: layer {name} {err}") from None
+        values, _, topology = backend.compress(jnp.asarray(leaf), jnp.asarray(m[name]), layout)
+        arrays[f"stored/{name}/values"] = np.asarray(values)
+        for field, value in topology._asdict().items():
+            arrays[f"stored/{name}/{field}"] = np.asarray(value)
+        counts[name] = layout.count
+    for name, leaf in named_leaves(model_state).items():
+        arrays[f"state/{name}"] = np.asarray(leaf)
+    meta = {"version": _VERSION, "format": fmt, "model": model_config, "num_classes": num_classes,
+            "stored": {n: [list(np.shape(m[n])), counts[n]] for n in stored}}
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    return counts
+
+
+def _build(model_config: dict, num_classes: int):
+    options = {k: v for k, v in model_config.items() if k not in ("name", "_target_")}
+    target = model_config.get("_target_")
+    if not target:
+        return build_model(model_config["name"], num_classes=num_classes, **options)
+    module, _, attr = target.rpartition(".")
+    factory = getattr(importlib.import_module(module), attr)
+    return factory(**options)
+
+
+def _nest(flat: dict):
+    """``{"a/b/c": x}`` -> ``{"a": {"b": {"c": x}}}``."""
+    out = {}
+    for name, value in flat.items():
+        node = out
+        *parents, leaf = name.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def load_exported(path) -> Callable:
+    """The jitted ``predict(x) -> logits`` of an exported model (``x`` shaped as the model's inputs,
+    with a batch axis). Its ``meta`` attribute is the file's metadata (format, model config, stored
+    layers)."""
+    with np.load(path) as data:
+        meta = json.loads(bytes(data["meta"]).decode())
+        arrays = {k: data[k] for k in data.files if k != "meta"}
+    model = _build(meta["model"], meta["num_classes"])
+    dense = {k.removeprefix("params/"): jnp.asarray(v) for k, v in arrays.items() if k.startswith("params/")}
+    state = _nest({k.removeprefix("state/"): jnp.asarray(v) for k, v in arrays.items() if k.startswith("state/")})
+    stored = meta["stored"]
+    if not stored:
+        params = _nest(dense)
+        apply = _dense_apply(model)
+        return _predict(lambda x: apply(params, state, x), meta)
+    kind = backends.CSR if meta["format"] == "csr" else backends.Condensed
+    topologies = {n: kind(**{f: jnp.asarray(arrays[f"stored/{n}/{f}"]) for f in kind._fields}) for n in stored}
+    values = {n: jnp.asarray(arrays[f"stored/{n}/values"]) for n in stored}
+    params = _nest({**dense, **values})
+    layout_of = {n: backends.Layout(tuple(shape), count) for n, (shape, count) in stored.items()}
+    kernel_apply = backends.stored_apply(model, backends.make(meta["format"]), layout_of)
+    gather_apply = backends.stored_apply(model, _gather_backend(meta["format"]), layout_of)
+    if kernels.available():
+        kernels.register()
+
+    def forward(x):
+        apply = gather_apply if x.shape[0] == 1 else kernel_apply   # static: one program per batch size
+        return apply(backends.Stored(params, topologies), state, x, False, None)[0]
+
+    return _predict(forward, meta)
+
+
+def _gather_backend(fmt: str) -> backends.Backend:
+    """The batch-of-one path: one XLA gather (condensed) or gather + segment_sum (csr)."""
+    base = backends.make(fmt)
+    if fmt == "condensed":
+        return base._replace(matmul=lambda x, v, t: kernels.condensed_matmul_gather(x, v, t.indices))
+    return base._replace(matmul=lambda x, v, t: kernels.csr_matmul_xla(x, v, t.cols, t.rowptr))
+
+
+def _dense_apply(model):
+    from dst.train.apply import flax_apply
+
+    apply = flax_apply(model)
+    return lambda params, state, x: apply(params, state, x, False, None)[0]
+
+
+def _predict(forward, meta):
+    predict = jax.jit(forward)
+
+    def call(x):
+        return predict(jnp.asarray(x, jnp.float32))
+
+    call.meta = meta
+    return call
+
+
+__all__ = ["FORMATS", "export_model", "load_exported"]

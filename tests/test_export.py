@@ -1,0 +1,79 @@
+"""dst-export and dst.load_exported: a run's model written compactly predicts what the masked model does.
+
+The expectation is computed from the run's own checkpoint: its dense params with zeros off its masks,
+run through the flax model in evaluation mode (the masked model every other test checks).
+"""
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from cli_helpers import dst_train_here
+from idx_data import write_dataset
+
+import dst
+from dst.app.export_cli import main as dst_export
+from dst.models import MLP
+
+MODEL = ("model=mlp", "model.hidden=[24,16]")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    data_dir = write_dataset(root / "fashion_mnist")
+    out = {}
+    for name, extra in {"masked": (), "stored": ("sparsity.backend=condensed",)}.items():
+        run_dir = root / name
+        done = dst_train_here(*MODEL, "dataset=fashion_mnist", f"dataset.data_dir={data_dir}", "trainer.epochs=1",
+                              "trainer.batch_size=64", "logger.name=none", "sparsity=rigl", "sparsity.sparsity=0.8",
+                              "sparsity.structure=fan_in", "sparsity.update_every=5", *extra,
+                              f"hydra.run.dir={run_dir}", cwd=root)
+        assert done.returncode == 0, done.stderr[-2000:]
+        out[name] = run_dir
+    return out
+
+
+def masked_logits(run_dir, x):
+    """The masked model of the masked run's last checkpoint."""
+    manager = ocp.CheckpointManager((run_dir / "checkpoints").absolute())
+    state = manager.restore(manager.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    manager.close()
+    state = state["state"]["state"]
+    params = jax.tree_util.tree_map(lambda p, m: np.where(m, p, 0), state["params"], state["masks"])
+    return MLP(hidden=(24, 16), num_classes=10).apply({"params": params}, x)
+
+
+@pytest.mark.parametrize("fmt", ["dense", "csr", "condensed"])
+def test_an_exported_model_predicts_what_the_masked_model_does(runs, tmp_path, fmt):
+    x = jax.random.normal(jax.random.key(0), (17, 28, 28, 1))
+    expected = masked_logits(runs["masked"], x)
+    for run in ("masked", "stored"):
+        path = tmp_path / f"{run}_{fmt}.npz"
+        assert dst_export([str(runs[run]), "--format", fmt, "--out", str(path)]) == 0
+        predict = dst.load_exported(path)
+        assert predict.meta["format"] == fmt
+        assert set(predict.meta["stored"]) == (set() if fmt == "dense" else {"Dense_0/kernel", "Dense_1/kernel",
+                                                                           "Dense_2/kernel"})
+        if run == "masked":   # the stored run is the same training on another backend: close, not equal
+            np.testing.assert_allclose(predict(x), expected, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(predict(x[:1]), expected[:1], rtol=1e-5, atol=1e-5)   # the gather path
+        else:
+            assert np.mean(np.argmax(predict(x), -1) == np.argmax(expected, -1)) >= 0.8
+
+
+def test_a_compact_format_is_smaller_than_dense(runs, tmp_path):
+    sizes = {}
+    for fmt in ("dense", "csr", "condensed"):
+        path = tmp_path / f"{fmt}.npz"
+        assert dst_export([str(runs["masked"]), "--format", fmt, "--out", str(path)]) == 0
+        sizes[fmt] = path.stat().st_size
+    assert sizes["condensed"] < sizes["csr"] < sizes["dense"]
+
+
+def test_bad_export_arguments_are_one_sentence(runs, tmp_path, capsys):
+    assert dst_export([str(runs["masked"]), "--format", "coo", "--out", str(tmp_path / "x.npz")]) == 2
+    assert "error: --format must be one of dense, csr, condensed; got 'coo'." in capsys.readouterr().err
+    assert dst_export([str(tmp_path), "--out", str(tmp_path / "x.npz")]) == 2
+    assert "is not a run directory (no .hydra/config.yaml)." in capsys.readouterr().err
+    assert not (tmp_path / "x.npz").exists()
