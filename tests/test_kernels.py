@@ -30,7 +30,7 @@ def test_kernels_are_built_by_the_install():
     assert "OpenMP threads" in kernels.status()
 
 
-@pytest.mark.parametrize("batch_shape", [(1,), (7,), (2, 3)])
+@pytest.mark.parametrize("batch_shape", [(1,), (7,), (2, 3), (130,)])   # 130: two 64-float chunks and a rest
 def test_csr_forward_and_gradients_equal_the_dense_product(batch_shape):
     rng = np.random.default_rng(len(batch_shape) * 10 + batch_shape[-1])
     n_in, n_out = 41, 19

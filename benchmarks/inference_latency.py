@@ -1,0 +1,85 @@
+"""Inference latency of an exported sparse model: dense and masked against csr and condensed.
+
+An MLP 784-W-W-W-10 (``--width``, default 4000) with constant fan-in masks at each density is exported
+with :func:`dst.export.export_model` and loaded back with :func:`dst.load_exported` (the real path of
+``dst-export`` files). Timed per call, medians over ``--calls`` calls after a warm-up, at batch 1 (where
+the loaded model takes the XLA gather path) and batch 256 (the compiled kernels):
+
+* ``dense``: the model with every weight (what a dense network costs);
+* ``masked``: the dense kernels times their masks inside the jitted function (a masked checkpoint);
+* ``csr``, ``condensed``: the exported files.
+
+Run: ``.venv/bin/python benchmarks/inference_latency.py [--width 4000] [--densities 0.1,0.05,0.01]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import dst
+from dst import kernels
+from dst import structures
+from dst.export import export_model
+from dst.models import MLP
+
+
+def latency(fn, x, calls):
+    jax.block_until_ready(fn(x))
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(x))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--width", type=int, default=4000)
+    parser.add_argument("--densities", default="0.1,0.05,0.01")
+    parser.add_argument("--calls", type=int, default=50)
+    parser.add_argument("--batches", default="1,256")
+    args = parser.parse_args()
+    kernels.require("benchmark")
+    width = args.width
+    model_cfg = {"name": "mlp", "hidden": [width] * 3}
+    model = MLP(hidden=(width,) * 3, num_classes=10)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 784)))["params"]
+    layers = dst.sparsifiable_layers(params)
+    dense_fn = jax.jit(lambda x: model.apply({"params": params}, x))
+    print(f"machine: {platform.machine()} {platform.processor() or ''} devices={jax.devices()} jax={jax.__version__}; "
+          f"kernels {kernels.status()}; MLP 784-{width}x3-10, constant fan-in masks, median of {args.calls} calls")
+    print(f"{'density':>8s} {'batch':>6s} {'dense ms':>9s} {'masked ms':>10s} {'csr ms':>8s} {'cond. ms':>9s} "
+          f"{'dense/csr':>10s} {'dense/cond.':>12s}")
+    fan = structures.fan_in()
+    for density in (float(d) for d in args.densities.split(",")):
+        shapes = {n: tuple(np.shape(leaf)) for n, leaf in dst.masks.named_leaves(params).items()}
+        densities = {n: fan.round_density(shapes[n], density) for n in layers}
+        masks = dst.init_masks(jax.random.key(1), params, densities, structure=fan)
+        masked_fn = jax.jit(lambda x, m=masks: model.apply({"params": dst.apply_masks(params, m)}, x))
+        loaded = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for fmt in ("csr", "condensed"):
+                path = f"{tmp}/{fmt}.npz"
+                export_model(path, fmt, model_cfg, 10, params, masks, {}, layers)
+                loaded[fmt] = dst.load_exported(path)
+        for batch in (int(b) for b in args.batches.split(",")):
+            x = jax.random.normal(jax.random.key(2), (batch, 784))
+            t = {name: latency(fn, x, args.calls) for name, fn in
+                 (("dense", dense_fn), ("masked", masked_fn), ("csr", loaded["csr"]),
+                  ("condensed", loaded["condensed"]))}
+            print(f"{density:8.1%} {batch:6d} {1e3 * t['dense']:9.3f} {1e3 * t['masked']:10.3f} {1e3 * t['csr']:8.3f} "
+                  f"{1e3 * t['condensed']:9.3f} {t['dense'] / t['csr']:10.2f} {t['dense'] / t['condensed']:12.2f}",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
