@@ -5,8 +5,8 @@ from dst import models
 from dst import schedules
 from dst import structures
 from dst.distributions import layer_densities
-from dst.export import load_exported
 from dst.distributions import sparsifiable_layers
+from dst.export import load_exported
 from dst.masks import apply_masks
 from dst.masks import density_report
 from dst.masks import init_masks

@@ -37,7 +37,7 @@ from dst import kernels
 from dst.masks import named_leaves
 from dst.masks import replace_named
 
-BACKENDS = ("masked", "csr", "condensed")
+BACKENDS = ("masked", "csr", "condensed", "dense")
 
 
 class CSR(NamedTuple):
@@ -146,8 +146,8 @@ def condensed() -> Backend:
 
 
 def make(name: str) -> Backend | None:
-    """The backend called ``name`` (``None`` for ``masked``: nothing is converted)."""
-    if name == "masked":
+    """The backend called ``name`` (``None`` for ``masked`` and ``dense``: nothing is converted)."""
+    if name in ("masked", "dense"):
         return None
     if name == "csr":
         return csr()
@@ -209,7 +209,7 @@ def stored_apply(model: nn.Module, backend: Backend, layout_of: dict[str, Layout
     with respect to the probes is each layer's output gradient, so a dense weight gradient
     ``inputs^T @ d probes`` can be formed one layer at a time where an algorithm needs it (RigL).
     """
-    from dst.train.apply import flax_apply   # here: dst.train imports this module
+    from dst.train.apply import flax_apply  # here: dst.train imports this module
 
     modules = {name.rsplit("/", 1)[0]: name for name in layout_of}
     masked = flax_apply(model)

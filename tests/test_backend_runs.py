@@ -47,7 +47,8 @@ def test_a_stored_run_makes_the_masked_runs_topology_decisions(tmp_path, data_di
 
 
 @pytest.mark.parametrize("overrides, sentence", [
-    (("sparsity.backend=coo",), "sparsity.backend must be one of masked, csr, condensed; got 'coo'."),
+    (("sparsity.backend=coo",), "sparsity.backend must be one of masked, csr, condensed, dense; got 'coo'."),
+    (("sparsity.backend=dense",), "sparsity.backend=dense trains a plain dense model, so sparsity.algorithm must be dense; got rigl."),
     (("sparsity.backend=condensed",),
      "sparsity.backend=condensed holds a constant fan-in, so sparsity.structure must be fan_in or n_m; got "
      "unstructured."),
@@ -65,3 +66,38 @@ def test_what_a_backend_cannot_take_is_one_sentence(tmp_path, data_dir, override
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and sentence in lines[0], out.stderr
     assert not (run_dir / "summary.json").exists()
+
+
+def test_the_dense_backend_trains_the_dense_model_without_a_mask_in_the_step(tmp_path, data_dir):
+    masked_dir, masked = _train(tmp_path, data_dir, "masked", "sparsity=dense")
+    dense_dir, out = _train(tmp_path, data_dir, "dense", "sparsity=dense", "sparsity.backend=dense")
+    assert masked.returncode == 0 and out.returncode == 0, out.stderr[-2000:]
+    assert "sparsity: backend dense: a plain dense model, with no mask in the train step." in out.stdout
+    for a, b in zip(_records(dense_dir), _records(masked_dir), strict=True):
+        assert a["sparsity/global"] == 0.0
+        assert abs(a["train/loss"] - b["train/loss"]) <= 1e-5 and abs(a["test/accuracy"] - b["test/accuracy"]) <= 1e-3
+
+
+def test_the_dense_step_has_no_select():
+    """No `where` (an HLO select) on a kernel in the dense backend's step; the masked step has them."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    import dst
+    from dst.models import MLP
+    from dst.train import stored
+
+    model = MLP(hidden=(8,), num_classes=3)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 4)))["params"]
+    masks = jax.tree_util.tree_map(lambda p: jnp.ones(p.shape, bool), params)
+    algo, tx = dst.algorithms.make("dense"), optax.sgd(0.1)
+    batch = (jnp.ones((2, 4)), jnp.zeros((2,), jnp.int32))
+    hlo = {}
+    for name in ("dense", "masked"):
+        storage = stored.make_storage(model, name, masks, dst.sparsifiable_layers(params))
+        state = dst.create_train_state(jax.random.key(1), params, masks, tx, algo, storage=storage)
+        step = dst.make_train_step(dst.flax_apply(model), tx, algo, storage=storage)
+        hlo[name] = jax.jit(step.full).lower(state, batch).as_text()
+    on_kernel = lambda text: [line for line in text.splitlines() if "select" in line and "tensor<4x8xf32>" in line]
+    assert on_kernel(hlo["masked"]) and not on_kernel(hlo["dense"])

@@ -105,5 +105,5 @@ def test_a_conv_kernel_is_not_a_stored_layer():
 
 
 def test_an_unknown_backend_names_the_allowed_ones():
-    with pytest.raises(ValueError, match="sparsity.backend must be one of masked, csr, condensed; got 'coo'"):
+    with pytest.raises(ValueError, match="sparsity.backend must be one of masked, csr, condensed, dense; got 'coo'"):
         backends.make("coo")

@@ -222,7 +222,7 @@ def _check_backend_fits(sp: dict, algo, params, parallel) -> None:
     """A sparse backend needs an algorithm that keeps each layer's count, one device, and a fully
     connected sparse layer to store."""
     backend = sp.get("backend") or "masked"
-    if backend == "masked":
+    if backend in ("masked", "dense"):
         return
     try:
         stored.check_algorithm(algo, backend, f"sparsity.algorithm={sp['algorithm']}")
@@ -284,7 +284,7 @@ def initialise(plan: Plan) -> Run:
     if plan.parallel is not None:
         state = plan.parallel.replicate(state)
     step = dst.make_train_step(apply_fn, tx, algo, make_loss(trainer), storage=storage)
-    if storage is not None:   # evaluation takes the stored params (dst.train.model_params) too
+    if storage is not None and storage.backend is not None:   # evaluation takes the stored params too
         apply_fn = storage.apply_fn
     loop = epoch_loop(trainer.get("epoch_loop", "auto"), graph.convolutional)
     sharding = None if plan.parallel is None else plan.parallel.batch
@@ -311,7 +311,9 @@ def make_run_storage(sp: dict, model, masks, sparse_layers):
         storage = stored.make_storage(model, backend, masks, sparse_layers)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    if storage is not None:
+    if storage is not None and storage.backend is None:
+        print("sparsity: backend dense: a plain dense model, with no mask in the train step.")
+    elif storage is not None:
         kept = [n for n in sparse_layers if n not in storage.layout_of]
         print(f"sparsity: backend {backend} stores {', '.join(storage.layout_of)}"
               + (f"; {', '.join(kept)} stay masked (convolutions)" if kept else "") + ".")
@@ -455,7 +457,7 @@ def finish_run(records: list[dict], run_dir, cfg: dict, logger, parts, outcome: 
         summary["dense_by_structure"] = json.dumps(parts.undivided)
     storage = getattr(parts, "storage", None)
     summary["backend"] = cfg["sparsity"].get("backend") or "masked"
-    if storage is not None:   # what each stored layer holds: its capacity in weights (csr) or fan-in slots
+    if storage is not None and storage.layout_of:   # each stored layer's capacity: weights (csr), fan-in (condensed)
         summary["stored_layers"] = json.dumps({n: lay.count for n, lay in storage.layout_of.items()})
     summary.update(level_summary(records))
     if outcome.error:

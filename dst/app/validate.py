@@ -206,6 +206,11 @@ def _check_backend(cfg: dict) -> None:
         raise ConfigError(f"sparsity.backend must be one of {', '.join(backends.BACKENDS)}; got {backend!r}.")
     if backend == "masked":
         return
+    if backend == "dense":
+        if sp["algorithm"] != "dense":
+            raise ConfigError(f"sparsity.backend=dense trains a plain dense model, so sparsity.algorithm must be dense; "
+                              f"got {sp['algorithm']}.")
+        return
     structure = sp.get("structure") or "unstructured"
     if backend == "condensed" and structure not in ("fan_in", "n_m"):
         raise ConfigError(f"sparsity.backend=condensed holds a constant fan-in, so sparsity.structure must be fan_in "

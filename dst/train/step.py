@@ -113,6 +113,9 @@ def _stored_gradients(storage, state, x, y, k_dropout, loss_fn, taps: bool):
 
 
 def _build_step(apply_fn, tx, algo, loss_fn, storage=None):
+    unmasked = storage is not None and storage.backend is None
+    if unmasked:
+        storage = None
     stored_update = None if storage is None else stored.update_algorithm(algo, storage)
     def step(state: TrainState, batch):
         x, y = batch
@@ -142,10 +145,14 @@ def _build_step(apply_fn, tx, algo, loss_fn, storage=None):
         if algo.penalty is not None:
             pen = jax.grad(lambda p: algo.penalty(state.algo_state, p, state.masks))(state.params)
             opt_grads = jax.tree_util.tree_map(jnp.add, grads, pen)
-        masked = jax.tree_util.tree_map(lambda g, m: jnp.where(m, g, 0.0), opt_grads, train_set)
-        updates, opt_state = tx.update(masked, state.opt_state, state.params)
-        params = jax.tree_util.tree_map(lambda p, u, m: jnp.where(m, p + u, p if dense_storage else 0.0),
-                                        state.params, updates, train_set)
+        if unmasked:   # sparsity.backend=dense: a plain dense model, no mask in the step
+            updates, opt_state = tx.update(opt_grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+        else:
+            masked = jax.tree_util.tree_map(lambda g, m: jnp.where(m, g, 0.0), opt_grads, train_set)
+            updates, opt_state = tx.update(masked, state.opt_state, state.params)
+            params = jax.tree_util.tree_map(lambda p, u, m: jnp.where(m, p + u, p if dense_storage else 0.0),
+                                            state.params, updates, train_set)
         topologies = state.topologies
         if storage is None:
             params, masks, algo_state = algo.update(state.algo_state, k_algo, params, state.masks, grads)

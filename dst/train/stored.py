@@ -48,7 +48,13 @@ class Storage(NamedTuple):
 
 def make_storage(model, backend: str, masks, layers) -> Storage | None:
     """The :class:`Storage` of ``model`` under ``backend`` (``None`` for ``masked``). Every 2-D
-    (fully connected) kernel among ``layers`` is stored; other layers stay masked."""
+    (fully connected) kernel among ``layers`` is stored; other layers stay masked. ``dense`` is a
+    storage without a backend: nothing is stored, and the step applies no mask (dense training)."""
+    if backend == "dense":
+        if not all(np.all(m) for m in jax.tree_util.tree_leaves(masks)):
+            raise ValueError("sparsity.backend=dense trains every weight, and these masks are sparse; use it with "
+                             "sparsity=dense.")
+        return Storage(None, {}, None, dense_metrics=True)
     chosen = backends.make(backend)
     if chosen is None:
         return None
@@ -154,7 +160,7 @@ def model_params(state):
 def dense_view(storage: Storage | None, state):
     """``state`` with dense params and masks for what a record reads (densities, dead units, an
     algorithm's report): itself when masked; the stored layers expanded otherwise."""
-    if storage is None:
+    if storage is None or storage.backend is None:
         return state
     params, masks = jax.jit(lambda p, s, t: expand_state(storage, p, s, t))(state.params, state.masks,
                                                                              state.topologies)
