@@ -48,7 +48,8 @@ def test_a_stored_run_makes_the_masked_runs_topology_decisions(tmp_path, data_di
 
 @pytest.mark.parametrize("overrides, sentence", [
     (("sparsity.backend=coo",), "sparsity.backend must be one of masked, csr, condensed, dense; got 'coo'."),
-    (("sparsity.backend=dense",), "sparsity.backend=dense trains a plain dense model, so sparsity.algorithm must be dense; got rigl."),
+    (("sparsity.backend=dense",),
+     "sparsity.backend=dense trains a plain dense model, so sparsity.algorithm must be dense; got rigl."),
     (("sparsity.backend=condensed",),
      "sparsity.backend=condensed holds a constant fan-in, so sparsity.structure must be fan_in or n_m; got "
      "unstructured."),

@@ -80,8 +80,8 @@ def gmp(*, sparsity: float, update_every: int, end_step: int, start_step: int = 
     structure = structure or UNSTRUCTURED
     if structure.name == "n_m":
         raise ValueError("structure=n_m cannot be kept by GMP: its cubic schedule prunes to per-layer counts that "
-                         "change at every pruning step, while N:M fixes every layer at N/M; use structure=unstructured, "
-                         "fan_in or block.")
+                         "change at every pruning step, while N:M fixes every layer at N/M; use "
+                         "structure=unstructured, fan_in or block.")
     if structure.name != "unstructured" and scope == "global":
         raise ValueError(f"scope=global cannot keep structure={structure.name} (one threshold over all layers picks "
                          "single weights); use scope=layer.")

@@ -123,8 +123,8 @@ def srigl(*, update_every: int, end_step: int, start_step: int = 0, drop_fractio
             new_w[n], new_m[n], grown[n], ablated[n] = (jnp.where(dense, a, b) for a, b in
                                                         zip((w[n], m[n], jnp.zeros_like(m[n]), extra["ablated"][n]),
                                                             out))
-            new_w[n] = jnp.where(grown[n], _grow_values(jax.random.fold_in(jax.random.fold_in(key, i), 7), w[n], new_m[n] & ~grown[n],
-                                                        grow_init), new_w[n])
+            grow_key = jax.random.fold_in(jax.random.fold_in(key, i), 7)
+            new_w[n] = jnp.where(grown[n], _grow_values(grow_key, w[n], new_m[n] & ~grown[n], grow_init), new_w[n])
         return (replace_named(params, new_w), replace_named(masks, new_m),
                 replace_named(jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, bool), masks), grown),
                 {**extra, "ablated": ablated})

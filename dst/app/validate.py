@@ -208,8 +208,8 @@ def _check_backend(cfg: dict) -> None:
         return
     if backend == "dense":
         if sp["algorithm"] != "dense":
-            raise ConfigError(f"sparsity.backend=dense trains a plain dense model, so sparsity.algorithm must be dense; "
-                              f"got {sp['algorithm']}.")
+            raise ConfigError("sparsity.backend=dense trains a plain dense model, so sparsity.algorithm must be "
+                              f"dense; got {sp['algorithm']}.")
         return
     structure = sp.get("structure") or "unstructured"
     if backend == "condensed" and structure not in ("fan_in", "n_m"):
