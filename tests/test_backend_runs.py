@@ -53,6 +53,8 @@ def test_a_stored_run_makes_the_masked_runs_topology_decisions(tmp_path, data_di
     (("sparsity.backend=condensed",),
      "sparsity.backend=condensed holds a constant fan-in, so sparsity.structure must be fan_in or n_m; got "
      "unstructured."),
+    (("sparsity=srigl", "sparsity.backend=condensed"),
+     "sparsity.min_salient_fraction must be 0 with sparsity.backend=condensed: SRigL's ablation moves"),
     (("sparsity=gmp", "sparsity.backend=csr"),
      "sparsity.backend=csr keeps a fixed number of weights per layer, and sparsity.algorithm=gmp changes it"),
     (("sparsity=topkast", "sparsity.backend=csr"),

@@ -215,6 +215,10 @@ def _check_backend(cfg: dict) -> None:
     if backend == "condensed" and structure not in ("fan_in", "n_m"):
         raise ConfigError(f"sparsity.backend=condensed holds a constant fan-in, so sparsity.structure must be fan_in "
                           f"or n_m; got {structure}.")
+    if backend == "condensed" and sp.get("min_salient_fraction"):
+        raise ConfigError("sparsity.min_salient_fraction must be 0 with sparsity.backend=condensed: SRigL's ablation "
+                          "moves a layer's budget onto fewer units, whose fan-in then outgrows the condensed rows; "
+                          f"got {sp['min_salient_fraction']} (or use sparsity.backend=csr).")
     if not kernels.available():
         raise ConfigError(f"sparsity.backend={backend} needs the compiled kernels: {kernels.status()}.")
     if cfg["trainer"].get("seeds") is not None:
