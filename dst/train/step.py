@@ -117,6 +117,7 @@ def _build_step(apply_fn, tx, algo, loss_fn, storage=None):
     if unmasked:
         storage = None
     stored_update = None if storage is None else stored.update_algorithm(algo, storage)
+
     def step(state: TrainState, batch):
         x, y = batch
         rng, k_dropout, k_algo = jax.random.split(state.rng, 3)
