@@ -54,8 +54,10 @@ ffi::Error CheckStructure(ffi::Buffer<ffi::S32>& cols, ffi::Buffer<ffi::S32>& ro
 }
 
 // out[:] = sum over t in [begin, end) of weight(t) * source(t)[:], for one output row of `batch` floats.
-// The batch is taken in chunks of kChunk floats accumulated in registers across all of the row's terms,
-// so each term costs one load and one FMA per vector, never a load and store of the output.
+// The batch is taken in chunks of 64 floats held in four 16-float vector registers across all of the
+// row's terms, so a term costs four loads and four FMAs, never a load and store of the output.
+// (GCC vector types: plain loops over a local array were left in memory, at a third of the speed.)
+typedef float Vec16 __attribute__((vector_size(64), aligned(4)));   // aligned(4): unaligned loads
 constexpr int64_t kChunk = 64;
 
 template <typename Weight, typename Source>
@@ -63,14 +65,20 @@ inline void AxpyRow(float* __restrict__ out, int64_t batch, int64_t begin, int64
                     Source source) {
   int64_t b0 = 0;
   for (; b0 + kChunk <= batch; b0 += kChunk) {
-    float acc[kChunk] = {};
+    Vec16 a0 = {}, a1 = {}, a2 = {}, a3 = {};
     for (int64_t t = begin; t < end; ++t) {
       const float w = weight(t);
-      const float* __restrict__ src = source(t) + b0;
-#pragma omp simd
-      for (int64_t b = 0; b < kChunk; ++b) acc[b] += w * src[b];
+      const Vec16* src = reinterpret_cast<const Vec16*>(source(t) + b0);
+      a0 += w * src[0];
+      a1 += w * src[1];
+      a2 += w * src[2];
+      a3 += w * src[3];
     }
-    for (int64_t b = 0; b < kChunk; ++b) out[b0 + b] = acc[b];
+    Vec16* dst = reinterpret_cast<Vec16*>(out + b0);
+    dst[0] = a0;
+    dst[1] = a1;
+    dst[2] = a2;
+    dst[3] = a3;
   }
   if (b0 < batch) {   // the batch's remainder (and batches smaller than a chunk)
     for (int64_t b = b0; b < batch; ++b) out[b] = 0.0f;
@@ -153,14 +161,23 @@ ffi::Error SddmmImpl(ffi::Buffer<ffi::S32> cols, ffi::Buffer<ffi::S32> rowptr, f
   const float* dy = dyT.typed_data();
   const float* x = xT.typed_data();
   float* dv = dvalues->typed_data();
+  const int64_t whole = batch - batch % 16;   // the part of the batch taken 16 floats at a time
 #pragma omp parallel for schedule(dynamic, 16)
   for (int64_t o = 0; o < n_out; ++o) {
     const float* __restrict__ dyo = dy + o * batch;
     for (int64_t j = p[o]; j < p[o + 1]; ++j) {
       const float* __restrict__ xc = x + static_cast<int64_t>(c[j]) * batch;
+      Vec16 a0 = {}, a1 = {};
+      int64_t b = 0;
+      for (; b + 32 <= whole; b += 32) {
+        a0 += *reinterpret_cast<const Vec16*>(dyo + b) * *reinterpret_cast<const Vec16*>(xc + b);
+        a1 += *reinterpret_cast<const Vec16*>(dyo + b + 16) * *reinterpret_cast<const Vec16*>(xc + b + 16);
+      }
+      if (b < whole) a0 += *reinterpret_cast<const Vec16*>(dyo + b) * *reinterpret_cast<const Vec16*>(xc + b);
+      a0 += a1;
       float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-      for (int64_t b = 0; b < batch; ++b) acc += dyo[b] * xc[b];
+      for (int lane = 0; lane < 16; ++lane) acc += a0[lane];
+      for (b = whole; b < batch; ++b) acc += dyo[b] * xc[b];
       dv[j] = acc;
     }
   }
