@@ -8,6 +8,7 @@ from cli_helpers import dst_train_here
 from idx_data import write_dataset
 
 MODEL = ("model=mlp", "model.hidden=[24,16]")
+pytestmark = pytest.mark.xdist_group("backend-runs")   # one worker: the data fixture is made once
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,8 @@ def _records(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("backend, structure", [("csr", ()), ("condensed", ("sparsity.structure=fan_in",))])
+@pytest.mark.parametrize("backend, structure", [
+    ("csr", ()), pytest.param("condensed", ("sparsity.structure=fan_in",), marks=pytest.mark.slow)])
 def test_a_stored_run_makes_the_masked_runs_topology_decisions(tmp_path, data_dir, backend, structure):
     common = ("sparsity=rigl", "sparsity.sparsity=0.8", "sparsity.update_every=5", *structure)
     masked_dir, masked = _train(tmp_path, data_dir, "masked", *common)

@@ -16,6 +16,7 @@ from dst.app.export_cli import main as dst_export
 from dst.models import MLP
 
 MODEL = ("model=mlp", "model.hidden=[24,16]")
+pytestmark = pytest.mark.xdist_group("export")   # one worker: the two training runs are made once
 
 
 @pytest.fixture(scope="module")

@@ -23,13 +23,16 @@ from dst.train.checkpoint import RunCheckpoints
 
 STEPS, UPDATE_EVERY = 9, 3
 
+# `make test` runs one case per kind of state and storage (RigL's gradient growth on csr, SRigL's ablation
+# on csr, SET's random growth on condensed 2:4); `make test-slow` (and .ci/run) runs the rest.
+slow = pytest.mark.slow
 CASES = [
-    ("static", None, "csr"),
-    ("set", None, "csr"),
+    pytest.param("static", None, "csr", marks=slow),
+    pytest.param("set", None, "csr", marks=slow),
     ("rigl", None, "csr"),
-    ("mest", None, "csr"),
+    pytest.param("mest", None, "csr", marks=slow),
     ("srigl", structures.fan_in(), "csr"),
-    ("rigl", structures.fan_in(), "condensed"),
+    pytest.param("rigl", structures.fan_in(), "condensed", marks=slow),
     ("set", structures.n_m(2, 4), "condensed"),
 ]
 
