@@ -28,8 +28,8 @@ def _records(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("backend, structure", [
-    ("csr", ()), pytest.param("condensed", ("sparsity.structure=fan_in",), marks=pytest.mark.slow)])
+@pytest.mark.slow   # two real runs each (the library-level equivalence suite runs in `make test`)
+@pytest.mark.parametrize("backend, structure", [("csr", ()), ("condensed", ("sparsity.structure=fan_in",))])
 def test_a_stored_run_makes_the_masked_runs_topology_decisions(tmp_path, data_dir, backend, structure):
     common = ("sparsity=rigl", "sparsity.sparsity=0.8", "sparsity.update_every=5", *structure)
     masked_dir, masked = _train(tmp_path, data_dir, "masked", *common)
@@ -73,6 +73,7 @@ def test_what_a_backend_cannot_take_is_one_sentence(tmp_path, data_dir, override
     assert not (run_dir / "summary.json").exists()
 
 
+@pytest.mark.slow   # two real runs (the HLO test below checks the step in `make test`)
 def test_the_dense_backend_trains_the_dense_model_without_a_mask_in_the_step(tmp_path, data_dir):
     masked_dir, masked = _train(tmp_path, data_dir, "masked", "sparsity=dense")
     dense_dir, out = _train(tmp_path, data_dir, "dense", "sparsity=dense", "sparsity.backend=dense")

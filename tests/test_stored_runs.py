@@ -23,15 +23,15 @@ from dst.train.checkpoint import RunCheckpoints
 
 STEPS, UPDATE_EVERY = 9, 3
 
-# `make test` runs one case per kind of state and storage (RigL's gradient growth on csr, SRigL's ablation
-# on csr, SET's random growth on condensed 2:4); `make test-slow` (and .ci/run) runs the rest.
+# `make test` runs one case per kind of storage (RigL's gradient growth on csr, SET's random growth on
+# condensed 2:4); `make test-slow` (and .ci/run) runs the rest, SRigL's ablation on csr among them.
 slow = pytest.mark.slow
 CASES = [
     pytest.param("static", None, "csr", marks=slow),
     pytest.param("set", None, "csr", marks=slow),
     ("rigl", None, "csr"),
     pytest.param("mest", None, "csr", marks=slow),
-    ("srigl", structures.fan_in(), "csr"),
+    pytest.param("srigl", structures.fan_in(), "csr", marks=slow),
     pytest.param("rigl", structures.fan_in(), "condensed", marks=slow),
     ("set", structures.n_m(2, 4), "condensed"),
 ]
