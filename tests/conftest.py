@@ -25,6 +25,9 @@ _CACHE_ROOT = os.environ.get("DST_TEST_COMPILATION_CACHE",
 os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(_CACHE_ROOT, os.environ.get("PYTEST_XDIST_WORKER", "main"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *flags_for_this_run()]).strip()
+# pytest-xdist already runs a worker per core: the sparse kernels' OpenMP threads (and their spin-waits)
+# would only compete with the other workers. Subprocesses (dst-train) inherit the setting.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

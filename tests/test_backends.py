@@ -31,8 +31,9 @@ def mlp_with_masks(structure=None, sparsity=0.8, seed=0):
     return model, dst.apply_masks(params, masks), masks, layers
 
 
-CASES = [("csr", None), ("condensed", structures.fan_in()), ("condensed", structures.n_m(1, 4)),
-         ("csr", structures.n_m(2, 4))]
+CASES = [("csr", None), ("condensed", structures.fan_in()),
+         pytest.param("condensed", structures.n_m(1, 4), marks=pytest.mark.slow),
+         pytest.param("csr", structures.n_m(2, 4), marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize("name,structure", CASES)

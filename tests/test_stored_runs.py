@@ -23,8 +23,8 @@ from dst.train.checkpoint import RunCheckpoints
 
 STEPS, UPDATE_EVERY = 9, 3
 
-# `make test` runs one case per kind of storage (RigL's gradient growth on csr, SET's random growth on
-# condensed 2:4); `make test-slow` (and .ci/run) runs the rest, SRigL's ablation on csr among them.
+# `make test` runs RigL on csr (the dense-gradient path, the slot moves of a fixed capacity); `make test-slow`
+# (and .ci/run) runs the rest: every algorithm, condensed, SRigL's ablation.
 slow = pytest.mark.slow
 CASES = [
     pytest.param("static", None, "csr", marks=slow),
@@ -33,7 +33,7 @@ CASES = [
     pytest.param("mest", None, "csr", marks=slow),
     pytest.param("srigl", structures.fan_in(), "csr", marks=slow),
     pytest.param("rigl", structures.fan_in(), "condensed", marks=slow),
-    ("set", structures.n_m(2, 4), "condensed"),
+    pytest.param("set", structures.n_m(2, 4), "condensed", marks=slow),
 ]
 
 
@@ -95,6 +95,7 @@ def test_an_algorithm_that_cannot_keep_a_fixed_capacity_says_so(name):
         stored.check_algorithm(algo, "csr")
 
 
+@pytest.mark.slow
 def test_a_stored_state_round_trips_through_a_checkpoint_and_trains_on_identically(tmp_path):
     model, params, masks, layers, x, y = problem(structures.fan_in())
     algo = algorithm("rigl", structures.fan_in())
