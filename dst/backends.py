@@ -5,7 +5,7 @@ parameters of a sparse layer. A :class:`Backend` says how a fully connected laye
 ``W [n_in, n_out]`` with its bool mask is stored, and how ``x @ W`` is computed from that storage:
 
 * ``masked`` (default): the dense kernel and its mask, as everywhere else in dst (no conversion);
-* ``csr``: ``values [nnz]`` in the params, ``CSR(cols [nnz], rowptr [n_out + 1])`` in the masks' place:
+* ``csr``: ``values [nnz]`` in the params, ``CSR(cols [nnz], rowptr [n_out + 1], ...)`` beside them:
   any pattern at a fixed number of active weights ``nnz`` per layer;
 * ``condensed``: ``values [n_out, k]`` and ``Condensed(indices [n_out, k])``: constant fan-in ``k`` (the
   ``fan_in`` and ``n_m`` structures; SRigL's condensed layer).
@@ -41,16 +41,59 @@ BACKENDS = ("masked", "csr", "condensed", "dense")
 
 
 class CSR(NamedTuple):
-    """Where a CSR layer's ``values`` sit: input index of each, and each output unit's first slot."""
+    """Where a CSR layer's ``values`` sit: input index of each, and each output unit's first slot; and
+    the same structure by input unit (``t_*``, :class:`dst.kernels.Transposed`), which the input
+    gradient walks. The transpose is built with the topology (:func:`csr_topology`), once per topology
+    update, not in every step."""
 
-    cols: jax.Array     # int32 [nnz]
-    rowptr: jax.Array   # int32 [n_out + 1]
+    cols: jax.Array       # int32 [nnz]
+    rowptr: jax.Array     # int32 [n_out + 1]
+    t_rowptr: jax.Array   # int32 [n_in + 1]
+    t_rows: jax.Array     # int32 [nnz]
+    t_slots: jax.Array    # int32 [nnz]
+
+    @property
+    def transposed(self) -> kernels.Transposed:
+        return kernels.Transposed(self.t_rowptr, self.t_rows, self.t_slots)
 
 
 class Condensed(NamedTuple):
-    """Where a condensed layer's ``values [n_out, k]`` sit: the input index of each."""
+    """Where a condensed layer's ``values [n_out, k]`` sit: the input index of each; and the transpose
+    of the flattened structure, as in :class:`CSR`."""
 
-    indices: jax.Array  # int32 [n_out, k]
+    indices: jax.Array    # int32 [n_out, k]
+    t_rowptr: jax.Array   # int32 [n_in + 1]
+    t_rows: jax.Array     # int32 [n_out * k]
+    t_slots: jax.Array    # int32 [n_out * k]
+
+    @property
+    def transposed(self) -> kernels.Transposed:
+        return kernels.Transposed(self.t_rowptr, self.t_rows, self.t_slots)
+
+
+def csr_topology(cols, rowptr, n_in: int) -> CSR:
+    """The :class:`CSR` topology of ``cols`` and ``rowptr``, with its transpose (jit-able)."""
+    cols, rowptr = jnp.asarray(cols, jnp.int32), jnp.asarray(rowptr, jnp.int32)
+    return CSR(cols, rowptr, *kernels.transpose(cols, rowptr, n_in))
+
+
+def condensed_topology(indices, n_in: int) -> Condensed:
+    """The :class:`Condensed` topology of ``indices [n_out, k]``, with its transpose (jit-able)."""
+    indices = jnp.asarray(indices, jnp.int32)
+    n_out, k = indices.shape
+    return Condensed(indices, *kernels.transpose(indices.reshape(-1), jnp.arange(n_out + 1, dtype=jnp.int32) * k,
+                                                 n_in))
+
+
+# The fields that say where the values sit; the rest of a topology is derived from them (an exported
+# model holds only these).
+STRUCTURE_FIELDS = {"csr": ("cols", "rowptr"), "condensed": ("indices",)}
+
+
+def rebuild_topology(fmt: str, fields: dict, n_in: int) -> CSR | Condensed:
+    """The topology of format ``fmt`` from its :data:`STRUCTURE_FIELDS`."""
+    return csr_topology(fields["cols"], fields["rowptr"], n_in) if fmt == "csr" else \
+        condensed_topology(fields["indices"], n_in)
 
 
 class Layout(NamedTuple):
@@ -103,7 +146,7 @@ def _csr_compress(w, mask, layout):
     per_unit = jnp.cumsum(jnp.sum(mask, 0, dtype=jnp.int32))
     # Padding slots belong to the last unit, where they multiply a zero value.
     rowptr = jnp.concatenate([jnp.zeros(1, jnp.int32), per_unit[:-1], jnp.full(1, layout.count, jnp.int32)])
-    return jnp.where(valid, w[inputs, units], 0), valid, CSR(inputs, rowptr)
+    return jnp.where(valid, w[inputs, units], 0), valid, csr_topology(inputs, rowptr, layout.shape[0])
 
 
 def _csr_expand(values, valid, topology, layout):
@@ -124,7 +167,7 @@ def _condensed_compress(w, mask, layout):
     inputs, units, valid = _slots_by_unit(mask, n_out * k)
     shape = (n_out, k)
     return (jnp.where(valid, w[inputs, units], 0).reshape(shape), valid.reshape(shape),
-            Condensed(inputs.reshape(shape)))
+            condensed_topology(inputs.reshape(shape), layout.shape[0]))
 
 
 def _condensed_expand(values, valid, topology, layout):
@@ -136,13 +179,13 @@ def _condensed_expand(values, valid, topology, layout):
 def csr() -> Backend:
     """Compressed rows over output units at a fixed nnz; products by :func:`dst.kernels.csr_matmul`."""
     return Backend("csr", _csr_layout, _csr_compress, _csr_expand,
-                   lambda x, values, t: kernels.csr_matmul(x, values, t.cols, t.rowptr))
+                   lambda x, values, t: kernels.csr_matmul(x, values, t.cols, t.rowptr, t.transposed))
 
 
 def condensed() -> Backend:
     """Constant fan-in ``[n_out, k]`` values and indices; products by :func:`dst.kernels.condensed_matmul`."""
     return Backend("condensed", _condensed_layout, _condensed_compress, _condensed_expand,
-                   lambda x, values, t: kernels.condensed_matmul(x, values, t.indices))
+                   lambda x, values, t: kernels.condensed_matmul(x, values, t.indices, t.transposed))
 
 
 def make(name: str) -> Backend | None:

@@ -62,8 +62,8 @@ def export_model(path, fmt: str, model_config: dict, num_classes: int, params, m
             raise ValueError(f"--format {fmt}: layer {name} {err}") from None
         values, _, topology = backend.compress(jnp.asarray(leaf), jnp.asarray(m[name]), layout)
         arrays[f"stored/{name}/values"] = np.asarray(values)
-        for field, value in topology._asdict().items():
-            arrays[f"stored/{name}/{field}"] = np.asarray(value)
+        for field in backends.STRUCTURE_FIELDS[fmt]:   # the transposes are rebuilt on loading
+            arrays[f"stored/{name}/{field}"] = np.asarray(getattr(topology, field))
         counts[name] = layout.count
     for name, leaf in named_leaves(model_state).items():
         arrays[f"state/{name}"] = np.asarray(leaf)
@@ -112,8 +112,9 @@ def load_exported(path) -> Callable:
         params = _nest(dense)
         apply = _dense_apply(model)
         return _predict(lambda x: apply(params, state, x), meta)
-    kind = backends.CSR if meta["format"] == "csr" else backends.Condensed
-    topologies = {n: kind(**{f: jnp.asarray(arrays[f"stored/{n}/{f}"]) for f in kind._fields}) for n in stored}
+    fields = backends.STRUCTURE_FIELDS[meta["format"]]
+    topologies = {n: backends.rebuild_topology(meta["format"], {f: arrays[f"stored/{n}/{f}"] for f in fields},
+                                               shape[0]) for n, (shape, _) in stored.items()}
     values = {n: jnp.asarray(arrays[f"stored/{n}/values"]) for n in stored}
     params = _nest({**dense, **values})
     layout_of = {n: backends.Layout(tuple(shape), count) for n, (shape, count) in stored.items()}

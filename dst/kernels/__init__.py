@@ -5,7 +5,8 @@ scikit-build-core) against the XLA FFI headers of the installed jax. Its three h
 ``jax.ffi`` on first use:
 
 * ``dst_spmm``: ``yT = W xT`` over compressed rows (forward);
-* ``dst_spmm_t``: ``dxT = W^T dyT`` over the transposed structure (input gradient);
+* ``dst_spmm_t``: ``dxT = W^T dyT`` over the transposed structure (input gradient; the structure comes
+  from :func:`transpose`, built once per topology);
 * ``dst_sddmm``: ``dW = dyT xT^T`` at the nonzeros only (value gradient).
 
 The products themselves, with their custom VJP and the XLA fallback, are in :mod:`dst.kernels.ops`.
@@ -15,10 +16,12 @@ from dst.kernels._loader import available
 from dst.kernels._loader import register
 from dst.kernels._loader import require
 from dst.kernels._loader import status
+from dst.kernels.ops import Transposed
 from dst.kernels.ops import condensed_matmul
 from dst.kernels.ops import condensed_matmul_gather
 from dst.kernels.ops import csr_matmul
 from dst.kernels.ops import csr_matmul_xla
+from dst.kernels.ops import transpose
 
 __all__ = [
     "available",
@@ -29,4 +32,6 @@ __all__ = [
     "register",
     "require",
     "status",
+    "transpose",
+    "Transposed",
 ]

@@ -9,9 +9,10 @@ Storage (``n_out`` output units, ``nnz`` stored weights):
 
 With the compiled kernels (:mod:`dst.kernels`) on the CPU, the forward pass, ``dx`` and ``dvalues`` are
 one FFI call each under a custom VJP: the value gradient is computed at the nonzeros only and no dense
-``[n_in, n_out]`` array exists. Elsewhere (no kernels built, or an accelerator) the same functions run an
-XLA gather and ``segment_sum`` with the same results; :func:`condensed_matmul_gather` is the
-batch-of-one inference path.
+``[n_in, n_out]`` array exists. ``dx`` walks the :class:`Transposed` structure, which a stored layer
+builds once per topology (:func:`transpose`) and passes in, so no step sorts its nonzeros. Elsewhere
+(no kernels built, or an accelerator) the same functions run an XLA gather and ``segment_sum`` with the
+same results; :func:`condensed_matmul_gather` is the batch-of-one inference path.
 
 References:
   Nikdan, Pegolotti, Iofinova, Kurtic, Alistarh. "SparseProp: Efficient Sparse Backpropagation for
@@ -20,10 +21,31 @@ References:
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 
 from dst.kernels import _loader
+
+
+class Transposed(NamedTuple):
+    """A CSR structure by INPUT unit: input ``i``'s nonzeros are the entries ``t`` in
+    ``[rowptr[i], rowptr[i+1])``, each at output unit ``rows[t]`` and stored slot ``slots[t]`` (all int32)."""
+
+    rowptr: jax.Array   # [n_in + 1]
+    rows: jax.Array     # [nnz]
+    slots: jax.Array    # [nnz]
+
+
+def transpose(cols: jax.Array, rowptr: jax.Array, n_in: int) -> Transposed:
+    """The :class:`Transposed` structure of a CSR layer (a stable sort of the slots by input: within an
+    input, its nonzeros keep their output order). One sort of ``nnz`` keys; jit-able."""
+    nnz = cols.shape[0]
+    slots = jnp.argsort(cols, stable=True).astype(jnp.int32)
+    counts = jnp.zeros(n_in, jnp.int32).at[cols].add(1)
+    t_rowptr = jnp.concatenate([jnp.zeros(1, jnp.int32), jnp.cumsum(counts, dtype=jnp.int32)])
+    return Transposed(t_rowptr, _row_ids(rowptr, nnz).astype(jnp.int32)[slots], slots)
 
 
 def _use_kernels() -> bool:
@@ -55,45 +77,52 @@ def _ffi(name: str, shape: tuple, *args) -> jax.Array:
 
 
 @jax.custom_vjp
-def _csr_matmul_kernel(values, cols, rowptr, x):
-    y, _ = _csr_fwd(values, cols, rowptr, x)
+def _csr_matmul_kernel(values, cols, rowptr, transposed, x):
+    y, _ = _csr_fwd(values, cols, rowptr, transposed, x)
     return y
 
 
-def _csr_fwd(values, cols, rowptr, x):
+def _csr_fwd(values, cols, rowptr, transposed, x):
     _loader.register()
     xT, lead = _batch_last(x.astype(jnp.float32))
     yT = _ffi("dst_spmm", (rowptr.shape[0] - 1, xT.shape[1]), values, cols, rowptr, xT)
-    return yT.T.reshape(*lead, -1), (values, cols, rowptr, xT)
+    return yT.T.reshape(*lead, -1), (values, cols, rowptr, transposed, xT)
 
 
 def _csr_bwd(residuals, dy):
-    values, cols, rowptr, xT = residuals
+    values, cols, rowptr, transposed, xT = residuals
     dyT, lead = _batch_last(dy.astype(jnp.float32))
-    dxT = _ffi("dst_spmm_t", xT.shape, values, cols, rowptr, dyT)
+    dxT = _ffi("dst_spmm_t", xT.shape, values, *transposed, dyT)
     dvalues = _ffi("dst_sddmm", values.shape, cols, rowptr, dyT, xT)
-    return dvalues, None, None, dxT.T.reshape(*lead, -1)
+    return dvalues, None, None, None, dxT.T.reshape(*lead, -1)
 
 
 _csr_matmul_kernel.defvjp(_csr_fwd, _csr_bwd)
 
 
-def csr_matmul(x: jax.Array, values: jax.Array, cols: jax.Array, rowptr: jax.Array) -> jax.Array:
+def csr_matmul(x: jax.Array, values: jax.Array, cols: jax.Array, rowptr: jax.Array,
+               transposed: Transposed | None = None) -> jax.Array:
     """``y = x @ W`` for ``x [..., n_in]`` and a CSR ``W`` (see the module doc); ``y [..., n_out]``.
 
     Differentiable in ``x`` and ``values``. Runs the compiled kernels on the CPU when they are built.
+    ``transposed`` is ``transpose(cols, rowptr, n_in)``, built here when not given (a sort per call:
+    a layer that trains keeps it with its topology).
     """
     cols, rowptr = cols.astype(jnp.int32), rowptr.astype(jnp.int32)
     if _use_kernels():
-        return _csr_matmul_kernel(values.astype(jnp.float32), cols, rowptr, x)
+        if transposed is None:
+            transposed = transpose(cols, rowptr, x.shape[-1])
+        return _csr_matmul_kernel(values.astype(jnp.float32), cols, rowptr, transposed, x)
     return csr_matmul_xla(x, values, cols, rowptr)
 
 
-def condensed_matmul(x: jax.Array, values: jax.Array, indices: jax.Array) -> jax.Array:
-    """``y = x @ W`` for a constant fan-in ``W`` held as ``values [n_out, k]``, ``indices [n_out, k]``."""
+def condensed_matmul(x: jax.Array, values: jax.Array, indices: jax.Array,
+                     transposed: Transposed | None = None) -> jax.Array:
+    """``y = x @ W`` for a constant fan-in ``W`` held as ``values [n_out, k]``, ``indices [n_out, k]``
+    (``transposed``: of the flattened indices, as in :func:`csr_matmul`)."""
     n_out, k = values.shape
     rowptr = jnp.arange(n_out + 1, dtype=jnp.int32) * k
-    return csr_matmul(x, values.reshape(-1), indices.reshape(-1), rowptr)
+    return csr_matmul(x, values.reshape(-1), indices.reshape(-1), rowptr, transposed)
 
 
 def condensed_matmul_gather(x: jax.Array, values: jax.Array, indices: jax.Array) -> jax.Array:

@@ -6,12 +6,11 @@
 // contiguous run of B floats: the forward pass and dx are one AXPY of the batch per nonzero, the weight
 // gradient is one dot product of two batch rows per nonzero (SparseProp's layout, Nikdan et al. 2023).
 // Work is split over output rows (forward, dW) or input rows (dx) with OpenMP, so no two threads write
-// the same output and nothing is scatter-added: dx walks the transposed structure, built per call by a
-// counting sort (O(nnz + n_in), small next to the O(nnz * B) products).
+// the same output and nothing is scatter-added: dx walks the transposed structure, which the caller
+// builds once per topology (dst.kernels.transpose) and passes in with it.
 
 #include <cstdint>
 #include <type_traits>
-#include <vector>
 
 #include "nanobind/nanobind.h"
 #include "xla/ffi/api/c_api.h"
@@ -59,6 +58,7 @@ ffi::Error CheckStructure(ffi::Buffer<ffi::S32>& cols, ffi::Buffer<ffi::S32>& ro
 // (GCC vector types: plain loops over a local array were left in memory, at a third of the speed.)
 typedef float Vec16 __attribute__((vector_size(64), aligned(4)));   // aligned(4): unaligned loads
 constexpr int64_t kChunk = 64;
+constexpr int64_t kAhead = 4;   // SDDMM: prefetch the activation row of the nonzero this many ahead
 
 template <typename Weight, typename Source>
 inline void AxpyRow(float* __restrict__ out, int64_t batch, int64_t begin, int64_t end, Weight weight,
@@ -109,47 +109,48 @@ ffi::Error SpmmImpl(ffi::Buffer<ffi::F32> values, ffi::Buffer<ffi::S32> cols, ff
   return ffi::Error::Success();
 }
 
-// dxT[i, :] = sum over the nonzeros (o, i) of values * dyT[o, :]: the transposed product, computed
-// row by row of the transpose (built here by a counting sort), so each thread owns its output rows.
-ffi::Error SpmmTransposedImpl(ffi::Buffer<ffi::F32> values, ffi::Buffer<ffi::S32> cols,
-                              ffi::Buffer<ffi::S32> rowptr, ffi::Buffer<ffi::F32> dyT,
-                              ffi::ResultBuffer<ffi::F32> dxT) {
+// dxT[i, :] = sum over the nonzeros (o, i) of values * dyT[o, :]: the transposed product, computed row by
+// row of the transpose, so each thread owns its output rows. Input row i's nonzeros are the entries
+// t in [tptr[i], tptr[i+1]) of the transpose: output row trows[t] and stored slot tslots[t].
+ffi::Error SpmmTransposedImpl(ffi::Buffer<ffi::F32> values, ffi::Buffer<ffi::S32> tptr,
+                              ffi::Buffer<ffi::S32> trows, ffi::Buffer<ffi::S32> tslots,
+                              ffi::Buffer<ffi::F32> dyT, ffi::ResultBuffer<ffi::F32> dxT) {
   auto [n_out, batch] = RowsAndBatch(dyT);
   const int64_t n_in = dxT->dimensions().size() ? dxT->dimensions()[0] : 1;
   const int64_t nnz = values.element_count();
-  if (auto err = CheckStructure(cols, rowptr, nnz, n_out, n_in); err.failure()) return err;
+  if (auto err = CheckStructure(trows, tptr, nnz, n_in, n_out); err.failure()) return err;
+  if (tslots.element_count() != nnz)
+    return ffi::Error::InvalidArgument("dst sparse kernel: the transpose's slots must have one entry per value");
   const float* v = values.typed_data();
-  const int32_t* c = cols.typed_data();
-  const int32_t* p = rowptr.typed_data();
-  // The transpose: for input row i, its nonzeros' output rows and values, in output-row order.
-  std::vector<int64_t> tptr(n_in + 1, 0);
-  for (int64_t j = 0; j < nnz; ++j) ++tptr[c[j] + 1];
-  for (int64_t i = 0; i < n_in; ++i) tptr[i + 1] += tptr[i];
-  std::vector<int32_t> trow(nnz);
-  std::vector<float> tval(nnz);
-  {
-    std::vector<int64_t> next(tptr.begin(), tptr.end() - 1);
-    for (int64_t o = 0; o < n_out; ++o)
-      for (int64_t j = p[o]; j < p[o + 1]; ++j) {
-        const int64_t at = next[c[j]]++;
-        trow[at] = static_cast<int32_t>(o);
-        tval[at] = v[j];
-      }
-  }
+  const int32_t* ts = tslots.typed_data();
+  for (int64_t t = 0; t < nnz; ++t)
+    if (ts[t] < 0 || ts[t] >= nnz)
+      return ffi::Error::InvalidArgument("dst sparse kernel: the transpose's slots must lie in [0, nnz)");
+  const int32_t* tp = tptr.typed_data();
+  const int32_t* tr = trows.typed_data();
   const float* dy = dyT.typed_data();
   float* dx = dxT->typed_data();
-  const float* tv = tval.data();
-  const int32_t* tr = trow.data();
 #pragma omp parallel for schedule(dynamic, 16)
   for (int64_t i = 0; i < n_in; ++i) {
-    AxpyRow(dx + i * batch, batch, tptr[i], tptr[i + 1], [tv](int64_t t) { return tv[t]; },
+    AxpyRow(dx + i * batch, batch, tp[i], tp[i + 1], [v, ts](int64_t t) { return v[ts[t]]; },
             [dy, tr, batch](int64_t t) { return dy + static_cast<int64_t>(tr[t]) * batch; });
   }
   return ffi::Error::Success();
 }
 
+// The sum of a vector's 16 lanes, as a tree (a chain of 16 scalar adds costs more than the dot product).
+inline float SumLanes(Vec16 a) {
+  typedef float Vec8 __attribute__((vector_size(32), aligned(4)));
+  typedef float Vec4 __attribute__((vector_size(16), aligned(4)));
+  Vec8 h = __builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7) +
+           __builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15);
+  Vec4 q = __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
+  return (q[0] + q[2]) + (q[1] + q[3]);
+}
+
 // dvalues[j] = <dyT[o, :], xT[cols[j], :]> for the nonzero j of row o: the weight gradient at the
-// nonzeros only (a sampled dense-dense product), never the dense [n_in, n_out] gradient.
+// nonzeros only (a sampled dense-dense product), never the dense [n_in, n_out] gradient. The rows of xT
+// are read in a random order: the next ones are prefetched while this one is reduced.
 ffi::Error SddmmImpl(ffi::Buffer<ffi::S32> cols, ffi::Buffer<ffi::S32> rowptr, ffi::Buffer<ffi::F32> dyT,
                      ffi::Buffer<ffi::F32> xT, ffi::ResultBuffer<ffi::F32> dvalues) {
   auto [n_out, batch] = RowsAndBatch(dyT);
@@ -165,7 +166,12 @@ ffi::Error SddmmImpl(ffi::Buffer<ffi::S32> cols, ffi::Buffer<ffi::S32> rowptr, f
 #pragma omp parallel for schedule(dynamic, 16)
   for (int64_t o = 0; o < n_out; ++o) {
     const float* __restrict__ dyo = dy + o * batch;
-    for (int64_t j = p[o]; j < p[o + 1]; ++j) {
+    const int64_t end = p[o + 1];
+    for (int64_t j = p[o]; j < end; ++j) {
+      if (j + kAhead < end) {
+        const char* ahead = reinterpret_cast<const char*>(x + static_cast<int64_t>(c[j + kAhead]) * batch);
+        for (int64_t b = 0; b < batch; b += 16) __builtin_prefetch(ahead + 4 * b);
+      }
       const float* __restrict__ xc = x + static_cast<int64_t>(c[j]) * batch;
       Vec16 a0 = {}, a1 = {};
       int64_t b = 0;
@@ -174,9 +180,7 @@ ffi::Error SddmmImpl(ffi::Buffer<ffi::S32> cols, ffi::Buffer<ffi::S32> rowptr, f
         a1 += *reinterpret_cast<const Vec16*>(dyo + b + 16) * *reinterpret_cast<const Vec16*>(xc + b + 16);
       }
       if (b < whole) a0 += *reinterpret_cast<const Vec16*>(dyo + b) * *reinterpret_cast<const Vec16*>(xc + b);
-      a0 += a1;
-      float acc = 0.0f;
-      for (int lane = 0; lane < 16; ++lane) acc += a0[lane];
+      float acc = SumLanes(a0 + a1);
       for (b = whole; b < batch; ++b) acc += dyo[b] * xc[b];
       dv[j] = acc;
     }
@@ -197,8 +201,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(DstSpmm, SpmmImpl,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(DstSpmmTransposed, SpmmTransposedImpl,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()   // values [nnz]
-                                  .Arg<ffi::Buffer<ffi::S32>>()   // cols [nnz]
-                                  .Arg<ffi::Buffer<ffi::S32>>()   // rowptr [n_out + 1]
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // tptr [n_in + 1]
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // trows [nnz]
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // tslots [nnz]
                                   .Arg<ffi::Buffer<ffi::F32>>()   // dyT [n_out, B]
                                   .Ret<ffi::Buffer<ffi::F32>>()); // dxT [n_in, B]
 
