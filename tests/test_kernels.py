@@ -48,6 +48,24 @@ def test_csr_forward_and_gradients_equal_the_dense_product(batch_shape):
     np.testing.assert_allclose(dvalues, (x2.T @ dy2)[i_idx, o_idx], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("batch", [1, 7, 130, 200])   # 130, 200: 128-float and 64-float chunks and a rest
+def test_the_fused_backward_pass_equals_the_dense_product(batch, monkeypatch):
+    """Large activations take one pass over the transposed structure for dx and dW: forced here."""
+    from dst.kernels import ops
+
+    monkeypatch.setattr(ops, "FUSED_BACKWARD_FROM_BYTES", 0)
+    rng = np.random.default_rng(batch)
+    n_in, n_out = 37, 23
+    w, values, cols, rowptr, (i_idx, o_idx) = random_csr(rng, n_in, n_out, 0.25, empty_rows=(1,), empty_cols=(4,))
+    x = rng.normal(size=(batch, n_in)).astype(np.float32)
+    dy = rng.normal(size=(batch, n_out)).astype(np.float32)
+    loss = lambda v, x: jnp.sum(kernels.csr_matmul(x, v, cols, rowptr) * dy)
+    assert "dst_spmm_t_sddmm" in jax.jit(jax.grad(loss, (0, 1))).lower(values, x).as_text()
+    dvalues, dx = jax.grad(loss, (0, 1))(values, x)
+    np.testing.assert_allclose(dx, dy @ w.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dvalues, (x.T @ dy)[i_idx, o_idx], rtol=1e-5, atol=1e-4)
+
+
 def test_the_kernels_run_in_the_program_and_match_the_xla_fallback_under_jit_and_vmap():
     rng = np.random.default_rng(1)
     w, values, cols, rowptr, _ = random_csr(rng, 64, 32, 0.1)

@@ -89,11 +89,23 @@ def _csr_fwd(values, cols, rowptr, transposed, x):
     return yT.T.reshape(*lead, -1), (values, cols, rowptr, transposed, xT)
 
 
+# Activations of at least this many bytes take the fused backward kernel (dx and dW in one pass over the
+# transposed structure, one read of each output-gradient row per weight); smaller ones the separate SDDMM
+# in row order, whose reads of x hit the caches, and whose dx XLA drops where nothing needs it (a first
+# layer). 333k-unit layers at batch 128: fused 1.0 s against 1.4 s separate (forward excluded).
+FUSED_BACKWARD_FROM_BYTES = 4 << 20
+
+
 def _csr_bwd(residuals, dy):
     values, cols, rowptr, transposed, xT = residuals
     dyT, lead = _batch_last(dy.astype(jnp.float32))
-    dxT = _ffi("dst_spmm_t", xT.shape, values, *transposed, dyT)
-    dvalues = _ffi("dst_sddmm", values.shape, cols, rowptr, dyT, xT)
+    if xT.size * 4 >= FUSED_BACKWARD_FROM_BYTES:
+        shapes = (jax.ShapeDtypeStruct(xT.shape, jnp.float32), jax.ShapeDtypeStruct(values.shape, jnp.float32))
+        dxT, dvalues = jax.ffi.ffi_call("dst_spmm_t_sddmm", shapes, vmap_method="sequential")(
+            values, *transposed, dyT, xT)
+    else:
+        dxT = _ffi("dst_spmm_t", xT.shape, values, *transposed, dyT)
+        dvalues = _ffi("dst_sddmm", values.shape, cols, rowptr, dyT, xT)
     return dvalues, None, None, None, dxT.T.reshape(*lead, -1)
 
 

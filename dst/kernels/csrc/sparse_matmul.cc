@@ -52,6 +52,17 @@ ffi::Error CheckStructure(ffi::Buffer<ffi::S32>& cols, ffi::Buffer<ffi::S32>& ro
   return ffi::Error::Success();
 }
 
+// Reject transpose slots that would read or write out of bounds.
+ffi::Error CheckSlots(ffi::Buffer<ffi::S32>& tslots, int64_t nnz) {
+  if (tslots.element_count() != nnz)
+    return ffi::Error::InvalidArgument("dst sparse kernel: the transpose's slots must have one entry per value");
+  const int32_t* ts = tslots.typed_data();
+  for (int64_t t = 0; t < nnz; ++t)
+    if (ts[t] < 0 || ts[t] >= nnz)
+      return ffi::Error::InvalidArgument("dst sparse kernel: the transpose's slots must lie in [0, nnz)");
+  return ffi::Error::Success();
+}
+
 // out[:] = sum over t in [begin, end) of weight(t) * source(t)[:], for one output row of `batch` floats.
 // The batch is taken in chunks of 64 floats held in four 16-float vector registers across all of the
 // row's terms, so a term costs four loads and four FMAs, never a load and store of the output.
@@ -119,13 +130,9 @@ ffi::Error SpmmTransposedImpl(ffi::Buffer<ffi::F32> values, ffi::Buffer<ffi::S32
   const int64_t n_in = dxT->dimensions().size() ? dxT->dimensions()[0] : 1;
   const int64_t nnz = values.element_count();
   if (auto err = CheckStructure(trows, tptr, nnz, n_in, n_out); err.failure()) return err;
-  if (tslots.element_count() != nnz)
-    return ffi::Error::InvalidArgument("dst sparse kernel: the transpose's slots must have one entry per value");
+  if (auto err = CheckSlots(tslots, nnz); err.failure()) return err;
   const float* v = values.typed_data();
   const int32_t* ts = tslots.typed_data();
-  for (int64_t t = 0; t < nnz; ++t)
-    if (ts[t] < 0 || ts[t] >= nnz)
-      return ffi::Error::InvalidArgument("dst sparse kernel: the transpose's slots must lie in [0, nnz)");
   const int32_t* tp = tptr.typed_data();
   const int32_t* tr = trows.typed_data();
   const float* dy = dyT.typed_data();
@@ -146,6 +153,81 @@ inline float SumLanes(Vec16 a) {
            __builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15);
   Vec4 q = __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
   return (q[0] + q[2]) + (q[1] + q[3]);
+}
+
+// The input gradient and the value gradient in one pass over the transposed structure: for input row i,
+// each of its nonzeros t reads the output gradient row dyT[trows[t]] once and uses it twice, for
+// dxT[i] += value * dyT[o] and for dvalues[slot] = <dyT[o], xT[i]> (xT[i] stays in registers). Where
+// the activations are too large for the caches (a 333k-unit layer), rows read in a random order cost
+// most of the time, and the separate SDDMM reads another random row per nonzero.
+template <int kVecs>
+inline void FusedChunk(float* __restrict__ dx, float* __restrict__ dv, const float* __restrict__ v,
+                       const int32_t* __restrict__ ts, const int32_t* __restrict__ tr,
+                       const float* __restrict__ dy, const float* __restrict__ xi, int64_t batch, int64_t b0,
+                       int64_t begin, int64_t end, bool first) {
+  Vec16 xv[kVecs], acc[kVecs] = {};
+  for (int k = 0; k < kVecs; ++k) xv[k] = *reinterpret_cast<const Vec16*>(xi + b0 + 16 * k);
+  for (int64_t t = begin; t < end; ++t) {
+    const int32_t slot = ts[t];
+    const float w = v[slot];
+    const Vec16* d = reinterpret_cast<const Vec16*>(dy + static_cast<int64_t>(tr[t]) * batch + b0);
+    Vec16 dot = {};
+    for (int k = 0; k < kVecs; ++k) {
+      acc[k] += w * d[k];
+      dot += xv[k] * d[k];
+    }
+    const float partial = SumLanes(dot);
+    dv[slot] = first ? partial : dv[slot] + partial;
+  }
+  for (int k = 0; k < kVecs; ++k) *reinterpret_cast<Vec16*>(dx + b0 + 16 * k) = acc[k];
+}
+
+ffi::Error SpmmTransposedSddmmImpl(ffi::Buffer<ffi::F32> values, ffi::Buffer<ffi::S32> tptr,
+                                   ffi::Buffer<ffi::S32> trows, ffi::Buffer<ffi::S32> tslots,
+                                   ffi::Buffer<ffi::F32> dyT, ffi::Buffer<ffi::F32> xT,
+                                   ffi::ResultBuffer<ffi::F32> dxT, ffi::ResultBuffer<ffi::F32> dvalues) {
+  auto [n_out, batch] = RowsAndBatch(dyT);
+  auto [n_in, x_batch] = RowsAndBatch(xT);
+  const int64_t nnz = values.element_count();
+  if (x_batch != batch) return ffi::Error::InvalidArgument("dst sparse kernel: x and dy batches differ");
+  if (auto err = CheckStructure(trows, tptr, nnz, n_in, n_out); err.failure()) return err;
+  if (auto err = CheckSlots(tslots, nnz); err.failure()) return err;
+  const float* v = values.typed_data();
+  const int32_t* ts = tslots.typed_data();
+  const int32_t* tp = tptr.typed_data();
+  const int32_t* tr = trows.typed_data();
+  const float* dy = dyT.typed_data();
+  const float* x = xT.typed_data();
+  float* dx = dxT->typed_data();
+  float* dv = dvalues->typed_data();
+  if (batch == 0) {
+    for (int64_t j = 0; j < nnz; ++j) dv[j] = 0.0f;
+    return ffi::Error::Success();
+  }
+#pragma omp parallel for schedule(dynamic, 16)
+  for (int64_t i = 0; i < n_in; ++i) {
+    float* dxi = dx + i * batch;
+    const float* xi = x + i * batch;
+    int64_t b0 = 0;
+    const int64_t begin = tp[i], end = tp[i + 1];
+    for (; b0 + 128 <= batch; b0 += 128) FusedChunk<8>(dxi, dv, v, ts, tr, dy, xi, batch, b0, begin, end, b0 == 0);
+    for (; b0 + 64 <= batch; b0 += 64) FusedChunk<4>(dxi, dv, v, ts, tr, dy, xi, batch, b0, begin, end, b0 == 0);
+    for (; b0 + 16 <= batch; b0 += 16) FusedChunk<1>(dxi, dv, v, ts, tr, dy, xi, batch, b0, begin, end, b0 == 0);
+    if (b0 < batch) {   // the batch's remainder (and batches smaller than a vector)
+      for (int64_t b = b0; b < batch; ++b) dxi[b] = 0.0f;
+      for (int64_t t = tp[i]; t < tp[i + 1]; ++t) {
+        const int32_t slot = ts[t];
+        const float* __restrict__ d = dy + static_cast<int64_t>(tr[t]) * batch;
+        float dot = 0.0f;
+        for (int64_t b = b0; b < batch; ++b) {
+          dxi[b] += v[slot] * d[b];
+          dot += xi[b] * d[b];
+        }
+        dv[slot] = b0 == 0 ? dot : dv[slot] + dot;
+      }
+    }
+  }
+  return ffi::Error::Success();
 }
 
 // dvalues[j] = <dyT[o, :], xT[cols[j], :]> for the nonzero j of row o: the weight gradient at the
@@ -207,6 +289,17 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(DstSpmmTransposed, SpmmTransposedImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()   // dyT [n_out, B]
                                   .Ret<ffi::Buffer<ffi::F32>>()); // dxT [n_in, B]
 
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DstSpmmTransposedSddmm, SpmmTransposedSddmmImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // values [nnz]
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // tptr [n_in + 1]
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // trows [nnz]
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // tslots [nnz]
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // dyT [n_out, B]
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // xT [n_in, B]
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // dxT [n_in, B]
+                                  .Ret<ffi::Buffer<ffi::F32>>()); // dvalues [nnz]
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(DstSddmm, SddmmImpl,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::S32>>()   // cols [nnz]
@@ -227,6 +320,7 @@ NB_MODULE(_cpu, m) {
     out["dst_spmm"] = Encapsulate(DstSpmm);
     out["dst_spmm_t"] = Encapsulate(DstSpmmTransposed);
     out["dst_sddmm"] = Encapsulate(DstSddmm);
+    out["dst_spmm_t_sddmm"] = Encapsulate(DstSpmmTransposedSddmm);
     return out;
   });
   m.def("num_threads", []() {
