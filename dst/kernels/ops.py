@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dst.kernels import _loader
 
@@ -120,12 +121,22 @@ def csr_matmul(x: jax.Array, values: jax.Array, cols: jax.Array, rowptr: jax.Arr
     ``transposed`` is ``transpose(cols, rowptr, n_in)``, built here when not given (a sort per call:
     a layer that trains keeps it with its topology).
     """
+    if _use_kernels() and transposed is None:
+        transposed = _transpose_of(cols, rowptr, x.shape[-1])
     cols, rowptr = cols.astype(jnp.int32), rowptr.astype(jnp.int32)
     if _use_kernels():
-        if transposed is None:
-            transposed = transpose(cols, rowptr, x.shape[-1])
         return _csr_matmul_kernel(values.astype(jnp.float32), cols, rowptr, transposed, x)
     return csr_matmul_xla(x, values, cols, rowptr)
+
+
+def _transpose_of(cols, rowptr, n_in: int) -> Transposed:
+    """:func:`transpose`, computed at once where the structure is concrete (a constant of the caller's
+    ``jit``): staged into the program, its sort of constants is constant-folded by XLA, which took
+    minutes for 8M weights."""
+    if isinstance(cols, jax.core.Tracer) or isinstance(rowptr, jax.core.Tracer):
+        return transpose(cols.astype(jnp.int32), rowptr.astype(jnp.int32), n_in)
+    with jax.ensure_compile_time_eval():
+        return transpose(jnp.asarray(cols, jnp.int32), jnp.asarray(rowptr, jnp.int32), n_in)
 
 
 def condensed_matmul(x: jax.Array, values: jax.Array, indices: jax.Array,
@@ -133,8 +144,9 @@ def condensed_matmul(x: jax.Array, values: jax.Array, indices: jax.Array,
     """``y = x @ W`` for a constant fan-in ``W`` held as ``values [n_out, k]``, ``indices [n_out, k]``
     (``transposed``: of the flattened indices, as in :func:`csr_matmul`)."""
     n_out, k = values.shape
-    rowptr = jnp.arange(n_out + 1, dtype=jnp.int32) * k
-    return csr_matmul(x, values.reshape(-1), indices.reshape(-1), rowptr, transposed)
+    rowptr = np.arange(n_out + 1, dtype=np.int32) * k      # numpy: stays a constant inside jit
+    flat = indices.reshape(-1) if isinstance(indices, jax.core.Tracer) else np.asarray(indices).reshape(-1)
+    return csr_matmul(x, values.reshape(-1), flat, rowptr, transposed)
 
 
 def condensed_matmul_gather(x: jax.Array, values: jax.Array, indices: jax.Array) -> jax.Array:
