@@ -36,19 +36,24 @@ def timed(fn, *args):
     return time.perf_counter() - start
 
 
-def variants(width, density, steps):
+def fan_in_mlp(width, density):
+    """``(model, params, layers, masks)``: the MLP 784-W-W-W-10 with constant fan-in masks at ``density``."""
     model = MLP(hidden=(width, width, width), num_classes=10)
     params = model.init(jax.random.key(0), jnp.zeros((1, 784)))["params"]
     layers = dst.sparsifiable_layers(params)
     fan = structures.fan_in()
     densities = {n: fan.round_density(tuple(params[n.split("/")[0]]["kernel"].shape), density) for n in layers}
-    masks = dst.init_masks(jax.random.key(1), params, densities, structure=fan)
+    return model, params, layers, dst.init_masks(jax.random.key(1), params, densities, structure=fan)
+
+
+def variants(width, density, steps, backends=("masked", "csr", "condensed")):
+    model, params, layers, masks = fan_in_mlp(width, density)
     x = jax.random.normal(jax.random.key(2), (steps * BATCH, 784))
     y = jax.random.randint(jax.random.key(3), (steps * BATCH,), 0, 10)
     tx = optax.sgd(0.01, momentum=0.9)
     algo = dst.algorithms.make("static")
     out = {}
-    for backend in ("masked", "csr", "condensed"):
+    for backend in backends:
         storage = stored.make_storage(model, backend, masks, layers)
         state = dst.create_train_state(jax.random.key(4), params, masks, tx, algo, storage=storage)
         step = dst.make_train_step(dst.flax_apply(model), tx, algo, storage=storage)
@@ -65,6 +70,9 @@ def main():
     parser.add_argument("--densities", default="0.5,0.1,0.05,0.01,0.001")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20, help="steps per timed call")
+    parser.add_argument("--masked-up-to", type=int, default=20_000,
+                        help="widest MLP that also runs masked (3 dense 20000 x 20000 layers take ~15 GiB with "
+                             "their momentum and gradients)")
     args = parser.parse_args()
     kernels.require("benchmark")
     print(f"machine: {platform.machine()} {platform.processor() or ''} devices={jax.devices()} "
@@ -74,7 +82,8 @@ def main():
           f"{'masked/cond.':>13s} {'MiB masked/csr/cond.':>22s}")
     for width in (int(w) for w in args.widths.split(",")):
         for density in (float(d) for d in args.densities.split(",")):
-            runs = variants(width, density, args.steps)
+            names = ("masked", "csr", "condensed") if width <= args.masked_up_to else ("csr", "condensed")
+            runs = variants(width, density, args.steps, names)
             for fn, _ in runs.values():
                 timed(fn, jax.random.key(6))
             times = {k: [] for k in runs}
@@ -82,8 +91,10 @@ def main():
                 for k, (fn, _) in runs.items():
                     times[k].append(timed(fn, jax.random.key(100 + r)) / args.steps)
             med = {k: 1e3 * statistics.median(v) for k, v in times.items()}
-            ratio = lambda k, t=times: statistics.median(m / v for m, v in zip(t["masked"], t[k]))
-            mib = "/".join(f"{runs[k][1]:.0f}" for k in runs)
+            med.setdefault("masked", float("nan"))
+            ratio = lambda k, t=times: statistics.median(m / v for m, v in zip(t["masked"], t[k])) \
+                if "masked" in t else float("nan")
+            mib = "/".join(f"{runs[k][1]:.0f}" if k in runs else "-" for k in ("masked", "csr", "condensed"))
             print(f"{width:6d} {density:8.3%} {med['masked']:10.2f} {med['csr']:8.2f} {med['condensed']:9.2f} "
                   f"{ratio('csr'):11.2f} {ratio('condensed'):13.2f} {mib:>22s}", flush=True)
 

@@ -13,6 +13,7 @@ the key, never of array position alone.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -150,7 +151,7 @@ def _kth_largest_along(keys: jax.Array, k: jax.Array, axis: int) -> jax.Array:
     return lax.fori_loop(0, 32, bit_step, jnp.zeros(k.shape, _U32))
 
 
-def _small_top_k(keys: jax.Array, k, key: jax.Array) -> jax.Array:
+def _small_top_k(keys: jax.Array, k, priorities: Callable[[], jax.Array]) -> jax.Array:
     """:func:`top_k_mask`'s selection on a small flat ``keys`` (0: ineligible), with the same result.
 
     On a small array a pass costs less than a loop iteration, so two plain 32-pass bit searches (the
@@ -162,7 +163,7 @@ def _small_top_k(keys: jax.Array, k, key: jax.Array) -> jax.Array:
     t = _kth_largest_bits(keys, jnp.maximum(k, 1))          # >= 1 whenever k >= 1
     above, tied = keys > t, keys == t
     remaining = k - jnp.sum(above, dtype=jnp.int32)
-    prio = jnp.where(tied, _priorities(key, keys.size), _U32(0))
+    prio = jnp.where(tied, priorities(), _U32(0))
     # Priorities are unique, so when some tied keys stay out, the `remaining`-th largest priority is
     # >= 1 and picks exactly `remaining` of them (a tied key of priority 0 is only needed when all are).
     p = _kth_largest_bits(prio, jnp.maximum(remaining, 1))
@@ -172,8 +173,16 @@ def _small_top_k(keys: jax.Array, k, key: jax.Array) -> jax.Array:
 
 def _priorities(key: jax.Array, size: int) -> jax.Array:
     """Unique pseudo-random uint32 per index: a keyed murmur3-style mix (every step is a bijection)."""
+    return priorities_at(key, jnp.arange(size, dtype=_U32))
+
+
+def priorities_at(key: jax.Array, positions: jax.Array) -> jax.Array:
+    """The tie-break priorities of the elements at flat ``positions`` of an array (uint32; unique for
+    distinct positions below 2^32): what :func:`top_k_mask` draws for those elements of the whole array,
+    computed without the array, so a selection over part of it (stored weights, a block of rows) breaks
+    ties as the selection over the whole would."""
     seeds = jax.random.bits(key, (3,), _U32)
-    h = jnp.arange(size, dtype=_U32) ^ seeds[0]
+    h = positions.astype(_U32) ^ seeds[0]
     h = h * (seeds[1] | _U32(1))
     h = h ^ (h >> 16)
     h = h * _U32(0x85EBCA6B)
@@ -197,12 +206,14 @@ def _score_keys(scores: jax.Array) -> jax.Array:
     return _ordered_bits(scores)
 
 
-def top_k_mask(scores: jax.Array, eligible: jax.Array, k, key: jax.Array) -> jax.Array:
+def top_k_mask(scores: jax.Array, eligible: jax.Array, k, key: jax.Array, positions=None) -> jax.Array:
     """Bool mask of the ``k`` eligible elements with the largest ``scores``.
 
     Exactly ``min(k, count(eligible))`` elements are selected; ``k`` may be traced. Ties in score are
-    broken by priorities drawn from ``key``. NaN scores rank below every number; unsigned integer
-    scores (:func:`random_ranks`) rank as integers.
+    broken by priorities drawn from ``key`` for each element's flat index, or for ``positions`` when
+    given (the flat indices the elements have in a larger array: the stored weights of a layer select
+    as the layer's dense view would). NaN scores rank below every number; unsigned integer scores
+    (:func:`random_ranks`) rank as integers.
 
     Example::
 
@@ -210,9 +221,20 @@ def top_k_mask(scores: jax.Array, eligible: jax.Array, k, key: jax.Array) -> jax
     """
     shape = scores.shape
     keys = jnp.where(eligible, _score_keys(scores), _U32(0)).reshape(-1)
+    if positions is None:
+        priorities = lambda: _priorities(key, keys.size)
+    else:
+        priorities = lambda: priorities_at(key, jnp.reshape(positions, -1))
+    return top_k_of_keys(keys, k, priorities).reshape(shape)
+
+
+def top_k_of_keys(keys: jax.Array, k, priorities: Callable[[], jax.Array]) -> jax.Array:
+    """:func:`top_k_mask` on flat order-preserving ``uint32`` keys (0: ineligible), ties broken by the
+    larger of ``priorities()`` (unique ``uint32``, computed only when a tie must be broken): the ``k``
+    largest by (key, priority). A selection streamed over blocks merges its candidates with it."""
     k = jnp.asarray(k, jnp.int32)
     if keys.size <= _SAMPLE:  # where the bracketed search would take no sample either
-        return _small_top_k(keys, k, key).reshape(shape)
+        return _small_top_k(keys, k, priorities)
     t, exact, c_above = _search(keys, k)
     above = keys >= jnp.where(exact, t, t + _U32(1))
 
@@ -221,7 +243,7 @@ def top_k_mask(scores: jax.Array, eligible: jax.Array, k, key: jax.Array) -> jax
         remaining = k - c_above
 
         def by_priority():
-            prio = jnp.where(tied, _priorities(key, keys.size), _U32(0))
+            prio = jnp.where(tied, priorities(), _U32(0))
             # Tied priorities are unique, so the search picks exactly `remaining` of them. A tied
             # element whose priority is 0 looks ineligible here, but as the lowest priority it is
             # only needed when every tied element is taken, which the outer cond handles.
@@ -231,7 +253,7 @@ def top_k_mask(scores: jax.Array, eligible: jax.Array, k, key: jax.Array) -> jax
         return lax.cond(jnp.sum(tied, dtype=jnp.int32) <= remaining, lambda: tied, by_priority)
 
     take_tied = lax.cond(exact, lambda _: jnp.zeros_like(above), break_ties, None)
-    return ((above | take_tied) & (k > 0)).reshape(shape)
+    return (above | take_tied) & (k > 0)
 
 
 def sorted_top_k_mask(scores: jax.Array, k, key: jax.Array) -> jax.Array:
@@ -254,7 +276,8 @@ def sorted_top_k_mask(scores: jax.Array, k, key: jax.Array) -> jax.Array:
 _PAIRWISE_GROUP = 16
 
 
-def grouped_top_k_mask(scores: jax.Array, eligible: jax.Array, k, key: jax.Array, axis: int = -1) -> jax.Array:
+def grouped_top_k_mask(scores: jax.Array, eligible: jax.Array, k, key: jax.Array, axis: int = -1,
+                       positions=None) -> jax.Array:
     """:func:`top_k_mask` in every group along ``axis`` at once: each group gets its ``k`` eligible
     elements of largest score (exactly ``min(k, eligible in the group)``), ties broken by keyed
     priorities. ``k`` broadcasts against the scores with ``axis`` of size 1 (one count per group). The
@@ -264,14 +287,14 @@ def grouped_top_k_mask(scores: jax.Array, eligible: jax.Array, k, key: jax.Array
     Short groups (N:M) rank each element against the others of its group; long ones (output units)
     take a 32-pass bit search for each group's threshold, and a second one for the tie-break only when
     some group has more elements tied at its threshold than it still needs. Either way the result is
-    the ``k`` largest by (score, priority).
+    the ``k`` largest by (score, priority). ``positions``: as in :func:`top_k_mask`.
     """
     axis = axis % scores.ndim
     keys = jnp.where(eligible, _score_keys(scores), _U32(0))
     count_shape = keys.shape[:axis] + (1,) + keys.shape[axis + 1:]
     k = jnp.minimum(jnp.broadcast_to(jnp.asarray(k, jnp.int32), count_shape),
                     jnp.sum(keys > 0, axis=axis, keepdims=True, dtype=jnp.int32))
-    prio = _priorities(key, keys.size).reshape(keys.shape)
+    prio = (_priorities(key, keys.size) if positions is None else priorities_at(key, positions)).reshape(keys.shape)
     if keys.shape[axis] <= _PAIRWISE_GROUP:
         better = jnp.zeros(keys.shape, jnp.int32)
         for j in range(keys.shape[axis]):
@@ -292,9 +315,9 @@ def grouped_top_k_mask(scores: jax.Array, eligible: jax.Array, k, key: jax.Array
     return (above | take_tied) & (k > 0)
 
 
-def bottom_k_mask(scores: jax.Array, eligible: jax.Array, k, key: jax.Array) -> jax.Array:
+def bottom_k_mask(scores: jax.Array, eligible: jax.Array, k, key: jax.Array, positions=None) -> jax.Array:
     """Bool mask of the ``k`` eligible elements with the smallest ``scores`` (see :func:`top_k_mask`)."""
-    return top_k_mask(-scores.astype(jnp.float32), eligible, k, key)
+    return top_k_mask(-scores.astype(jnp.float32), eligible, k, key, positions)
 
 
 def global_top_k_masks(scores: dict, eligible: dict, k, key: jax.Array) -> dict:

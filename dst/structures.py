@@ -71,6 +71,10 @@ class Structure(NamedTuple):
     * ``granule``: how many weights enter or leave a layer together when its count may change (a
       block's ``rows * cols``; 1 otherwise): algorithms that move budget between layers (SNFS) move it
       in these units.
+    * ``unit_group(R) -> int``: when every group lies within one output unit, the length of a group
+      along the unit's ``R`` inputs (N:M: ``M``; fan-in: ``R``), so a block of whole units refills on
+      its own (:mod:`dst.train.stored_update`); ``None`` when groups span units (unstructured: the
+      whole layer; blocks).
     """
 
     name: str
@@ -83,6 +87,7 @@ class Structure(NamedTuple):
     keep: Callable[..., jax.Array]
     group_counts: Callable[[jax.Array], jax.Array]
     granule: int = 1
+    unit_group: Callable[[int], int] | None = None
 
 
 def matrix_shape(shape: tuple) -> tuple[int, int]:
@@ -146,7 +151,7 @@ def n_m(n: int, m: int) -> Structure:
 
     return Structure(name="n_m", label=f"{n}:{m}", undivided=undivided,
                      round_density=lambda shape, d: n / m, init_mask=init_mask, drop=bottom_k_mask,
-                     refill=_grouped_refill(groups, 1),
+                     refill=_grouped_refill(groups, 1), unit_group=lambda r: m,
                      keep=lambda scores, mask, n_keep, key: grouped_top_k_mask(
                          groups(scores), groups(mask), n, key, 1).reshape(mask.shape),
                      group_counts=lambda mask: jnp.sum(groups(mask), axis=1, dtype=jnp.int32).reshape(-1))
@@ -170,7 +175,7 @@ def fan_in() -> Structure:
 
     return Structure(name="fan_in", label="constant fan-in", undivided=lambda shape: None,
                      round_density=round_density, init_mask=init_mask, drop=bottom_k_mask,
-                     refill=_grouped_refill(matrix, 0),
+                     refill=_grouped_refill(matrix, 0), unit_group=lambda r: r,
                      keep=lambda scores, mask, n_keep, key: grouped_top_k_mask(
                          matrix(scores), matrix(mask), n_keep // mask.shape[-1], key, 0).reshape(mask.shape),
                      group_counts=lambda mask: jnp.sum(matrix(mask), axis=0, dtype=jnp.int32))

@@ -16,12 +16,13 @@ import dst
 from dst import backends
 from dst.models import MLP
 from dst.train import stored
+from dst.train import stored_update
 
 WIDE, DENSITY, BATCH = 120_000, 1e-4, 32
 
 
-def abstract_run(backend_name, algo_name):
-    model = MLP(hidden=(WIDE, WIDE), num_classes=10)
+def abstract_run(backend_name, algo_name, wide=WIDE, program="plain"):
+    model = MLP(hidden=(wide, wide), num_classes=10)
     x = jax.ShapeDtypeStruct((BATCH, 64), jnp.float32)
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64))))["params"]
     layers = dst.sparsifiable_layers(shapes)
@@ -43,14 +44,14 @@ def abstract_run(backend_name, algo_name):
         for name, lay in layout_of.items():
             module = name.split("/")[0]
             k = lay.count if backend_name == "condensed" else lay.count // lay.shape[1]
-            masks[module]["kernel"] = jnp.arange(lay.shape[0])[:, None] < k
+            masks[module]["kernel"] = jnp.broadcast_to(jnp.arange(lay.shape[0])[:, None] < k, lay.shape)
         return dst.create_train_state(jax.random.key(1), params, masks, tx, algo, storage=storage)
 
     state = jax.eval_shape(create)
     step = dst.make_train_step(None, tx, algo, storage=storage)
-    plain = step.plain if step.has_quiet_path else step.full
+    compiled = step.plain if step.has_quiet_path and program == "plain" else step.full
     batch = (x, jax.ShapeDtypeStruct((BATCH,), jnp.int32))
-    memory = jax.jit(plain).lower(state, batch).compile().memory_analysis()
+    memory = jax.jit(compiled).lower(state, batch).compile().memory_analysis()
     stored_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(state))
     return memory, stored_bytes, layout_of
 
@@ -86,3 +87,21 @@ def test_a_plain_step_of_a_layer_too_large_to_hold_dense_uses_memory_in_proporti
     assert stored_bytes < 2**30
     assert used <= 4 * stored_bytes + 64 * 2**20, (used, stored_bytes)
     assert memory.temp_size_in_bytes < 2**30
+
+
+# The update step's middle layer: 60,000 x 60,000 (14.4 GB dense, 3.6e9 positions, below the 2^32 that
+# in-step updates rank by). Its dense view (weights, mask, gradient, scores) would not fit in 24 GiB.
+UPDATE_WIDE = 60_000
+
+
+@pytest.mark.parametrize("algo", ["rigl", "set"])
+def test_an_update_step_forms_the_dense_gradient_one_block_at_a_time(algo):
+    """The step where RigL (or SET) prunes and regrows: the grow score is formed in blocks of output
+    units (``stored_update.GROW_BLOCK`` elements, 64 MiB of float32), one layer at a time, so the
+    compiled update step holds a few blocks and buffers in proportion to nnz, never a dense layer."""
+    memory, stored_bytes, _ = abstract_run("csr", algo, wide=UPDATE_WIDE, program="full")
+    dense_bytes = 4 * UPDATE_WIDE * UPDATE_WIDE
+    block_bytes = 4 * stored_update.GROW_BLOCK
+    assert stored_bytes < 2**28
+    assert memory.temp_size_in_bytes < dense_bytes / 16
+    assert memory.temp_size_in_bytes <= 8 * block_bytes + 8 * stored_bytes, (memory.temp_size_in_bytes, stored_bytes)

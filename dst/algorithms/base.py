@@ -88,6 +88,32 @@ class SparseAlgorithm(NamedTuple):
     next_level: Callable[..., Any] | None = None
     rewind_step: int = 0
     keeps_counts: bool = False
+    rules: PruneRegrowRules | None = None
+
+
+class PruneRegrowRules(NamedTuple):
+    """What :func:`prune_and_regrow` does at an update, layer by layer, for callers that hold a layer in
+    another form than a dense array (the stored backends update stored layers without their dense
+    form, :mod:`dst.train.stored_update`).
+
+    * ``drop_rule``, ``grow_score``, ``grow_init``, ``grow_std``, ``structure``: the algorithm's rules;
+    * ``updates(name, shape) -> bool``: whether the leaf takes part (sparsifiable, divided by the
+      structure);
+    * ``fraction(step)``: the drop fraction ``f(t)`` at an update step;
+    * ``update_layer(key, w, g, mask, f)``: one dense layer's update, ``(w, mask, grown)``;
+    * ``decays``: whether updates also drop weights they do not regrow (``excess``; never on a fixed-
+      capacity backend).
+    """
+
+    drop_rule: Callable[..., jax.Array]
+    grow_score: Callable[..., jax.Array]
+    grow_init: str
+    grow_std: float | None
+    structure: Structure
+    updates: Callable[[str, tuple], bool]
+    fraction: Callable[..., jax.Array]
+    update_layer: Callable[..., tuple]
+    decays: bool
 
 
 class PruneRegrowState(NamedTuple):
@@ -243,16 +269,19 @@ def prune_and_regrow(*, drop_rule: DropRule, grow_score: GrowScore, update_every
         del key
         return initial_state(masks, init_extra(params, masks) if init_extra else ())
 
+    updates_leaf = lambda name, shape: keep_leaf(name, shape) and structure.undivided(shape) is None
+    fraction = lambda t: schedules.drop_fraction(t, alpha, drop_schedule, end_step)
+
     def topology(step, extra, key, params, masks, grads):
         # Everything here, the per-layer keys and f(t) included, runs only at update steps: scalar ops
         # cost microseconds each on CPU, which adds up to percents of a step if done every step.
-        f = schedules.drop_fraction(step, alpha, drop_schedule, end_step)
+        f = fraction(step)
         flat, treedef = jax.tree_util.tree_flatten_with_path(params)
         out_w, out_m, out_g = [], [], []
         for i, ((path, w), m, g) in enumerate(zip(flat, treedef.flatten_up_to(masks),
                                                  treedef.flatten_up_to(grads))):
             name = path_name(path)
-            if keep_leaf(name, tuple(w.shape)) and structure.undivided(tuple(w.shape)) is None:
+            if updates_leaf(name, tuple(w.shape)):
                 n = jnp.sum(m, dtype=jnp.int32)
                 more = jnp.int32(0) if excess is None else excess(step, extra, name, n)
                 w, m, grown = _update_layer(jax.random.fold_in(key, i), w, g, m, f, more, drop_rule,
@@ -276,9 +305,13 @@ def prune_and_regrow(*, drop_rule: DropRule, grow_score: GrowScore, update_every
     def quiet(state):
         return schedules.steps_until_update(state.step, update_every, start_step, end_step)
 
-    fraction = lambda t: schedules.drop_fraction(t, alpha, drop_schedule, end_step)
+    def update_layer(key, w, g, mask, f):
+        return _update_layer(key, w, g, mask, f, jnp.int32(0), drop_rule, grow_score, grow_init, grow_std, structure)
+
+    rules = PruneRegrowRules(drop_rule, grow_score, grow_init, grow_std, structure, updates_leaf, fraction,
+                             update_layer, decays=excess is not None)
     return SparseAlgorithm(init=init, update=update, quiet=quiet, skip=skip_calls, keeps_counts=excess is None,
-                           drop_fraction_at=windowed(fraction, start_step, end_step))
+                           drop_fraction_at=windowed(fraction, start_step, end_step), rules=rules)
 
 
 def skip_calls(state, n):

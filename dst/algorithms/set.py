@@ -10,27 +10,31 @@ from dst.algorithms.base import drop_count
 from dst.algorithms.base import magnitude_drop
 from dst.algorithms.base import prune_and_regrow
 from dst.selection import bottom_k_mask
+from dst.selection import priorities_at
 from dst.selection import random_ranks
 from dst.selection import top_k_mask
 
 
-def sign_split_drop(key, w, g, mask, f, excess=0):
+def sign_split_drop(key, w, g, mask, f, excess=0, positions=None):
     """Mocanu's rule: drop the fraction ``f`` closest to zero among the positive and, separately, among
     the negative active weights (``int(f * n_pos)`` smallest positive, ``int(f * n_neg)`` largest
-    negative). Active weights that are exactly zero count with the positive ones."""
+    negative). Active weights that are exactly zero count with the positive ones. ``positions``: the
+    weights' flat indices in the layer when ``w`` holds only some of them (stored weights)."""
     del g, excess  # SET keeps its density: no decay
     k_pos, k_neg = jax.random.split(key)
     pos = mask & (w >= 0)
     neg = mask & (w < 0)
-    drop_pos = bottom_k_mask(w, pos, drop_count(f, jnp.sum(pos, dtype=jnp.int32)), k_pos)
-    drop_neg = top_k_mask(w, neg, drop_count(f, jnp.sum(neg, dtype=jnp.int32)), k_neg)
+    drop_pos = bottom_k_mask(w, pos, drop_count(f, jnp.sum(pos, dtype=jnp.int32)), k_pos, positions)
+    drop_neg = top_k_mask(w, neg, drop_count(f, jnp.sum(neg, dtype=jnp.int32)), k_neg, positions)
     return drop_pos | drop_neg
 
 
-def random_grow_score(key, w, g):
-    """Unique random ranks: growth uniformly at random among the inactive weights."""
+def random_grow_score(key, w, g, positions=None):
+    """Unique random ranks: growth uniformly at random among the inactive weights. ``positions``: the
+    flat indices of the scored weights in their layer when ``w`` is only part of it (a block of rows),
+    so each weight gets the rank it has in the whole layer."""
     del g
-    return random_ranks(key, w.shape)
+    return random_ranks(key, w.shape) if positions is None else priorities_at(key, positions)
 
 
 def set_(*, update_every: int, end_step: int, start_step: int = 0, drop_fraction: float = 0.3,

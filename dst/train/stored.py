@@ -10,8 +10,10 @@ of each stored layer formed as ``inputs^T @ output gradient`` from the step's ow
 pass, and the result is stored again. Kept weights keep their values and optimizer moments (they move
 slots with their positions); grown weights take the freed slots; every shape stays as it was, so the
 run compiles once, and the topology decisions are the masked run's. Between updates nothing dense
-exists. (The dense view costs a layer's dense size at update steps only; a native row-blocked path for
-layers whose dense form does not fit is the next step.)
+exists. On ``csr``, SET, RigL and MEST update each stored layer from its stored values, one layer at a
+time, with the grow score formed in blocks of output units (:mod:`dst.train.stored_update`): the only
+dense temporary is one block of it. The dense view (a layer's dense size at update steps) serves the
+rest: SRigL, the condensed backend, structures, ``grow_init=normal``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from dst import backends
 from dst.algorithms.base import SparseAlgorithm
 from dst.masks import named_leaves
 from dst.masks import replace_named
+from dst.train import stored_update
 from dst.train.moments import map_param_trees
 
 # Per-weight dense metric state (ITOP's ever-active set) is kept while the stored layers' dense size is at
@@ -118,12 +121,13 @@ def dense_gradients(storage: Storage, grads, taps):
 
 def update_algorithm(algo: SparseAlgorithm, storage: Storage) -> Callable:
     """``update(state, key, params, slots, topologies, grads, taps, opt_state, ever_active) -> (params,
-    slots, topologies, opt_state, ever_active, state)``: ``algo.update`` on the dense view at the steps
-    where it may act (``algo.quiet(state) == 0``), and ``algo.skip`` elsewhere. The optimizer's
-    per-weight moments move with their weights to the new slots; ``ever_active`` (dense, or None) gains
-    the new masks."""
+    slots, topologies, opt_state, ever_active, state)``: at the steps where the algorithm may act
+    (``algo.quiet(state) == 0``) the layers are updated from storage, one at a time
+    (:mod:`dst.train.stored_update`: SET, RigL and MEST on ``csr``), or else ``algo.update`` runs on the
+    dense view; ``algo.skip`` elsewhere. The optimizer's per-weight moments move with their weights to
+    the new slots; ``ever_active`` (dense, or None) gains the new masks."""
 
-    def act(state, key, params, slots, topologies, opt_state, ever_active, grads, taps):
+    def act_dense(state, key, params, slots, topologies, opt_state, ever_active, grads, taps):
         dense_p, dense_m = expand_state(storage, params, slots, topologies)
         dense_g = dense_gradients(storage, grads, taps)
         inner = state._replace(grown=jax.tree_util.tree_map(lambda m: jnp.zeros(m.shape, bool), dense_m))
@@ -138,6 +142,9 @@ def update_algorithm(algo: SparseAlgorithm, storage: Storage) -> Callable:
         params, slots, topologies = compress_state(storage, new_p, new_m)
         new_state = new_state._replace(grown=_stored_grown(storage, new_state.grown, new_m))
         return params, slots, topologies, opt_state, ever_active, new_state
+
+    act = act_dense if not algo.dynamic or stored_update.unsupported(algo, storage) else \
+        stored_update.update_stored(algo, storage)
 
     def update(state, key, params, slots, topologies, grads, taps, opt_state, ever_active):
         if not algo.dynamic:

@@ -1,0 +1,95 @@
+"""RigL's update step on csr: the layer-at-a-time stored update against the dense view and masked.
+
+The model is an MLP 784-W-W-W-10, batch 128, SGD with momentum, constant fan-in masks. RigL runs with
+``update_every=1``, so every step is an update step (the ``full`` program: forward, backward, the dense
+weight gradient as RigL's grow score, drop, grow, new topology, moments moved). Variants:
+
+* ``masked``: the dense masked step;
+* ``csr view``: csr storage updated on the dense view of all its layers at once (the path before
+  :mod:`dst.train.stored_update`; SRigL and condensed still take it);
+* ``csr native``: csr storage updated from storage, one layer at a time, the grow score in blocks.
+
+Per-step times are medians over rounds that interleave the variants; memory is the compiled update
+step's ``memory_analysis()`` (arguments + temporaries, MiB). ``--no-dense-above W`` skips the masked
+and dense-view variants above width W (their dense arrays would not fit), reporting their compiled
+memory only.
+
+Run: ``.venv/bin/python benchmarks/stored_update_time.py [--widths 4000] [--densities 0.1,0.01]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import jax
+import optax
+from backend_step_time import fan_in_mlp  # this directory: run as a script
+
+import dst
+from dst import kernels
+from dst.train import stored
+from dst.train import stored_update
+
+BATCH = 128
+
+
+def build(width, density, variant):
+    model, params, layers, masks = fan_in_mlp(width, density)
+    tx = optax.sgd(0.01, momentum=0.9)
+    algo = dst.algorithms.make("rigl", update_every=1, end_step=10**6, drop_fraction=0.3)
+    storage = None if variant == "masked" else stored.make_storage(model, "csr", masks, layers)
+    native = stored_update.unsupported
+    if variant == "csr view":      # the dense-view path, for comparison
+        stored_update.unsupported = lambda algo, storage: "forced by the benchmark"
+    try:
+        step = jax.jit(dst.make_train_step(dst.flax_apply(model), tx, algo, storage=storage).full,
+                       donate_argnums=0)
+        state = dst.create_train_state(jax.random.key(4), params, masks, tx, algo, storage=storage)
+        x = jax.random.normal(jax.random.key(2), (BATCH, 784))
+        y = jax.random.randint(jax.random.key(3), (BATCH,), 0, 10)
+        compiled = step.lower(state, (x, y)).compile()
+    finally:
+        stored_update.unsupported = native
+    memory = compiled.memory_analysis()
+    mib = (memory.argument_size_in_bytes + memory.temp_size_in_bytes) / 2**20
+    return compiled, state, (x, y), mib
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--widths", default="4000")
+    parser.add_argument("--densities", default="0.1,0.01")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--no-dense-above", type=int, default=10_000)
+    args = parser.parse_args()
+    kernels.require("benchmark")
+    print(f"machine: {platform.machine()} {platform.processor() or ''} devices={jax.devices()} "
+          f"jax={jax.__version__}; MLP 784-W-W-W-10, batch {BATCH}, RigL update at every step, "
+          f"{args.rounds} rounds, medians")
+    print(f"{'width':>6s} {'density':>8s} {'variant':>11s} {'ms/update':>10s} {'MiB':>8s}")
+    for width in (int(w) for w in args.widths.split(",")):
+        for density in (float(d) for d in args.densities.split(",")):
+            names = ["masked", "csr view", "csr native"] if width <= args.no_dense_above else ["csr native"]
+            runs = {}
+            for name in names:
+                compiled, state, batch, mib = build(width, density, name)
+                state, _ = compiled(state, batch)    # warm
+                runs[name] = [compiled, state, batch, mib, []]
+            for _ in range(args.rounds):
+                for run in runs.values():
+                    start = time.perf_counter()
+                    run[1], metrics = run[0](run[1], run[2])
+                    jax.block_until_ready(metrics)
+                    run[4].append(time.perf_counter() - start)
+                    assert bool(metrics["updated"])
+            for name, run in runs.items():
+                print(f"{width:6d} {density:8.3%} {name:>11s} {1e3 * statistics.median(run[4]):10.1f} "
+                      f"{run[3]:8.0f}", flush=True)
+            del runs
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,289 @@
+"""Prune-and-regrow on stored layers (``csr``, ``condensed``), one layer at a time, without their dense form.
+
+At an update step of a :func:`dst.algorithms.base.prune_and_regrow` algorithm (SET, RigL, MEST), each
+stored layer is updated from its stored values:
+
+* **drop** selects among the stored values with the algorithm's own drop rule (``|w|``, Mocanu's
+  sign split, MEST's ``|w| + lambda |g|`` with ``g`` the value gradient the step already has);
+* **grow** streams over blocks of output units. A block's grow score is formed there (RigL: the
+  block of the dense weight gradient ``inputs^T @ output gradients[:, block]``, from the step's own
+  forward and backward pass; SET/MEST: keyed random ranks), the block's inactive positions are
+  merged with the best candidates so far, and only those stay: a buffer of the layer's capacity;
+* the kept and grown weights are sorted into a new CSR structure of the same capacity (values kept,
+  grown ones zero), and the optimizer's moments move with their weights.
+
+The only dense temporary is one block of the grow score (:data:`GROW_BLOCK` elements; the whole layer
+when it fits), and layers run one after another (each waits for the one before), so an update of a
+network holds at most one block at a time, at update steps only.
+
+The selection is the dense algorithm's, decision for decision: both sides rank by (score, keyed
+priority of the weight's flat index in the layer), :func:`dst.selection.priorities_at`, so ties break
+alike and a stored run keeps the masked run's masks (``tests/test_stored_runs.py``,
+``tests/test_stored_update.py``). Algorithms or settings outside this path (SRigL's ablation, the
+condensed backend, structures, ``grow_init=normal``) update on the dense view instead
+(:func:`dst.train.stored.update_algorithm`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from dst import backends
+from dst.algorithms.base import SparseAlgorithm
+from dst.masks import path_name
+from dst.selection import _score_keys
+from dst.selection import bottom_k_mask
+from dst.selection import grouped_top_k_mask
+from dst.selection import priorities_at
+from dst.selection import top_k_of_keys
+from dst.train.moments import map_param_trees
+
+# Elements of the grow score formed at once (64 MiB of float32): a layer larger than this grows by
+# blocks of output units.
+GROW_BLOCK = 2**24
+
+_U32 = jnp.uint32
+
+
+def unsupported(algo: SparseAlgorithm, storage) -> str | None:
+    """Why ``algo`` cannot update ``storage``'s layers from storage (they then update on the dense view),
+    or ``None``."""
+    rules = algo.rules
+    if rules is None or rules.decays:
+        return "the algorithm has its own update"
+    structure = rules.structure
+    if structure.name != "unstructured" and (structure.unit_group is None or structure.drop is not bottom_k_mask):
+        return f"structure={structure.name} has groups across output units"
+    if rules.grow_init != "zeros":
+        return "grow_init=normal draws its values over the dense layer"
+    return None
+
+
+def _check_size(name, shape):
+    if math.prod(shape) >= 2**32:   # at trace time: a plain step of such a layer compiles and runs
+        raise ValueError(f"layer {name} has {math.prod(shape):,} positions; in-step prune-and-regrow ranks "
+                         "positions by their 32-bit index (below 2^32 = 4,294,967,296), so a layer this large "
+                         "updates between epochs with dst.train.large.set_update.")
+
+
+class LayerUpdate(NamedTuple):
+    """One stored layer after an update: its slots' values, which slots hold a weight, the topology,
+    where each slot's weight was before (flat slot index; ``-1``: grown), which slots were grown, and
+    each slot's output unit (flat; ``n_out`` for an unused slot)."""
+
+    values: jax.Array
+    valid: jax.Array
+    topology: backends.CSR | backends.Condensed
+    source: jax.Array
+    grown: jax.Array
+    units: jax.Array
+
+
+def _call(rule, *args, **kwargs):
+    """``rule(*args, **kwargs)`` with only the keyword arguments the rule takes."""
+    names = inspect.signature(rule).parameters
+    return rule(*args, **{k: v for k, v in kwargs.items() if k in names})
+
+
+def _slot_units(rowptr, capacity: int):
+    return jnp.searchsorted(rowptr, jnp.arange(capacity, dtype=jnp.int32), side="right").astype(jnp.int32) - 1
+
+
+def grow_candidates(rules, key, valid, kept, cols, units, x, dy, k, shape, capacity: int, block: int = GROW_BLOCK):
+    """``(inputs, units, chosen)``: the weights to grow outside ``kept``, of largest grow score (ties by
+    keyed priority of the dense position), in CSR order (by unit, then input) in ``capacity`` slots,
+    ``chosen`` marking the used ones (a prefix). Unstructured: the ``k`` largest of the layer; under a
+    structure whose groups lie within units (fan-in, N:M): each group refilled to the count it had in
+    ``valid``. The layer's dense grow score is formed in blocks of at most ``block`` elements (whole
+    output units, laid out unit by unit). Each block's candidates are merged with the best so far
+    (unstructured) or appended (structured), so the result is the selection over the whole layer and
+    stays in CSR order without a sort."""
+    n_in, n_out = shape
+    width = max(1, min(n_out, block // max(n_in, 1)))
+    blocks = -(-n_out // width)
+    group = None if rules.structure.unit_group is None else rules.structure.unit_group(n_in)
+    inputs = jnp.arange(n_in, dtype=_U32)[None, :]
+    slot = jnp.arange(capacity)
+
+    def candidates(b):
+        start = jnp.minimum(b * width, n_out - width)     # the last block overlaps the one before ...
+        block_units = start + jnp.arange(width, dtype=jnp.int32)
+        local = jnp.where((units >= start) & (units < start + width), units - start, width)   # width: dropped
+        here = lambda m: jnp.zeros((width, n_in), bool).at[local, cols].max(m, mode="drop")
+        kept_here = here(kept)
+        eligible = ~kept_here & (block_units >= b * width)[:, None]   # ... and skips the units it repeats
+        positions = inputs * _U32(n_out) + block_units.astype(_U32)[:, None]      # flat in the dense layer
+        grads = lax.dynamic_slice_in_dim(dy, start, width, axis=1).T @ x        # [width, n_in]
+        scores = _call(rules.grow_score, key, None, grads, positions=positions)
+        if group is None:
+            return jnp.where(eligible, _score_keys(scores), _U32(0)).reshape(-1), positions.reshape(-1)
+        view = lambda a: a.reshape(width, n_in // group, group)
+        count = lambda m: jnp.sum(view(m), axis=2, keepdims=True, dtype=jnp.int32)
+        need = count(here(valid)) - count(kept_here)
+        chosen = grouped_top_k_mask(view(scores), view(eligible), need, key, 2, view(positions))
+        return chosen.reshape(-1), positions.reshape(-1)
+
+    def merge(b, best):
+        best_keys, best_positions = best
+        keys, positions = candidates(b)
+        keys, positions = jnp.concatenate([best_keys, keys]), jnp.concatenate([best_positions, positions])
+        chosen = top_k_of_keys(keys, k, lambda: priorities_at(key, positions))
+        index = jnp.nonzero(chosen, size=capacity, fill_value=0)[0]     # in order: earlier units first
+        used = slot < jnp.sum(chosen, dtype=jnp.int32)
+        return jnp.where(used, keys[index], _U32(0)), positions[index]
+
+    def append(b, found):
+        count, found_positions = found
+        chosen, positions = candidates(b)
+        index = jnp.nonzero(chosen, size=capacity, fill_value=0)[0]
+        new = jnp.sum(chosen, dtype=jnp.int32)
+        at = jnp.where(slot < new, count + slot, capacity)            # capacity: dropped
+        return count + new, found_positions.at[at].set(positions[index], mode="drop")
+
+    if group is None:
+        best_keys, positions = lax.fori_loop(0, blocks, merge, (jnp.zeros(capacity, _U32), jnp.zeros(capacity, _U32)))
+        chosen = best_keys > 0
+    else:
+        count, positions = lax.fori_loop(0, blocks, append, (jnp.int32(0), jnp.zeros(capacity, _U32)))
+        chosen = slot < count
+    return (positions // _U32(n_out)).astype(jnp.int32), (positions % _U32(n_out)).astype(jnp.int32), chosen
+
+
+def _merge_csr(a_inputs, a_units, a_live, b_inputs, b_units, b_live, n_in: int):
+    """Where each entry of two CSR-ordered lists lands in their merged CSR order: ``a`` may have holes
+    (``a_live`` False), ``b``'s live entries are a prefix. Returns the target slot of each (``-1``: not
+    live) and the merged count."""
+    order = lambda inputs, units: units.astype(_U32) * _U32(n_in) + inputs.astype(_U32)   # < 2^32
+    a_key, b_key = order(a_inputs, a_units), order(b_inputs, b_units)
+    a_before = jnp.cumsum(a_live, dtype=jnp.int32) - a_live           # live entries of a before each
+    b_count = jnp.sum(b_live, dtype=jnp.int32)
+    b_sorted = jnp.where(b_live, b_key, _U32(0xFFFFFFFF))
+    # a's live keys, each hole filled with the key before it: non-decreasing, so searchable.
+    a_filled = lax.cummax(jnp.where(a_live, a_key, _U32(0)))
+    a_slot = a_before + jnp.minimum(jnp.searchsorted(b_sorted, a_key, side="left").astype(jnp.int32), b_count)
+    first = jnp.searchsorted(a_filled, b_key, side="left")               # first live a entry >= the key
+    a_total = jnp.concatenate([a_before, jnp.sum(a_live, dtype=jnp.int32)[None]])
+    b_slot = jnp.arange(b_key.shape[0], dtype=jnp.int32) + a_total[first]
+    return jnp.where(a_live, a_slot, -1), jnp.where(b_live, b_slot, -1), a_total[-1] + b_count
+
+
+def update_slots(rules, key, f, values, valid, cols, units, value_grads, x, dy, shape, block: int = GROW_BLOCK):
+    """One stored layer's update by ``rules`` (a :class:`dst.algorithms.base.PruneRegrowRules`), on its
+    slots in CSR order (flat: ``cols`` and ``units`` of each slot): ``(values, live, cols, units, source,
+    grown)`` of the new slots, in CSR order, unused slots last (unit ``n_out``). The dense update's
+    decisions, from storage."""
+    n_in, n_out = shape
+    capacity = values.shape[0]
+    k_drop, k_grow, _ = jax.random.split(key, 3)     # as the dense update splits it
+    positions = cols.astype(_U32) * _U32(n_out) + units.astype(_U32)
+    select = lambda scores, eligible, k, key: bottom_k_mask(scores, eligible, k, key, positions)
+    dropped = _call(rules.drop_rule, k_drop, values, value_grads, valid, f, 0, select=select, positions=positions)
+    n = jnp.sum(valid, dtype=jnp.int32)
+    dropped = dropped & valid
+    if n_in * n_out <= capacity:      # a dense layer has nowhere to explore
+        dropped = dropped & (n < n_in * n_out)
+    kept = valid & ~dropped
+    k = jnp.sum(dropped, dtype=jnp.int32)
+    grown_inputs, grown_units, grown = grow_candidates(rules, k_grow, valid, kept, cols, units, x, dy, k, shape,
+                                                       capacity, block)
+    # Kept and grown weights merged in CSR order (unit, then input); unused slots stay at the end.
+    kept_slot, grown_slot, count = _merge_csr(cols, units, kept, grown_inputs, grown_units, grown, n_in)
+    at_kept, at_grown = jnp.where(kept_slot < 0, capacity, kept_slot), jnp.where(grown_slot < 0, capacity, grown_slot)
+    put = lambda init, at, x: init.at[at].set(x, mode="drop")         # slot `capacity`: dropped
+    live = jnp.arange(capacity) < count
+    new_cols = put(put(jnp.zeros(capacity, jnp.int32), at_kept, cols), at_grown, grown_inputs)
+    new_units = put(put(jnp.full(capacity, n_out, jnp.int32), at_kept, units), at_grown, grown_units)
+    source = put(jnp.full(capacity, -1, jnp.int32), at_kept, jnp.arange(capacity, dtype=jnp.int32))
+    new_values = put(jnp.zeros(capacity, values.dtype), at_kept, values)
+    return new_values, live, new_cols, new_units, source, live & (source < 0)
+
+
+def update_layer(rules, key, f, values, valid, topology, value_grads, x, dy, shape,
+                 block: int = GROW_BLOCK) -> LayerUpdate:
+    """One stored layer's update (``csr``: a :class:`dst.backends.CSR`; ``condensed``: a
+    :class:`dst.backends.Condensed` with ``values [n_out, k]``) by ``rules``: :func:`update_slots` on its
+    slots, stored again in the same format and capacity."""
+    n_in, n_out = shape
+    stored_shape = values.shape
+    if isinstance(topology, backends.Condensed):
+        cols = topology.indices.reshape(-1)
+        units = jnp.repeat(jnp.arange(n_out, dtype=jnp.int32), stored_shape[1])
+    else:
+        cols, units = topology.cols, _slot_units(topology.rowptr, values.shape[0])
+    flat = lambda a: a.reshape(-1)
+    new_values, live, new_cols, new_units, source, grown = update_slots(
+        rules, key, f, flat(values), flat(valid), cols, units, flat(value_grads), x, dy, shape, block)
+    if isinstance(topology, backends.Condensed):   # every unit keeps its fan-in: the slots are [n_out, k]
+        new_topology = backends.condensed_topology(new_cols.reshape(stored_shape), n_in)
+    else:
+        rowptr = jnp.concatenate([jnp.searchsorted(new_units, jnp.arange(n_out, dtype=jnp.int32), side="left"),
+                                  jnp.full(1, values.shape[0])]).astype(jnp.int32)
+        new_topology = backends.csr_topology(new_cols, rowptr, n_in)
+    shaped = lambda a: a.reshape(stored_shape)
+    return LayerUpdate(shaped(new_values), shaped(live), new_topology, source, shaped(grown), new_units)
+
+
+def update_stored(algo: SparseAlgorithm, storage, block: int = GROW_BLOCK):
+    """``act(state, key, params, slots, topologies, opt_state, ever_active, grads, taps)`` for
+    :func:`dst.train.stored.update_algorithm` at a step where ``algo`` updates: stored layers by
+    :func:`update_layer`, one after another; other sparse leaves (masked layers of a stored run) by the
+    algorithm's dense layer update; the optimizer's moments moved to their weights' new slots."""
+    rules = algo.rules
+
+    def act(state, key, params, slots, topologies, opt_state, ever_active, grads, taps):
+        inputs, cotangents = taps
+        f = rules.fraction(state.step)
+        flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+        out_p, out_s, out_g, sources = [], [], [], {}
+        ever = None if ever_active is None else treedef.flatten_up_to(ever_active)
+        topologies = dict(topologies)
+        done = None
+        for i, ((path, w), m, g) in enumerate(zip(flat, treedef.flatten_up_to(slots), treedef.flatten_up_to(grads))):
+            name, layer_key = path_name(path), jax.random.fold_in(key, i)
+            layout = storage.layout_of.get(name)
+            if layout is not None and rules.updates(name, layout.shape):
+                n_in, n_out = layout.shape
+                _check_size(name, layout.shape)
+                operands = (w, m, topologies[name], g, inputs[name].reshape(-1, n_in).astype(jnp.float32),
+                            cotangents[name].reshape(-1, n_out).astype(jnp.float32))
+                if done is not None:   # one layer at a time: this layer starts after the last one ended
+                    done, operands = lax.optimization_barrier((done, operands))
+                new = update_layer(rules, layer_key, f, *operands, layout.shape, block)
+                done = new
+                w, m, grown = new.values, new.valid, new.grown
+                topologies[name], sources[name] = new.topology, new.source
+                if ever is not None:
+                    cols = new.topology.cols if isinstance(new.topology, backends.CSR) else new.topology.indices
+                    ever[i] = ever[i].at[cols.reshape(-1), new.units].max(m.reshape(-1), mode="drop")
+            elif layout is None and rules.updates(name, tuple(w.shape)):
+                w, m, grown = rules.update_layer(layer_key, w, g, m, f)
+                if ever is not None:
+                    ever[i] = ever[i] | m
+            else:
+                grown = jnp.zeros(m.shape, bool)
+            out_p.append(w)
+            out_s.append(m)
+            out_g.append(grown)
+
+        def move(moments):   # to each weight's new slot (a grown weight's moments are reset by the step)
+            leaves = treedef.flatten_up_to(moments)
+            for i, (path, _) in enumerate(flat):
+                src = sources.get(path_name(path))
+                if src is not None:
+                    old = leaves[i]
+                    leaves[i] = jnp.where(src >= 0, old.reshape(-1)[jnp.maximum(src, 0)], 0).reshape(old.shape)
+            return treedef.unflatten(leaves)
+
+        opt_state = map_param_trees(move, opt_state, params)
+        ever_active = None if ever is None else treedef.unflatten(ever)
+        new_state = state._replace(step=state.step + 1, grown=treedef.unflatten(out_g),
+                                   updated=jnp.ones((), bool))
+        return treedef.unflatten(out_p), treedef.unflatten(out_s), topologies, opt_state, ever_active, new_state
+
+    return act

@@ -1,0 +1,127 @@
+"""Prune-and-regrow from storage (dst.train.stored_update) makes the dense update's decisions.
+
+A small layer (36 inputs, 23 outputs; csr with padding slots past its active weights, and fan-in and
+2:4 layers on csr and condensed) is updated twice:
+once by the algorithm's dense per-layer update on the dense view with the dense gradient
+``x^T @ dy``, once from storage with the grow score formed in blocks of output units of every width
+from the whole layer down to one unit (the last block overlapping the one before). The stored result,
+expanded, must equal the dense one exactly: masks, values, which weights were grown. Ties are built in:
+inputs that are zero for the whole batch give exactly-zero gradients (RigL's growth must break them by
+the priorities of the dense positions), and weights of equal magnitude tie in the drop.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import dst
+from dst import backends
+from dst import structures
+from dst.train import stored
+from dst.train import stored_update
+
+N_IN, N_OUT, BATCH = 36, 23, 5
+
+
+def layer(seed=0, density=0.3, structure=None):
+    k_w, k_m, k_x, k_dy = jax.random.split(jax.random.key(seed), 4)
+    w = jax.random.normal(k_w, (N_IN, N_OUT))
+    # Half the rows hold one small magnitude: more weights tie at the drop threshold than are dropped.
+    w = jnp.where(jnp.arange(N_IN)[:, None] % 2 == 0, 0.01 * jnp.sign(w), w)
+    if structure is None:
+        mask = jax.random.uniform(k_m, (N_IN, N_OUT)) < density
+    else:
+        n_active = round(structure.round_density((N_IN, N_OUT), density) * N_IN * N_OUT)
+        mask = structure.init_mask(k_m, (N_IN, N_OUT), n_active)
+    x = jax.random.normal(k_x, (BATCH, N_IN))
+    x = jnp.where(jnp.arange(N_IN) % 4 == 1, 0.0, x)                 # zero inputs: zero gradients tie
+    dy = jax.random.normal(k_dy, (BATCH, N_OUT))
+    return jnp.where(mask, w, 0.0), mask, x, dy
+
+
+ALGORITHMS = {
+    "rigl": dict(name="rigl"),
+    "set": dict(name="set"),
+    "set_sign_split": dict(name="set", sign_split=True),
+    "mest": dict(name="mest", grad_weight=0.5),
+}
+# (structure, backend, padding slots): csr may hold fewer weights than its capacity; condensed never.
+LAYOUTS = {
+    "unstructured-csr": (None, "csr", 9),
+    "fan_in-csr": (structures.fan_in(), "csr", 0),
+    "fan_in-condensed": (structures.fan_in(), "condensed", 0),
+    "2:4-condensed": (structures.n_m(2, 4), "condensed", 0),
+}
+BLOCKS = [stored_update.GROW_BLOCK, 3 * N_IN, N_IN]    # the whole layer; 3 units (23 = 7 x 3 + 2); one unit
+CASES = [(a, lay, b) for a in ALGORITHMS for lay in LAYOUTS for b in BLOCKS
+         if lay == "unstructured-csr" or b == 3 * N_IN or a == "rigl"]
+
+
+@pytest.mark.parametrize("which,layout_name,block", CASES)
+def test_a_stored_update_makes_the_dense_updates_decisions(which, layout_name, block):
+    structure, backend_name, padding = LAYOUTS[layout_name]
+    settings = dict(ALGORITHMS[which])
+    algo = dst.algorithms.make(settings.pop("name"), update_every=10, end_step=1000, drop_fraction=0.4,
+                               structure=structure, **settings)
+    rules = algo.rules
+    assert stored_update.unsupported(algo, stored.Storage(backends.make(backend_name), {}, None)) is None
+    w, mask, x, dy = layer(structure=structure)
+    g = x.T @ dy
+    key, f = jax.random.key(7), jnp.float32(0.4)
+    new_w, new_mask, grown = rules.update_layer(key, w, g, mask, f)
+
+    backend = backends.make(backend_name)
+    layout = backend.layout(mask)
+    layout = layout._replace(count=layout.count + padding)
+    values, valid, topology = backend.compress(w, mask, layout)
+    value_grads, _, _ = backend.compress(g, mask, layout)
+    out = jax.jit(lambda *a: stored_update.update_layer(rules, key, f, *a, (N_IN, N_OUT), block))(
+        values, valid, topology, value_grads, x, dy)
+    got_w, got_mask = backend.expand(out.values, out.valid, out.topology, layout)
+    np.testing.assert_array_equal(got_mask, new_mask)
+    np.testing.assert_array_equal(got_w, new_w)
+    got_grown, _ = backend.expand(out.grown.astype(jnp.float32), out.valid, out.topology, layout)
+    np.testing.assert_array_equal(got_grown > 0, grown)
+    assert int(grown.sum()) > 0 and bool(jnp.any(new_mask != mask))
+    if structure is None:
+        assert int(grown.sum()) == int(0.4 * mask.sum())
+    # The stored result is the compressed form of the dense one, slot for slot, and its transpose is rebuilt.
+    want_values, want_valid, want_topology = backend.compress(new_w, new_mask, layout)
+    for got, want in zip((out.values, out.valid, *out.topology), (want_values, want_valid, *want_topology)):
+        np.testing.assert_array_equal(got, want)
+    # Each kept weight's source slot held it before the update.
+    kept = np.asarray(out.valid & (out.source.reshape(out.valid.shape) >= 0)).reshape(-1)
+    np.testing.assert_array_equal(np.asarray(values).reshape(-1)[np.asarray(out.source)[kept]],
+                                  np.asarray(out.values).reshape(-1)[kept])
+
+
+@pytest.mark.parametrize("layout_name", ["unstructured-csr", "fan_in-condensed", "2:4-condensed"])
+def test_growth_breaks_ties_among_zero_gradients_by_the_dense_positions(layout_name):
+    """With every gradient zero, RigL's growth is all tie-break: stored and dense must still agree."""
+    structure, backend_name, _ = LAYOUTS[layout_name]
+    algo = dst.algorithms.make("rigl", update_every=10, end_step=1000, drop_fraction=0.5, structure=structure)
+    w, mask, x, dy = layer(seed=3, structure=structure)
+    dy = jnp.zeros_like(dy)
+    key, f = jax.random.key(11), jnp.float32(0.5)
+    new_w, new_mask, _ = algo.rules.update_layer(key, w, x.T @ dy, mask, f)
+    backend = backends.make(backend_name)
+    layout = backend.layout(mask)
+    values, valid, topology = backend.compress(w, mask, layout)
+    out = stored_update.update_layer(algo.rules, key, f, values, valid, topology, jnp.zeros_like(values), x, dy,
+                                     (N_IN, N_OUT), 2 * N_IN)
+    got_w, got_mask = backend.expand(out.values, out.valid, out.topology, layout)
+    np.testing.assert_array_equal(got_mask, new_mask)
+    np.testing.assert_array_equal(got_w, new_w)
+
+
+def test_the_stored_update_serves_what_it_can_and_leaves_the_rest_to_the_dense_view():
+    csr = stored.Storage(backends.csr(), {}, None)
+    condensed = csr._replace(backend=backends.condensed())
+    make = lambda name, **kw: dst.algorithms.make(name, update_every=5, end_step=50, **kw)
+    assert stored_update.unsupported(make("rigl"), csr) is None
+    assert stored_update.unsupported(make("set", sign_split=True), csr) is None
+    assert stored_update.unsupported(make("rigl", structure=structures.fan_in()), condensed) is None
+    assert stored_update.unsupported(make("srigl", structure=structures.fan_in()), condensed)
+    assert stored_update.unsupported(make("set", grow_init="normal"), csr)
+    assert stored_update.unsupported(make("rigl", structure=structures.block(2, 2)), csr)
