@@ -70,9 +70,10 @@ def main():
     parser.add_argument("--densities", default="0.5,0.1,0.05,0.01,0.001")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20, help="steps per timed call")
-    parser.add_argument("--masked-up-to", type=int, default=20_000,
-                        help="widest MLP that also runs masked (3 dense 20000 x 20000 layers take ~15 GiB with "
-                             "their momentum and gradients)")
+    parser.add_argument("--masked-up-to", type=int, default=10_000,
+                        help="widest MLP that also runs masked (at 20000 wide the masked state, built beside the "
+                             "stored ones, was killed for memory on a 24 GiB machine)")
+    parser.add_argument("--backends", default="masked,csr,condensed")
     args = parser.parse_args()
     kernels.require("benchmark")
     print(f"machine: {platform.machine()} {platform.processor() or ''} devices={jax.devices()} "
@@ -82,7 +83,7 @@ def main():
           f"{'masked/cond.':>13s} {'MiB masked/csr/cond.':>22s}")
     for width in (int(w) for w in args.widths.split(",")):
         for density in (float(d) for d in args.densities.split(",")):
-            names = ("masked", "csr", "condensed") if width <= args.masked_up_to else ("csr", "condensed")
+            names = [b for b in args.backends.split(",") if b != "masked" or width <= args.masked_up_to]
             runs = variants(width, density, args.steps, names)
             for fn, _ in runs.values():
                 timed(fn, jax.random.key(6))
@@ -91,9 +92,9 @@ def main():
                 for k, (fn, _) in runs.items():
                     times[k].append(timed(fn, jax.random.key(100 + r)) / args.steps)
             med = {k: 1e3 * statistics.median(v) for k, v in times.items()}
-            med.setdefault("masked", float("nan"))
+            med = {k: med.get(k, float("nan")) for k in ("masked", "csr", "condensed")}
             ratio = lambda k, t=times: statistics.median(m / v for m, v in zip(t["masked"], t[k])) \
-                if "masked" in t else float("nan")
+                if "masked" in t and k in t else float("nan")
             mib = "/".join(f"{runs[k][1]:.0f}" if k in runs else "-" for k in ("masked", "csr", "condensed"))
             print(f"{width:6d} {density:8.3%} {med['masked']:10.2f} {med['csr']:8.2f} {med['condensed']:9.2f} "
                   f"{ratio('csr'):11.2f} {ratio('condensed'):13.2f} {mib:>22s}", flush=True)

@@ -54,7 +54,11 @@ LAYOUTS = {
     "2:4-condensed": (structures.n_m(2, 4), "condensed", 0),
 }
 BLOCKS = [stored_update.GROW_BLOCK, 3 * N_IN, N_IN]    # the whole layer; 3 units (23 = 7 x 3 + 2); one unit
-CASES = [(a, lay, b) for a in ALGORITHMS for lay in LAYOUTS for b in BLOCKS
+# `make test` takes every algorithm on csr in overlapping blocks, and RigL on each layout in one-unit
+# blocks; `make test-slow` the rest.
+CASES = [pytest.param(a, lay, b, marks=() if (lay == "unstructured-csr" and b == 3 * N_IN)
+                      or (a == "rigl" and b == N_IN) else pytest.mark.slow)
+         for a in ALGORITHMS for lay in LAYOUTS for b in BLOCKS
          if lay == "unstructured-csr" or b == 3 * N_IN or a == "rigl"]
 
 

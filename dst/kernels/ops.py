@@ -121,12 +121,12 @@ def csr_matmul(x: jax.Array, values: jax.Array, cols: jax.Array, rowptr: jax.Arr
     ``transposed`` is ``transpose(cols, rowptr, n_in)``, built here when not given (a sort per call:
     a layer that trains keeps it with its topology).
     """
-    if _use_kernels() and transposed is None:
+    if not _use_kernels():
+        return csr_matmul_xla(x, values, cols.astype(jnp.int32), rowptr.astype(jnp.int32))
+    if transposed is None:
         transposed = _transpose_of(cols, rowptr, x.shape[-1])
     cols, rowptr = cols.astype(jnp.int32), rowptr.astype(jnp.int32)
-    if _use_kernels():
-        return _csr_matmul_kernel(values.astype(jnp.float32), cols, rowptr, transposed, x)
-    return csr_matmul_xla(x, values, cols, rowptr)
+    return _csr_matmul_kernel(values.astype(jnp.float32), cols, rowptr, transposed, x)
 
 
 def _transpose_of(cols, rowptr, n_in: int) -> Transposed:

@@ -33,8 +33,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dst import backends
 from dst.algorithms.base import magnitude_drop
 from dst.backends import CSR
+from dst.masks import named_leaves
+from dst.masks import replace_named
+from dst.train.state import TrainState
+from dst.train.state import counts as count_masks
+from dst.train.stored import Storage
 
 
 def er_count(shape: tuple[int, int], epsilon: float) -> int:
@@ -147,13 +153,6 @@ def init_born_sparse(key: jax.Array, rng: np.random.Generator, model, x, counts:
     the other kernels dense from ``kernel_init`` (default flax's, LeCun normal). Nothing of a stored
     layer's dense size is ever formed (the model's shapes come from ``jax.eval_shape``). ``algo`` must
     not change the topology in the step (``static``; SET's update is :func:`set_update`, between epochs)."""
-    from dst import backends
-    from dst.masks import named_leaves
-    from dst.masks import replace_named
-    from dst.train.state import TrainState
-    from dst.train.state import counts as count_masks
-    from dst.train.stored import Storage
-
     kernel_init = kernel_init or jax.nn.initializers.lecun_normal()
     sparse_init = sparse_init or kernel_init
     if algo.dynamic:
