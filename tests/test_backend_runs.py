@@ -37,6 +37,7 @@ def test_a_stored_run_makes_the_masked_runs_topology_decisions(tmp_path, data_di
     assert masked.returncode == 0 and out.returncode == 0, out.stderr[-2000:]
     assert (f"sparsity: backend {backend} stores Dense_0/kernel, Dense_1/kernel, Dense_2/kernel."
             in out.stdout.splitlines()[:3])
+    assert "sparsity: rigl updates the stored layers from storage, one layer at a time." in out.stdout.splitlines()[:4]
     summary = json.loads((stored_dir / "summary.json").read_text())
     assert summary["backend"] == backend and set(json.loads(summary["stored_layers"])) == {
         "Dense_0/kernel", "Dense_1/kernel", "Dense_2/kernel"}

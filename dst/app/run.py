@@ -280,6 +280,10 @@ def initialise(plan: Plan) -> Run:
     densities = {n: d for n, d in dst.density_report(masks, layers).items() if n != "global"}
     tx = make_tx(cfg, plan.total_steps)
     storage = make_run_storage(sp, model, masks, [n for n in layers if densities[n] < 1])
+    if storage is not None and storage.backend is not None and algo.dynamic:
+        why = stored.stored_update.unsupported(algo, storage)
+        print(f"sparsity: {sp['algorithm']} updates the stored layers "
+              + ("from storage, one layer at a time." if why is None else f"on their dense view ({why})."))
     state = dst.create_train_state(k_state, params, masks, tx, algo, model_state, storage=storage)
     if plan.parallel is not None:
         state = plan.parallel.replicate(state)
