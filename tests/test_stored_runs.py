@@ -34,6 +34,9 @@ CASES = [
     pytest.param("srigl", structures.fan_in(), "csr", marks=slow),
     pytest.param("rigl", structures.fan_in(), "condensed", marks=slow),
     pytest.param("set", structures.n_m(2, 4), "condensed", marks=slow),
+    # Updated one layer's dense view at a time (dst.train.stored._layerwise_dense), not from storage:
+    pytest.param("rigl", structures.block(2, 2), "csr", marks=slow),
+    pytest.param("set_normal", None, "csr", marks=slow),
 ]
 
 
@@ -53,6 +56,8 @@ def problem(structure, seed=0):
 
 def algorithm(name, structure):
     kwargs = dict(update_every=UPDATE_EVERY, end_step=1000, drop_fraction=0.3)
+    if name == "set_normal":      # grown weights drawn over the dense layer
+        return dst.algorithms.make("set", **kwargs, grow_init="normal", structure=structure)
     return dst.algorithms.make(name, **({} if name == "static" else kwargs), structure=structure)
 
 
