@@ -114,3 +114,18 @@ def test_a_malformed_structure_is_an_error_not_a_wrong_answer():
     with pytest.raises(Exception, match="rowptr|values"):
         jax.block_until_ready(kernels.csr_matmul(x, jnp.ones((3,)), jnp.zeros((2,), jnp.int32),
                                                  jnp.array([0, 3], jnp.int32)))
+
+
+@pytest.mark.parametrize("size", [1, 37, 300, 2000])
+def test_compact_lists_the_true_positions_in_order_as_nonzero_does(size, monkeypatch):
+    mask = jax.random.uniform(jax.random.key(0), (1000,)) < 0.3
+    want = np.flatnonzero(np.asarray(mask))
+    expected = np.zeros(size, np.int32)
+    expected[:min(size, want.size)] = want[:size]
+    index, count = jax.jit(lambda m: kernels.compact(m, size))(mask)
+    np.testing.assert_array_equal(index, expected)
+    assert int(count) == want.size
+    monkeypatch.setattr(kernels.ops, "_use_kernels", lambda: False)   # the XLA fallback says the same
+    index, count = jax.jit(lambda m: kernels.compact(m, size))(mask)
+    np.testing.assert_array_equal(index, expected)
+    assert int(count) == want.size

@@ -1,13 +1,16 @@
 """The compiled kernels of the sparse backends, and whether this install has them.
 
 ``dst.kernels._cpu`` is a C++ module built by the package's own install (``CMakeLists.txt``, driven by
-scikit-build-core) against the XLA FFI headers of the installed jax. Its three handlers are registered with
+scikit-build-core) against the XLA FFI headers of the installed jax. Its handlers are registered with
 ``jax.ffi`` on first use:
 
 * ``dst_spmm``: ``yT = W xT`` over compressed rows (forward);
 * ``dst_spmm_t``: ``dxT = W^T dyT`` over the transposed structure (input gradient; the structure comes
   from :func:`transpose`, built once per topology);
-* ``dst_sddmm``: ``dW = dyT xT^T`` at the nonzeros only (value gradient).
+* ``dst_sddmm``: ``dW = dyT xT^T`` at the nonzeros only (value gradient);
+* ``dst_spmm_t_sddmm``: the last two in one pass, for layers with large activations;
+* ``dst_compact``: the positions of a mask's true entries (:func:`compact`), which prune-and-regrow
+  updates on stored layers take for every block of a grow score.
 
 The products themselves, with their custom VJP and the XLA fallback, are in :mod:`dst.kernels.ops`.
 """
@@ -17,6 +20,7 @@ from dst.kernels._loader import register
 from dst.kernels._loader import require
 from dst.kernels._loader import status
 from dst.kernels.ops import Transposed
+from dst.kernels.ops import compact
 from dst.kernels.ops import condensed_matmul
 from dst.kernels.ops import condensed_matmul_gather
 from dst.kernels.ops import csr_matmul
@@ -25,6 +29,7 @@ from dst.kernels.ops import transpose
 
 __all__ = [
     "available",
+    "compact",
     "condensed_matmul",
     "condensed_matmul_gather",
     "csr_matmul",

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from dst import backends
+from dst import kernels
 from dst.algorithms.base import SparseAlgorithm
 from dst.masks import path_name
 from dst.selection import _score_keys
@@ -129,25 +130,43 @@ def grow_candidates(rules, key, valid, kept, cols, units, x, dy, k, shape, capac
         chosen = grouped_top_k_mask(view(scores), view(eligible), need, key, 2, view(positions))
         return chosen.reshape(-1), positions.reshape(-1)
 
+    def best_of(keys, positions, qualify, count):
+        """The ``capacity`` slots of ``keys`` (0: empty) and ``positions`` that ``qualify`` (``count`` of
+        them, at most ``capacity``), in order."""
+        index, _ = kernels.compact(qualify, capacity)
+        return jnp.where(slot < count, keys[index], _U32(0)), positions[index]
+
     def merge(b, best):
-        best_keys, best_positions = best
+        best_keys, best_positions, floor = best
         keys, positions = candidates(b)
+        # A candidate below `floor` (the k-th best key so far, once k are held) can never be chosen: the
+        # block's others are few after the first blocks, and only they meet the best so far. A block with
+        # more than fit is first cut to its own k best.
+        qualify = keys >= floor
+        count = jnp.sum(qualify, dtype=jnp.int32)
+
+        def own_best():
+            chosen = top_k_of_keys(keys, k, lambda: priorities_at(key, positions))
+            return best_of(keys, positions, chosen, jnp.sum(chosen, dtype=jnp.int32))
+
+        keys, positions = lax.cond(count <= capacity, lambda: best_of(keys, positions, qualify, count), own_best)
         keys, positions = jnp.concatenate([best_keys, keys]), jnp.concatenate([best_positions, positions])
         chosen = top_k_of_keys(keys, k, lambda: priorities_at(key, positions))
-        index = jnp.nonzero(chosen, size=capacity, fill_value=0)[0]     # in order: earlier units first
-        used = slot < jnp.sum(chosen, dtype=jnp.int32)
-        return jnp.where(used, keys[index], _U32(0)), positions[index]
+        held = jnp.sum(chosen, dtype=jnp.int32)
+        keys, positions = best_of(keys, positions, chosen, held)
+        floor = jnp.where(held >= k, jnp.min(jnp.where(slot < held, keys, _U32(0xFFFFFFFF))), _U32(1))
+        return keys, positions, floor
 
     def append(b, found):
         count, found_positions = found
         chosen, positions = candidates(b)
-        index = jnp.nonzero(chosen, size=capacity, fill_value=0)[0]
-        new = jnp.sum(chosen, dtype=jnp.int32)
+        index, new = kernels.compact(chosen, capacity)
         at = jnp.where(slot < new, count + slot, capacity)            # capacity: dropped
         return count + new, found_positions.at[at].set(positions[index], mode="drop")
 
     if group is None:
-        best_keys, positions = lax.fori_loop(0, blocks, merge, (jnp.zeros(capacity, _U32), jnp.zeros(capacity, _U32)))
+        empty = (jnp.zeros(capacity, _U32), jnp.zeros(capacity, _U32), _U32(1))
+        best_keys, positions, _ = lax.fori_loop(0, blocks, merge, empty)
         chosen = best_keys > 0
     else:
         count, positions = lax.fori_loop(0, blocks, append, (jnp.int32(0), jnp.zeros(capacity, _U32)))

@@ -270,7 +270,35 @@ ffi::Error SddmmImpl(ffi::Buffer<ffi::S32> cols, ffi::Buffer<ffi::S32> rowptr, f
   return ffi::Error::Success();
 }
 
+// index[:] = the positions of the first `size` true entries of `mask`, in order, then zeros;
+// count = the number of true entries (it may exceed `size`). jnp.nonzero(mask, size=size) in one pass:
+// XLA's cumsum on the CPU costs about 10 ns per element, and a prune-and-regrow update compacts
+// every block of a wide layer's grow score (dst.train.stored_update).
+ffi::Error CompactImpl(ffi::Buffer<ffi::PRED> mask, ffi::ResultBuffer<ffi::S32> index,
+                       ffi::ResultBuffer<ffi::S32> count) {
+  const bool* m = mask.typed_data();
+  const int64_t n = mask.element_count();
+  const int64_t size = index->element_count();
+  int32_t* out = index->typed_data();
+  int64_t found = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (m[i]) {
+      if (found < size) out[found] = static_cast<int32_t>(i);
+      ++found;
+    }
+  }
+  for (int64_t j = found; j < size; ++j) out[j] = 0;
+  *count->typed_data() = static_cast<int32_t>(found);
+  return ffi::Error::Success();
+}
+
 }  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DstCompact, CompactImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::PRED>>()  // mask [n]
+                                  .Ret<ffi::Buffer<ffi::S32>>()   // index [size]
+                                  .Ret<ffi::Buffer<ffi::S32>>()); // count []
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(DstSpmm, SpmmImpl,
                               ffi::Ffi::Bind()
@@ -321,6 +349,7 @@ NB_MODULE(_cpu, m) {
     out["dst_spmm_t"] = Encapsulate(DstSpmmTransposed);
     out["dst_sddmm"] = Encapsulate(DstSddmm);
     out["dst_spmm_t_sddmm"] = Encapsulate(DstSpmmTransposedSddmm);
+    out["dst_compact"] = Encapsulate(DstCompact);
     return out;
   });
   m.def("num_threads", []() {
