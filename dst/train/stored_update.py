@@ -5,22 +5,24 @@ stored layer is updated from its stored values:
 
 * **drop** selects among the stored values with the algorithm's own drop rule (``|w|``, Mocanu's
   sign split, MEST's ``|w| + lambda |g|`` with ``g`` the value gradient the step already has);
-* **grow** streams over blocks of output units. A block's grow score is formed there (RigL: the
-  block of the dense weight gradient ``inputs^T @ output gradients[:, block]``, from the step's own
-  forward and backward pass; SET/MEST: keyed random ranks), the block's inactive positions are
-  merged with the best candidates so far, and only those stay: a buffer of the layer's capacity;
-* the kept and grown weights are sorted into a new CSR structure of the same capacity (values kept,
-  grown ones zero), and the optimizer's moments move with their weights.
+* **grow** streams over blocks of whole output units. A block's grow score is formed there (RigL: the
+  block of the dense weight gradient ``output gradients[:, block]^T @ inputs``, from the step's own
+  forward and backward pass; SET/MEST: keyed random ranks). Unstructured, the block's candidates are
+  merged with the best so far in a buffer of the layer's capacity (a streaming top-k; candidates
+  below the k-th key so far are dropped first); under fan-in or N:M, whose groups lie within a unit,
+  each block refills its own groups;
+* the kept and the grown weights, both already in CSR order, are merged into a new structure of the
+  same capacity (values kept, grown ones zero), and the optimizer's moments move with their weights.
 
-The only dense temporary is one block of the grow score (:data:`GROW_BLOCK` elements; the whole layer
-when it fits), and layers run one after another (each waits for the one before), so an update of a
-network holds at most one block at a time, at update steps only.
+The dense temporaries are one block of the grow score and its keys (:data:`GROW_BLOCK` elements; the
+whole layer when it fits), and layers run one after another (each waits for the one before), so an
+update of a network holds one layer's block at a time, at update steps only.
 
 The selection is the dense algorithm's, decision for decision: both sides rank by (score, keyed
 priority of the weight's flat index in the layer), :func:`dst.selection.priorities_at`, so ties break
 alike and a stored run keeps the masked run's masks (``tests/test_stored_runs.py``,
-``tests/test_stored_update.py``). Algorithms or settings outside this path (SRigL's ablation, the
-condensed backend, structures, ``grow_init=normal``) update on the dense view instead
+``tests/test_stored_update.py``). What this path does not cover (SRigL, block structure,
+``grow_init=normal``, whose values are drawn over the dense layer) updates on the dense view instead
 (:func:`dst.train.stored.update_algorithm`).
 """
 
