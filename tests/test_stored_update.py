@@ -54,10 +54,11 @@ LAYOUTS = {
     "2:4-condensed": (structures.n_m(2, 4), "condensed", 0),
 }
 BLOCKS = [stored_update.GROW_BLOCK, 3 * N_IN, N_IN]    # the whole layer; 3 units (23 = 7 x 3 + 2); one unit
-# `make test` takes every algorithm on csr in overlapping blocks, and RigL on each layout in one-unit
-# blocks; `make test-slow` the rest.
-CASES = [pytest.param(a, lay, b, marks=() if (lay == "unstructured-csr" and b == 3 * N_IN)
-                      or (a == "rigl" and b == N_IN) else pytest.mark.slow)
+# `make test` takes RigL and MEST (whose drop reads the gradient) on csr in overlapping blocks, and RigL on
+# condensed fan-in in one-unit blocks; `make test-slow` the rest.
+FAST = {("rigl", "unstructured-csr", 3 * N_IN), ("mest", "unstructured-csr", 3 * N_IN),
+        ("rigl", "fan_in-condensed", N_IN)}
+CASES = [pytest.param(a, lay, b, marks=() if (a, lay, b) in FAST else pytest.mark.slow)
          for a in ALGORITHMS for lay in LAYOUTS for b in BLOCKS
          if lay == "unstructured-csr" or b == 3 * N_IN or a == "rigl"]
 
@@ -100,7 +101,8 @@ def test_a_stored_update_makes_the_dense_updates_decisions(which, layout_name, b
                                   np.asarray(out.values).reshape(-1)[kept])
 
 
-@pytest.mark.parametrize("layout_name", ["unstructured-csr", "fan_in-condensed", "2:4-condensed"])
+@pytest.mark.parametrize("layout_name", ["unstructured-csr", pytest.param("fan_in-condensed", marks=pytest.mark.slow),
+                                         pytest.param("2:4-condensed", marks=pytest.mark.slow)])
 def test_growth_breaks_ties_among_zero_gradients_by_the_dense_positions(layout_name):
     """With every gradient zero, RigL's growth is all tie-break: stored and dense must still agree."""
     structure, backend_name, _ = LAYOUTS[layout_name]
