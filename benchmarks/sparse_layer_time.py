@@ -8,10 +8,12 @@ timed as one jitted function returning ``(y, dx, dW)`` of ``sum(y * g)``:
 * ``condensed``: :func:`dst.kernels.condensed_matmul` (constant fan-in, the same nnz);
 * ``gather``: the XLA fallback (``csr_matmul_xla``: gather + segment_sum), for reference.
 
-Variants interleave within each round; the table shows per-call medians and the ratio masked / variant
-(the median over rounds of each round's ratio).
+Variants interleave within each round, the kernels once per instruction set (``--isas``, switched with
+:func:`dst.kernels.use_isa`: the AVX2 loops are timed on an AVX-512 machine in the same process); the
+table shows per-call medians and the ratio masked / variant (the median over rounds of each round's
+ratio).
 
-Run: ``.venv/bin/python benchmarks/sparse_layer_time.py [--n 4000] [--batch 128] [--rounds 7]``
+Run: ``.venv/bin/python benchmarks/sparse_layer_time.py [--n 4000] [--batch 128] [--rounds 7] [--isas avx512,avx2]``
 """
 
 from __future__ import annotations
@@ -74,28 +76,41 @@ def main():
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--densities", default="0.5,0.1,0.05,0.01,0.001")
     parser.add_argument("--no-gather", action="store_true", help="skip the slow XLA fallback")
+    parser.add_argument("--isas", default=None,
+                        help="kernel instruction sets to time side by side, e.g. avx512,avx2 (default: every "
+                             "one this CPU runs)")
     args = parser.parse_args()
     kernels.require("benchmark")
+    isas = args.isas.split(",") if args.isas else list(kernels.runnable_isas())
     print(f"machine: {platform.machine()} {platform.processor() or ''} devices={jax.devices()} "
           f"jax={jax.__version__}; kernels {kernels.status()}; layer {args.n}x{args.n}, batch {args.batch}, "
-          f"{args.rounds} rounds, medians")
-    print(f"{'density':>8s} {'masked ms':>10s} {'csr ms':>8s} {'cond. ms':>9s} {'gather ms':>10s} "
+          f"{args.rounds} rounds, medians; kernel ISAs timed: {', '.join(isas)}")
+    print(f"{'density':>8s} {'isa':>8s} {'masked ms':>10s} {'csr ms':>8s} {'cond. ms':>9s} {'gather ms':>10s} "
           f"{'masked/csr':>11s} {'masked/cond.':>13s}")
     for density in (float(d) for d in args.densities.split(",")):
         variants = layer_variants(args.n, args.batch, density)
         if args.no_gather:
             variants.pop("gather")
-        for fn, *a in variants.values():
-            timed(fn, *a)
-        times = {k: [] for k in variants}
-        for _ in range(args.rounds):
-            for k, (fn, *a) in variants.items():
-                times[k].append(timed(fn, *a))
-        med = {k: 1e3 * statistics.median(v) for k, v in times.items()}
-        ratio = lambda k, times=times: statistics.median(m / t for m, t in zip(times["masked"], times[k]))
-        gather = f"{med['gather']:10.2f}" if "gather" in med else f"{'-':>10s}"
-        print(f"{density:8.3%} {med['masked']:10.2f} {med['csr']:8.2f} {med['condensed']:9.2f} {gather} "
-              f"{ratio('csr'):11.2f} {ratio('condensed'):13.2f}", flush=True)
+        # every kernel variant once per ISA, interleaved with masked in each round
+        runs = [("masked", None)] + [(k, i) for i in isas for k in variants if k not in ("masked", "gather")]
+        runs += [("gather", None)] if "gather" in variants else []
+        times = {run: [] for run in runs}
+        for r in range(args.rounds + 1):
+            for kind, isa in runs:
+                if isa:
+                    kernels.use_isa(isa)
+                fn, *a = variants[kind]
+                elapsed = timed(fn, *a)
+                if r:   # round 0 compiles and warms up
+                    times[(kind, isa)].append(elapsed)
+        med = {run: 1e3 * statistics.median(v) for run, v in times.items()}
+        masked = times[("masked", None)]
+        ratio = lambda run: statistics.median(m / t for m, t in zip(masked, times[run]))
+        gather = f"{med[('gather', None)]:10.2f}" if ("gather", None) in med else f"{'-':>10s}"
+        for isa in isas:
+            print(f"{density:8.3%} {isa:>8s} {med[('masked', None)]:10.2f} {med[('csr', isa)]:8.2f} "
+                  f"{med[('condensed', isa)]:9.2f} {gather} {ratio(('csr', isa)):11.2f} "
+                  f"{ratio(('condensed', isa)):13.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,23 @@ scikit-build-core) against the XLA FFI headers of the installed jax. Its handler
 * ``dst_compact``: the positions of a mask's true entries (:func:`compact`), which prune-and-regrow
   updates on stored layers take for every block of a grow score.
 
+The loops are compiled once per instruction set (AVX-512, AVX2 with FMA, and the compiler's portable
+baseline) and the best one the CPU runs is chosen when the module loads: :func:`isa` names it,
+:func:`runnable_isas` lists the others, and the environment variable ``DST_KERNELS_ISA`` (or
+:func:`use_isa`, for benchmarks) forces a lower one, so the AVX2 path can be measured and tested on an
+AVX-512 machine.
+
 The products themselves, with their custom VJP and the XLA fallback, are in :mod:`dst.kernels.ops`.
 """
 
+from dst.kernels._loader import ISA_VARIABLE
 from dst.kernels._loader import available
+from dst.kernels._loader import isa
 from dst.kernels._loader import register
 from dst.kernels._loader import require
+from dst.kernels._loader import runnable_isas
 from dst.kernels._loader import status
+from dst.kernels._loader import use_isa
 from dst.kernels.ops import Transposed
 from dst.kernels.ops import compact
 from dst.kernels.ops import condensed_matmul
@@ -28,15 +38,19 @@ from dst.kernels.ops import csr_matmul_xla
 from dst.kernels.ops import transpose
 
 __all__ = [
+    "ISA_VARIABLE",
     "available",
     "compact",
     "condensed_matmul",
     "condensed_matmul_gather",
     "csr_matmul",
     "csr_matmul_xla",
+    "isa",
     "register",
     "require",
+    "runnable_isas",
     "status",
     "transpose",
     "Transposed",
+    "use_isa",
 ]

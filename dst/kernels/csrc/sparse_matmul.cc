@@ -8,11 +8,20 @@
 // Work is split over output rows (forward, dW) or input rows (dx) with OpenMP, so no two threads write
 // the same output and nothing is scatter-added: dx walks the transposed structure, which the caller
 // builds once per topology (dst.kernels.transpose) and passes in with it.
+//
+// This file holds the XLA FFI handlers (argument checks) and the choice of instruction set; the loops
+// are in kernels_isa.cc, compiled once per ISA.
 
+#include <atomic>
 #include <cstdint>
+#include <string>
 #include <type_traits>
+#include <vector>
+
+#include "kernels.h"
 
 #include "nanobind/nanobind.h"
+#include "nanobind/stl/string.h"
 #include "xla/ffi/api/c_api.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -63,42 +72,28 @@ ffi::Error CheckSlots(ffi::Buffer<ffi::S32>& tslots, int64_t nnz) {
   return ffi::Error::Success();
 }
 
-// out[:] = sum over t in [begin, end) of weight(t) * source(t)[:], for one output row of `batch` floats.
-// The batch is taken in chunks of 64 floats held in four 16-float vector registers across all of the
-// row's terms, so a term costs four loads and four FMAs, never a load and store of the output.
-// (GCC vector types: plain loops over a local array were left in memory, at a third of the speed.)
-typedef float Vec16 __attribute__((vector_size(64), aligned(4)));   // aligned(4): unaligned loads
-constexpr int64_t kChunk = 64;
-constexpr int64_t kAhead = 4;   // SDDMM: prefetch the activation row of the nonzero this many ahead
+// The loops themselves are compiled once per instruction set (kernels_isa.cc); the handlers below check
+// their arguments and call the table chosen at load time (dst.kernels picks the best the CPU runs, or the
+// one DST_KERNELS_ISA names), read on every call so that a benchmark can switch it between calls.
+std::atomic<const dst::KernelTable*> g_kernels{&dst::kGenericKernels};
 
-template <typename Weight, typename Source>
-inline void AxpyRow(float* __restrict__ out, int64_t batch, int64_t begin, int64_t end, Weight weight,
-                    Source source) {
-  int64_t b0 = 0;
-  for (; b0 + kChunk <= batch; b0 += kChunk) {
-    Vec16 a0 = {}, a1 = {}, a2 = {}, a3 = {};
-    for (int64_t t = begin; t < end; ++t) {
-      const float w = weight(t);
-      const Vec16* src = reinterpret_cast<const Vec16*>(source(t) + b0);
-      a0 += w * src[0];
-      a1 += w * src[1];
-      a2 += w * src[2];
-      a3 += w * src[3];
-    }
-    Vec16* dst = reinterpret_cast<Vec16*>(out + b0);
-    dst[0] = a0;
-    dst[1] = a1;
-    dst[2] = a2;
-    dst[3] = a3;
-  }
-  if (b0 < batch) {   // the batch's remainder (and batches smaller than a chunk)
-    for (int64_t b = b0; b < batch; ++b) out[b] = 0.0f;
-    for (int64_t t = begin; t < end; ++t) {
-      const float w = weight(t);
-      const float* __restrict__ src = source(t);
-      for (int64_t b = b0; b < batch; ++b) out[b] += w * src[b];
-    }
-  }
+const dst::KernelTable& Kernels() { return *g_kernels.load(std::memory_order_acquire); }
+
+// The tables this build holds that this CPU (and its operating system) can run, best first.
+std::vector<const dst::KernelTable*> RunnableTables() {
+  std::vector<const dst::KernelTable*> out;
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+#ifdef DST_HAVE_AVX512
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    out.push_back(&dst::kAvx512Kernels);
+#endif
+#ifdef DST_HAVE_AVX2
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) out.push_back(&dst::kAvx2Kernels);
+#endif
+#endif
+  out.push_back(&dst::kGenericKernels);
+  return out;
 }
 
 // yT[o, :] = sum_j values[j] * xT[cols[j], :] over row o's nonzeros.
@@ -107,16 +102,8 @@ ffi::Error SpmmImpl(ffi::Buffer<ffi::F32> values, ffi::Buffer<ffi::S32> cols, ff
   auto [n_in, batch] = RowsAndBatch(xT);
   const int64_t n_out = yT->dimensions().size() ? yT->dimensions()[0] : 1;
   if (auto err = CheckStructure(cols, rowptr, values.element_count(), n_out, n_in); err.failure()) return err;
-  const float* v = values.typed_data();
-  const int32_t* c = cols.typed_data();
-  const int32_t* p = rowptr.typed_data();
-  const float* x = xT.typed_data();
-  float* y = yT->typed_data();
-#pragma omp parallel for schedule(dynamic, 16)
-  for (int64_t o = 0; o < n_out; ++o) {
-    AxpyRow(y + o * batch, batch, p[o], p[o + 1], [v](int64_t j) { return v[j]; },
-            [x, c, batch](int64_t j) { return x + static_cast<int64_t>(c[j]) * batch; });
-  }
+  Kernels().spmm(values.typed_data(), cols.typed_data(), rowptr.typed_data(), xT.typed_data(), yT->typed_data(),
+                 n_out, batch);
   return ffi::Error::Success();
 }
 
@@ -131,57 +118,15 @@ ffi::Error SpmmTransposedImpl(ffi::Buffer<ffi::F32> values, ffi::Buffer<ffi::S32
   const int64_t nnz = values.element_count();
   if (auto err = CheckStructure(trows, tptr, nnz, n_in, n_out); err.failure()) return err;
   if (auto err = CheckSlots(tslots, nnz); err.failure()) return err;
-  const float* v = values.typed_data();
-  const int32_t* ts = tslots.typed_data();
-  const int32_t* tp = tptr.typed_data();
-  const int32_t* tr = trows.typed_data();
-  const float* dy = dyT.typed_data();
-  float* dx = dxT->typed_data();
-#pragma omp parallel for schedule(dynamic, 16)
-  for (int64_t i = 0; i < n_in; ++i) {
-    AxpyRow(dx + i * batch, batch, tp[i], tp[i + 1], [v, ts](int64_t t) { return v[ts[t]]; },
-            [dy, tr, batch](int64_t t) { return dy + static_cast<int64_t>(tr[t]) * batch; });
-  }
+  Kernels().spmm_t(values.typed_data(), tptr.typed_data(), trows.typed_data(), tslots.typed_data(),
+                   dyT.typed_data(), dxT->typed_data(), n_in, batch);
   return ffi::Error::Success();
 }
 
-// The sum of a vector's 16 lanes, as a tree (a chain of 16 scalar adds costs more than the dot product).
-inline float SumLanes(Vec16 a) {
-  typedef float Vec8 __attribute__((vector_size(32), aligned(4)));
-  typedef float Vec4 __attribute__((vector_size(16), aligned(4)));
-  Vec8 h = __builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7) +
-           __builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15);
-  Vec4 q = __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
-  return (q[0] + q[2]) + (q[1] + q[3]);
-}
-
 // The input gradient and the value gradient in one pass over the transposed structure: for input row i,
-// each of its nonzeros t reads the output gradient row dyT[trows[t]] once and uses it twice, for
-// dxT[i] += value * dyT[o] and for dvalues[slot] = <dyT[o], xT[i]> (xT[i] stays in registers). Where
-// the activations are too large for the caches (a 333k-unit layer), rows read in a random order cost
-// most of the time, and the separate SDDMM reads another random row per nonzero.
-template <int kVecs>
-inline void FusedChunk(float* __restrict__ dx, float* __restrict__ dv, const float* __restrict__ v,
-                       const int32_t* __restrict__ ts, const int32_t* __restrict__ tr,
-                       const float* __restrict__ dy, const float* __restrict__ xi, int64_t batch, int64_t b0,
-                       int64_t begin, int64_t end, bool first) {
-  Vec16 xv[kVecs], acc[kVecs] = {};
-  for (int k = 0; k < kVecs; ++k) xv[k] = *reinterpret_cast<const Vec16*>(xi + b0 + 16 * k);
-  for (int64_t t = begin; t < end; ++t) {
-    const int32_t slot = ts[t];
-    const float w = v[slot];
-    const Vec16* d = reinterpret_cast<const Vec16*>(dy + static_cast<int64_t>(tr[t]) * batch + b0);
-    Vec16 dot = {};
-    for (int k = 0; k < kVecs; ++k) {
-      acc[k] += w * d[k];
-      dot += xv[k] * d[k];
-    }
-    const float partial = SumLanes(dot);
-    dv[slot] = first ? partial : dv[slot] + partial;
-  }
-  for (int k = 0; k < kVecs; ++k) *reinterpret_cast<Vec16*>(dx + b0 + 16 * k) = acc[k];
-}
-
+// each of its nonzeros reads the output gradient row once and uses it for both. Where the activations
+// are too large for the caches (a 333k-unit layer), rows read in a random order cost most of the time,
+// and the separate SDDMM reads another random row per nonzero.
 ffi::Error SpmmTransposedSddmmImpl(ffi::Buffer<ffi::F32> values, ffi::Buffer<ffi::S32> tptr,
                                    ffi::Buffer<ffi::S32> trows, ffi::Buffer<ffi::S32> tslots,
                                    ffi::Buffer<ffi::F32> dyT, ffi::Buffer<ffi::F32> xT,
@@ -192,81 +137,26 @@ ffi::Error SpmmTransposedSddmmImpl(ffi::Buffer<ffi::F32> values, ffi::Buffer<ffi
   if (x_batch != batch) return ffi::Error::InvalidArgument("dst sparse kernel: x and dy batches differ");
   if (auto err = CheckStructure(trows, tptr, nnz, n_in, n_out); err.failure()) return err;
   if (auto err = CheckSlots(tslots, nnz); err.failure()) return err;
-  const float* v = values.typed_data();
-  const int32_t* ts = tslots.typed_data();
-  const int32_t* tp = tptr.typed_data();
-  const int32_t* tr = trows.typed_data();
-  const float* dy = dyT.typed_data();
-  const float* x = xT.typed_data();
-  float* dx = dxT->typed_data();
   float* dv = dvalues->typed_data();
   if (batch == 0) {
     for (int64_t j = 0; j < nnz; ++j) dv[j] = 0.0f;
     return ffi::Error::Success();
   }
-#pragma omp parallel for schedule(dynamic, 16)
-  for (int64_t i = 0; i < n_in; ++i) {
-    float* dxi = dx + i * batch;
-    const float* xi = x + i * batch;
-    int64_t b0 = 0;
-    const int64_t begin = tp[i], end = tp[i + 1];
-    for (; b0 + 128 <= batch; b0 += 128) FusedChunk<8>(dxi, dv, v, ts, tr, dy, xi, batch, b0, begin, end, b0 == 0);
-    for (; b0 + 64 <= batch; b0 += 64) FusedChunk<4>(dxi, dv, v, ts, tr, dy, xi, batch, b0, begin, end, b0 == 0);
-    for (; b0 + 16 <= batch; b0 += 16) FusedChunk<1>(dxi, dv, v, ts, tr, dy, xi, batch, b0, begin, end, b0 == 0);
-    if (b0 < batch) {   // the batch's remainder (and batches smaller than a vector)
-      for (int64_t b = b0; b < batch; ++b) dxi[b] = 0.0f;
-      for (int64_t t = tp[i]; t < tp[i + 1]; ++t) {
-        const int32_t slot = ts[t];
-        const float* __restrict__ d = dy + static_cast<int64_t>(tr[t]) * batch;
-        float dot = 0.0f;
-        for (int64_t b = b0; b < batch; ++b) {
-          dxi[b] += v[slot] * d[b];
-          dot += xi[b] * d[b];
-        }
-        dv[slot] = b0 == 0 ? dot : dv[slot] + dot;
-      }
-    }
-  }
+  Kernels().spmm_t_sddmm(values.typed_data(), tptr.typed_data(), trows.typed_data(), tslots.typed_data(),
+                         dyT.typed_data(), xT.typed_data(), dxT->typed_data(), dv, n_in, batch);
   return ffi::Error::Success();
 }
 
 // dvalues[j] = <dyT[o, :], xT[cols[j], :]> for the nonzero j of row o: the weight gradient at the
-// nonzeros only (a sampled dense-dense product), never the dense [n_in, n_out] gradient. The rows of xT
-// are read in a random order: the next ones are prefetched while this one is reduced.
+// nonzeros only (a sampled dense-dense product), never the dense [n_in, n_out] gradient.
 ffi::Error SddmmImpl(ffi::Buffer<ffi::S32> cols, ffi::Buffer<ffi::S32> rowptr, ffi::Buffer<ffi::F32> dyT,
                      ffi::Buffer<ffi::F32> xT, ffi::ResultBuffer<ffi::F32> dvalues) {
   auto [n_out, batch] = RowsAndBatch(dyT);
   const int64_t nnz = dvalues->element_count();
   const int64_t n_in = xT.dimensions().size() ? xT.dimensions()[0] : 1;
   if (auto err = CheckStructure(cols, rowptr, nnz, n_out, n_in); err.failure()) return err;
-  const int32_t* c = cols.typed_data();
-  const int32_t* p = rowptr.typed_data();
-  const float* dy = dyT.typed_data();
-  const float* x = xT.typed_data();
-  float* dv = dvalues->typed_data();
-  const int64_t whole = batch - batch % 16;   // the part of the batch taken 16 floats at a time
-#pragma omp parallel for schedule(dynamic, 16)
-  for (int64_t o = 0; o < n_out; ++o) {
-    const float* __restrict__ dyo = dy + o * batch;
-    const int64_t end = p[o + 1];
-    for (int64_t j = p[o]; j < end; ++j) {
-      if (j + kAhead < end) {
-        const char* ahead = reinterpret_cast<const char*>(x + static_cast<int64_t>(c[j + kAhead]) * batch);
-        for (int64_t b = 0; b < batch; b += 16) __builtin_prefetch(ahead + 4 * b);
-      }
-      const float* __restrict__ xc = x + static_cast<int64_t>(c[j]) * batch;
-      Vec16 a0 = {}, a1 = {};
-      int64_t b = 0;
-      for (; b + 32 <= whole; b += 32) {
-        a0 += *reinterpret_cast<const Vec16*>(dyo + b) * *reinterpret_cast<const Vec16*>(xc + b);
-        a1 += *reinterpret_cast<const Vec16*>(dyo + b + 16) * *reinterpret_cast<const Vec16*>(xc + b + 16);
-      }
-      if (b < whole) a0 += *reinterpret_cast<const Vec16*>(dyo + b) * *reinterpret_cast<const Vec16*>(xc + b);
-      float acc = SumLanes(a0 + a1);
-      for (b = whole; b < batch; ++b) acc += dyo[b] * xc[b];
-      dv[j] = acc;
-    }
-  }
+  Kernels().sddmm(cols.typed_data(), rowptr.typed_data(), dyT.typed_data(), xT.typed_data(), dvalues->typed_data(),
+                  n_out, batch);
   return ffi::Error::Success();
 }
 
@@ -343,6 +233,7 @@ nb::capsule Encapsulate(T* fn) {
 }
 
 NB_MODULE(_cpu, m) {
+  g_kernels.store(RunnableTables().front(), std::memory_order_release);   // the best this CPU runs
   m.def("registrations", []() {
     nb::dict out;
     out["dst_spmm"] = Encapsulate(DstSpmm);
@@ -351,6 +242,22 @@ NB_MODULE(_cpu, m) {
     out["dst_spmm_t_sddmm"] = Encapsulate(DstSpmmTransposedSddmm);
     out["dst_compact"] = Encapsulate(DstCompact);
     return out;
+  });
+  // The instruction sets this build can run on this CPU, best first; the one in use; and a switch to
+  // another of them (dst.kernels.use_isa checks the name first).
+  m.def("runnable_isas", []() {
+    nb::list out;
+    for (const dst::KernelTable* t : RunnableTables()) out.append(t->isa);
+    return out;
+  });
+  m.def("isa", []() { return std::string(Kernels().isa); });
+  m.def("use_isa", [](const std::string& name) {
+    for (const dst::KernelTable* t : RunnableTables())
+      if (name == t->isa) {
+        g_kernels.store(t, std::memory_order_release);
+        return true;
+      }
+    return false;
   });
   m.def("num_threads", []() {
 #ifdef _OPENMP

@@ -1,0 +1,235 @@
+// The sparse products' loops for ONE instruction set. CMakeLists.txt compiles this file once per ISA with
+// that ISA's flags and these definitions:
+//   DST_ISA_TABLE  the KernelTable it defines (kGenericKernels, kAvx2Kernels, kAvx512Kernels)
+//   DST_ISA_NAME   its name ("generic", "avx2", "avx512")
+//   DST_VEC_BYTES  the width of one vector register (16: SSE2/NEON, 32: AVX2, 64: AVX-512)
+//   DST_VEC_REGS   how many vector registers the ISA has (16, or 32 with AVX-512)
+//
+// Why per ISA, with the vector type at the register's own width: a vector type wider than the machine's
+// registers (the 64-byte type these loops once used everywhere) is lowered by GCC through the stack on
+// AVX2 -- every broadcast built by 16 scalar stores, the accumulators stored and reloaded for every
+// nonzero -- which made the AVX2 build 4.7x slower than the AVX-512 one. Here every accumulator is one
+// register, and each loop holds as many as the register file allows.
+//
+// Everything but the table has internal linkage, and no header with inline functions is included, so the
+// linker can never take a function compiled for one ISA in place of another's.
+
+#include <cstdint>
+
+#include "kernels.h"
+
+namespace {
+
+typedef float V __attribute__((vector_size(DST_VEC_BYTES), aligned(4)));   // aligned(4): unaligned loads
+constexpr int64_t kLanes = DST_VEC_BYTES / 4;
+// Accumulators of the batch held across a row's nonzeros (forward and dx): 8 registers, plus the weight's
+// broadcast and a loaded operand, fit the 16 registers of SSE2 and AVX2 and leave AVX-512's half free.
+constexpr int kAxpyVecs = 8;
+// The fused backward holds a chunk of x and of dx (2 x kFusedVecs registers) plus two dot accumulators.
+constexpr int kFusedVecs = DST_VEC_REGS >= 32 ? 8 : 4;
+constexpr int64_t kAhead = 4;   // SDDMM: prefetch the activation rows of the next group of nonzeros
+
+inline V Load(const float* p) { return *reinterpret_cast<const V*>(p); }
+inline void Store(float* p, V v) { *reinterpret_cast<V*>(p) = v; }
+
+// The sum of a vector's lanes, halving the width each step (a chain of scalar adds costs more than a dot).
+inline float SumLanes(V a) {
+  typedef float V4 __attribute__((vector_size(16), aligned(4)));
+#if DST_VEC_BYTES == 64
+  typedef float V8 __attribute__((vector_size(32), aligned(4)));
+  V8 h = __builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7) +
+         __builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15);
+  V4 q = __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
+#elif DST_VEC_BYTES == 32
+  V4 q = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+#else
+  V4 q = a;
+#endif
+  return (q[0] + q[2]) + (q[1] + q[3]);
+}
+
+// out[b0 : b0 + kVecs * kLanes] = sum over t in [begin, end) of weight(t) * source(t)[same range], the
+// accumulators in registers across all of the row's terms (one load and one FMA per vector and term).
+template <int kVecs, typename Weight, typename Source>
+inline void AxpyChunk(float* __restrict__ out, int64_t b0, int64_t begin, int64_t end, Weight weight,
+                      Source source) {
+  V acc[kVecs];
+#pragma GCC unroll 16
+  for (int k = 0; k < kVecs; ++k) acc[k] = V{};
+  for (int64_t t = begin; t < end; ++t) {
+    const float w = weight(t);
+    const float* src = source(t) + b0;
+#pragma GCC unroll 16
+    for (int k = 0; k < kVecs; ++k) acc[k] += w * Load(src + k * kLanes);
+  }
+#pragma GCC unroll 16
+  for (int k = 0; k < kVecs; ++k) Store(out + b0 + k * kLanes, acc[k]);
+}
+
+// One output row of `batch` floats: whole chunks of kAxpyVecs vectors, then halves, then scalars.
+template <typename Weight, typename Source>
+inline void AxpyRow(float* __restrict__ out, int64_t batch, int64_t begin, int64_t end, Weight weight,
+                    Source source) {
+  int64_t b0 = 0;
+  for (; b0 + kAxpyVecs * kLanes <= batch; b0 += kAxpyVecs * kLanes)
+    AxpyChunk<kAxpyVecs>(out, b0, begin, end, weight, source);
+  if (b0 + 4 * kLanes <= batch) { AxpyChunk<4>(out, b0, begin, end, weight, source); b0 += 4 * kLanes; }
+  if (b0 + 2 * kLanes <= batch) { AxpyChunk<2>(out, b0, begin, end, weight, source); b0 += 2 * kLanes; }
+  if (b0 + kLanes <= batch) { AxpyChunk<1>(out, b0, begin, end, weight, source); b0 += kLanes; }
+  if (b0 < batch) {
+    for (int64_t b = b0; b < batch; ++b) out[b] = 0.0f;
+    for (int64_t t = begin; t < end; ++t) {
+      const float w = weight(t);
+      const float* __restrict__ src = source(t);
+      for (int64_t b = b0; b < batch; ++b) out[b] += w * src[b];
+    }
+  }
+}
+
+void Spmm(const float* v, const int32_t* c, const int32_t* p, const float* x, float* y, int64_t n_out,
+          int64_t batch) {
+#pragma omp parallel for schedule(dynamic, 16)
+  for (int64_t o = 0; o < n_out; ++o)
+    AxpyRow(y + o * batch, batch, p[o], p[o + 1], [v](int64_t j) { return v[j]; },
+            [x, c, batch](int64_t j) { return x + static_cast<int64_t>(c[j]) * batch; });
+}
+
+void SpmmTransposed(const float* v, const int32_t* tp, const int32_t* tr, const int32_t* ts, const float* dy,
+                    float* dx, int64_t n_in, int64_t batch) {
+#pragma omp parallel for schedule(dynamic, 16)
+  for (int64_t i = 0; i < n_in; ++i)
+    AxpyRow(dx + i * batch, batch, tp[i], tp[i + 1], [v, ts](int64_t t) { return v[ts[t]]; },
+            [dy, tr, batch](int64_t t) { return dy + static_cast<int64_t>(tr[t]) * batch; });
+}
+
+inline float Dot(const float* __restrict__ a, const float* __restrict__ b, int64_t batch) {
+  V s0 = {}, s1 = {};
+  int64_t k = 0;
+  for (; k + 2 * kLanes <= batch; k += 2 * kLanes) {
+    s0 += Load(a + k) * Load(b + k);
+    s1 += Load(a + k + kLanes) * Load(b + k + kLanes);
+  }
+  if (k + kLanes <= batch) { s0 += Load(a + k) * Load(b + k); k += kLanes; }
+  float s = SumLanes(s0 + s1);
+  for (; k < batch; ++k) s += a[k] * b[k];
+  return s;
+}
+
+// Four dot products against one output-gradient row, sharing its loads: two vectors per iteration, so
+// eight independent FMA chains hide the FMA latency.
+inline void Dot4(const float* __restrict__ d, const float* x0, const float* x1, const float* x2,
+                 const float* x3, int64_t batch, float* out) {
+  V a0 = {}, a1 = {}, a2 = {}, a3 = {}, b0 = {}, b1 = {}, b2 = {}, b3 = {};
+  int64_t k = 0;
+  for (; k + 2 * kLanes <= batch; k += 2 * kLanes) {
+    const V d0 = Load(d + k), d1 = Load(d + k + kLanes);
+    a0 += d0 * Load(x0 + k); b0 += d1 * Load(x0 + k + kLanes);
+    a1 += d0 * Load(x1 + k); b1 += d1 * Load(x1 + k + kLanes);
+    a2 += d0 * Load(x2 + k); b2 += d1 * Load(x2 + k + kLanes);
+    a3 += d0 * Load(x3 + k); b3 += d1 * Load(x3 + k + kLanes);
+  }
+  if (k + kLanes <= batch) {
+    const V d0 = Load(d + k);
+    a0 += d0 * Load(x0 + k); a1 += d0 * Load(x1 + k); a2 += d0 * Load(x2 + k); a3 += d0 * Load(x3 + k);
+    k += kLanes;
+  }
+  float s0 = SumLanes(a0 + b0), s1 = SumLanes(a1 + b1), s2 = SumLanes(a2 + b2), s3 = SumLanes(a3 + b3);
+  for (; k < batch; ++k) {
+    s0 += d[k] * x0[k]; s1 += d[k] * x1[k]; s2 += d[k] * x2[k]; s3 += d[k] * x3[k];
+  }
+  out[0] = s0; out[1] = s1; out[2] = s2; out[3] = s3;
+}
+
+inline void Prefetch(const float* row, int64_t batch) {
+  const char* bytes = reinterpret_cast<const char*>(row);
+  for (int64_t b = 0; b < batch; b += 16) __builtin_prefetch(bytes + 4 * b);
+}
+
+// dvalues at the nonzeros of each output row, four nonzeros at a time; the rows of xT are read in a random
+// order, so the next group's rows are prefetched while this one is reduced.
+void Sddmm(const int32_t* c, const int32_t* p, const float* dy, const float* x, float* dv, int64_t n_out,
+           int64_t batch) {
+#pragma omp parallel for schedule(dynamic, 16)
+  for (int64_t o = 0; o < n_out; ++o) {
+    const float* __restrict__ dyo = dy + o * batch;
+    const int64_t end = p[o + 1];
+    auto row = [x, c, batch](int64_t j) { return x + static_cast<int64_t>(c[j]) * batch; };
+    int64_t j = p[o];
+    for (; j + 4 <= end; j += 4) {
+      for (int64_t a = j + kAhead; a < j + 2 * kAhead && a < end; ++a) Prefetch(row(a), batch);
+      Dot4(dyo, row(j), row(j + 1), row(j + 2), row(j + 3), batch, dv + j);
+    }
+    for (; j < end; ++j) dv[j] = Dot(dyo, row(j), batch);
+  }
+}
+
+// One chunk of kVecs vectors of input row i in the fused backward: for each of the row's nonzeros t, the
+// output-gradient chunk is loaded once and used twice, for dx[i] += value * dy[o] and for the partial dot
+// <dy[o], x[i]> that accumulates into dvalues[slot] (x[i]'s chunk stays in registers).
+template <int kVecs>
+inline void FusedChunk(float* __restrict__ dx, float* __restrict__ dv, const float* __restrict__ v,
+                       const int32_t* __restrict__ ts, const int32_t* __restrict__ tr,
+                       const float* __restrict__ dy, const float* __restrict__ xi, int64_t batch, int64_t b0,
+                       int64_t begin, int64_t end, bool first) {
+  V xv[kVecs], acc[kVecs];
+#pragma GCC unroll 16
+  for (int k = 0; k < kVecs; ++k) {
+    xv[k] = Load(xi + b0 + k * kLanes);
+    acc[k] = V{};
+  }
+  for (int64_t t = begin; t < end; ++t) {
+    const int32_t slot = ts[t];
+    const float w = v[slot];
+    const float* d = dy + static_cast<int64_t>(tr[t]) * batch + b0;
+    V dot0 = {}, dot1 = {};
+#pragma GCC unroll 16
+    for (int k = 0; k < kVecs; k += 2) {
+      const V d0 = Load(d + k * kLanes);
+      acc[k] += w * d0;
+      dot0 += xv[k] * d0;
+      if (k + 1 < kVecs) {
+        const V d1 = Load(d + (k + 1) * kLanes);
+        acc[k + 1] += w * d1;
+        dot1 += xv[k + 1] * d1;
+      }
+    }
+    const float partial = SumLanes(dot0 + dot1);
+    dv[slot] = first ? partial : dv[slot] + partial;
+  }
+#pragma GCC unroll 16
+  for (int k = 0; k < kVecs; ++k) Store(dx + b0 + k * kLanes, acc[k]);
+}
+
+void SpmmTransposedSddmm(const float* v, const int32_t* tp, const int32_t* tr, const int32_t* ts,
+                         const float* dy, const float* x, float* dx, float* dv, int64_t n_in, int64_t batch) {
+#pragma omp parallel for schedule(dynamic, 16)
+  for (int64_t i = 0; i < n_in; ++i) {
+    float* dxi = dx + i * batch;
+    const float* xi = x + i * batch;
+    const int64_t begin = tp[i], end = tp[i + 1];
+    int64_t b0 = 0;
+    for (; b0 + kFusedVecs * kLanes <= batch; b0 += kFusedVecs * kLanes)
+      FusedChunk<kFusedVecs>(dxi, dv, v, ts, tr, dy, xi, batch, b0, begin, end, b0 == 0);
+    for (; b0 + kLanes <= batch; b0 += kLanes)
+      FusedChunk<1>(dxi, dv, v, ts, tr, dy, xi, batch, b0, begin, end, b0 == 0);
+    if (b0 < batch) {   // the batch's remainder (and batches smaller than a vector)
+      for (int64_t b = b0; b < batch; ++b) dxi[b] = 0.0f;
+      for (int64_t t = begin; t < end; ++t) {
+        const int32_t slot = ts[t];
+        const float* __restrict__ d = dy + static_cast<int64_t>(tr[t]) * batch;
+        float dot = 0.0f;
+        for (int64_t b = b0; b < batch; ++b) {
+          dxi[b] += v[slot] * d[b];
+          dot += xi[b] * d[b];
+        }
+        dv[slot] = b0 == 0 ? dot : dv[slot] + dot;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+namespace dst {
+extern const KernelTable DST_ISA_TABLE = {DST_ISA_NAME, Spmm, SpmmTransposed, Sddmm, SpmmTransposedSddmm};
+}  // namespace dst
