@@ -5,12 +5,28 @@ forward ``x @ W``, input gradient ``dy @ W.T``, and the weight gradient ``x.T @ 
 positions. Patterns include empty output units, empty input rows, a batch of one and leading batch dims.
 """
 
+import os
+import platform
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from dst import kernels
+
+# Every instruction set this CPU runs (the AVX2 loops are tested on an AVX-512 machine too).
+ISAS = kernels.runnable_isas() if kernels.available() else ()
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    """Run the test's kernels on one instruction set, then restore the one chosen at load."""
+    before = kernels.use_isa(request.param)
+    yield request.param
+    kernels.use_isa(before)
 
 
 def random_csr(rng, n_in, n_out, density, *, empty_rows=(), empty_cols=()):
@@ -30,8 +46,40 @@ def test_kernels_are_built_by_the_install():
     assert "OpenMP threads" in kernels.status()
 
 
-@pytest.mark.parametrize("batch_shape", [(1,), (7,), (2, 3), (130,)])   # 130: two 64-float chunks and a rest
-def test_csr_forward_and_gradients_equal_the_dense_product(batch_shape):
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+    except OSError:
+        return set()
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 instruction sets")
+def test_every_instruction_set_this_cpu_has_is_built_and_the_best_is_chosen():
+    """Not -march=native: the install builds AVX-512, AVX2 and portable loops, and picks the best the CPU runs."""
+    flags = _cpu_flags()
+    expected = (["avx512"] if "avx512f" in flags else []) + (["avx2"] if {"avx2", "fma"} <= flags else []) + ["generic"]
+    assert list(kernels.runnable_isas()) == expected
+    if not os.environ.get(kernels.ISA_VARIABLE):
+        assert kernels.isa() == expected[0]
+        assert f"{expected[0]} instructions" in kernels.status()
+
+
+def test_the_environment_variable_forces_a_lower_instruction_set_and_names_the_allowed_ones():
+    code = "import dst.kernels as k; print(k.isa() if k.available() else k.status())"
+    run = lambda value: subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                       env={**os.environ, kernels.ISA_VARIABLE: value}).stdout.strip()
+    assert run("generic") == "generic"
+    said = run("sse9")
+    assert said == f"{kernels.ISA_VARIABLE}=sse9 is not an instruction set this CPU and build run; allowed: " \
+                   + ", ".join(kernels.runnable_isas())
+    with pytest.raises(ValueError, match="allowed: "):
+        kernels.use_isa("sse9")
+
+
+# 61: AVX2's 32-float chunk, then 16, 8 and a rest; 130 and 200: AVX-512's 128-float chunk, then 64 or 8 and a rest
+@pytest.mark.parametrize("batch_shape", [(1,), (7,), (2, 3), (61,), (130,), (200,)])
+def test_csr_forward_and_gradients_equal_the_dense_product(batch_shape, isa):
     rng = np.random.default_rng(len(batch_shape) * 10 + batch_shape[-1])
     n_in, n_out = 41, 19
     w, values, cols, rowptr, (i_idx, o_idx) = random_csr(rng, n_in, n_out, 0.2, empty_rows=(0, 5),
@@ -48,8 +96,8 @@ def test_csr_forward_and_gradients_equal_the_dense_product(batch_shape):
     np.testing.assert_allclose(dvalues, (x2.T @ dy2)[i_idx, o_idx], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("batch", [1, 7, 130, 200])   # 130, 200: 128-float and 64-float chunks and a rest
-def test_the_fused_backward_pass_equals_the_dense_product(batch, monkeypatch):
+@pytest.mark.parametrize("batch", [1, 7, 61, 130, 200])   # whole register blocks of each ISA, smaller ones, a rest
+def test_the_fused_backward_pass_equals_the_dense_product(batch, isa, monkeypatch):
     """Large activations take one pass over the transposed structure for dx and dW: forced here."""
     from dst.kernels import ops
 
