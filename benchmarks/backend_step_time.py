@@ -5,7 +5,9 @@ constant fan-in masks at each density (so all three backends hold the very same 
 last layer included). Each variant runs ``--steps`` steps of static training as one ``lax.scan`` (the
 plain step every dynamic algorithm takes between its updates), and per-step times are medians over rounds
 that interleave the variants. Also reported: the ratio masked / backend, and the compiled plain step's
-memory (``compile().memory_analysis()``: arguments + temporaries, in MiB).
+memory (``compile().memory_analysis()``: arguments + temporaries, in MiB). The stored backends run once
+per kernel instruction set (``--isas``; :func:`dst.kernels.use_isa` switches them between calls, so an
+AVX-512 machine times its AVX2 loops in the same process), each beside the same masked times.
 
 Run: ``.venv/bin/python benchmarks/backend_step_time.py [--widths 1000,4000] [--densities 0.5,0.1,0.01,0.001]``
 """
@@ -74,30 +76,41 @@ def main():
                         help="widest MLP that also runs masked (at 20000 wide the masked state, built beside the "
                              "stored ones, was killed for memory on a 24 GiB machine)")
     parser.add_argument("--backends", default="masked,csr,condensed")
+    parser.add_argument("--isas", default=None,
+                        help="kernel instruction sets to time side by side, e.g. avx512,avx2 (default: every "
+                             "one this CPU runs but the portable fallback)")
     args = parser.parse_args()
     kernels.require("benchmark")
     print(f"machine: {platform.machine()} {platform.processor() or ''} devices={jax.devices()} "
           f"jax={jax.__version__}; kernels {kernels.status()}; MLP 784-W-W-W-10, batch {BATCH}, constant "
           f"fan-in masks, static training, {args.rounds} rounds x {args.steps} steps, medians")
-    print(f"{'width':>6s} {'density':>8s} {'masked ms':>10s} {'csr ms':>8s} {'cond. ms':>9s} {'masked/csr':>11s} "
-          f"{'masked/cond.':>13s} {'MiB masked/csr/cond.':>22s}")
+    isas = args.isas.split(",") if args.isas else [i for i in kernels.runnable_isas() if i != "generic"] or ["generic"]
+    print(f"kernel ISAs timed side by side: {', '.join(isas)}")
+    print(f"{'width':>6s} {'density':>8s} {'isa':>8s} {'masked ms':>10s} {'csr ms':>8s} {'cond. ms':>9s} "
+          f"{'masked/csr':>11s} {'masked/cond.':>13s} {'MiB masked/csr/cond.':>22s}")
     for width in (int(w) for w in args.widths.split(",")):
         for density in (float(d) for d in args.densities.split(",")):
             names = [b for b in args.backends.split(",") if b != "masked" or width <= args.masked_up_to]
-            runs = variants(width, density, args.steps, names)
-            for fn, _ in runs.values():
-                timed(fn, jax.random.key(6))
-            times = {k: [] for k in runs}
-            for r in range(args.rounds):
-                for k, (fn, _) in runs.items():
-                    times[k].append(timed(fn, jax.random.key(100 + r)) / args.steps)
-            med = {k: 1e3 * statistics.median(v) for k, v in times.items()}
-            med = {k: med.get(k, float("nan")) for k in ("masked", "csr", "condensed")}
-            ratio = lambda k, t=times: statistics.median(m / v for m, v in zip(t["masked"], t[k])) \
-                if "masked" in t and k in t else float("nan")
-            mib = "/".join(f"{runs[k][1]:.0f}" if k in runs else "-" for k in ("masked", "csr", "condensed"))
-            print(f"{width:6d} {density:8.3%} {med['masked']:10.2f} {med['csr']:8.2f} {med['condensed']:9.2f} "
-                  f"{ratio('csr'):11.2f} {ratio('condensed'):13.2f} {mib:>22s}", flush=True)
+            built = variants(width, density, args.steps, names)
+            # the stored backends once per instruction set, interleaved with masked in every round
+            runs = [(k, None if k == "masked" else i) for k in built for i in (isas if k != "masked" else [None])]
+            times = {run: [] for run in runs}
+            for r in range(args.rounds + 1):
+                for backend, isa in runs:
+                    if isa:
+                        kernels.use_isa(isa)
+                    elapsed = timed(built[backend][0], jax.random.key(100 + r)) / args.steps
+                    if r:   # round 0 compiles and warms up
+                        times[(backend, isa)].append(elapsed)
+            mib = "/".join(f"{built[k][1]:.0f}" if k in built else "-" for k in ("masked", "csr", "condensed"))
+            for isa in isas:
+                t = {k: times.get((k, None if k == "masked" else isa)) for k in ("masked", "csr", "condensed")}
+                med = {k: 1e3 * statistics.median(v) if v else float("nan") for k, v in t.items()}
+                ratio = lambda k, t=t: statistics.median(m / v for m, v in zip(t["masked"], t[k])) \
+                    if t["masked"] and t[k] else float("nan")
+                print(f"{width:6d} {density:8.3%} {isa:>8s} {med['masked']:10.2f} {med['csr']:8.2f} "
+                      f"{med['condensed']:9.2f} {ratio('csr'):11.2f} {ratio('condensed'):13.2f} {mib:>22s}",
+                      flush=True)
 
 
 if __name__ == "__main__":

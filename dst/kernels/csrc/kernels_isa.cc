@@ -57,6 +57,12 @@ inline void AxpyChunk(float* __restrict__ out, int64_t b0, int64_t begin, int64_
 #pragma GCC unroll 16
   for (int k = 0; k < kVecs; ++k) acc[k] = V{};
   for (int64_t t = begin; t < end; ++t) {
+    if (t + kAhead < end) {   // the chunk of a row kAhead terms on, read in a random order
+      const char* ahead = reinterpret_cast<const char*>(source(t + kAhead) + b0);
+#pragma GCC unroll 16
+      for (int k = 0; k < kVecs * kLanes; k += 16) __builtin_prefetch(ahead + 4 * k);
+      weight.prefetch(t + 4 * kAhead);
+    }
     const float w = weight(t);
     const float* src = source(t) + b0;
 #pragma GCC unroll 16
@@ -86,11 +92,28 @@ inline void AxpyRow(float* __restrict__ out, int64_t batch, int64_t begin, int64
   }
 }
 
+// The weight of term t: values[t] (forward), or values[slots[t]] (dx, over the transposed structure: a
+// random read into the values, prefetched a few terms ahead).
+struct Direct {
+  const float* v;
+  float operator()(int64_t t) const { return v[t]; }
+  void prefetch(int64_t) const {}
+};
+struct Indirect {
+  const float* v;
+  const int32_t* slots;
+  int64_t nnz;
+  float operator()(int64_t t) const { return v[slots[t]]; }
+  void prefetch(int64_t t) const {
+    if (t < nnz) __builtin_prefetch(v + slots[t]);
+  }
+};
+
 void Spmm(const float* v, const int32_t* c, const int32_t* p, const float* x, float* y, int64_t n_out,
           int64_t batch) {
 #pragma omp parallel for schedule(dynamic, 16)
   for (int64_t o = 0; o < n_out; ++o)
-    AxpyRow(y + o * batch, batch, p[o], p[o + 1], [v](int64_t j) { return v[j]; },
+    AxpyRow(y + o * batch, batch, p[o], p[o + 1], Direct{v},
             [x, c, batch](int64_t j) { return x + static_cast<int64_t>(c[j]) * batch; });
 }
 
@@ -98,7 +121,7 @@ void SpmmTransposed(const float* v, const int32_t* tp, const int32_t* tr, const 
                     float* dx, int64_t n_in, int64_t batch) {
 #pragma omp parallel for schedule(dynamic, 16)
   for (int64_t i = 0; i < n_in; ++i)
-    AxpyRow(dx + i * batch, batch, tp[i], tp[i + 1], [v, ts](int64_t t) { return v[ts[t]]; },
+    AxpyRow(dx + i * batch, batch, tp[i], tp[i + 1], Indirect{v, ts, tp[n_in]},
             [dy, tr, batch](int64_t t) { return dy + static_cast<int64_t>(tr[t]) * batch; });
 }
 
