@@ -26,3 +26,13 @@ def test_readme_library_example_runs(tmp_path):
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "loss" in out.stdout and "'global': 0.1" in out.stdout.replace("0.1000", "0.1")
+
+
+def test_the_results_table_links_every_study_in_experiments():
+    """Each folder of experiments/ with a RESULTS.md is linked from the README's results table."""
+    text = README.read_text()
+    table = text[text.index("## Results"):text.index("## Command line")]
+    studies = sorted(p.parent.name for p in (README.parent / "experiments").glob("*/RESULTS.md"))
+    assert studies
+    missing = [name for name in studies if f"(experiments/{name}/RESULTS.md)" not in table]
+    assert not missing, f"the README's results table does not link {missing}"
