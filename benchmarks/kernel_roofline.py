@@ -40,8 +40,21 @@ def median_seconds(fn, args, rounds):
 
 
 def ffi(name, shapes, *args):
-    out = jax.ffi.ffi_call(name, shapes, vmap_method="sequential")(*args)
-    return out
+    return jax.ffi.ffi_call(name, shapes, vmap_method="sequential")(*args)
+
+
+def kernel_calls(values, cols, rowptr, tr, xT, dyT):
+    """``{kernel: (jitted call, its arguments, products of useful work)}`` for one layer."""
+    act = jax.ShapeDtypeStruct(xT.shape, jnp.float32)
+    val = jax.ShapeDtypeStruct(values.shape, jnp.float32)
+    return {
+        "spmm": (jax.jit(lambda v, c, p, x: ffi("dst_spmm", act, v, c, p, x)), (values, cols, rowptr, xT), 1),
+        "spmm_t": (jax.jit(lambda v, tp, trw, ts, d: ffi("dst_spmm_t", act, v, tp, trw, ts, d)),
+                   (values, *tr, dyT), 1),
+        "sddmm": (jax.jit(lambda c, p, d, x: ffi("dst_sddmm", val, c, p, d, x)), (cols, rowptr, dyT, xT), 1),
+        "fused": (jax.jit(lambda v, tp, trw, ts, d, x: ffi("dst_spmm_t_sddmm", (act, val), v, tp, trw, ts, d, x)),
+                  (values, *tr, dyT, xT), 2),
+    }
 
 
 def main():
@@ -63,7 +76,8 @@ def main():
     dense = jax.jit(lambda x, w: x @ w)
     dense_gflops = 2 * n * n * batch / median_seconds(dense, (x, w), args.rounds) / 1e9
     print(f"XLA dense x @ W: {dense_gflops:.1f} GFLOP/s (all {2 * n * n * batch / 1e9:.2f} GFLOP counted)")
-    print(f"{'density':>8s} {'isa':>8s} {'spmm':>8s} {'spmm_t':>8s} {'sddmm':>8s} {'fused':>8s}   GFLOP/s of useful work")
+    print(f"{'density':>8s} {'isa':>8s} {'spmm':>8s} {'spmm_t':>8s} {'sddmm':>8s} {'fused':>8s}"
+          "   GFLOP/s of useful work")
     f32 = jnp.float32
     for density in (float(d) for d in args.densities.split(",")):
         nnz = int(round(density * n * n))
@@ -74,16 +88,7 @@ def main():
         cols_j, rowptr_j = jnp.asarray(cols), jnp.asarray(rowptr)
         tr = kernels.transpose(cols_j, rowptr_j, n)
         xT, dyT = x.T + 0.0, jnp.asarray(rng.normal(size=(n, batch)), f32)
-        act = jax.ShapeDtypeStruct((n, batch), f32)
-        val = jax.ShapeDtypeStruct((nnz,), f32)
-        calls = {
-            "spmm": (jax.jit(lambda v, c, p, x: ffi("dst_spmm", act, v, c, p, x)), (values, cols_j, rowptr_j, xT), 1),
-            "spmm_t": (jax.jit(lambda v, tp, trw, ts, d: ffi("dst_spmm_t", act, v, tp, trw, ts, d)),
-                       (values, *tr, dyT), 1),
-            "sddmm": (jax.jit(lambda c, p, d, x: ffi("dst_sddmm", val, c, p, d, x)), (cols_j, rowptr_j, dyT, xT), 1),
-            "fused": (jax.jit(lambda v, tp, trw, ts, d, x: ffi("dst_spmm_t_sddmm", (act, val), v, tp, trw, ts, d, x)),
-                      (values, *tr, dyT, xT), 2),
-        }
+        calls = kernel_calls(values, cols_j, rowptr_j, tr, xT, dyT)
         for isa in isas:
             kernels.use_isa(isa)
             gflops = {k: products * 2 * nnz * batch / median_seconds(fn, a, args.rounds) / 1e9

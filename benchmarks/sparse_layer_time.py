@@ -105,7 +105,7 @@ def main():
                     times[(kind, isa)].append(elapsed)
         med = {run: 1e3 * statistics.median(v) for run, v in times.items()}
         masked = times[("masked", None)]
-        ratio = lambda run: statistics.median(m / t for m, t in zip(masked, times[run]))
+        ratio = lambda run, masked=masked, times=times: statistics.median(m / t for m, t in zip(masked, times[run]))
         gather = f"{med[('gather', None)]:10.2f}" if ("gather", None) in med else f"{'-':>10s}"
         for isa in isas:
             print(f"{density:8.3%} {isa:>8s} {med[('masked', None)]:10.2f} {med[('csr', isa)]:8.2f} "

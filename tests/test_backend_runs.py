@@ -4,6 +4,8 @@ topology decisions; every setting a backend cannot take is one sentence before a
 import json
 
 import pytest
+
+from dst import kernels
 from cli_helpers import dst_train_here
 from idx_data import write_dataset
 
@@ -37,7 +39,8 @@ def test_a_stored_run_makes_the_masked_runs_topology_decisions(tmp_path, data_di
     assert masked.returncode == 0 and out.returncode == 0, out.stderr[-2000:]
     assert (f"sparsity: backend {backend} stores Dense_0/kernel, Dense_1/kernel, Dense_2/kernel."
             in out.stdout.splitlines()[:3])
-    assert "sparsity: rigl updates the stored layers from storage, one layer at a time." in out.stdout.splitlines()[:4]
+    assert f"sparsity: kernels {kernels.status()}" in out.stdout.splitlines()[:4]   # names the ISA in use
+    assert "sparsity: rigl updates the stored layers from storage, one layer at a time." in out.stdout.splitlines()[:5]
     summary = json.loads((stored_dir / "summary.json").read_text())
     assert summary["backend"] == backend and set(json.loads(summary["stored_layers"])) == {
         "Dense_0/kernel", "Dense_1/kernel", "Dense_2/kernel"}

@@ -26,9 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 
 import dst
+from dst import kernels
 from dst.app.build import make_loss
 from dst.app.build import make_model
 from dst.app.build import make_tx
+from dst.app.console import layer_list
 from dst.app.feeds import first_examples
 from dst.app.feeds import make_feed
 from dst.app.lottery import next_level_state
@@ -319,8 +321,9 @@ def make_run_storage(sp: dict, model, masks, sparse_layers):
         print("sparsity: backend dense: a plain dense model, with no mask in the train step.")
     elif storage is not None:
         kept = [n for n in sparse_layers if n not in storage.layout_of]
-        print(f"sparsity: backend {backend} stores {', '.join(storage.layout_of)}"
-              + (f"; {', '.join(kept)} stay masked (convolutions)" if kept else "") + ".")
+        print(f"sparsity: backend {backend} stores {layer_list(storage.layout_of)}"
+              + (f"; {layer_list(kept)} stay masked (convolutions)" if kept else "") + ".")
+        print(f"sparsity: kernels {kernels.status()}")
         if not storage.dense_metrics:
             print("sparsity: the stored layers are too large for per-weight metric state: itop_rate is not tracked.")
     return storage
