@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import zipfile
+import zlib
 from collections.abc import Callable
 
 import jax
@@ -100,10 +102,9 @@ def _nest(flat: dict):
 def load_exported(path) -> Callable:
     """The jitted ``predict(x) -> logits`` of an exported model (``x`` shaped as the model's inputs,
     with a batch axis). Its ``meta`` attribute is the file's metadata (format, model config, stored
-    layers)."""
-    with np.load(path) as data:
-        meta = json.loads(bytes(data["meta"]).decode())
-        arrays = {k: data[k] for k in data.files if k != "meta"}
+    layers). A file that is not a whole export of dst (truncated, or another program's) raises
+    ``ValueError`` with one sentence saying so."""
+    meta, arrays = _read_export(path)
     model = _build(meta["model"], meta["num_classes"])
     dense = {k.removeprefix("params/"): jnp.asarray(v) for k, v in arrays.items() if k.startswith("params/")}
     state = _nest({k.removeprefix("state/"): jnp.asarray(v) for k, v in arrays.items() if k.startswith("state/")})
@@ -128,6 +129,31 @@ def load_exported(path) -> Callable:
         return apply(backends.Stored(params, topologies), state, x, False, None)[0]
 
     return _predict(forward, meta)
+
+
+def _read_export(path) -> tuple[dict, dict]:
+    """``(meta, arrays)`` of an exported file, or one sentence on what is wrong with it."""
+    def not_export(why: str) -> ValueError:
+        return ValueError(f"{path} is not a model exported by dst-export ({why}); export the run again with "
+                          "dst-export RUN_DIR --out FILE.npz.")
+
+    if not zipfile.is_zipfile(path):   # FileNotFoundError passes through: the path itself is wrong
+        open(path, "rb").close()
+        raise not_export("it is truncated or not a .npz archive")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            raw = bytes(data["meta"]) if "meta" in data.files else None
+            arrays = {k: data[k] for k in data.files if k != "meta"}
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as err:
+        raise not_export(f"its arrays cannot be read: {type(err).__name__}") from None
+    try:
+        meta = json.loads(raw.decode()) if raw is not None else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        meta = None
+    missing = [k for k in ("model", "num_classes", "stored", "format") if k not in (meta or {})]
+    if meta is None or missing:
+        raise not_export("it has no dst metadata" if meta is None else f"its metadata lacks {', '.join(missing)}")
+    return meta, arrays
 
 
 def _gather_backend(fmt: str) -> backends.Backend:

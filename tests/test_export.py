@@ -80,3 +80,25 @@ def test_bad_export_arguments_are_one_sentence(tmp_path, capsys):
     assert dst_export([str(tmp_path), "--out", str(tmp_path / "x.npz")]) == 2
     assert "is not a run directory (no .hydra/config.yaml)." in capsys.readouterr().err
     assert not (tmp_path / "x.npz").exists()
+
+
+def test_a_truncated_or_foreign_file_is_one_sentence_not_a_zip_traceback(runs, tmp_path):
+    good = tmp_path / "good.npz"
+    assert dst_export([str(runs["masked"]), "--format", "csr", "--out", str(good)]) == 0
+    data = good.read_bytes()
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(data[: len(data) // 2])
+    foreign = tmp_path / "foreign.npz"
+    np.savez(foreign, weights=np.zeros(3))
+    text = tmp_path / "notes.txt"
+    text.write_text("not a model")
+    cases = {truncated: "it is truncated or not a .npz archive", foreign: "it has no dst metadata",
+             text: "it is truncated or not a .npz archive"}
+    for path, why in cases.items():
+        with pytest.raises(ValueError) as err:
+            dst.load_exported(path)
+        assert str(err.value) == (f"{path} is not a model exported by dst-export ({why}); export the run again "
+                                  "with dst-export RUN_DIR --out FILE.npz.")
+    with pytest.raises(FileNotFoundError):
+        dst.load_exported(tmp_path / "missing.npz")
+    assert dst.load_exported(good).meta["format"] == "csr"
