@@ -28,6 +28,7 @@ from dst.export import FORMATS
 from dst.export import export_model
 from dst.masks import named_leaves
 from dst.masks import replace_named
+from dst.train import auto
 from dst.train.apply import model_state_shapes
 
 
@@ -51,6 +52,7 @@ def _dense_view(state: dict, shapes: dict, backend_name: str):
     topologies = state.get("topologies") or {}
     if not topologies:
         return params, masks
+    backend_name = auto.SPARSE_BACKEND if backend_name == "auto" else backend_name   # auto stores on csr
     backend = backends.make(backend_name)
     kind = backends.CSR if backend_name == "csr" else backends.Condensed
     p, m = named_leaves(params), named_leaves(masks)

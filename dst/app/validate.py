@@ -202,9 +202,10 @@ def _check_backend(cfg: dict) -> None:
     only under a constant fan-in structure."""
     sp = cfg["sparsity"]
     backend = sp.get("backend") or "masked"
-    if backend not in backends.BACKENDS:
-        raise ConfigError(f"sparsity.backend must be one of {', '.join(backends.BACKENDS)}; got {backend!r}.")
-    if backend == "masked":
+    if backend not in backends.BACKENDS + ("auto",):
+        raise ConfigError(f"sparsity.backend must be one of {', '.join(backends.BACKENDS + ('auto',))}; "
+                          f"got {backend!r}.")
+    if backend in ("masked", "auto"):   # auto falls back to masked, saying why, where csr cannot run
         return
     if backend == "dense":
         if sp["algorithm"] != "dense":

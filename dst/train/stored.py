@@ -18,6 +18,7 @@ rest: SRigL, the condensed backend, structures, ``grow_init=normal``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -169,6 +170,14 @@ def dense_view(storage: Storage | None, state):
     algorithm's report): itself when masked; the stored layers expanded otherwise."""
     if storage is None or storage.backend is None:
         return state
-    params, masks = jax.jit(lambda p, s, t: expand_state(storage, p, s, t))(state.params, state.masks,
-                                                                             state.topologies)
+    expand = _expander(storage.backend, tuple(storage.layout_of.items()))
+    params, masks = expand(state.params, state.masks, state.topologies)
     return state._replace(params=params, masks=masks, topologies=None)
+
+
+@functools.lru_cache(maxsize=16)
+def _expander(backend: backends.Backend, layouts: tuple):
+    """The jitted expansion of one storage, compiled once per run (a new ``jax.jit`` of a new lambda at
+    every record recompiled it: 0.22 s per epoch of the default experiment, more than its csr steps saved)."""
+    layout_of = dict(layouts)
+    return jax.jit(lambda p, s, t: backends.expand(backend, layout_of, p, s, t))

@@ -1,0 +1,134 @@
+"""``sparsity.backend=auto``: store a layer only where the sparse kernels beat masking it.
+
+Before training, each sparse fully connected layer's forward and backward pass (``y = x W``, then
+``dx`` and the weight gradient) is timed at the run's own shapes -- the layer's real mask, and as many
+input rows as the layer sees in one step (the batch, times the tokens of a ViT) -- once with XLA's dense
+product of the masked kernel and once with the compiled ``csr`` kernels, interleaved, and the medians
+compared. A layer is stored where ``csr`` is faster AND the time it saves over the run's steps is at
+least :data:`MIN_SAVING_S`: storing a layer has a cost of its own, paid once (compiling its kernels and
+its stored update, building its storage: 2.5 s more start-up for the two stored layers of the default
+experiment, LeNet-300-100, whose 4680 steps save less than that). The rest stay masked, in the same program. The
+topology decisions do not depend on the choice (stored and masked layers make the masked run's), only
+the time does.
+
+References:
+  Nikdan, Pegolotti, Iofinova, Kurtic, Alistarh. "SparseProp: Efficient Sparse Backpropagation for
+  Faster Training of Neural Networks", ICML 2023 (a layer is made sparse only where that is faster).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dst import backends
+from dst.masks import named_leaves
+from dst.train.apply import flax_apply
+
+#: The sparse backend ``auto`` stores its chosen layers in (it holds any mask).
+SPARSE_BACKEND = "csr"
+#: The least time (seconds over the run's steps) a layer must save on csr to be stored: about the one-off
+#: cost of storing a small layer on a 2-core machine (see the module doc).
+MIN_SAVING_S = 5.0
+
+
+class LayerTiming(NamedTuple):
+    """One layer's forward + backward time (median, milliseconds) masked and on the sparse backend, at
+    ``rows`` input rows per step, and the run's ``steps``."""
+
+    masked_ms: float
+    sparse_ms: float
+    rows: int
+    steps: int = 0
+
+    @property
+    def saving_s(self) -> float:
+        """Seconds the sparse backend saves over the run (negative where it is slower)."""
+        return (self.masked_ms - self.sparse_ms) * self.steps / 1e3
+
+    @property
+    def stored(self) -> bool:
+        return self.sparse_ms < self.masked_ms and self.saving_s >= MIN_SAVING_S
+
+
+def dense_input_rows(model, params, model_state, example, layers) -> dict[str, int]:
+    """For each 2-D kernel in ``layers``, the number of input rows its ``nn.Dense`` sees for ``example``
+    (the batch, times any other leading axes): traced with ``jax.eval_shape``, nothing computed."""
+    modules = {name.rsplit("/", 1)[0]: name for name in layers}
+    rows = {}
+
+    def record(next_fun, args, kw, context):
+        name = modules.get("/".join(context.module.path))
+        if context.method_name == "__call__" and name is not None and isinstance(context.module, nn.Dense):
+            rows[name] = int(np.prod(args[0].shape[:-1]))
+        return next_fun(*args, **kw)
+
+    def forward(p, s, x):
+        with nn.intercept_methods(record):
+            return flax_apply(model)(p, s, x, True, jax.random.key(0))
+
+    jax.eval_shape(forward, params, model_state, example)
+    return rows
+
+
+def _seconds(fn, args, rounds: int) -> list[float]:
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _csr_of(w: np.ndarray, mask: np.ndarray):
+    """``(values, CSR topology)`` of one layer, in numpy: the timing needs no compiled compression (eager
+    jax ops compiled one by one took 1.6 s a layer, longer than the timing itself)."""
+    units, inputs = np.nonzero(mask.T)                       # CSR order: by output unit, inputs ascending
+    counts = np.bincount(units, minlength=mask.shape[1])
+    rowptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    slots = np.argsort(inputs, kind="stable").astype(np.int32)
+    t_rowptr = np.concatenate([[0], np.cumsum(np.bincount(inputs, minlength=mask.shape[0]))]).astype(np.int32)
+    topology = backends.CSR(*(jnp.asarray(a, jnp.int32) for a in (inputs, rowptr, t_rowptr, units[slots], slots)))
+    return jnp.asarray(w[inputs, units], jnp.float32), topology
+
+
+def time_layer(w, mask, rows: int, rounds: int = 5, seed: int = 0) -> LayerTiming:
+    """:class:`LayerTiming` of one layer: kernel ``w [n_in, n_out]`` under ``mask``, ``rows`` input rows."""
+    backend = backends.make(SPARSE_BACKEND)
+    w, mask = np.asarray(w, np.float32), np.asarray(mask, bool)
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.standard_normal((rows, w.shape[0]), np.float32))
+    g = jnp.asarray(rng.standard_normal((rows, w.shape[1]), np.float32))
+    values, topology = _csr_of(w, mask)
+    mask_j = jnp.asarray(mask)
+
+    def grads(product):
+        return jax.jit(jax.grad(lambda p, x: jnp.sum(product(x, p) * g), (0, 1)))
+
+    masked = grads(lambda x, w: x @ jnp.where(mask_j, w, 0.0))
+    sparse = grads(lambda x, v: backend.matmul(x, v, topology))
+    runs = {"masked": (masked, (jnp.asarray(w), x)), "sparse": (sparse, (values, x))}
+    for fn, args in runs.values():                       # compile and warm up
+        jax.block_until_ready(fn(*args))
+    times = {k: [] for k in runs}
+    for _ in range(rounds):                              # interleaved: both see the same machine load
+        for k, (fn, args) in runs.items():
+            times[k] += _seconds(fn, args, 1)
+    return LayerTiming(1e3 * statistics.median(times["masked"]), 1e3 * statistics.median(times["sparse"]), rows)
+
+
+def choose(model, params, model_state, masks, layers, example, steps: int,
+           rounds: int = 5) -> dict[str, LayerTiming]:
+    """Time every 2-D kernel of ``layers`` for a run of ``steps`` steps (see the module doc);
+    ``{name: LayerTiming}`` in layer order."""
+    leaves_p, leaves_m = named_leaves(params), named_leaves(masks)
+    candidates = [n for n in layers if np.ndim(leaves_m[n]) == 2]
+    rows = dense_input_rows(model, params, model_state, example, candidates)
+    return {name: time_layer(leaves_p[name], leaves_m[name], rows[name], rounds)._replace(steps=steps)
+            for name in candidates if name in rows}
