@@ -10,8 +10,9 @@ stored layer in the chosen format:
 * ``condensed``: each as ``values [n_out, k]`` and ``indices [n_out, k]`` (constant fan-in only).
 
 :func:`load_exported` rebuilds the model and returns a jitted ``predict(x) -> logits`` (evaluation mode)
-that runs the stored layers on the compiled kernels (:mod:`dst.kernels`); a batch of one runs the XLA
-gather path instead, the fast one there. Convolutions stay dense in every format.
+that runs the stored layers on the compiled kernels (:mod:`dst.kernels`), a batch of one through their
+sparse matrix-vector product; without the kernels (or off the CPU) a batch of one takes an XLA gather.
+Convolutions stay dense in every format.
 
 ``dst-export RUN_DIR --format csr --out model.npz`` writes the file from a run's latest checkpoint.
 """
@@ -121,11 +122,14 @@ def load_exported(path) -> Callable:
     layout_of = {n: backends.Layout(tuple(shape), count) for n, (shape, count) in stored.items()}
     kernel_apply = backends.stored_apply(model, backends.make(meta["format"]), layout_of)
     gather_apply = backends.stored_apply(model, _gather_backend(meta["format"]), layout_of)
-    if kernels.available():
+    compiled = kernels.available() and jax.default_backend() == "cpu"
+    if compiled:
         kernels.register()
 
     def forward(x):
-        apply = gather_apply if x.shape[0] == 1 else kernel_apply   # static: one program per batch size
+        # A batch of one takes the kernels' sparse matrix-vector product where they are built, the XLA
+        # gather elsewhere (static: one program per batch size).
+        apply = gather_apply if x.shape[0] == 1 and not compiled else kernel_apply
         return apply(backends.Stored(params, topologies), state, x, False, None)[0]
 
     return _predict(forward, meta)

@@ -53,7 +53,7 @@ def test_a_stored_run_makes_the_masked_runs_topology_decisions(tmp_path, data_di
 
 
 @pytest.mark.parametrize("overrides, sentence", [
-    (("sparsity.backend=coo",), "sparsity.backend must be one of masked, csr, condensed, dense; got 'coo'."),
+    (("sparsity.backend=coo",), "sparsity.backend must be one of masked, csr, condensed, dense, auto; got 'coo'."),
     (("sparsity.backend=dense",),
      "sparsity.backend=dense trains a plain dense model, so sparsity.algorithm must be dense; got rigl."),
     (("sparsity.backend=condensed",),

@@ -96,6 +96,20 @@ def test_csr_forward_and_gradients_equal_the_dense_product(batch_shape, isa):
     np.testing.assert_allclose(dvalues, (x2.T @ dy2)[i_idx, o_idx], rtol=1e-5, atol=1e-5)
 
 
+def test_a_batch_of_one_takes_the_matrix_vector_kernel_and_equals_the_dense_product(isa):
+    """Rows of 0 to about 150 nonzeros: the gathers' whole vectors (32 and 16, or 16 and 8) and the rest."""
+    rng = np.random.default_rng(11)
+    n_in, n_out = 300, 40
+    densities = np.linspace(0.0, 0.5, n_out)                  # a different fan-in for every output unit
+    mask = rng.random((n_in, n_out)) < densities
+    w = np.where(mask, rng.normal(size=mask.shape), 0.0).astype(np.float32)
+    o_idx, i_idx = np.nonzero(mask.T)
+    rowptr = np.concatenate([[0], np.cumsum(mask.sum(0))]).astype(np.int32)
+    x = rng.normal(size=(1, n_in)).astype(np.float32)
+    y = kernels.csr_matmul(x, w[i_idx, o_idx], i_idx.astype(np.int32), rowptr)
+    np.testing.assert_allclose(y, x @ w, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("batch", [1, 7, 61, 130, 200])   # whole register blocks of each ISA, smaller ones, a rest
 def test_the_fused_backward_pass_equals_the_dense_product(batch, isa, monkeypatch):
     """Large activations take one pass over the transposed structure for dx and dW: forced here."""

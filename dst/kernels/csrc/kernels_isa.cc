@@ -18,6 +18,10 @@
 
 #include "kernels.h"
 
+#if DST_VEC_BYTES >= 32
+#include <immintrin.h>   // gathers: its intrinsics are always inlined, so no code of this ISA is shared
+#endif
+
 namespace {
 
 typedef float V __attribute__((vector_size(DST_VEC_BYTES), aligned(4)));   // aligned(4): unaligned loads
@@ -109,8 +113,48 @@ struct Indirect {
   }
 };
 
+// A row's gathered dot product: whole vectors of nonzeros with the ISA's gather instruction (GCC does not
+// emit gathers for this loop by itself), two accumulators, then the rest.
+inline float GatherDot(const float* v, const int32_t* c, const float* x, int64_t begin, int64_t end) {
+  int64_t j = begin;
+  float acc = 0.0f;
+#if DST_VEC_BYTES == 64
+  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+  for (; j + 32 <= end; j += 32) {
+    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(v + j), _mm512_i32gather_ps(_mm512_loadu_si512(c + j), x, 4), a0);
+    a1 = _mm512_fmadd_ps(_mm512_loadu_ps(v + j + 16), _mm512_i32gather_ps(_mm512_loadu_si512(c + j + 16), x, 4), a1);
+  }
+  for (; j + 16 <= end; j += 16)
+    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(v + j), _mm512_i32gather_ps(_mm512_loadu_si512(c + j), x, 4), a0);
+  acc = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+#elif DST_VEC_BYTES == 32
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+  for (; j + 16 <= end; j += 16) {
+    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(v + j),
+                         _mm256_i32gather_ps(x, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + j)), 4), a0);
+    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(v + j + 8),
+                         _mm256_i32gather_ps(x, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + j + 8)), 4), a1);
+  }
+  for (; j + 8 <= end; j += 8)
+    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(v + j),
+                         _mm256_i32gather_ps(x, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + j)), 4), a0);
+  acc = SumLanes(reinterpret_cast<V>(_mm256_add_ps(a0, a1)));
+#endif
+  for (; j < end; ++j) acc += v[j] * x[c[j]];
+  return acc;
+}
+
+// y[o] = sum over row o's nonzeros of values[j] * x[cols[j]], for a batch of one (online inference): a
+// gathered dot product per row. The batched AXPY loops would take one scalar per nonzero here.
+void Spmv(const float* v, const int32_t* c, const int32_t* p, const float* x, float* y, int64_t n_out) {
+  const bool parallel = p[n_out] >= (int64_t{1} << 16);   // below: the threads' start costs more than it saves
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t o = 0; o < n_out; ++o) y[o] = GatherDot(v, c, x, p[o], p[o + 1]);
+}
+
 void Spmm(const float* v, const int32_t* c, const int32_t* p, const float* x, float* y, int64_t n_out,
           int64_t batch) {
+  if (batch == 1) return Spmv(v, c, p, x, y, n_out);
 #pragma omp parallel for schedule(dynamic, 16)
   for (int64_t o = 0; o < n_out; ++o)
     AxpyRow(y + o * batch, batch, p[o], p[o + 1], Direct{v},
@@ -251,8 +295,28 @@ void SpmmTransposedSddmm(const float* v, const int32_t* tp, const int32_t* tr, c
   }
 }
 
+// The argument checks of every call, vectorised (a min/max reduction) and, for long arrays, on every
+// core: a serial loop with an early exit cost as much as a batch-of-one product.
+bool AllInRange(const int32_t* a, int64_t n, int32_t lo, int32_t hi) {
+  int32_t low = INT32_MAX, high = INT32_MIN;
+#pragma omp parallel for reduction(min : low) reduction(max : high) schedule(static) if (n >= (int64_t{1} << 20))
+  for (int64_t j = 0; j < n; ++j) {
+    low = a[j] < low ? a[j] : low;
+    high = a[j] > high ? a[j] : high;
+  }
+  return n == 0 || (low >= lo && high < hi);
+}
+
+bool NonDecreasing(const int32_t* a, int64_t n) {
+  int bad = 0;
+#pragma omp parallel for reduction(| : bad) schedule(static) if (n >= (int64_t{1} << 20))
+  for (int64_t j = 1; j < n; ++j) bad |= a[j] < a[j - 1];
+  return bad == 0;
+}
+
 }  // namespace
 
 namespace dst {
-extern const KernelTable DST_ISA_TABLE = {DST_ISA_NAME, Spmm, SpmmTransposed, Sddmm, SpmmTransposedSddmm};
+extern const KernelTable DST_ISA_TABLE = {DST_ISA_NAME, Spmm, SpmmTransposed, Sddmm, SpmmTransposedSddmm,
+                                         AllInRange, NonDecreasing};
 }  // namespace dst

@@ -42,36 +42,6 @@ std::pair<int64_t, int64_t> RowsAndBatch(ffi::Buffer<ffi::F32>& a) {
   return {rows, rows == 0 ? 0 : a.element_count() / rows};
 }
 
-// Reject a structure that would read or write out of bounds (O(nnz + n_out), small next to a product).
-ffi::Error CheckStructure(ffi::Buffer<ffi::S32>& cols, ffi::Buffer<ffi::S32>& rowptr, int64_t nnz,
-                          int64_t n_out, int64_t n_in) {
-  if (rowptr.element_count() != n_out + 1)
-    return ffi::Error::InvalidArgument("dst sparse kernel: rowptr must have n_out + 1 entries");
-  if (cols.element_count() != nnz)
-    return ffi::Error::InvalidArgument("dst sparse kernel: cols and values must have the same length");
-  const int32_t* p = rowptr.typed_data();
-  if (p[0] != 0 || p[n_out] != nnz)
-    return ffi::Error::InvalidArgument("dst sparse kernel: rowptr must run from 0 to the number of values");
-  for (int64_t o = 0; o < n_out; ++o)
-    if (p[o + 1] < p[o]) return ffi::Error::InvalidArgument("dst sparse kernel: rowptr must not decrease");
-  const int32_t* c = cols.typed_data();
-  for (int64_t j = 0; j < nnz; ++j)
-    if (c[j] < 0 || c[j] >= n_in)
-      return ffi::Error::InvalidArgument("dst sparse kernel: cols must lie in [0, n_in)");
-  return ffi::Error::Success();
-}
-
-// Reject transpose slots that would read or write out of bounds.
-ffi::Error CheckSlots(ffi::Buffer<ffi::S32>& tslots, int64_t nnz) {
-  if (tslots.element_count() != nnz)
-    return ffi::Error::InvalidArgument("dst sparse kernel: the transpose's slots must have one entry per value");
-  const int32_t* ts = tslots.typed_data();
-  for (int64_t t = 0; t < nnz; ++t)
-    if (ts[t] < 0 || ts[t] >= nnz)
-      return ffi::Error::InvalidArgument("dst sparse kernel: the transpose's slots must lie in [0, nnz)");
-  return ffi::Error::Success();
-}
-
 // The loops themselves are compiled once per instruction set (kernels_isa.cc); the handlers below check
 // their arguments and call the table chosen at load time (dst.kernels picks the best the CPU runs, or the
 // one DST_KERNELS_ISA names), read on every call so that a benchmark can switch it between calls.
@@ -94,6 +64,33 @@ std::vector<const dst::KernelTable*> RunnableTables() {
 #endif
   out.push_back(&dst::kGenericKernels);
   return out;
+}
+
+// Reject a structure that would read or write out of bounds: O(nnz + n_out) in the chosen ISA's
+// vectorised loops, small next to a product.
+ffi::Error CheckStructure(ffi::Buffer<ffi::S32>& cols, ffi::Buffer<ffi::S32>& rowptr, int64_t nnz,
+                          int64_t n_out, int64_t n_in) {
+  if (rowptr.element_count() != n_out + 1)
+    return ffi::Error::InvalidArgument("dst sparse kernel: rowptr must have n_out + 1 entries");
+  if (cols.element_count() != nnz)
+    return ffi::Error::InvalidArgument("dst sparse kernel: cols and values must have the same length");
+  const int32_t* p = rowptr.typed_data();
+  if (p[0] != 0 || p[n_out] != nnz)
+    return ffi::Error::InvalidArgument("dst sparse kernel: rowptr must run from 0 to the number of values");
+  if (!Kernels().nondecreasing(p, n_out + 1))
+    return ffi::Error::InvalidArgument("dst sparse kernel: rowptr must not decrease");
+  if (!Kernels().all_in_range(cols.typed_data(), nnz, 0, static_cast<int32_t>(n_in)))
+    return ffi::Error::InvalidArgument("dst sparse kernel: cols must lie in [0, n_in)");
+  return ffi::Error::Success();
+}
+
+// Reject transpose slots that would read or write out of bounds.
+ffi::Error CheckSlots(ffi::Buffer<ffi::S32>& tslots, int64_t nnz) {
+  if (tslots.element_count() != nnz)
+    return ffi::Error::InvalidArgument("dst sparse kernel: the transpose's slots must have one entry per value");
+  if (!Kernels().all_in_range(tslots.typed_data(), nnz, 0, static_cast<int32_t>(nnz)))
+    return ffi::Error::InvalidArgument("dst sparse kernel: the transpose's slots must lie in [0, nnz)");
+  return ffi::Error::Success();
 }
 
 // yT[o, :] = sum_j values[j] * xT[cols[j], :] over row o's nonzeros.
