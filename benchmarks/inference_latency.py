@@ -48,17 +48,21 @@ def main():
     parser.add_argument("--densities", default="0.1,0.05,0.01")
     parser.add_argument("--calls", type=int, default=50)
     parser.add_argument("--batches", default="1,256")
+    parser.add_argument("--isas", default=None,
+                        help="kernel instruction sets to time, e.g. avx512,avx2 (default: every one this CPU runs "
+                             "but the portable fallback)")
     args = parser.parse_args()
     kernels.require("benchmark")
+    isas = args.isas.split(",") if args.isas else [i for i in kernels.runnable_isas() if i != "generic"] or ["generic"]
     width = args.width
     model_cfg = {"name": "mlp", "hidden": [width] * 3}
     model = MLP(hidden=(width,) * 3, num_classes=10)
     params = model.init(jax.random.key(0), jnp.zeros((1, 784)))["params"]
     layers = dst.sparsifiable_layers(params)
     dense_fn = jax.jit(lambda x: model.apply({"params": params}, x))
-    print(f"machine: {platform.machine()} {platform.processor() or ''} devices={jax.devices()} jax={jax.__version__}; "
-          f"kernels {kernels.status()}; MLP 784-{width}x3-10, constant fan-in masks, median of {args.calls} calls")
-    print(f"{'density':>8s} {'batch':>6s} {'dense ms':>9s} {'masked ms':>10s} {'csr ms':>8s} {'cond. ms':>9s} "
+    print(f"machine: {platform.machine()} {platform.processor() or ''} devices={jax.devices()} "
+          f"jax={jax.__version__}; kernels {kernels.status()}; MLP 784-{width}x3-10, constant fan-in masks, median of {args.calls} calls")
+    print(f"{'density':>8s} {'batch':>6s} {'isa':>7s} {'dense ms':>9s} {'masked ms':>10s} {'csr ms':>8s} {'cond. ms':>9s} "
           f"{'dense/csr':>10s} {'dense/cond.':>12s}")
     fan = structures.fan_in()
     for density in (float(d) for d in args.densities.split(",")):
@@ -75,12 +79,13 @@ def main():
                 loaded[fmt] = dst.load_exported(path)
         for batch in (int(b) for b in args.batches.split(",")):
             x = jax.random.normal(jax.random.key(2), (batch, 784))
-            t = {name: latency(fn, x, args.calls) for name, fn in
-                 (("dense", dense_fn), ("masked", masked_fn), ("csr", loaded["csr"]),
-                  ("condensed", loaded["condensed"]))}
-            print(f"{density:8.1%} {batch:6d} {1e3 * t['dense']:9.3f} {1e3 * t['masked']:10.3f} {1e3 * t['csr']:8.3f} "
-                  f"{1e3 * t['condensed']:9.3f} {t['dense'] / t['csr']:10.2f} {t['dense'] / t['condensed']:12.2f}",
-                  flush=True)
+            base = {name: latency(fn, x, args.calls) for name, fn in (("dense", dense_fn), ("masked", masked_fn))}
+            for isa in isas:
+                kernels.use_isa(isa)
+                t = {**base, **{fmt: latency(loaded[fmt], x, args.calls) for fmt in ("csr", "condensed")}}
+                print(f"{density:8.1%} {batch:6d} {isa:>7s} {1e3 * t['dense']:9.3f} {1e3 * t['masked']:10.3f} "
+                      f"{1e3 * t['csr']:8.3f} {1e3 * t['condensed']:9.3f} {t['dense'] / t['csr']:10.2f} "
+                      f"{t['dense'] / t['condensed']:12.2f}", flush=True)
 
 
 if __name__ == "__main__":
