@@ -40,3 +40,17 @@ def layer_list(names, fold_from: int = 9) -> str:
     fmt = lambda t: str(t[0]) if len(t) == 1 else "{" + _ranges(t) + "}"
     return f"{len(names)} layers: " + ", ".join("".join(fmt(t) if i % 2 else t for i, t in enumerate(item))
                                                 for item in items)
+
+
+def density_list(densities: dict[str, float], fold_from: int = 9) -> str:
+    """``name=density`` for each layer; from ``fold_from`` layers on, the layers of one density (to four
+    places) are folded as :func:`layer_list` folds names: ``block{0..11}/mlp_fc1/kernel=0.0512``."""
+    shown = {n: f"{d:.4f}" for n, d in densities.items()}
+    if len(shown) < fold_from:
+        return ", ".join(f"{n}={d}" for n, d in shown.items())
+    by_density: dict[str, list[str]] = {}
+    for name, d in shown.items():
+        by_density.setdefault(d, []).append(name)
+    return f"{len(shown)} layers: " + ", ".join(
+        f"{entry}={d}" for d, names in by_density.items()
+        for entry in layer_list(names, fold_from=2).removeprefix(f"{len(names)} layers: ").split(", "))

@@ -30,6 +30,7 @@ from dst import kernels
 from dst.app.build import make_loss
 from dst.app.build import make_model
 from dst.app.build import make_tx
+from dst.app.console import density_list
 from dst.app.console import layer_list
 from dst.app.feeds import first_examples
 from dst.app.feeds import make_feed
@@ -570,7 +571,7 @@ def run(cfg: dict, run_dir, *, stream=None) -> dict:
     data = plan.data
     say(f"dst: {cfg.get('name', 'run')} -> {run_dir}")
     say(f"data: {data.source} ({len(data.train_y)} train, {len(data.val_y)} val, {len(data.test_y)} test); "
-        f"{plan.total_steps} steps; densities " + ", ".join(f"{n}={d:.4f}" for n, d in parts.densities.items()))
+        f"{plan.total_steps} steps; densities " + density_list(parts.densities))
 
     def save(epoch, state, interval, elapsed):
         meta = checkpoint_meta(cfg, epoch, int(state.step), interval, start.records, elapsed, logger.run_id)
