@@ -27,6 +27,7 @@ import numpy as np
 
 import dst
 from dst import kernels
+from dst.app import auto_backend
 from dst.app.build import make_loss
 from dst.app.build import make_model
 from dst.app.build import make_tx
@@ -60,7 +61,6 @@ from dst.plotting import plot_curves
 from dst.structures import matrix_shape
 from dst.structures import structured_densities
 from dst.structures import undivided_layers
-from dst.train import auto
 from dst.train import distributed
 from dst.train import stored
 from dst.train.apply import model_state_shapes
@@ -242,53 +242,10 @@ def _check_backend_fits(sp: dict, algo, params, parallel) -> None:
                           "one (its convolutions stay masked); use sparsity.backend=masked.")
 
 
-def auto_fallback(plan: Plan) -> str | None:
-    """Why ``sparsity.backend=auto`` keeps every layer of this run masked (csr cannot run it), or None."""
-    sp = plan.cfg["sparsity"]
-    if not kernels.available():
-        return f"the compiled kernels are missing ({kernels.status()})"
-    if plan.cfg["trainer"].get("seeds") is not None:
-        return "trainer.seeds runs its replicas on masked layers"
-    if plan.parallel is not None:
-        return f"this run sees {plan.parallel.count} devices, and csr runs on one"
-    if distributed.process_count() > 1:
-        return "the processes of a jax.distributed run could time their layers differently"
-    try:
-        stored.check_algorithm(plan.algo, "csr", f"sparsity.algorithm={sp['algorithm']}")
-    except ValueError:
-        return f"sparsity.algorithm={sp['algorithm']} does not run on csr (sparsity.backend=csr says why)"
-    return None
-
-
-def auto_layers(plan: Plan, params, model_state, masks, layers, choice_file) -> tuple[str, list[str], dict]:
-    """``(backend, stored layers, timings)`` of ``sparsity.backend=auto``: each 2-D layer of ``layers``
-    timed masked and on csr at the run's shapes (:mod:`dst.train.auto`), both times and the choice on the
-    console. A resumed run takes the choice its first start wrote to ``choice_file`` (timings are noisy,
-    and the checkpoint holds the chosen layers' storage)."""
-    why = auto_fallback(plan)
-    if why is not None:
-        print(f"sparsity: backend auto keeps every layer masked: {why}.")
-        return "masked", [], {}
-    if choice_file is not None and pathlib.Path(choice_file).is_file() and plan.cfg["trainer"].get("resume", True):
-        timings = {n: auto.LayerTiming(**t) for n, t in json.loads(pathlib.Path(choice_file).read_text()).items()}
-        print(f"sparsity: backend auto: the choice of this run's first start ({choice_file}).")
-    else:
-        example = jnp.zeros((plan.cfg["trainer"]["batch_size"],) + tuple(plan.data.example_shape), jnp.float32)
-        timings = auto.choose(plan.model, params, model_state, masks, layers, example, plan.total_steps)
-        if choice_file is not None and distributed.is_primary():
-            pathlib.Path(choice_file).parent.mkdir(parents=True, exist_ok=True)
-            pathlib.Path(choice_file).write_text(json.dumps({n: t._asdict() for n, t in timings.items()}, indent=1))
-    for name, t in timings.items():
-        print(f"sparsity: backend auto: {name} ({t.rows} rows) forward+backward {t.masked_ms:.3f} ms masked, "
-              f"{t.sparse_ms:.3f} ms csr, {t.saving_s:+.1f} s over {t.steps} steps -> "
-              f"{'csr' if t.stored else 'masked'}.")
-    chosen = [n for n, t in timings.items() if t.stored]
-    return ("csr" if chosen else "masked"), chosen, timings
-
-
 def initialise(plan: Plan, auto_choice_file=None) -> Run:
     """Params, model state, masks and the train state from the run's seed; the compiled epoch.
-    ``auto_choice_file``: where ``sparsity.backend=auto`` keeps its per-layer choice (see auto_layers)."""
+    ``auto_choice_file``: where ``sparsity.backend=auto`` keeps its per-layer choice
+    (:func:`dst.app.auto_backend.auto_layers`)."""
     cfg, data, algo, model = plan.cfg, plan.data, plan.algo, plan.model
     sp, trainer = cfg["sparsity"], cfg["trainer"]
     key = jax.random.key(trainer["seed"])
@@ -331,8 +288,8 @@ def initialise(plan: Plan, auto_choice_file=None) -> Run:
     tx = make_tx(cfg, plan.total_steps)
     sparse_layers, timings = [n for n in layers if densities[n] < 1], {}
     if sp.get("backend") == "auto":
-        backend, sparse_layers, timings = auto_layers(plan, params, model_state, masks, sparse_layers,
-                                                      auto_choice_file)
+        backend, sparse_layers, timings = auto_backend.auto_layers(plan, params, model_state, masks, sparse_layers,
+                                                                   auto_choice_file)
         sp = {**sp, "backend": backend}
     storage = make_run_storage(sp, model, masks, sparse_layers)
     if storage is not None and storage.backend is not None and algo.dynamic:
