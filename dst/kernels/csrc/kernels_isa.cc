@@ -29,9 +29,13 @@ constexpr int64_t kLanes = DST_VEC_BYTES / 4;
 // Accumulators of the batch held across a row's nonzeros (forward and dx): 8 registers, plus the weight's
 // broadcast and a loaded operand, fit the 16 registers of SSE2 and AVX2 and leave AVX-512's half free.
 constexpr int kAxpyVecs = 8;
-// The fused backward holds a chunk of x and of dx (2 x kFusedVecs registers) plus two dot accumulators.
-constexpr int kFusedVecs = DST_VEC_REGS >= 32 ? 8 : 4;
+// The fused backward holds a chunk of dx (kFusedVecs registers) and two dot accumulators, and with 32
+// registers the chunk of x too; with 16 it reads x's chunk from L1 instead of halving the chunk: each
+// chunk walks the row's nonzeros again, and their rows of dy are read in a random order from memory.
+constexpr int kFusedVecs = 8;
+constexpr bool kFusedHoldsX = DST_VEC_REGS >= 32;
 constexpr int64_t kAhead = 4;   // SDDMM: prefetch the activation rows of the next group of nonzeros
+constexpr int64_t kFusedAhead = 8;   // fused backward: prefetch the output-gradient row this many nonzeros on
 
 inline V Load(const float* p) { return *reinterpret_cast<const V*>(p); }
 inline void Store(float* p, V v) { *reinterpret_cast<V*>(p) = v; }
@@ -232,7 +236,7 @@ void Sddmm(const int32_t* c, const int32_t* p, const float* dy, const float* x, 
 
 // One chunk of kVecs vectors of input row i in the fused backward: for each of the row's nonzeros t, the
 // output-gradient chunk is loaded once and used twice, for dx[i] += value * dy[o] and for the partial dot
-// <dy[o], x[i]> that accumulates into dvalues[slot] (x[i]'s chunk stays in registers).
+// <dy[o], x[i]> that accumulates into dvalues[slot].
 template <int kVecs>
 inline void FusedChunk(float* __restrict__ dx, float* __restrict__ dv, const float* __restrict__ v,
                        const int32_t* __restrict__ ts, const int32_t* __restrict__ tr,
@@ -241,23 +245,38 @@ inline void FusedChunk(float* __restrict__ dx, float* __restrict__ dv, const flo
   V xv[kVecs], acc[kVecs];
 #pragma GCC unroll 16
   for (int k = 0; k < kVecs; ++k) {
-    xv[k] = Load(xi + b0 + k * kLanes);
+    if (kFusedHoldsX) xv[k] = Load(xi + b0 + k * kLanes);
     acc[k] = V{};
   }
   for (int64_t t = begin; t < end; ++t) {
+    if (t + kFusedAhead < end) {   // this chunk of a row of dy kFusedAhead nonzeros on (a random order)
+      const char* ahead =
+          reinterpret_cast<const char*>(dy + static_cast<int64_t>(tr[t + kFusedAhead]) * batch + b0);
+#pragma GCC unroll 16
+      for (int k = 0; k < kVecs * kLanes; k += 16) __builtin_prefetch(ahead + 4 * k);
+    }
     const int32_t slot = ts[t];
     const float w = v[slot];
     const float* d = dy + static_cast<int64_t>(tr[t]) * batch + b0;
     V dot0 = {}, dot1 = {};
+    if constexpr (kFusedHoldsX) {
 #pragma GCC unroll 16
-    for (int k = 0; k < kVecs; k += 2) {
-      const V d0 = Load(d + k * kLanes);
-      acc[k] += w * d0;
-      dot0 += xv[k] * d0;
-      if (k + 1 < kVecs) {
-        const V d1 = Load(d + (k + 1) * kLanes);
-        acc[k + 1] += w * d1;
-        dot1 += xv[k + 1] * d1;
+      for (int k = 0; k < kVecs; k += 2) {
+        const V d0 = Load(d + k * kLanes);
+        acc[k] += w * d0;
+        dot0 += xv[k] * d0;
+        if (k + 1 < kVecs) {
+          const V d1 = Load(d + (k + 1) * kLanes);
+          acc[k + 1] += w * d1;
+          dot1 += xv[k + 1] * d1;
+        }
+      }
+    } else {   // one dot accumulator: eight of dx, one of the dot, the weight and a loaded chunk fit 16
+#pragma GCC unroll 16
+      for (int k = 0; k < kVecs; ++k) {
+        const V dk = Load(d + k * kLanes);
+        acc[k] += w * dk;
+        dot0 += Load(xi + b0 + k * kLanes) * dk;
       }
     }
     const float partial = SumLanes(dot0 + dot1);
