@@ -61,9 +61,10 @@ def main():
     layers = dst.sparsifiable_layers(params)
     dense_fn = jax.jit(lambda x: model.apply({"params": params}, x))
     print(f"machine: {platform.machine()} {platform.processor() or ''} devices={jax.devices()} "
-          f"jax={jax.__version__}; kernels {kernels.status()}; MLP 784-{width}x3-10, constant fan-in masks, median of {args.calls} calls")
-    print(f"{'density':>8s} {'batch':>6s} {'isa':>7s} {'dense ms':>9s} {'masked ms':>10s} {'csr ms':>8s} {'cond. ms':>9s} "
-          f"{'dense/csr':>10s} {'dense/cond.':>12s}")
+          f"jax={jax.__version__}; kernels {kernels.status()}; MLP 784-{width}x3-10, constant fan-in masks, "
+          f"median of {args.calls} calls")
+    print(f"{'density':>8s} {'batch':>6s} {'isa':>7s} {'dense ms':>9s} {'masked ms':>10s} {'csr ms':>8s} "
+          f"{'cond. ms':>9s} {'dense/csr':>10s} {'dense/cond.':>12s}")
     fan = structures.fan_in()
     for density in (float(d) for d in args.densities.split(",")):
         shapes = {n: tuple(np.shape(leaf)) for n, leaf in dst.masks.named_leaves(params).items()}
