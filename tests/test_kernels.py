@@ -111,21 +111,51 @@ def test_a_batch_of_one_takes_the_matrix_vector_kernel_and_equals_the_dense_prod
 
 
 @pytest.mark.parametrize("batch", [1, 7, 61, 130, 200])   # whole register blocks of each ISA, smaller ones, a rest
-def test_the_fused_backward_pass_equals_the_dense_product(batch, isa, monkeypatch):
-    """Large activations take one pass over the transposed structure for dx and dW: forced here."""
+def test_the_fused_and_the_separate_backward_kernels_equal_the_dense_product(batch, isa):
+    """dx and dW in one pass over the transposed structure (dst_spmm_t_sddmm), and in two (dst_spmm_t,
+    dst_sddmm): the handlers called directly, so both loops are tested whichever dst_backward picks."""
     from dst.kernels import ops
 
-    monkeypatch.setattr(ops, "FUSED_BACKWARD_FROM_BYTES", 0)
+    kernels.register()
     rng = np.random.default_rng(batch)
     n_in, n_out = 37, 23
     w, values, cols, rowptr, (i_idx, o_idx) = random_csr(rng, n_in, n_out, 0.25, empty_rows=(1,), empty_cols=(4,))
     x = rng.normal(size=(batch, n_in)).astype(np.float32)
     dy = rng.normal(size=(batch, n_out)).astype(np.float32)
+    t = ops.transpose(jnp.asarray(cols), jnp.asarray(rowptr), n_in)
+    xT, dyT = jnp.asarray(x.T.copy()), jnp.asarray(dy.T.copy())
+    shapes = (jax.ShapeDtypeStruct(xT.shape, jnp.float32), jax.ShapeDtypeStruct(values.shape, jnp.float32))
+    fused = jax.ffi.ffi_call("dst_spmm_t_sddmm", shapes)(values, *t, dyT, xT)
+    separate = (jax.ffi.ffi_call("dst_spmm_t", shapes[0])(values, *t, dyT),
+                jax.ffi.ffi_call("dst_sddmm", shapes[1])(cols, rowptr, dyT, xT))
+    for dxT, dvalues in (fused, separate):
+        np.testing.assert_allclose(dxT.T, dy @ w.T, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(dvalues, (x.T @ dy)[i_idx, o_idx], rtol=1e-5, atol=1e-4)
+
+
+def test_the_backward_pass_computes_dx_only_where_the_input_is_differentiated(isa):
+    """A hidden layer takes dst_backward (both gradients); a layer fed by data, dst_sddmm alone."""
+    rng = np.random.default_rng(5)
+    n_in, n_out = 37, 23
+    w, values, cols, rowptr, (i_idx, o_idx) = random_csr(rng, n_in, n_out, 0.25, empty_rows=(1,), empty_cols=(4,))
+    x = rng.normal(size=(9, n_in)).astype(np.float32)
+    dy = rng.normal(size=(9, n_out)).astype(np.float32)
     loss = lambda v, x: jnp.sum(kernels.csr_matmul(x, v, cols, rowptr) * dy)
-    assert "dst_spmm_t_sddmm" in jax.jit(jax.grad(loss, (0, 1))).lower(values, x).as_text()
-    dvalues, dx = jax.grad(loss, (0, 1))(values, x)
+    both, values_only = jax.jit(jax.grad(loss, (0, 1))), jax.jit(jax.grad(loss))
+    assert "dst_backward" in both.lower(values, x).as_text()
+    assert "dst_backward" not in values_only.lower(values, x).as_text()
+    dvalues, dx = both(values, x)
     np.testing.assert_allclose(dx, dy @ w.T, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(dvalues, (x.T @ dy)[i_idx, o_idx], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(values_only(values, x), dvalues, rtol=1e-6, atol=1e-6)
+
+
+def test_the_fused_backward_is_chosen_per_instruction_set(isa):
+    """Activations beyond 4 MB take the fused pass on every ISA; inside the caches only where its loop
+    holds x in registers (AVX-512's 32) and the layer has at most 2M weights (the measured crossover)."""
+    assert kernels.fused_backward_pays(n_in=333_334, nnz=6_000_000, batch=128)
+    assert kernels.fused_backward_pays(n_in=4000, nnz=1_600_000, batch=128) == (isa == "avx512")
+    assert not kernels.fused_backward_pays(n_in=4000, nnz=3_200_000, batch=128)
 
 
 def test_the_kernels_run_in_the_program_and_match_the_xla_fallback_under_jit_and_vmap():
@@ -141,7 +171,7 @@ def test_the_kernels_run_in_the_program_and_match_the_xla_fallback_under_jit_and
     for a, b in zip(kernel(values, x), fallback(values, x)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     hlo = jax.jit(jax.grad(lambda v, x: loss(kernels.csr_matmul, v, x), (0, 1))).lower(values, x[0]).as_text()
-    for target in ("dst_spmm", "dst_spmm_t", "dst_sddmm"):
+    for target in ("dst_spmm", "dst_backward"):
         assert target in hlo
 
 

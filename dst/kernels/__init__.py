@@ -8,7 +8,10 @@ scikit-build-core) against the XLA FFI headers of the installed jax. Its handler
 * ``dst_spmm_t``: ``dxT = W^T dyT`` over the transposed structure (input gradient; the structure comes
   from :func:`transpose`, built once per topology);
 * ``dst_sddmm``: ``dW = dyT xT^T`` at the nonzeros only (value gradient);
-* ``dst_spmm_t_sddmm``: the last two in one pass, for layers with large activations;
+* ``dst_spmm_t_sddmm``: the last two in one pass over the transposed structure;
+* ``dst_backward``: both gradients of a layer whose input is differentiated, by the fused pass or the two
+  kernels, whichever pays on the ISA in use for the layer's shape (:func:`fused_backward_pays`); a
+  layer fed by data (its input not differentiated) takes ``dst_sddmm`` alone;
 * ``dst_compact``: the positions of a mask's true entries (:func:`compact`), which prune-and-regrow
   updates on stored layers take for every block of a grow score.
 
@@ -23,6 +26,7 @@ The products themselves, with their custom VJP and the XLA fallback, are in :mod
 
 from dst.kernels._loader import ISA_VARIABLE
 from dst.kernels._loader import available
+from dst.kernels._loader import fused_backward_pays
 from dst.kernels._loader import isa
 from dst.kernels._loader import register
 from dst.kernels._loader import require
@@ -45,6 +49,7 @@ __all__ = [
     "condensed_matmul_gather",
     "csr_matmul",
     "csr_matmul_xla",
+    "fused_backward_pays",
     "isa",
     "register",
     "require",

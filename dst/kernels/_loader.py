@@ -65,6 +65,12 @@ def use_isa(name: str) -> str:
     return before
 
 
+def fused_backward_pays(n_in: int, nnz: int, batch: int) -> bool:
+    """Whether ``dst_backward`` takes the fused pass (dx and dW together) on the ISA in use for a layer of
+    ``n_in`` inputs and ``nnz`` weights at ``batch`` rows, rather than ``dst_spmm_t`` then ``dst_sddmm``."""
+    return _module().fused_backward_pays(n_in, nnz, batch)
+
+
 def status() -> str:
     """One line: the kernels, their instruction set and thread count, or why they cannot be used."""
     module = _load()

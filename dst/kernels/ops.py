@@ -91,38 +91,44 @@ def _ffi(name: str, shape: tuple, *args) -> jax.Array:
 
 @jax.custom_vjp
 def _csr_matmul_kernel(values, cols, rowptr, transposed, x):
-    y, _ = _csr_fwd(values, cols, rowptr, transposed, x)
-    return y
+    return _csr_forward(values, cols, rowptr, x)[0]
 
 
-def _csr_fwd(values, cols, rowptr, transposed, x):
+def _csr_forward(values, cols, rowptr, x):
     _loader.register()
     xT, lead = _batch_last(x.astype(jnp.float32))
     yT = _ffi("dst_spmm", (rowptr.shape[0] - 1, xT.shape[1]), values, cols, rowptr, xT)
-    return yT.T.reshape(*lead, -1), (values, cols, rowptr, transposed, xT)
+    return yT.T.reshape(*lead, -1), xT
 
 
-# Activations of at least this many bytes take the fused backward kernel (dx and dW in one pass over the
-# transposed structure, one read of each output-gradient row per weight); smaller ones the separate SDDMM
-# in row order, whose reads of x hit the caches, and whose dx XLA drops where nothing needs it (a first
-# layer). 333k-unit layers at batch 128: fused 1.0 s against 1.4 s separate (forward excluded).
-FUSED_BACKWARD_FROM_BYTES = 4 << 20
+def _csr_fwd(values, cols, rowptr, transposed, x):
+    """The forward rule, with JAX's ``symbolic_zeros``: each argument comes as a ``CustomVJPPrimal`` that
+    says whether it is differentiated. A layer whose input is not (the first, fed by data) computes no
+    ``dx`` at all; the residuals say so by their structure (``()`` or ``None``), which stays static."""
+    values, cols, rowptr, transposed, primal_x = jax.tree.map(
+        lambda a: a.value, (values, cols, rowptr, transposed, x),
+        is_leaf=lambda a: isinstance(a, jax.custom_derivatives.CustomVJPPrimal))
+    y, xT = _csr_forward(values, cols, rowptr, primal_x)
+    return y, (values, cols, rowptr, transposed, xT, () if x.perturbed else None)
 
 
 def _csr_bwd(residuals, dy):
-    values, cols, rowptr, transposed, xT = residuals
+    """``dvalues`` at the nonzeros, and ``dx`` where the input is differentiated: ``dst_backward`` runs
+    them in one fused pass or as the two separate kernels, whichever pays on this ISA and shape (chosen
+    in C++, see ``FusedBackwardPays`` in ``sparse_matmul.cc``)."""
+    values, cols, rowptr, transposed, xT, x_perturbed = residuals
+    if isinstance(dy, jax.custom_derivatives.SymbolicZero):
+        return None, None, None, None, None
     dyT, lead = _batch_last(dy.astype(jnp.float32))
-    if xT.size * 4 >= FUSED_BACKWARD_FROM_BYTES:
-        shapes = (jax.ShapeDtypeStruct(xT.shape, jnp.float32), jax.ShapeDtypeStruct(values.shape, jnp.float32))
-        dxT, dvalues = jax.ffi.ffi_call("dst_spmm_t_sddmm", shapes, vmap_method="sequential")(
-            values, *transposed, dyT, xT)
-    else:
-        dxT = _ffi("dst_spmm_t", xT.shape, values, *transposed, dyT)
-        dvalues = _ffi("dst_sddmm", values.shape, cols, rowptr, dyT, xT)
+    if x_perturbed is None:
+        return _ffi("dst_sddmm", values.shape, cols, rowptr, dyT, xT), None, None, None, None
+    shapes = (jax.ShapeDtypeStruct(xT.shape, jnp.float32), jax.ShapeDtypeStruct(values.shape, jnp.float32))
+    dxT, dvalues = jax.ffi.ffi_call("dst_backward", shapes, vmap_method="sequential")(
+        values, cols, rowptr, *transposed, dyT, xT)
     return dvalues, None, None, None, dxT.T.reshape(*lead, -1)
 
 
-_csr_matmul_kernel.defvjp(_csr_fwd, _csr_bwd)
+_csr_matmul_kernel.defvjp(_csr_fwd, _csr_bwd, symbolic_zeros=True)
 
 
 def csr_matmul(x: jax.Array, values: jax.Array, cols: jax.Array, rowptr: jax.Array,

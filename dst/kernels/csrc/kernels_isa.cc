@@ -337,5 +337,5 @@ bool NonDecreasing(const int32_t* a, int64_t n) {
 
 namespace dst {
 extern const KernelTable DST_ISA_TABLE = {DST_ISA_NAME, Spmm, SpmmTransposed, Sddmm, SpmmTransposedSddmm,
-                                         AllInRange, NonDecreasing};
+                                         kFusedHoldsX, AllInRange, NonDecreasing};
 }  // namespace dst

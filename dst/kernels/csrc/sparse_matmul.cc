@@ -157,6 +157,39 @@ ffi::Error SddmmImpl(ffi::Buffer<ffi::S32> cols, ffi::Buffer<ffi::S32> rowptr, f
   return ffi::Error::Success();
 }
 
+// The fused pass pays where the activations outgrow the caches (rows of dy and x read in a random order
+// cost most of the time, and the separate SDDMM reads another random row per nonzero), and, on an ISA whose
+// fused loop holds x in registers, also inside them unless the layer is dense enough that the fused
+// walk's random reads and writes of the values (nnz floats) dominate. Measured per ISA on 300- to
+// 16000-wide layers at batch 128 (benchmarks/fused_backward_time.py --sweep, 2026-12-05): AVX-512 fused
+// 1.1-1.5x faster than separate up to 1.6M weights, 0.94x at 3.2M and beyond; AVX2 0.65-1.05x until the
+// activations pass 4 MB, then 1.3-1.8x.
+constexpr int64_t kFusedFromActivationBytes = int64_t{4} << 20;
+constexpr int64_t kFusedInCacheUpToNnz = int64_t{2} << 20;
+
+bool FusedBackwardPays(const dst::KernelTable& k, int64_t n_in, int64_t nnz, int64_t batch) {
+  if (n_in * batch * 4 >= kFusedFromActivationBytes) return true;
+  return k.fused_backward_in_cache && nnz <= kFusedInCacheUpToNnz;
+}
+
+// Both gradients of a layer whose input is differentiated: the fused pass or the two separate kernels,
+// whichever FusedBackwardPays picks for this ISA and shape (the results agree to rounding).
+ffi::Error BackwardImpl(ffi::Buffer<ffi::F32> values, ffi::Buffer<ffi::S32> cols, ffi::Buffer<ffi::S32> rowptr,
+                        ffi::Buffer<ffi::S32> tptr, ffi::Buffer<ffi::S32> trows, ffi::Buffer<ffi::S32> tslots,
+                        ffi::Buffer<ffi::F32> dyT, ffi::Buffer<ffi::F32> xT, ffi::ResultBuffer<ffi::F32> dxT,
+                        ffi::ResultBuffer<ffi::F32> dvalues) {
+  auto [n_out, batch] = RowsAndBatch(dyT);
+  auto [n_in, x_batch] = RowsAndBatch(xT);
+  const int64_t nnz = values.element_count();
+  if (!FusedBackwardPays(Kernels(), n_in, nnz, batch) || batch == 0) {
+    if (x_batch != batch) return ffi::Error::InvalidArgument("dst sparse kernel: x and dy batches differ");
+    if (auto err = SpmmTransposedImpl(values, tptr, trows, tslots, dyT, dxT); err.failure()) return err;
+    return SddmmImpl(cols, rowptr, dyT, xT, dvalues);
+  }
+  if (auto err = CheckStructure(cols, rowptr, nnz, n_out, n_in); err.failure()) return err;
+  return SpmmTransposedSddmmImpl(values, tptr, trows, tslots, dyT, xT, dxT, dvalues);
+}
+
 // index[:] = the positions of the first `size` true entries of `mask`, in order, then zeros;
 // count = the number of true entries (it may exceed `size`). jnp.nonzero(mask, size=size) in one pass:
 // XLA's cumsum on the CPU costs about 10 ns per element, and a prune-and-regrow update compacts
@@ -215,6 +248,19 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(DstSpmmTransposedSddmm, SpmmTransposedSddmmImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()   // dxT [n_in, B]
                                   .Ret<ffi::Buffer<ffi::F32>>()); // dvalues [nnz]
 
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DstBackward, BackwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // values [nnz]
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // cols [nnz]
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // rowptr [n_out + 1]
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // tptr [n_in + 1]
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // trows [nnz]
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // tslots [nnz]
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // dyT [n_out, B]
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // xT [n_in, B]
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // dxT [n_in, B]
+                                  .Ret<ffi::Buffer<ffi::F32>>()); // dvalues [nnz]
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(DstSddmm, SddmmImpl,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::S32>>()   // cols [nnz]
@@ -237,6 +283,7 @@ NB_MODULE(_cpu, m) {
     out["dst_spmm_t"] = Encapsulate(DstSpmmTransposed);
     out["dst_sddmm"] = Encapsulate(DstSddmm);
     out["dst_spmm_t_sddmm"] = Encapsulate(DstSpmmTransposedSddmm);
+    out["dst_backward"] = Encapsulate(DstBackward);
     out["dst_compact"] = Encapsulate(DstCompact);
     return out;
   });
@@ -248,6 +295,9 @@ NB_MODULE(_cpu, m) {
     return out;
   });
   m.def("isa", []() { return std::string(Kernels().isa); });
+  m.def("fused_backward_pays", [](int64_t n_in, int64_t nnz, int64_t batch) {
+    return FusedBackwardPays(Kernels(), n_in, nnz, batch);
+  });
   m.def("use_isa", [](const std::string& name) {
     for (const dst::KernelTable* t : RunnableTables())
       if (name == t->isa) {
