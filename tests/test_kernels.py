@@ -151,11 +151,15 @@ def test_the_backward_pass_computes_dx_only_where_the_input_is_differentiated(is
 
 
 def test_the_fused_backward_is_chosen_per_instruction_set(isa):
-    """Activations beyond 4 MB take the fused pass on every ISA; inside the caches only where its loop
-    holds x in registers (AVX-512's 32) and the layer has at most 2M weights (the measured crossover)."""
-    assert kernels.fused_backward_pays(n_in=333_334, nnz=6_000_000, batch=128)
-    assert kernels.fused_backward_pays(n_in=4000, nnz=1_600_000, batch=128) == (isa == "avx512")
-    assert not kernels.fused_backward_pays(n_in=4000, nnz=3_200_000, batch=128)
+    """The measured rule (sparse_matmul.cc, FusedBackwardPays): never below 1 MB of activations; above, with
+    AVX-512's 32 registers unless a layer inside L2 holds over 2M weights, with 16 for sparse layers only."""
+    pays = kernels.fused_backward_pays
+    assert not pays(n_in=300, nnz=9_000, batch=128)                          # LeNet-300-100: in the caches
+    assert pays(n_in=333_334, nnz=13_333_360, batch=128)                     # the million-neuron SET-MLP
+    assert pays(n_in=4000, nnz=160_000, batch=128)                           # 4000 wide at 1%: 40 per input
+    assert pays(n_in=4000, nnz=1_600_000, batch=128) == (isa == "avx512")    # at 10%: 400 per input
+    assert not pays(n_in=4000, nnz=4_800_000, batch=128)                     # at 30%, inside L2
+    assert pays(n_in=8000, nnz=6_400_000, batch=128) == (isa == "avx512")    # at 10%, beyond L2
 
 
 def test_the_kernels_run_in_the_program_and_match_the_xla_fallback_under_jit_and_vmap():

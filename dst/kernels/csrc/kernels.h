@@ -27,9 +27,9 @@ struct KernelTable {
   // spmm_t and sddmm in one pass over the transposed structure
   void (*spmm_t_sddmm)(const float* values, const int32_t* tptr, const int32_t* trows, const int32_t* tslots,
                        const float* dyT, const float* xT, float* dxT, float* dvalues, int64_t n_in, int64_t batch);
-  // Whether the fused backward also beats spmm_t + sddmm when the activations fit the caches: with 32
-  // vector registers its loop holds x's chunk, with 16 it reads it again per nonzero and loses.
-  bool fused_backward_in_cache;
+  // Whether the fused backward's loop holds x's chunk in registers (32 of them), or reads it again per
+  // nonzero (16): the choice between it and spmm_t + sddmm depends on it (FusedBackwardPays).
+  bool fused_backward_holds_x;
   // every a[j] in [lo, hi); and a[j - 1] <= a[j] throughout (the checks of the handlers' arguments)
   bool (*all_in_range)(const int32_t* a, int64_t n, int32_t lo, int32_t hi);
   bool (*nondecreasing)(const int32_t* a, int64_t n);

@@ -157,19 +157,24 @@ ffi::Error SddmmImpl(ffi::Buffer<ffi::S32> cols, ffi::Buffer<ffi::S32> rowptr, f
   return ffi::Error::Success();
 }
 
-// The fused pass pays where the activations outgrow the caches (rows of dy and x read in a random order
-// cost most of the time, and the separate SDDMM reads another random row per nonzero), and, on an ISA whose
-// fused loop holds x in registers, also inside them unless the layer is dense enough that the fused
-// walk's random reads and writes of the values (nnz floats) dominate. Measured per ISA on 300- to
-// 16000-wide layers at batch 128 (benchmarks/fused_backward_time.py --sweep, 2026-12-05): AVX-512 fused
-// 1.1-1.5x faster than separate up to 1.6M weights, 0.94x at 3.2M and beyond; AVX2 0.65-1.05x until the
-// activations pass 4 MB, then 1.3-1.8x.
-constexpr int64_t kFusedFromActivationBytes = int64_t{4} << 20;
-constexpr int64_t kFusedInCacheUpToNnz = int64_t{2} << 20;
+// Where the fused pass pays. Below 1 MB of activations both kernels read their rows from the caches and
+// the separate ones win (their row-order walks are friendlier than the fused pass's random reads and writes
+// of the values). Above it, rows read in a random order cost most of the time and the fused pass saves one
+// per weight: with 32 vector registers (its loop holds x's chunk) unless a layer still inside L2 is dense
+// (over 2M weights: the values' random walk dominates), with 16 (it reads x again per weight) only for
+// sparse layers (at most 100 weights per input on average). Measured with
+// `benchmarks/fused_backward_time.py --sweep` (square layers 300 to 8000 wide at 1/10/30%, batch 128,
+// 2026-12-05, this AVX-512 machine and its AVX2 loops): see benchmarks/README.md.
+constexpr int64_t kFusedFromActivationBytes = int64_t{1} << 20;
+constexpr int64_t kFusedBeyondL2Bytes = int64_t{3} << 20;
+constexpr int64_t kFusedInL2UpToNnz = int64_t{2} << 20;
+constexpr int64_t kFusedUpToNnzPerInputWithout32Registers = 100;
 
 bool FusedBackwardPays(const dst::KernelTable& k, int64_t n_in, int64_t nnz, int64_t batch) {
-  if (n_in * batch * 4 >= kFusedFromActivationBytes) return true;
-  return k.fused_backward_in_cache && nnz <= kFusedInCacheUpToNnz;
+  const int64_t activation_bytes = n_in * batch * 4;
+  if (activation_bytes < kFusedFromActivationBytes) return false;
+  if (k.fused_backward_holds_x) return nnz <= kFusedInL2UpToNnz || activation_bytes >= kFusedBeyondL2Bytes;
+  return nnz <= kFusedUpToNnzPerInputWithout32Registers * n_in;
 }
 
 // Both gradients of a layer whose input is differentiated: the fused pass or the two separate kernels,
