@@ -96,6 +96,21 @@ def test_csr_forward_and_gradients_equal_the_dense_product(batch_shape, isa):
     np.testing.assert_allclose(dvalues, (x2.T @ dy2)[i_idx, o_idx], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_the_forward_pass_over_blocks_of_inputs_equals_the_dense_product(shuffle, isa):
+    """Activations over 1.5 MB take the forward product in 1 MB blocks of inputs (Spmm's cursors): here
+    3200 inputs at batch 130 (two blocks, the batch's rest included), with each row's inputs in CSR order
+    or shuffled (the blocks are a matter of speed, not of correctness, whatever the order)."""
+    rng = np.random.default_rng(3)
+    n_in, n_out, batch = 3200, 48, 130
+    w, values, cols, rowptr, _ = random_csr(rng, n_in, n_out, 0.05, empty_rows=(7,), empty_cols=(2,))
+    if shuffle:
+        order = np.concatenate([rng.permutation(np.arange(a, b)) for a, b in zip(rowptr[:-1], rowptr[1:])])
+        values, cols = values[order], cols[order]
+    x = rng.normal(size=(batch, n_in)).astype(np.float32)
+    np.testing.assert_allclose(kernels.csr_matmul(x, values, cols, rowptr), x @ w, rtol=1e-4, atol=1e-4)
+
+
 def test_a_batch_of_one_takes_the_matrix_vector_kernel_and_equals_the_dense_product(isa):
     """Rows of 0 to about 150 nonzeros: the gathers' whole vectors (32 and 16, or 16 and 8) and the rest."""
     rng = np.random.default_rng(11)

@@ -15,9 +15,10 @@ namespace dst {
 
 struct KernelTable {
   const char* isa;   // "avx512", "avx2" or "generic"
-  // yT[o, :] = sum over row o's nonzeros j of values[j] * xT[cols[j], :]
+  // yT[o, :] = sum over row o's nonzeros j of values[j] * xT[cols[j], :] (cols sorted within each row;
+  // cursor: n_out ints of scratch)
   void (*spmm)(const float* values, const int32_t* cols, const int32_t* rowptr, const float* xT, float* yT,
-               int64_t n_out, int64_t batch);
+               int64_t n_in, int64_t n_out, int64_t batch, int32_t* cursor);
   // dxT[i, :] = sum over input i's nonzeros t of values[tslots[t]] * dyT[trows[t], :]
   void (*spmm_t)(const float* values, const int32_t* tptr, const int32_t* trows, const int32_t* tslots,
                  const float* dyT, float* dxT, int64_t n_in, int64_t batch);

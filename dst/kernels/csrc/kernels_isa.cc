@@ -58,12 +58,13 @@ inline float SumLanes(V a) {
 
 // out[b0 : b0 + kVecs * kLanes] = sum over t in [begin, end) of weight(t) * source(t)[same range], the
 // accumulators in registers across all of the row's terms (one load and one FMA per vector and term).
+// With `add`, the sums add to what out holds (a later block of a row's inputs, see Spmm).
 template <int kVecs, typename Weight, typename Source>
 inline void AxpyChunk(float* __restrict__ out, int64_t b0, int64_t begin, int64_t end, Weight weight,
-                      Source source) {
+                      Source source, bool add) {
   V acc[kVecs];
 #pragma GCC unroll 16
-  for (int k = 0; k < kVecs; ++k) acc[k] = V{};
+  for (int k = 0; k < kVecs; ++k) acc[k] = add ? Load(out + b0 + k * kLanes) : V{};
   for (int64_t t = begin; t < end; ++t) {
     if (t + kAhead < end) {   // the chunk of a row kAhead terms on, read in a random order
       const char* ahead = reinterpret_cast<const char*>(source(t + kAhead) + b0);
@@ -83,15 +84,16 @@ inline void AxpyChunk(float* __restrict__ out, int64_t b0, int64_t begin, int64_
 // One output row of `batch` floats: whole chunks of kAxpyVecs vectors, then halves, then scalars.
 template <typename Weight, typename Source>
 inline void AxpyRow(float* __restrict__ out, int64_t batch, int64_t begin, int64_t end, Weight weight,
-                    Source source) {
+                    Source source, bool add = false) {
   int64_t b0 = 0;
   for (; b0 + kAxpyVecs * kLanes <= batch; b0 += kAxpyVecs * kLanes)
-    AxpyChunk<kAxpyVecs>(out, b0, begin, end, weight, source);
-  if (b0 + 4 * kLanes <= batch) { AxpyChunk<4>(out, b0, begin, end, weight, source); b0 += 4 * kLanes; }
-  if (b0 + 2 * kLanes <= batch) { AxpyChunk<2>(out, b0, begin, end, weight, source); b0 += 2 * kLanes; }
-  if (b0 + kLanes <= batch) { AxpyChunk<1>(out, b0, begin, end, weight, source); b0 += kLanes; }
+    AxpyChunk<kAxpyVecs>(out, b0, begin, end, weight, source, add);
+  if (b0 + 4 * kLanes <= batch) { AxpyChunk<4>(out, b0, begin, end, weight, source, add); b0 += 4 * kLanes; }
+  if (b0 + 2 * kLanes <= batch) { AxpyChunk<2>(out, b0, begin, end, weight, source, add); b0 += 2 * kLanes; }
+  if (b0 + kLanes <= batch) { AxpyChunk<1>(out, b0, begin, end, weight, source, add); b0 += kLanes; }
   if (b0 < batch) {
-    for (int64_t b = b0; b < batch; ++b) out[b] = 0.0f;
+    if (!add)
+      for (int64_t b = b0; b < batch; ++b) out[b] = 0.0f;
     for (int64_t t = begin; t < end; ++t) {
       const float w = weight(t);
       const float* __restrict__ src = source(t);
@@ -156,13 +158,35 @@ void Spmv(const float* v, const int32_t* c, const int32_t* p, const float* x, fl
   for (int64_t o = 0; o < n_out; ++o) y[o] = GatherDot(v, c, x, p[o], p[o + 1]);
 }
 
-void Spmm(const float* v, const int32_t* c, const int32_t* p, const float* x, float* y, int64_t n_out,
-          int64_t batch) {
+// The forward product. Where the activations outgrow L2 (x's rows are read in a random order), the inputs
+// are taken in blocks of kBlockFloats floats of x: every row adds its weights in block 0, then in block 1,
+// ..., so each block's rows stay in L2 while all output rows read them; `cursor` (n_out entries) keeps
+// where each row stopped (its columns are sorted). 4000x4000 at 10%, batch 256: 18.9 -> 10.5 ms; 8000
+// wide at 5%, batch 128: 22.9 -> 9.4 ms; 4000 wide at 10%, batch 128: 6.3 -> 5.7 ms (2026-12-05).
+constexpr int64_t kBlockFloats = int64_t{1} << 18;   // 1 MB of x per block
+
+void Spmm(const float* v, const int32_t* c, const int32_t* p, const float* x, float* y, int64_t n_in,
+          int64_t n_out, int64_t batch, int32_t* cursor) {
   if (batch == 1) return Spmv(v, c, p, x, y, n_out);
+  auto row = [x, c, batch](int64_t j) { return x + static_cast<int64_t>(c[j]) * batch; };
+  const int64_t block = kBlockFloats / batch;
+  if (n_in * batch <= kBlockFloats * 3 / 2 || block < 1) {
 #pragma omp parallel for schedule(dynamic, 16)
-  for (int64_t o = 0; o < n_out; ++o)
-    AxpyRow(y + o * batch, batch, p[o], p[o + 1], Direct{v},
-            [x, c, batch](int64_t j) { return x + static_cast<int64_t>(c[j]) * batch; });
+    for (int64_t o = 0; o < n_out; ++o) AxpyRow(y + o * batch, batch, p[o], p[o + 1], Direct{v}, row);
+    return;
+  }
+#pragma omp parallel
+  for (int64_t lo = 0; lo < n_in; lo += block) {
+    const int64_t hi = lo + block;
+#pragma omp for schedule(static, 16)
+    for (int64_t o = 0; o < n_out; ++o) {   // static: each row's cursor stays with one thread
+      const int64_t begin = lo == 0 ? p[o] : cursor[o], end = p[o + 1];
+      int64_t stop = begin;
+      while (stop < end && c[stop] < hi) ++stop;
+      AxpyRow(y + o * batch, batch, begin, stop, Direct{v}, row, lo > 0);
+      cursor[o] = static_cast<int32_t>(stop);
+    }
+  }
 }
 
 void SpmmTransposed(const float* v, const int32_t* tp, const int32_t* tr, const int32_t* ts, const float* dy,

@@ -99,8 +99,9 @@ ffi::Error SpmmImpl(ffi::Buffer<ffi::F32> values, ffi::Buffer<ffi::S32> cols, ff
   auto [n_in, batch] = RowsAndBatch(xT);
   const int64_t n_out = yT->dimensions().size() ? yT->dimensions()[0] : 1;
   if (auto err = CheckStructure(cols, rowptr, values.element_count(), n_out, n_in); err.failure()) return err;
+  std::vector<int32_t> cursor(n_out);
   Kernels().spmm(values.typed_data(), cols.typed_data(), rowptr.typed_data(), xT.typed_data(), yT->typed_data(),
-                 n_out, batch);
+                 n_in, n_out, batch, cursor.data());
   return ffi::Error::Success();
 }
 
