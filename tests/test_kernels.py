@@ -102,7 +102,7 @@ def test_the_forward_pass_over_blocks_of_inputs_equals_the_dense_product(shuffle
     3200 inputs at batch 130 (two blocks, the batch's rest included), with each row's inputs in CSR order
     or shuffled (the blocks are a matter of speed, not of correctness, whatever the order)."""
     rng = np.random.default_rng(3)
-    n_in, n_out, batch = 3200, 48, 130
+    n_in, n_out, batch = 3200, 48, 130       # 0.05 * 3200: about 160 inputs per row, long enough to block
     w, values, cols, rowptr, _ = random_csr(rng, n_in, n_out, 0.05, empty_rows=(7,), empty_cols=(2,))
     if shuffle:
         order = np.concatenate([rng.permutation(np.arange(a, b)) for a, b in zip(rowptr[:-1], rowptr[1:])])
