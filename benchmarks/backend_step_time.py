@@ -4,7 +4,10 @@ The model is an MLP 784-W-W-W-10 (``--widths``, default 1000 and 4000), batch 12
 constant fan-in masks at each density (so all three backends hold the very same weights; the first and
 last layer included). Each variant runs ``--steps`` steps of static training as one ``lax.scan`` (the
 plain step every dynamic algorithm takes between its updates), and per-step times are medians over rounds
-that interleave the variants. Also reported: the ratio masked / backend, and the compiled plain step's
+that interleave the variants. Each timed call follows an untimed call of the same variant: a first call
+after another variant pays for that one's leftovers (XLA's pool threads still spinning, caches holding its
+640 MB). Without it, at 1% the csr step timed right after masked took 8.4 ms and the condensed step, the
+same kernels on the same weights timed after csr, 6.8 ms. Also reported: the ratio masked / backend, and the compiled plain step's
 memory (``compile().memory_analysis()``: arguments + temporaries, in MiB). The stored backends run once
 per kernel instruction set (``--isas``; :func:`dst.kernels.use_isa` switches them between calls, so an
 AVX-512 machine times its AVX2 loops in the same process), each beside the same masked times.
@@ -99,6 +102,7 @@ def main():
                 for backend, isa in runs:
                     if isa:
                         kernels.use_isa(isa)
+                    jax.block_until_ready(built[backend][0](jax.random.key(99)))   # settle (see above)
                     elapsed = timed(built[backend][0], jax.random.key(100 + r)) / args.steps
                     if r:   # round 0 compiles and warms up
                         times[(backend, isa)].append(elapsed)

@@ -14,7 +14,10 @@ step's ``memory_analysis()`` (arguments + temporaries, MiB). ``--no-dense-above 
 and dense-view variants above width W (their dense arrays would not fit), reporting their compiled
 memory only.
 
-Run: ``.venv/bin/python benchmarks/stored_update_time.py [--widths 4000] [--densities 0.1,0.01]``
+The csr variants run once per kernel instruction set (``--isas``, switched between calls with
+:func:`dst.kernels.use_isa`), beside the same masked times.
+
+Run: ``.venv/bin/python benchmarks/stored_update_time.py [--widths 4000] [--densities 0.1,0.01] [--isas avx512,avx2]``
 """
 
 from __future__ import annotations
@@ -64,12 +67,16 @@ def main():
     parser.add_argument("--densities", default="0.1,0.01")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--no-dense-above", type=int, default=10_000)
+    parser.add_argument("--isas", default=None,
+                        help="kernel instruction sets for the csr variants (default: every one this CPU runs but "
+                             "the portable fallback)")
     args = parser.parse_args()
     kernels.require("benchmark")
+    isas = args.isas.split(",") if args.isas else [i for i in kernels.runnable_isas() if i != "generic"] or ["generic"]
     print(f"machine: {platform.machine()} {platform.processor() or ''} devices={jax.devices()} "
           f"jax={jax.__version__}; MLP 784-W-W-W-10, batch {BATCH}, RigL update at every step, "
-          f"{args.rounds} rounds, medians")
-    print(f"{'width':>6s} {'density':>8s} {'variant':>11s} {'ms/update':>10s} {'MiB':>8s}")
+          f"{args.rounds} rounds, medians; kernels {kernels.status()}")
+    print(f"{'width':>6s} {'density':>8s} {'variant':>11s} {'isa':>7s} {'ms/update':>10s} {'MiB':>8s}")
     for width in (int(w) for w in args.widths.split(",")):
         for density in (float(d) for d in args.densities.split(",")):
             names = ["masked", "csr view", "csr native"] if width <= args.no_dense_above else ["csr native"]
@@ -77,17 +84,21 @@ def main():
             for name in names:
                 compiled, state, batch, mib = build(width, density, name)
                 state, _ = compiled(state, batch)    # warm
-                runs[name] = [compiled, state, batch, mib, []]
+                runs[name] = [compiled, state, batch, mib]
+            timings = {(name, isa): [] for name in runs for isa in (["-"] if name == "masked" else isas)}
             for _ in range(args.rounds):
-                for run in runs.values():
+                for name, isa in timings:
+                    run = runs[name]
+                    if isa != "-":
+                        kernels.use_isa(isa)
                     start = time.perf_counter()
                     run[1], metrics = run[0](run[1], run[2])
                     jax.block_until_ready(metrics)
-                    run[4].append(time.perf_counter() - start)
+                    timings[(name, isa)].append(time.perf_counter() - start)
                     assert bool(metrics["updated"])
-            for name, run in runs.items():
-                print(f"{width:6d} {density:8.3%} {name:>11s} {1e3 * statistics.median(run[4]):10.1f} "
-                      f"{run[3]:8.0f}", flush=True)
+            for (name, isa), seconds in timings.items():
+                print(f"{width:6d} {density:8.3%} {name:>11s} {isa:>7s} {1e3 * statistics.median(seconds):10.1f} "
+                      f"{runs[name][3]:8.0f}", flush=True)
             del runs
 
 

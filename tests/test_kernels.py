@@ -227,6 +227,20 @@ def test_a_malformed_structure_is_an_error_not_a_wrong_answer():
                                                  jnp.array([0, 3], jnp.int32)))
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("bad", [40, -1])
+@pytest.mark.parametrize("at", [0, 17, 45])   # in a whole gather vector (AVX-512's 32 and 16, AVX2's 8) or the rest
+def test_an_input_index_out_of_range_is_an_error_on_every_path(batch, bad, at, isa):
+    """The batch of one checks each index as its gather reads it; larger batches check all first."""
+    n_in, per_row = 40, 46
+    cols = np.tile(np.arange(per_row) % n_in, 2).astype(np.int32)
+    cols[at] = bad
+    rowptr = np.array([0, per_row, 2 * per_row], np.int32)
+    x = jnp.ones((batch, n_in))
+    with pytest.raises(Exception, match=r"cols must lie in \[0, n_in\)"):
+        jax.block_until_ready(kernels.csr_matmul(x, jnp.ones((2 * per_row,)), cols, rowptr))
+
+
 @pytest.mark.parametrize("size", [1, 37, 300, 2000])
 def test_compact_lists_the_true_positions_in_order_as_nonzero_does(size, monkeypatch):
     mask = jax.random.uniform(jax.random.key(0), (1000,)) < 0.3

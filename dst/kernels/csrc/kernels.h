@@ -19,6 +19,9 @@ struct KernelTable {
   // cursor: n_out ints of scratch)
   void (*spmm)(const float* values, const int32_t* cols, const int32_t* rowptr, const float* xT, float* yT,
                int64_t n_in, int64_t n_out, int64_t batch, int32_t* cursor);
+  // the same for a batch of one, each index checked as it is read: false if one lies outside [0, n_in)
+  bool (*spmv)(const float* values, const int32_t* cols, const int32_t* rowptr, const float* x, float* y,
+               int64_t n_in, int64_t n_out);
   // dxT[i, :] = sum over input i's nonzeros t of values[tslots[t]] * dyT[trows[t], :]
   void (*spmm_t)(const float* values, const int32_t* tptr, const int32_t* trows, const int32_t* tslots,
                  const float* dyT, float* dxT, int64_t n_in, int64_t batch);

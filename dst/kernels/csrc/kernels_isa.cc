@@ -120,42 +120,71 @@ struct Indirect {
 };
 
 // A row's gathered dot product: whole vectors of nonzeros with the ISA's gather instruction (GCC does not
-// emit gathers for this loop by itself), two accumulators, then the rest.
-inline float GatherDot(const float* v, const int32_t* c, const float* x, int64_t begin, int64_t end) {
+// emit gathers for this loop by itself), two accumulators, then the rest. Each index is checked against
+// [0, n_in) as it is loaded and an index outside it is neither read nor summed but reported in `bad`: a
+// batch of one reads each index once, where a separate check before the product read them all twice
+// (a third of a 90%-sparse layer's memory traffic).
+inline float GatherDot(const float* v, const int32_t* c, const float* x, int64_t begin, int64_t end,
+                       int32_t n_in, bool* bad) {
   int64_t j = begin;
   float acc = 0.0f;
 #if DST_VEC_BYTES == 64
+  const __m512i limit = _mm512_set1_epi32(n_in);
   __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+  __mmask16 ok = 0xFFFF;
+  auto term = [&](int64_t at, __m512 a) {   // unsigned compare: a negative index is out of range too
+    const __m512i idx = _mm512_loadu_si512(c + at);
+    const __mmask16 in = _mm512_cmplt_epu32_mask(idx, limit);
+    ok &= in;
+    return _mm512_fmadd_ps(_mm512_loadu_ps(v + at), _mm512_mask_i32gather_ps(_mm512_setzero_ps(), in, idx, x, 4), a);
+  };
   for (; j + 32 <= end; j += 32) {
-    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(v + j), _mm512_i32gather_ps(_mm512_loadu_si512(c + j), x, 4), a0);
-    a1 = _mm512_fmadd_ps(_mm512_loadu_ps(v + j + 16), _mm512_i32gather_ps(_mm512_loadu_si512(c + j + 16), x, 4), a1);
+    a0 = term(j, a0);
+    a1 = term(j + 16, a1);
   }
-  for (; j + 16 <= end; j += 16)
-    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(v + j), _mm512_i32gather_ps(_mm512_loadu_si512(c + j), x, 4), a0);
+  for (; j + 16 <= end; j += 16) a0 = term(j, a0);
   acc = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+  if (ok != 0xFFFF) *bad = true;
 #elif DST_VEC_BYTES == 32
+  const __m256i limit = _mm256_set1_epi32(n_in), minus_one = _mm256_set1_epi32(-1);
   __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+  __m256i ok = _mm256_set1_epi32(-1);
+  auto term = [&](int64_t at, __m256 a) {
+    const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + at));
+    const __m256i in = _mm256_and_si256(_mm256_cmpgt_epi32(limit, idx), _mm256_cmpgt_epi32(idx, minus_one));
+    ok = _mm256_and_si256(ok, in);
+    const __m256 gathered = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), x, idx, _mm256_castsi256_ps(in), 4);
+    return _mm256_fmadd_ps(_mm256_loadu_ps(v + at), gathered, a);
+  };
   for (; j + 16 <= end; j += 16) {
-    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(v + j),
-                         _mm256_i32gather_ps(x, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + j)), 4), a0);
-    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(v + j + 8),
-                         _mm256_i32gather_ps(x, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + j + 8)), 4), a1);
+    a0 = term(j, a0);
+    a1 = term(j + 8, a1);
   }
-  for (; j + 8 <= end; j += 8)
-    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(v + j),
-                         _mm256_i32gather_ps(x, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + j)), 4), a0);
+  for (; j + 8 <= end; j += 8) a0 = term(j, a0);
   acc = SumLanes(reinterpret_cast<V>(_mm256_add_ps(a0, a1)));
+  if (_mm256_movemask_ps(_mm256_castsi256_ps(ok)) != 0xFF) *bad = true;
 #endif
-  for (; j < end; ++j) acc += v[j] * x[c[j]];
+  for (; j < end; ++j) {
+    if (static_cast<uint32_t>(c[j]) < static_cast<uint32_t>(n_in)) acc += v[j] * x[c[j]];
+    else *bad = true;
+  }
   return acc;
 }
 
 // y[o] = sum over row o's nonzeros of values[j] * x[cols[j]], for a batch of one (online inference): a
-// gathered dot product per row. The batched AXPY loops would take one scalar per nonzero here.
-void Spmv(const float* v, const int32_t* c, const int32_t* p, const float* x, float* y, int64_t n_out) {
+// gathered dot product per row. The batched AXPY loops would take one scalar per nonzero here. Returns
+// false where an index lies outside [0, n_in) (none is read; the caller reports the error).
+bool Spmv(const float* v, const int32_t* c, const int32_t* p, const float* x, float* y, int64_t n_in,
+          int64_t n_out) {
   const bool parallel = p[n_out] >= (int64_t{1} << 16);   // below: the threads' start costs more than it saves
-#pragma omp parallel for schedule(static) if (parallel)
-  for (int64_t o = 0; o < n_out; ++o) y[o] = GatherDot(v, c, x, p[o], p[o + 1]);
+  bool bad = false;
+#pragma omp parallel for schedule(static) if (parallel) reduction(|| : bad)
+  for (int64_t o = 0; o < n_out; ++o) {
+    bool here = false;
+    y[o] = GatherDot(v, c, x, p[o], p[o + 1], static_cast<int32_t>(n_in), &here);
+    bad = bad || here;
+  }
+  return !bad;
 }
 
 // The forward product. Where the activations outgrow L2 (x's rows are read in a random order), the inputs
@@ -169,7 +198,6 @@ constexpr int64_t kBlockFromNnzPerRow = 32;
 
 void Spmm(const float* v, const int32_t* c, const int32_t* p, const float* x, float* y, int64_t n_in,
           int64_t n_out, int64_t batch, int32_t* cursor) {
-  if (batch == 1) return Spmv(v, c, p, x, y, n_out);
   auto row = [x, c, batch](int64_t j) { return x + static_cast<int64_t>(c[j]) * batch; };
   const int64_t block = kBlockFloats / batch;
   // Each block costs every row a reload of its sums (and the million-neuron layer's y is as large as its
@@ -367,6 +395,6 @@ bool NonDecreasing(const int32_t* a, int64_t n) {
 }  // namespace
 
 namespace dst {
-extern const KernelTable DST_ISA_TABLE = {DST_ISA_NAME, Spmm, SpmmTransposed, Sddmm, SpmmTransposedSddmm,
+extern const KernelTable DST_ISA_TABLE = {DST_ISA_NAME, Spmm, Spmv, SpmmTransposed, Sddmm, SpmmTransposedSddmm,
                                          kFusedHoldsX, AllInRange, NonDecreasing};
 }  // namespace dst

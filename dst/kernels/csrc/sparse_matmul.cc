@@ -68,8 +68,8 @@ std::vector<const dst::KernelTable*> RunnableTables() {
 
 // Reject a structure that would read or write out of bounds: O(nnz + n_out) in the chosen ISA's
 // vectorised loops, small next to a product.
-ffi::Error CheckStructure(ffi::Buffer<ffi::S32>& cols, ffi::Buffer<ffi::S32>& rowptr, int64_t nnz,
-                          int64_t n_out, int64_t n_in) {
+ffi::Error CheckRowPointers(ffi::Buffer<ffi::S32>& cols, ffi::Buffer<ffi::S32>& rowptr, int64_t nnz,
+                            int64_t n_out) {
   if (rowptr.element_count() != n_out + 1)
     return ffi::Error::InvalidArgument("dst sparse kernel: rowptr must have n_out + 1 entries");
   if (cols.element_count() != nnz)
@@ -79,8 +79,16 @@ ffi::Error CheckStructure(ffi::Buffer<ffi::S32>& cols, ffi::Buffer<ffi::S32>& ro
     return ffi::Error::InvalidArgument("dst sparse kernel: rowptr must run from 0 to the number of values");
   if (!Kernels().nondecreasing(p, n_out + 1))
     return ffi::Error::InvalidArgument("dst sparse kernel: rowptr must not decrease");
+  return ffi::Error::Success();
+}
+
+const char kColsOutOfRange[] = "dst sparse kernel: cols must lie in [0, n_in)";
+
+ffi::Error CheckStructure(ffi::Buffer<ffi::S32>& cols, ffi::Buffer<ffi::S32>& rowptr, int64_t nnz,
+                          int64_t n_out, int64_t n_in) {
+  if (auto err = CheckRowPointers(cols, rowptr, nnz, n_out); err.failure()) return err;
   if (!Kernels().all_in_range(cols.typed_data(), nnz, 0, static_cast<int32_t>(n_in)))
-    return ffi::Error::InvalidArgument("dst sparse kernel: cols must lie in [0, n_in)");
+    return ffi::Error::InvalidArgument(kColsOutOfRange);
   return ffi::Error::Success();
 }
 
@@ -98,6 +106,13 @@ ffi::Error SpmmImpl(ffi::Buffer<ffi::F32> values, ffi::Buffer<ffi::S32> cols, ff
                     ffi::Buffer<ffi::F32> xT, ffi::ResultBuffer<ffi::F32> yT) {
   auto [n_in, batch] = RowsAndBatch(xT);
   const int64_t n_out = yT->dimensions().size() ? yT->dimensions()[0] : 1;
+  if (batch == 1) {   // the matrix-vector product checks each input index as it reads it
+    if (auto err = CheckRowPointers(cols, rowptr, values.element_count(), n_out); err.failure()) return err;
+    if (!Kernels().spmv(values.typed_data(), cols.typed_data(), rowptr.typed_data(), xT.typed_data(),
+                        yT->typed_data(), n_in, n_out))
+      return ffi::Error::InvalidArgument(kColsOutOfRange);
+    return ffi::Error::Success();
+  }
   if (auto err = CheckStructure(cols, rowptr, values.element_count(), n_out, n_in); err.failure()) return err;
   std::vector<int32_t> cursor(n_out);
   Kernels().spmm(values.typed_data(), cols.typed_data(), rowptr.typed_data(), xT.typed_data(), yT->typed_data(),
