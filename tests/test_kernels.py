@@ -112,7 +112,7 @@ def test_the_forward_pass_over_blocks_of_inputs_equals_the_dense_product(shuffle
 
 
 def test_a_batch_of_one_takes_the_matrix_vector_kernel_and_equals_the_dense_product(isa):
-    """Rows of 0 to about 150 nonzeros: the gathers' whole vectors (32 and 16, or 16 and 8) and the rest."""
+    """Rows of 0 to about 150 nonzeros: the gathers in pairs of 8 lanes, a single 8, and the rest."""
     rng = np.random.default_rng(11)
     n_in, n_out = 300, 40
     densities = np.linspace(0.0, 0.5, n_out)                  # a different fan-in for every output unit
@@ -229,7 +229,7 @@ def test_a_malformed_structure_is_an_error_not_a_wrong_answer():
 
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("bad", [40, -1])
-@pytest.mark.parametrize("at", [0, 17, 45])   # in a whole gather vector (AVX-512's 32 and 16, AVX2's 8) or the rest
+@pytest.mark.parametrize("at", [0, 17, 45])   # in the gathers' pairs of 8, a single 8, or the rest
 def test_an_input_index_out_of_range_is_an_error_on_every_path(batch, bad, at, isa):
     """The batch of one checks each index as its gather reads it; larger batches check all first."""
     n_in, per_row = 40, 46
