@@ -13,6 +13,7 @@ from jax import lax
 from dst.algorithms.base import SparseAlgorithm
 from dst.masks import apply_masks
 from dst.masks import named_leaves
+from dst.train import one_off
 from dst.train import stored
 from dst.train.moments import map_param_like  # noqa: F401 (re-exported by dst.train)
 from dst.train.moments import reset_moments
@@ -61,7 +62,8 @@ def create_train_state(key, params, masks, tx: optax.GradientTransformation, alg
                           step=jnp.zeros((), jnp.int32), rng=key, topologies=topologies)
 
     # One compiled program: op by op, each of the dozens of small operations compiles on its own.
-    return jax.jit(create)(key, params, masks, {} if model_state is None else model_state)
+    args = (key, params, masks, {} if model_state is None else model_state)
+    return one_off.compiled_for_size(create, *args)(*args)
 
 
 def counts(tree):

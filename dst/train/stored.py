@@ -31,6 +31,7 @@ from dst import backends
 from dst.algorithms.base import SparseAlgorithm
 from dst.masks import named_leaves
 from dst.masks import replace_named
+from dst.train import one_off
 from dst.train import stored_update
 from dst.train.moments import map_param_trees
 
@@ -180,4 +181,14 @@ def _expander(backend: backends.Backend, layouts: tuple):
     """The jitted expansion of one storage, compiled once per run (a new ``jax.jit`` of a new lambda at
     every record recompiled it: 0.22 s per epoch of the default experiment, more than its csr steps saved)."""
     layout_of = dict(layouts)
-    return jax.jit(lambda p, s, t: backends.expand(backend, layout_of, p, s, t))
+    expand = lambda p, s, t: backends.expand(backend, layout_of, p, s, t)
+    compiled = []
+
+    def call(p, s, t):   # compiled at the first concrete call, for the model's size (dst.train.one_off)
+        if any(isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves((p, s, t))):
+            return expand(p, s, t)      # inside a caller's jit: part of its program
+        if not compiled:
+            compiled.append(one_off.compiled_for_size(expand, p, s, t))
+        return compiled[0](p, s, t)
+
+    return call
