@@ -25,6 +25,17 @@ def tree_elements(tree) -> int:
     return sum(int(getattr(leaf, "size", 1)) for leaf in jax.tree_util.tree_leaves(tree))
 
 
+def traced(*args) -> bool:
+    """Whether ``args`` hold tracers (a caller's ``jit`` or ``eval_shape``: no program of our own then)."""
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(args))
+
+
+def call(fn: Callable, *args):
+    """``fn(*args)`` as one program compiled for its size (:func:`compiled_for_size`), or staged into the
+    caller's program where ``args`` are traced."""
+    return jax.jit(fn)(*args) if traced(*args) else compiled_for_size(fn, *args)(*args)
+
+
 def compiled_for_size(fn: Callable, *args):
     """``jax.jit(fn)`` lowered for ``args`` and compiled with :data:`FAST_COMPILE` when ``args`` hold fewer
     than :data:`SMALL_MODEL_ELEMENTS` elements (XLA's defaults otherwise); call it with arrays of the same

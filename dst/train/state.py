@@ -62,8 +62,7 @@ def create_train_state(key, params, masks, tx: optax.GradientTransformation, alg
                           step=jnp.zeros((), jnp.int32), rng=key, topologies=topologies)
 
     # One compiled program: op by op, each of the dozens of small operations compiles on its own.
-    args = (key, params, masks, {} if model_state is None else model_state)
-    return one_off.compiled_for_size(create, *args)(*args)
+    return one_off.call(create, key, params, masks, {} if model_state is None else model_state)
 
 
 def counts(tree):

@@ -185,7 +185,7 @@ def _expander(backend: backends.Backend, layouts: tuple):
     compiled = []
 
     def call(p, s, t):   # compiled at the first concrete call, for the model's size (dst.train.one_off)
-        if any(isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves((p, s, t))):
+        if one_off.traced(p, s, t):
             return expand(p, s, t)      # inside a caller's jit: part of its program
         if not compiled:
             compiled.append(one_off.compiled_for_size(expand, p, s, t))
