@@ -122,6 +122,7 @@ def composed(*overrides):
 # One case in `make test`, the other fields in `make test-slow` (each is two short training runs).
 @pytest.mark.parametrize("change, mismatch", [
     ("sparsity.sparsity=0.8", "sparsity.sparsity=0.9, not 0.8"),
+    pytest.param("sparsity.backend=csr", "sparsity.backend='masked', not 'csr'", marks=pytest.mark.slow),
     pytest.param("sparsity=set", "sparsity.algorithm='rigl', not 'set'", marks=pytest.mark.slow),
     pytest.param("model=set_mlp", "model=", marks=pytest.mark.slow),
     pytest.param("dataset.name=mnist", "dataset.name='fashion_mnist', not 'mnist'", marks=pytest.mark.slow),

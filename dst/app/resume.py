@@ -45,7 +45,8 @@ def fingerprint(cfg: dict) -> dict:
     sp = cfg["sparsity"]
     return {"model": json.dumps(cfg["model"], sort_keys=True), "dataset.name": cfg["dataset"]["name"],
             "sparsity.algorithm": sp["algorithm"], "sparsity.sparsity": sp["sparsity"],
-            "sparsity.distribution": sp["distribution"], "trainer.seeds": cfg["trainer"].get("seeds")}
+            "sparsity.distribution": sp["distribution"], "trainer.seeds": cfg["trainer"].get("seeds"),
+            "sparsity.backend": sp.get("backend") or "masked"}   # a stored state is not a masked one
 
 
 def start_point(cfg: dict, run_dir: pathlib.Path, checkpoints: RunCheckpoints, fresh: Start, say) -> Start:

@@ -108,7 +108,7 @@ class RunCheckpoints:
         meta = self.read_meta(epoch)
         found = meta.get("fingerprint", {})
         for key, value in expect.items():
-            if found.get(key) != value:
+            if key in found and found[key] != value:   # a field added since the checkpoint was written: not checked
                 raise CheckpointError(
                     f"{self.path(epoch)} was written with {key}={found.get(key)!r}, not {value!r}; it was left "
                     f"as it is: use another hydra.run.dir, or set trainer.resume=false to start over.")
