@@ -7,10 +7,11 @@ plain step every dynamic algorithm takes between its updates), and per-step time
 that interleave the variants. Each timed call follows an untimed call of the same variant: a first call
 after another variant pays for that one's leftovers (XLA's pool threads still spinning, caches holding its
 640 MB). Without it, at 1% the csr step timed right after masked took 8.4 ms and the condensed step, the
-same kernels on the same weights timed after csr, 6.8 ms. Also reported: the ratio masked / backend, and the compiled plain step's
-memory (``compile().memory_analysis()``: arguments + temporaries, in MiB). The stored backends run once
-per kernel instruction set (``--isas``; :func:`dst.kernels.use_isa` switches them between calls, so an
-AVX-512 machine times its AVX2 loops in the same process), each beside the same masked times.
+same kernels on the same weights timed after csr, 6.8 ms. Also reported: the ratio masked / backend, and
+the compiled plain step's memory (``compile().memory_analysis()``: arguments + temporaries, in MiB). The
+stored backends run once per kernel instruction set (``--isas``; :func:`dst.kernels.use_isa` switches them
+between calls, so an AVX-512 machine times its AVX2 loops in the same process), each beside the same masked
+times.
 
 Run: ``.venv/bin/python benchmarks/backend_step_time.py [--widths 1000,4000] [--densities 0.5,0.1,0.01,0.001]``
 """

@@ -199,7 +199,7 @@ def random_ranks(key: jax.Array, shape) -> jax.Array:
     return _priorities(key, math.prod(shape)).reshape(shape)
 
 
-def _score_keys(scores: jax.Array) -> jax.Array:
+def score_keys(scores: jax.Array) -> jax.Array:
     """Order-preserving ``uint32`` keys >= 1: floats by their bits, unsigned integers as they are."""
     if jnp.issubdtype(scores.dtype, jnp.unsignedinteger):
         return jnp.maximum(scores.astype(_U32), _U32(1))  # 0 and 1 tie; the tie-break settles it
@@ -220,7 +220,7 @@ def top_k_mask(scores: jax.Array, eligible: jax.Array, k, key: jax.Array, positi
         grow = top_k_mask(jnp.abs(grads), ~mask, k, key)   # RigL's growth set
     """
     shape = scores.shape
-    keys = jnp.where(eligible, _score_keys(scores), _U32(0)).reshape(-1)
+    keys = jnp.where(eligible, score_keys(scores), _U32(0)).reshape(-1)
     if positions is None:
         priorities = lambda: _priorities(key, keys.size)
     else:
@@ -265,7 +265,7 @@ def sorted_top_k_mask(scores: jax.Array, k, key: jax.Array) -> jax.Array:
     faster than that compile up to about a million weights (dst.masks), not inside the train step.
     """
     shape, size = scores.shape, scores.size
-    ordered = _score_keys(scores).reshape(-1)
+    ordered = score_keys(scores).reshape(-1)
     # Ascending on the complements: the largest score first, the highest priority first among equals.
     *_, order = lax.sort((~ordered, ~_priorities(key, size), jnp.arange(size, dtype=jnp.int32)), num_keys=2)
     return jnp.zeros(size, bool).at[order].set(jnp.arange(size) < k).reshape(shape)
@@ -290,7 +290,7 @@ def grouped_top_k_mask(scores: jax.Array, eligible: jax.Array, k, key: jax.Array
     the ``k`` largest by (score, priority). ``positions``: as in :func:`top_k_mask`.
     """
     axis = axis % scores.ndim
-    keys = jnp.where(eligible, _score_keys(scores), _U32(0))
+    keys = jnp.where(eligible, score_keys(scores), _U32(0))
     count_shape = keys.shape[:axis] + (1,) + keys.shape[axis + 1:]
     k = jnp.minimum(jnp.broadcast_to(jnp.asarray(k, jnp.int32), count_shape),
                     jnp.sum(keys > 0, axis=axis, keepdims=True, dtype=jnp.int32))

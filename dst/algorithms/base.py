@@ -180,7 +180,7 @@ def check_schedule(update_every, start_step, end_step, drop_fraction_, drop_sche
         raise ValueError(f"drop_schedule must be one of {allowed}; got {drop_schedule!r}.")
 
 
-def _grow_values(key, w, kept, grow_init, grow_std=None):
+def grow_values(key, w, kept, grow_init, grow_std=None):
     if grow_init == "zeros":
         return jnp.zeros_like(w)
     if grow_std is not None:     # a fixed scale (SET's reference code: N(0, 1) / 10)
@@ -192,7 +192,7 @@ def _grow_values(key, w, kept, grow_init, grow_std=None):
     return sigma * jax.random.normal(key, w.shape, w.dtype)
 
 
-def _update_layer(key, w, g, mask, f, excess, drop_rule, grow_score, grow_init, grow_std=None,
+def prune_regrow_layer(key, w, g, mask, f, excess, drop_rule, grow_score, grow_init, grow_std=None,
                   structure: Structure = UNSTRUCTURED):
     k_drop, k_grow, k_init = jax.random.split(key, 3)
     if structure.name == "unstructured":   # the call every rule took before structures: same trace
@@ -205,7 +205,7 @@ def _update_layer(key, w, g, mask, f, excess, drop_rule, grow_score, grow_init, 
     k = jnp.maximum(jnp.sum(dropped, dtype=jnp.int32) - excess, 0)
     grown = structure.refill(grow_score(k_grow, w, g), mask, kept, k, k_grow)
     new_mask = kept | grown
-    new_w = jnp.where(grown, _grow_values(k_init, w, kept, grow_init, grow_std), jnp.where(new_mask, w, 0.0))
+    new_w = jnp.where(grown, grow_values(k_init, w, kept, grow_init, grow_std), jnp.where(new_mask, w, 0.0))
     return new_w, new_mask, grown
 
 
@@ -284,7 +284,7 @@ def prune_and_regrow(*, drop_rule: DropRule, grow_score: GrowScore, update_every
             if updates_leaf(name, tuple(w.shape)):
                 n = jnp.sum(m, dtype=jnp.int32)
                 more = jnp.int32(0) if excess is None else excess(step, extra, name, n)
-                w, m, grown = _update_layer(jax.random.fold_in(key, i), w, g, m, f, more, drop_rule,
+                w, m, grown = prune_regrow_layer(jax.random.fold_in(key, i), w, g, m, f, more, drop_rule,
                                             grow_score, grow_init, grow_std, structure)
             else:
                 grown = jnp.zeros(m.shape, bool)
@@ -306,7 +306,8 @@ def prune_and_regrow(*, drop_rule: DropRule, grow_score: GrowScore, update_every
         return schedules.steps_until_update(state.step, update_every, start_step, end_step)
 
     def update_layer(key, w, g, mask, f):
-        return _update_layer(key, w, g, mask, f, jnp.int32(0), drop_rule, grow_score, grow_init, grow_std, structure)
+        return prune_regrow_layer(key, w, g, mask, f, jnp.int32(0), drop_rule, grow_score, grow_init, grow_std,
+                                  structure)
 
     rules = PruneRegrowRules(drop_rule, grow_score, grow_init, grow_std, structure, updates_leaf, fraction,
                              update_layer, decays=excess is not None)

@@ -10,11 +10,11 @@ from dst import schedules
 from dst.algorithms.accounting import periodic_dense_gradient
 from dst.algorithms.accounting import windowed
 from dst.algorithms.base import SparseAlgorithm
-from dst.algorithms.base import _update_layer
 from dst.algorithms.base import check_schedule
 from dst.algorithms.base import initial_state
 from dst.algorithms.base import magnitude_drop
 from dst.algorithms.base import no_growth
+from dst.algorithms.base import prune_regrow_layer
 from dst.algorithms.base import skip_calls
 from dst.algorithms.base import unstructured_only
 from dst.algorithms.gmp import keep_largest
@@ -81,7 +81,7 @@ def granet(*, sparsity: float, update_every: int, end_step: int, start_step: int
             w, m, g = named_leaves(params), named_leaves(masks), named_leaves(grads)
             new_w, new_m, new_g = {}, {}, {}
             for i, n in enumerate(names):
-                new_w[n], new_m[n], new_g[n] = _update_layer(
+                new_w[n], new_m[n], new_g[n] = prune_regrow_layer(
                     jax.random.fold_in(k_regrow, i), w[n], g[n], m[n], f, jnp.int32(0), magnitude_drop,
                     gradient_grow_score, grow_init)
             grown = replace_named(no_growth(masks), new_g)

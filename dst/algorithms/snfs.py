@@ -10,8 +10,8 @@ from dst import schedules
 from dst.algorithms.accounting import dense_gradient_every_step
 from dst.algorithms.accounting import windowed
 from dst.algorithms.base import SparseAlgorithm
-from dst.algorithms.base import _grow_values
 from dst.algorithms.base import check_schedule
+from dst.algorithms.base import grow_values
 from dst.algorithms.base import initial_state
 from dst.algorithms.base import magnitude_drop
 from dst.algorithms.base import no_growth
@@ -132,7 +132,7 @@ def snfs(*, update_every: int, end_step: int, start_step: int = 0, drop_fraction
                 kg, ki = jax.random.split(jax.random.fold_in(k_grow, i))
                 grown[n] = structure.refill(jnp.abs(mo[n]), m[n], kept[n], budget[i] * structure.granule, kg)
                 new_m[n] = kept[n] | grown[n]
-                new_w[n] = jnp.where(grown[n], _grow_values(ki, w[n], kept[n], grow_init),
+                new_w[n] = jnp.where(grown[n], grow_values(ki, w[n], kept[n], grow_init),
                                      jnp.where(new_m[n], w[n], 0.0))
             return (replace_named(params, new_w), replace_named(masks, new_m),
                     replace_named(no_growth(masks), grown))

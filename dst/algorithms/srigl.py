@@ -13,9 +13,9 @@ from dst import schedules
 from dst.algorithms.accounting import periodic_dense_gradient
 from dst.algorithms.accounting import windowed
 from dst.algorithms.base import SparseAlgorithm
-from dst.algorithms.base import _grow_values
 from dst.algorithms.base import check_schedule
 from dst.algorithms.base import drop_count
+from dst.algorithms.base import grow_values
 from dst.algorithms.base import initial_state
 from dst.algorithms.base import skip_calls
 from dst.distributions import default_sparsifiable
@@ -124,7 +124,7 @@ def srigl(*, update_every: int, end_step: int, start_step: int = 0, drop_fractio
                                                         zip((w[n], m[n], jnp.zeros_like(m[n]), extra["ablated"][n]),
                                                             out))
             grow_key = jax.random.fold_in(jax.random.fold_in(key, i), 7)
-            new_w[n] = jnp.where(grown[n], _grow_values(grow_key, w[n], new_m[n] & ~grown[n], grow_init), new_w[n])
+            new_w[n] = jnp.where(grown[n], grow_values(grow_key, w[n], new_m[n] & ~grown[n], grow_init), new_w[n])
         return (replace_named(params, new_w), replace_named(masks, new_m),
                 replace_named(jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, bool), masks), grown),
                 {**extra, "ablated": ablated})

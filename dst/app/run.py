@@ -116,7 +116,7 @@ def prepare(cfg: dict, say=print) -> Plan:
             data = image_folder.scan(ds["data_dir"], ds["image_size"], ds.get("resize"))
         else:
             data = load(ds["name"], ds.get("data_dir"), val_fraction=ds["val_fraction"], seed=trainer["seed"],
-                        normalize=ds["normalize"], **_loader_options(ds))
+                        normalize=ds["normalize"], **loader_options(ds))
     except DataError as err:   # a truncated, corrupt or wrong-kind file: one sentence naming it
         raise ConfigError(str(err)) from None
     batch = trainer["batch_size"]
@@ -153,7 +153,7 @@ def epoch_length(plan: Plan, epoch: int) -> int:
     return min(plan.steps_per_epoch, plan.total_steps - (epoch - 1) * plan.steps_per_epoch)
 
 
-def _loader_options(ds: dict) -> dict:
+def loader_options(ds: dict) -> dict:
     return {k: ds[k] for k in ("label_mode", "subset") if ds.get(k) is not None}
 
 
@@ -308,7 +308,7 @@ def initialise(plan: Plan, auto_choice_file=None) -> Run:
         epoch_fns = {0: StreamEpoch(step, loop, sharding)}
         evaluate = stream_evaluate_fn(apply_fn, min(trainer["eval_batch_size"], len(data.test_y)), sharding)
     else:
-        augment = make_augment(cfg["dataset"].get("augment", "none"), **_augment_options(cfg["dataset"], data))
+        augment = make_augment(cfg["dataset"].get("augment", "none"), **augment_options(cfg["dataset"], data))
         lengths = {s.steps for s in segments(plan)}   # whole epochs, and a level's first and last
         epoch_fns = {n: dst.train_epoch_fn(step, trainer["batch_size"], augment=augment,
                                            max_steps=None if n == plan.steps_per_epoch else n, loop=loop,
@@ -374,7 +374,7 @@ def run_tags(cfg: dict) -> list[str]:
             f"model={model}", f"dataset={cfg['dataset']['name']}", f"seed={cfg['trainer']['seed']}"]
 
 
-def _augment_options(ds: dict, data) -> dict:
+def augment_options(ds: dict, data) -> dict:
     if ds.get("augment", "none") == "none":
         return {}
     # Pad with the normalised value of a black pixel, as torchvision pads before it normalises.

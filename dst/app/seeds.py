@@ -33,11 +33,11 @@ from dst.app.resume import fingerprint
 from dst.app.resume import stop_on_sigterm
 from dst.app.run import NonFiniteLossError
 from dst.app.run import Outcome
-from dst.app.run import _augment_options
-from dst.app.run import _loader_options
+from dst.app.run import augment_options
 from dst.app.run import finish_run
 from dst.app.run import initialise
 from dst.app.run import level_fields
+from dst.app.run import loader_options
 from dst.app.run import prepare
 from dst.app.run import run_tags
 from dst.app.validate import ConfigError
@@ -94,7 +94,7 @@ def run_seeds(cfg: dict, run_dir, *, stream=None) -> list[dict]:
     plan = prepare(configs[0], say)
     ds = cfg["dataset"]
     files = load(ds["name"], ds.get("data_dir"), val_fraction=0.0, seed=None, normalize=ds["normalize"],
-                 **_loader_options(ds))
+                 **loader_options(ds))
     index, vals, parts = [], [], []
     for s, cfg_s in zip(seeds, configs):
         train_idx, val_idx = split_indices(files.train_x.shape[0], ds["val_fraction"], s)
@@ -164,7 +164,7 @@ def _train(top_cfg, plan, all_parts, files, stacked, index, data_keys, replicas,
     test = (jnp.asarray(files.test_x), jnp.asarray(files.test_y))
     index = jnp.asarray(np.stack(index))
     keys = lambda epoch: jnp.stack([jax.random.fold_in(k, epoch) for k in data_keys])
-    augment = make_augment(cfg["dataset"].get("augment", "none"), **_augment_options(cfg["dataset"], files))
+    augment = make_augment(cfg["dataset"].get("augment", "none"), **augment_options(cfg["dataset"], files))
     lengths = {s.steps for s in segments(plan)}
     if any(isinstance(fn, HostLoopEpoch) for fn in parts.epoch_fns.values()):
         say("note: replicas of a conv net run inside one lax.scan, which XLA on CPU runs far slower than one "

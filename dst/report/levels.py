@@ -15,7 +15,7 @@ from dst.report.collect import RunInfo
 from dst.report.figures import assign_styles
 from dst.report.figures import save
 from dst.report.summarize import GROUP_KEYS
-from dst.report.summarize import _mean_std
+from dst.report.summarize import mean_std
 from dst.report.summarize import setting_groups
 
 LEVEL_KEY = re.compile(r"^level/(\d+)/density$")
@@ -32,10 +32,10 @@ def level_rows(runs: list[RunInfo]) -> list[dict]:
         for level in levels:
             have = [r for r in members if f"level/{level}/density" in r.summary]
             row = {**dict(zip(GROUP_KEYS, values)), "level": level,
-                   "density": _mean_std([float(r.summary[f"level/{level}/density"]) for r in have])[0],
+                   "density": mean_std([float(r.summary[f"level/{level}/density"]) for r in have])[0],
                    "runs": len(have)}
             for column in ("test_accuracy", "best_test_accuracy"):
-                row[f"{column}_mean"], row[f"{column}_std"] = _mean_std(
+                row[f"{column}_mean"], row[f"{column}_std"] = mean_std(
                     [float(r.summary[f"level/{level}/{column}"]) for r in have])
             rows.append(row)
     return rows

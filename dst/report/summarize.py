@@ -97,7 +97,7 @@ def seed(run: RunInfo):
     return run.config.get("trainer", {}).get("seed")
 
 
-def _mean_std(values):
+def mean_std(values):
     if not values:
         return float("nan"), float("nan")
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
@@ -112,7 +112,7 @@ def group_rows(runs: list[RunInfo]) -> list[dict]:
         row = dict(zip(GROUP_KEYS, key))
         for column, source in METRICS:
             values = [float(r.summary[source]) for r in members if isinstance(r.summary.get(source), int | float)]
-            row[f"{column}_mean"], row[f"{column}_std"] = _mean_std(values)
+            row[f"{column}_mean"], row[f"{column}_std"] = mean_std(values)
         row["runs"] = len(members)
         row["seeds"] = sorted((seed(r) for r in members), key=lambda s: (s is None, s))
         rows.append(row)
@@ -141,7 +141,7 @@ def curves(members: list[RunInfo], key: str, x: str = "step"):
     steps = sorted(set.intersection(*(set(p) for p in per_run)))
     means, stds = [], []
     for s in steps:
-        m, d = _mean_std([p[s] for p in per_run])
+        m, d = mean_std([p[s] for p in per_run])
         means.append(m)
         stds.append(d)
     return steps, means, stds

@@ -12,7 +12,7 @@ copy, compact, sort and compare.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 

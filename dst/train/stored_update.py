@@ -40,10 +40,10 @@ from dst import backends
 from dst import kernels
 from dst.algorithms.base import SparseAlgorithm
 from dst.masks import path_name
-from dst.selection import _score_keys
 from dst.selection import bottom_k_mask
 from dst.selection import grouped_top_k_mask
 from dst.selection import priorities_at
+from dst.selection import score_keys
 from dst.selection import top_k_of_keys
 from dst.train.moments import map_param_trees
 
@@ -125,7 +125,7 @@ def grow_candidates(rules, key, valid, kept, cols, units, x, dy, k, shape, capac
         grads = lax.dynamic_slice_in_dim(dy, start, width, axis=1).T @ x        # [width, n_in]
         scores = _call(rules.grow_score, key, None, grads, positions=positions)
         if group is None:
-            return jnp.where(eligible, _score_keys(scores), _U32(0)).reshape(-1), positions.reshape(-1)
+            return jnp.where(eligible, score_keys(scores), _U32(0)).reshape(-1), positions.reshape(-1)
         view = lambda a: a.reshape(width, n_in // group, group)
         count = lambda m: jnp.sum(view(m), axis=2, keepdims=True, dtype=jnp.int32)
         need = count(here(valid)) - count(kept_here)
