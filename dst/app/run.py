@@ -28,6 +28,7 @@ import numpy as np
 import dst
 from dst import kernels
 from dst.app import auto_backend
+from dst.app import memory
 from dst.app.build import make_loss
 from dst.app.build import make_model
 from dst.app.build import make_tx
@@ -251,6 +252,9 @@ def initialise(plan: Plan, auto_choice_file=None) -> Run:
     key = jax.random.key(trainer["seed"])
     k_init, k_mask, k_state, _ = jax.random.split(key, 4)
     sample = jnp.zeros((1,) + tuple(data.example_shape), jnp.float32)
+    shapes = jax.eval_shape(lambda: dst.init_model(model, k_init, sample)[0])
+    memory.check_dense_fits({n: tuple(a.shape) for n, a in named_leaves(shapes).items()}, memory.available_bytes(),
+                            sp.get("backend") or "masked")
     params, model_state = dst.init_model(model, k_init, sample)
     # Algorithms that prune during training start from `initial_sparsity` (0: dense).
     start = sp.get("initial_sparsity")

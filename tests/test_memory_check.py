@@ -1,0 +1,43 @@
+"""A model too large for its dense form is refused from its shapes (dst.app.memory), before any allocation."""
+
+import pytest
+from cli_helpers import dst_train_here
+from idx_data import write_dataset
+
+from dst.app import memory
+from dst.app.validate import ConfigError
+
+SHAPES = {"Dense_0/kernel": (784, 1000), "Dense_0/bias": (1000,), "Dense_1/kernel": (1000, 10)}
+
+
+def test_a_model_within_the_budget_passes_and_one_beyond_names_its_largest_layer():
+    weights = 784 * 1000 + 1000 + 1000 * 10
+    memory.check_dense_fits(SHAPES, weights * memory.BYTES_PER_WEIGHT, "masked")      # exactly fits
+    memory.check_dense_fits(SHAPES, None, "masked")                                    # no budget known
+    with pytest.raises(ConfigError, match=r"^model: layer Dense_0/kernel is 784 x 1,000 = 784,000 weights "
+                                          r"\(0\.0 GiB dense\).*sparsity\.backend=csr does not change that"):
+        memory.check_dense_fits(SHAPES, weights * memory.BYTES_PER_WEIGHT - 1, "csr")
+
+
+def test_the_budget_is_known_here_and_below_the_machines_memory():
+    budget = memory.available_bytes()
+    assert budget is not None and 0 < budget
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("idx") / "fashion_mnist")
+
+
+def test_dst_train_refuses_a_150000_wide_mlp_in_one_sentence_with_exit_2_and_keeps_old_outputs(tmp_path, data_dir):
+    """The issue's case: it aborted in XLA with a C++ check (exit 134) after asking for about 90 GB."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text('{"step": 1}\n')
+    out = dst_train_here("model=mlp", "model.hidden=[150000,150000]", "sparsity=set", "sparsity.backend=csr",
+                         f"dataset.data_dir={data_dir}", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 2 and len(lines) == 1, out.stderr
+    assert lines[0].startswith("error: model: layer Dense_1/kernel is 150,000 x 150,000 = 22,500,000,000 weights")
+    assert "dst.train.large" in lines[0] and "Traceback" not in out.stderr
+    assert (run_dir / "metrics.jsonl").read_text() == '{"step": 1}\n'
