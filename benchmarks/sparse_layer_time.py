@@ -11,7 +11,8 @@ timed as one jitted function returning ``(y, dx, dW)`` of ``sum(y * g)``:
 Variants interleave within each round, the kernels once per instruction set (``--isas``, switched with
 :func:`dst.kernels.use_isa`: the AVX2 loops are timed on an AVX-512 machine in the same process); the
 table shows per-call medians and the ratio masked / variant (the median over rounds of each round's
-ratio).
+ratio). Each timed call follows an untimed call of the same variant, as in ``backend_step_time.py``: a
+call right after masked's pays for its leftovers.
 
 Run: ``.venv/bin/python benchmarks/sparse_layer_time.py [--n 4000] [--batch 128] [--rounds 7] [--isas avx512,avx2]``
 """
@@ -100,6 +101,7 @@ def main():
                 if isa:
                     kernels.use_isa(isa)
                 fn, *a = variants[kind]
+                jax.block_until_ready(fn(*a))   # settle (see the module doc)
                 elapsed = timed(fn, *a)
                 if r:   # round 0 compiles and warms up
                     times[(kind, isa)].append(elapsed)
