@@ -15,8 +15,8 @@ namespace dst {
 
 struct KernelTable {
   const char* isa;   // "avx512", "avx2" or "generic"
-  // yT[o, :] = sum over row o's nonzeros j of values[j] * xT[cols[j], :] (cols sorted within each row;
-  // cursor: n_out ints of scratch)
+  // yT[o, :] = sum over row o's nonzeros j of values[j] * xT[cols[j], :] (any column order; fastest with
+  // each row's cols sorted, as stored layers keep them; cursor: n_out ints of scratch)
   void (*spmm)(const float* values, const int32_t* cols, const int32_t* rowptr, const float* xT, float* yT,
                int64_t n_in, int64_t n_out, int64_t batch, int32_t* cursor);
   // the same for a batch of one, each index checked as it is read: false if one lies outside [0, n_in)

@@ -199,7 +199,7 @@ ffi::Error BackwardImpl(ffi::Buffer<ffi::F32> values, ffi::Buffer<ffi::S32> cols
                         ffi::Buffer<ffi::S32> tptr, ffi::Buffer<ffi::S32> trows, ffi::Buffer<ffi::S32> tslots,
                         ffi::Buffer<ffi::F32> dyT, ffi::Buffer<ffi::F32> xT, ffi::ResultBuffer<ffi::F32> dxT,
                         ffi::ResultBuffer<ffi::F32> dvalues) {
-  auto [n_out, batch] = RowsAndBatch(dyT);
+  const int64_t batch = RowsAndBatch(dyT).second;
   auto [n_in, x_batch] = RowsAndBatch(xT);
   const int64_t nnz = values.element_count();
   if (!FusedBackwardPays(Kernels(), n_in, nnz, batch) || batch == 0) {
@@ -207,8 +207,7 @@ ffi::Error BackwardImpl(ffi::Buffer<ffi::F32> values, ffi::Buffer<ffi::S32> cols
     if (auto err = SpmmTransposedImpl(values, tptr, trows, tslots, dyT, dxT); err.failure()) return err;
     return SddmmImpl(cols, rowptr, dyT, xT, dvalues);
   }
-  if (auto err = CheckStructure(cols, rowptr, nnz, n_out, n_in); err.failure()) return err;
-  return SpmmTransposedSddmmImpl(values, tptr, trows, tslots, dyT, xT, dxT, dvalues);
+  return SpmmTransposedSddmmImpl(values, tptr, trows, tslots, dyT, xT, dxT, dvalues);   // reads no cols, rowptr
 }
 
 // index[:] = the positions of the first `size` true entries of `mask`, in order, then zeros;
