@@ -121,7 +121,8 @@ struct Indirect {
 
 // A row's gathered dot product: whole vectors of nonzeros with 8-lane gathers (GCC does not emit gathers
 // for this loop by itself), two accumulators, then the rest. AVX-512 takes them too: its 16-lane gather was
-// the slower here (4000x4000 at 10%: 0.255 against 0.218 ms a product, C++ harness, medians of 301). Each index is checked against
+// the slower here (4000x4000 at 10%: 0.254-0.261 against 0.217-0.220 ms a product in the same minutes,
+// benchmarks/kernel_harness.sh 4000 0.1 1 301). Each index is checked against
 // [0, n_in) as it is loaded and an index outside it is neither read nor summed but reported in `bad`: a
 // batch of one reads each index once, where a separate check before the product read them all twice
 // (a third of a 90%-sparse layer's memory traffic).
@@ -179,7 +180,8 @@ bool Spmv(const float* v, const int32_t* c, const int32_t* p, const float* x, fl
 // ..., so each block's rows stay in L2 while all output rows read them; `cursor` (n_out entries) keeps
 // where each row stopped (fast where its columns are sorted, as stored layers keep them; correct in any
 // order: every weight falls in the block its prefix reaches). 4000x4000 at 10%, batch 256: 18.9 -> 10.5 ms; 8000
-// wide at 5%, batch 128: 22.9 -> 9.4 ms; 4000 wide at 10%, batch 128: 6.3 -> 5.7 ms (2026-12-05).
+// wide at 5%, batch 128: 22.9 -> 9.4 ms; 4000 wide at 10%, batch 128: 6.3 -> 5.7 ms (2026-12-05,
+// benchmarks/kernel_harness.sh; see benchmarks/README.md).
 constexpr int64_t kBlockFloats = int64_t{1} << 18;   // 1 MB of x per block
 constexpr int64_t kBlockFromNnzPerRow = 32;
 
