@@ -206,14 +206,16 @@ def score_keys(scores: jax.Array) -> jax.Array:
     return _ordered_bits(scores)
 
 
-def top_k_mask(scores: jax.Array, eligible: jax.Array, k, key: jax.Array, positions=None) -> jax.Array:
+def top_k_mask(scores: jax.Array, eligible: jax.Array, k, key: jax.Array, positions=None,
+               of_keys: Callable | None = None) -> jax.Array:
     """Bool mask of the ``k`` eligible elements with the largest ``scores``.
 
     Exactly ``min(k, count(eligible))`` elements are selected; ``k`` may be traced. Ties in score are
     broken by priorities drawn from ``key`` for each element's flat index, or for ``positions`` when
     given (the flat indices the elements have in a larger array: the stored weights of a layer select
     as the layer's dense view would). NaN scores rank below every number; unsigned integer scores
-    (:func:`random_ranks`) rank as integers.
+    (:func:`random_ranks`) rank as integers. ``of_keys``: the selection on keys, :func:`top_k_of_keys`
+    or one with its result (:func:`dst.kernels.top_k_of_keys`, one compiled call).
 
     Example::
 
@@ -225,7 +227,7 @@ def top_k_mask(scores: jax.Array, eligible: jax.Array, k, key: jax.Array, positi
         priorities = lambda: _priorities(key, keys.size)
     else:
         priorities = lambda: priorities_at(key, jnp.reshape(positions, -1))
-    return top_k_of_keys(keys, k, priorities).reshape(shape)
+    return (of_keys or top_k_of_keys)(keys, k, priorities).reshape(shape)
 
 
 def top_k_of_keys(keys: jax.Array, k, priorities: Callable[[], jax.Array]) -> jax.Array:
@@ -315,9 +317,10 @@ def grouped_top_k_mask(scores: jax.Array, eligible: jax.Array, k, key: jax.Array
     return (above | take_tied) & (k > 0)
 
 
-def bottom_k_mask(scores: jax.Array, eligible: jax.Array, k, key: jax.Array, positions=None) -> jax.Array:
+def bottom_k_mask(scores: jax.Array, eligible: jax.Array, k, key: jax.Array, positions=None,
+                  of_keys: Callable | None = None) -> jax.Array:
     """Bool mask of the ``k`` eligible elements with the smallest ``scores`` (see :func:`top_k_mask`)."""
-    return top_k_mask(-scores.astype(jnp.float32), eligible, k, key, positions)
+    return top_k_mask(-scores.astype(jnp.float32), eligible, k, key, positions, of_keys)
 
 
 def global_top_k_masks(scores: dict, eligible: dict, k, key: jax.Array) -> dict:

@@ -254,3 +254,76 @@ def test_compact_lists_the_true_positions_in_order_as_nonzero_does(size, monkeyp
     index, count = jax.jit(lambda m: kernels.compact(m, size))(mask)
     np.testing.assert_array_equal(index, expected)
     assert int(count) == want.size
+
+
+def _top_k_by_definition(keys, priorities, k):
+    """The min(k, eligible) elements of largest (key, priority), keys of 0 ineligible: one sort."""
+    eligible = np.flatnonzero(keys > 0)
+    order = eligible[np.lexsort((priorities[eligible], keys[eligible]))[::-1]]   # descending (key, priority)
+    chosen = np.zeros(keys.size, bool)
+    chosen[order[:max(k, 0)]] = True
+    return chosen
+
+
+@pytest.mark.parametrize("case", ["spread", "one_bin", "all_equal", "large"])
+def test_top_k_of_keys_takes_the_largest_by_key_then_priority(case, monkeypatch):
+    rng = np.random.default_rng(3)
+    n = 70_000 if case == "large" else 3000
+    if case == "one_bin":       # every key shares its top 16 bits: the exact ranking decides all
+        keys = (np.uint32(0x3F80) << 16) + rng.integers(0, 50, n).astype(np.uint32)
+    elif case == "all_equal":   # the priorities alone decide
+        keys = np.full(n, 7, np.uint32)
+    else:                       # floats' keys, with repeats, across many bins
+        keys = np.asarray(kernels.ops.selection.score_keys(jnp.asarray(rng.normal(size=n).round(2), jnp.float32)))
+    keys = np.where(rng.random(n) < 0.2, np.uint32(0), keys).astype(np.uint32)   # ineligible ones
+    priorities = rng.choice(2**32, n, replace=False).astype(np.uint32)   # unique, as dst's are
+    eligible = int(np.sum(keys > 0))
+    select = jax.jit(lambda keys, k: kernels.top_k_of_keys(keys, k, lambda: jnp.asarray(priorities)))
+    for k in (-1, 0, 1, 9, eligible // 3, eligible - 1, eligible, eligible + 5):
+        want = _top_k_by_definition(keys, priorities, k)
+        np.testing.assert_array_equal(select(keys, k), want, err_msg=f"k={k}")
+        xla = kernels.ops.selection.top_k_of_keys(jnp.asarray(keys), k, lambda: jnp.asarray(priorities))
+        np.testing.assert_array_equal(xla, want, err_msg=f"XLA, k={k}")
+    monkeypatch.setattr(kernels.ops, "_use_kernels", lambda: False)   # the fallback is the XLA selection
+    fallback = jax.jit(lambda keys: kernels.top_k_of_keys(keys, 9, lambda: jnp.asarray(priorities)))
+    np.testing.assert_array_equal(fallback(keys), _top_k_by_definition(keys, priorities, 9))
+
+
+@pytest.mark.parametrize("use_kernels", [True, False], ids=["kernels", "xla"])
+def test_transpose_lists_each_inputs_slots_in_order_with_their_units(use_kernels, monkeypatch):
+    monkeypatch.setattr(kernels.ops, "_use_kernels", lambda: use_kernels and kernels.available())
+    rng = np.random.default_rng(5)
+    n_in, n_out = 40, 30
+    _, _, cols, rowptr, (inputs, units) = random_csr(rng, n_in, n_out, 0.2, empty_rows=(0, 7), empty_cols=(3,))
+    pad = 5                       # padding slots past rowptr[n_out], at input 0, as a stored layer has them
+    cols = np.concatenate([cols, np.zeros(pad, np.int32)])
+    units = np.concatenate([units, np.full(pad, n_out)])
+    got = jax.jit(lambda c, r: kernels.transpose(c, r, n_in))(cols, rowptr)
+    # By definition: input i's slots in slot order, each with its output unit.
+    slots = [s for i in range(n_in) for s in range(cols.size) if cols[s] == i]
+    np.testing.assert_array_equal(got.slots, slots)
+    np.testing.assert_array_equal(got.rows, units[slots])
+    np.testing.assert_array_equal(got.rowptr, np.concatenate([[0], np.cumsum(np.bincount(cols, minlength=n_in))]))
+
+
+@pytest.mark.parametrize("use_kernels", [True, False], ids=["kernels", "xla"])
+def test_merge_slots_interleaves_kept_and_grown_weights_in_csr_order(use_kernels, monkeypatch):
+    monkeypatch.setattr(kernels.ops, "_use_kernels", lambda: use_kernels and kernels.available())
+    rng = np.random.default_rng(6)
+    n_in, n_out, capacity = 12, 9, 40
+    positions = rng.choice(n_in * n_out, capacity - 4, replace=False)   # distinct (unit, input) pairs
+    a_pos, b_pos = np.sort(positions[:25]), np.sort(positions[25:])     # by unit * n_in + input: CSR order
+    pad = lambda a, fill: np.concatenate([a, np.full(capacity - a.size, fill)]).astype(np.int32)
+    a_cols, a_units = pad(a_pos % n_in, 0), pad(a_pos // n_in, n_out)
+    a_live = pad(rng.random(25) < 0.7, 0).astype(bool)                   # holes among the kept
+    b_cols, b_units = pad(b_pos % n_in, 0), pad(b_pos // n_in, 0)
+    b_live = np.arange(capacity) < b_pos.size                            # a live prefix
+    got = jax.jit(lambda *a: kernels.merge_slots(*a, n_in, n_out))(a_cols, a_units, a_live, b_cols, b_units, b_live)
+    live = sorted([(a_units[i], a_cols[i], i) for i in range(capacity) if a_live[i]] +
+                  [(b_units[j], b_cols[j], -1) for j in range(capacity) if b_live[j]])
+    count = len(live)
+    np.testing.assert_array_equal(got.units, [u for u, _, _ in live] + [n_out] * (capacity - count))
+    np.testing.assert_array_equal(got.cols, [c for _, c, _ in live] + [0] * (capacity - count))
+    np.testing.assert_array_equal(got.source, [s for _, _, s in live] + [-1] * (capacity - count))
+    unit_of = np.array([u for u, _, _ in live])
+    np.testing.assert_array_equal(got.rowptr, [np.sum(unit_of < o) for o in range(n_out)] + [capacity])

@@ -13,7 +13,11 @@ scikit-build-core) against the XLA FFI headers of the installed jax. Its handler
   kernels, whichever pays on the ISA in use for the layer's shape (:func:`fused_backward_pays`); a
   layer fed by data (its input not differentiated) takes ``dst_sddmm`` alone;
 * ``dst_compact``: the positions of a mask's true entries (:func:`compact`), which prune-and-regrow
-  updates on stored layers take for every block of a grow score.
+  updates on stored layers take for every block of a grow score;
+* ``dst_top_k``: the exact top-k of :func:`dst.selection.top_k_of_keys` in one O(n) pass
+  (:func:`top_k_of_keys`), the drop and grow selections of those updates;
+* ``dst_merge``: their kept and grown weights merged into CSR order (:func:`merge_slots`);
+* ``dst_transpose``: a topology's structure by input (:func:`transpose`), built with every new topology.
 
 The loops are compiled once per instruction set (AVX-512, AVX2 with FMA, and the compiler's portable
 baseline) and the best one the CPU runs is chosen when the module loads: :func:`isa` names it,
@@ -33,12 +37,15 @@ from dst.kernels._loader import require
 from dst.kernels._loader import runnable_isas
 from dst.kernels._loader import status
 from dst.kernels._loader import use_isa
+from dst.kernels.ops import Merged
 from dst.kernels.ops import Transposed
 from dst.kernels.ops import compact
 from dst.kernels.ops import condensed_matmul
 from dst.kernels.ops import condensed_matmul_gather
 from dst.kernels.ops import csr_matmul
 from dst.kernels.ops import csr_matmul_xla
+from dst.kernels.ops import merge_slots
+from dst.kernels.ops import top_k_of_keys
 from dst.kernels.ops import transpose
 
 __all__ = [
@@ -51,10 +58,13 @@ __all__ = [
     "csr_matmul_xla",
     "fused_backward_pays",
     "isa",
+    "merge_slots",
+    "Merged",
     "register",
     "require",
     "runnable_isas",
     "status",
+    "top_k_of_keys",
     "transpose",
     "Transposed",
     "use_isa",

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dst import selection
 from dst.kernels import _loader
 
 
@@ -41,12 +42,71 @@ class Transposed(NamedTuple):
 
 def transpose(cols: jax.Array, rowptr: jax.Array, n_in: int) -> Transposed:
     """The :class:`Transposed` structure of a CSR layer (a stable sort of the slots by input: within an
-    input, its nonzeros keep their output order). One sort of ``nnz`` keys; jit-able."""
+    input, its nonzeros keep their output order); jit-able. One counting pass in C++ where the kernels are
+    built (XLA compiles its sort anew in every program that rebuilds a topology); one sort elsewhere."""
     nnz = cols.shape[0]
+    if _use_kernels():
+        _loader.register()
+        shapes = (_int32(n_in + 1), _int32(nnz), _int32(nnz))
+        return Transposed(*jax.ffi.ffi_call("dst_transpose", shapes, vmap_method="sequential")(
+            jnp.asarray(cols, jnp.int32), jnp.asarray(rowptr, jnp.int32)))
     slots = jnp.argsort(cols, stable=True).astype(jnp.int32)
     counts = jnp.zeros(n_in, jnp.int32).at[cols].add(1)
     t_rowptr = jnp.concatenate([jnp.zeros(1, jnp.int32), jnp.cumsum(counts, dtype=jnp.int32)])
     return Transposed(t_rowptr, _row_ids(rowptr, nnz).astype(jnp.int32)[slots], slots)
+
+
+class Merged(NamedTuple):
+    """Kept and grown weights merged in CSR order (:func:`merge_slots`): each slot's input and output
+    unit (``n_out``: unused), the kept slot it came from (``-1``: grown or unused), and the row pointers
+    (unused slots belong to the last unit)."""
+
+    cols: jax.Array      # int32 [capacity]
+    units: jax.Array     # int32 [capacity]
+    source: jax.Array    # int32 [capacity]
+    rowptr: jax.Array    # int32 [n_out + 1]
+
+
+def merge_slots(a_cols, a_units, a_live, b_cols, b_units, b_live, n_in: int, n_out: int) -> Merged:
+    """Merge two CSR-ordered (by unit, then input) lists of distinct weights into ``a``'s capacity: ``a``
+    (the kept slots) may have holes (``a_live`` False), ``b``'s (the grown weights) live entries are a
+    prefix. One pass in C++ where the kernels are built; searches in XLA elsewhere, with the same result."""
+    if _use_kernels():
+        _loader.register()
+        capacity = a_cols.shape[0]
+        shapes = (_int32(capacity), _int32(capacity), _int32(capacity), _int32(n_out + 1))
+        return Merged(*jax.ffi.ffi_call("dst_merge", shapes, vmap_method="sequential")(
+            a_cols, a_units, a_live, b_cols, b_units, b_live))
+    return _merge_xla(a_cols, a_units, a_live, b_cols, b_units, b_live, n_in, n_out)
+
+
+def _merge_xla(a_cols, a_units, a_live, b_cols, b_units, b_live, n_in: int, n_out: int) -> Merged:
+    u32 = jnp.uint32
+    order = lambda cols, units: units.astype(u32) * u32(n_in) + cols.astype(u32)   # < 2^32
+    a_key, b_key = order(a_cols, a_units), order(b_cols, b_units)
+    capacity = a_key.shape[0]
+    a_before = jnp.cumsum(a_live, dtype=jnp.int32) - a_live           # live entries of a before each
+    b_count = jnp.sum(b_live, dtype=jnp.int32)
+    b_sorted = jnp.where(b_live, b_key, u32(0xFFFFFFFF))
+    # a's live keys, each hole filled with the key before it: non-decreasing, so searchable.
+    a_filled = jax.lax.cummax(jnp.where(a_live, a_key, u32(0)))
+    a_slot = a_before + jnp.minimum(jnp.searchsorted(b_sorted, a_key, side="left").astype(jnp.int32), b_count)
+    first = jnp.searchsorted(a_filled, b_key, side="left")               # first live a entry >= the key
+    a_total = jnp.concatenate([a_before, jnp.sum(a_live, dtype=jnp.int32)[None]])
+    b_slot = jnp.arange(b_key.shape[0], dtype=jnp.int32) + a_total[first]
+    at_a = jnp.where(a_live, a_slot, capacity)                            # capacity: dropped
+    at_b = jnp.where(b_live, b_slot, capacity)
+    put = lambda init, at, x: init.at[at].set(x, mode="drop")
+    cols = put(put(jnp.zeros(capacity, jnp.int32), at_a, a_cols), at_b, b_cols)
+    units = put(put(jnp.full(capacity, n_out, jnp.int32), at_a, a_units), at_b, b_units)
+    source = put(jnp.full(capacity, -1, jnp.int32), at_a, jnp.arange(capacity, dtype=jnp.int32))
+    rowptr = jnp.concatenate([jnp.searchsorted(units, jnp.arange(n_out, dtype=jnp.int32), side="left"),
+                              jnp.full(1, capacity)]).astype(jnp.int32)
+    return Merged(cols, units, source, rowptr)
+
+
+def _int32(size: int) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct((size,), jnp.int32)
 
 
 def compact(mask: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
@@ -59,6 +119,20 @@ def compact(mask: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
     _loader.register()
     shapes = (jax.ShapeDtypeStruct((size,), jnp.int32), jax.ShapeDtypeStruct((), jnp.int32))
     return tuple(jax.ffi.ffi_call("dst_compact", shapes, vmap_method="sequential")(mask))
+
+
+def top_k_of_keys(keys: jax.Array, k, priorities) -> jax.Array:
+    """:func:`dst.selection.top_k_of_keys` (the ``k`` largest of flat ``uint32`` ``keys`` by (key,
+    priority), 0 marking an ineligible key; ``priorities()`` unique) with the same result: one pass in
+    C++ where the kernels are built, which saves XLA compiling a loop of counting passes for every
+    selection of a stored update; the XLA selection elsewhere."""
+    if not _use_kernels():
+        return selection.top_k_of_keys(keys, k, priorities)
+    _loader.register()
+    keys = jnp.reshape(keys, -1).astype(jnp.uint32)
+    prio = jnp.reshape(priorities(), -1).astype(jnp.uint32)
+    call = jax.ffi.ffi_call("dst_top_k", jax.ShapeDtypeStruct(keys.shape, jnp.bool_), vmap_method="sequential")
+    return call(keys, prio, jnp.asarray(k, jnp.int32))
 
 
 def _use_kernels() -> bool:

@@ -44,7 +44,6 @@ from dst.selection import bottom_k_mask
 from dst.selection import grouped_top_k_mask
 from dst.selection import priorities_at
 from dst.selection import score_keys
-from dst.selection import top_k_of_keys
 from dst.train.moments import map_param_trees
 
 # Elements of the grow score formed at once (64 MiB of float32): a layer larger than this grows by
@@ -148,12 +147,12 @@ def grow_candidates(rules, key, valid, kept, cols, units, x, dy, k, shape, capac
         count = jnp.sum(qualify, dtype=jnp.int32)
 
         def own_best():
-            chosen = top_k_of_keys(keys, k, lambda: priorities_at(key, positions))
+            chosen = kernels.top_k_of_keys(keys, k, lambda: priorities_at(key, positions))
             return best_of(keys, positions, chosen, jnp.sum(chosen, dtype=jnp.int32))
 
         keys, positions = lax.cond(count <= capacity, lambda: best_of(keys, positions, qualify, count), own_best)
         keys, positions = jnp.concatenate([best_keys, keys]), jnp.concatenate([best_positions, positions])
-        chosen = top_k_of_keys(keys, k, lambda: priorities_at(key, positions))
+        chosen = kernels.top_k_of_keys(keys, k, lambda: priorities_at(key, positions))
         held = jnp.sum(chosen, dtype=jnp.int32)
         keys, positions = best_of(keys, positions, chosen, held)
         floor = jnp.where(held >= k, jnp.min(jnp.where(slot < held, keys, _U32(0xFFFFFFFF))), _U32(1))
@@ -166,7 +165,12 @@ def grow_candidates(rules, key, valid, kept, cols, units, x, dy, k, shape, capac
         at = jnp.where(slot < new, count + slot, capacity)            # capacity: dropped
         return count + new, found_positions.at[at].set(positions[index], mode="drop")
 
-    if group is None:
+    if group is None and blocks == 1:    # the whole layer in one block: one selection, nothing to merge
+        keys, positions = candidates(0)
+        chosen = kernels.top_k_of_keys(keys, k, lambda: priorities_at(key, positions))
+        index, count = kernels.compact(chosen, capacity)
+        positions, chosen = positions[index], slot < count
+    elif group is None:
         empty = (jnp.zeros(capacity, _U32), jnp.zeros(capacity, _U32), _U32(1))
         best_keys, positions, _ = lax.fori_loop(0, blocks, merge, empty)
         chosen = best_keys > 0
@@ -176,34 +180,19 @@ def grow_candidates(rules, key, valid, kept, cols, units, x, dy, k, shape, capac
     return (positions // _U32(n_out)).astype(jnp.int32), (positions % _U32(n_out)).astype(jnp.int32), chosen
 
 
-def _merge_csr(a_inputs, a_units, a_live, b_inputs, b_units, b_live, n_in: int):
-    """Where each entry of two CSR-ordered lists lands in their merged CSR order: ``a`` may have holes
-    (``a_live`` False), ``b``'s live entries are a prefix. Returns the target slot of each (``-1``: not
-    live) and the merged count."""
-    order = lambda inputs, units: units.astype(_U32) * _U32(n_in) + inputs.astype(_U32)   # < 2^32
-    a_key, b_key = order(a_inputs, a_units), order(b_inputs, b_units)
-    a_before = jnp.cumsum(a_live, dtype=jnp.int32) - a_live           # live entries of a before each
-    b_count = jnp.sum(b_live, dtype=jnp.int32)
-    b_sorted = jnp.where(b_live, b_key, _U32(0xFFFFFFFF))
-    # a's live keys, each hole filled with the key before it: non-decreasing, so searchable.
-    a_filled = lax.cummax(jnp.where(a_live, a_key, _U32(0)))
-    a_slot = a_before + jnp.minimum(jnp.searchsorted(b_sorted, a_key, side="left").astype(jnp.int32), b_count)
-    first = jnp.searchsorted(a_filled, b_key, side="left")               # first live a entry >= the key
-    a_total = jnp.concatenate([a_before, jnp.sum(a_live, dtype=jnp.int32)[None]])
-    b_slot = jnp.arange(b_key.shape[0], dtype=jnp.int32) + a_total[first]
-    return jnp.where(a_live, a_slot, -1), jnp.where(b_live, b_slot, -1), a_total[-1] + b_count
-
-
 def update_slots(rules, key, f, values, valid, cols, units, value_grads, x, dy, shape, block: int = GROW_BLOCK):
     """One stored layer's update by ``rules`` (a :class:`dst.algorithms.base.PruneRegrowRules`), on its
     slots in CSR order (flat: ``cols`` and ``units`` of each slot): ``(values, live, cols, units, source,
-    grown)`` of the new slots, in CSR order, unused slots last (unit ``n_out``). The dense update's
-    decisions, from storage."""
+    grown, rowptr)`` of the new slots, in CSR order, unused slots last (unit ``n_out``). The dense
+    update's decisions, from storage. The selections, the merge and the transposes are compiled calls
+    where the kernels are built (:mod:`dst.kernels`), XLA programs with the same results elsewhere."""
     n_in, n_out = shape
     capacity = values.shape[0]
     k_drop, k_grow, _ = jax.random.split(key, 3)     # as the dense update splits it
     positions = cols.astype(_U32) * _U32(n_out) + units.astype(_U32)
-    select = lambda scores, eligible, k, key: bottom_k_mask(scores, eligible, k, key, positions)
+    def select(scores, eligible, k, key):
+        return bottom_k_mask(scores, eligible, k, key, positions, kernels.top_k_of_keys)
+
     dropped = _call(rules.drop_rule, k_drop, values, value_grads, valid, f, 0, select=select, positions=positions)
     n = jnp.sum(valid, dtype=jnp.int32)
     dropped = dropped & valid
@@ -214,15 +203,11 @@ def update_slots(rules, key, f, values, valid, cols, units, value_grads, x, dy, 
     grown_inputs, grown_units, grown = grow_candidates(rules, k_grow, valid, kept, cols, units, x, dy, k, shape,
                                                        capacity, block)
     # Kept and grown weights merged in CSR order (unit, then input); unused slots stay at the end.
-    kept_slot, grown_slot, count = _merge_csr(cols, units, kept, grown_inputs, grown_units, grown, n_in)
-    at_kept, at_grown = jnp.where(kept_slot < 0, capacity, kept_slot), jnp.where(grown_slot < 0, capacity, grown_slot)
-    put = lambda init, at, x: init.at[at].set(x, mode="drop")         # slot `capacity`: dropped
-    live = jnp.arange(capacity) < count
-    new_cols = put(put(jnp.zeros(capacity, jnp.int32), at_kept, cols), at_grown, grown_inputs)
-    new_units = put(put(jnp.full(capacity, n_out, jnp.int32), at_kept, units), at_grown, grown_units)
-    source = put(jnp.full(capacity, -1, jnp.int32), at_kept, jnp.arange(capacity, dtype=jnp.int32))
-    new_values = put(jnp.zeros(capacity, values.dtype), at_kept, values)
-    return new_values, live, new_cols, new_units, source, live & (source < 0)
+    merged = kernels.merge_slots(cols, units, kept, grown_inputs, grown_units, grown, n_in, n_out)
+    source = merged.source
+    live = merged.units < n_out
+    new_values = jnp.where(source >= 0, values[jnp.maximum(source, 0)], 0).astype(values.dtype)
+    return new_values, live, merged.cols, merged.units, source, live & (source < 0), merged.rowptr
 
 
 def update_layer(rules, key, f, values, valid, topology, value_grads, x, dy, shape,
@@ -238,13 +223,11 @@ def update_layer(rules, key, f, values, valid, topology, value_grads, x, dy, sha
     else:
         cols, units = topology.cols, _slot_units(topology.rowptr, values.shape[0])
     flat = lambda a: a.reshape(-1)
-    new_values, live, new_cols, new_units, source, grown = update_slots(
+    new_values, live, new_cols, new_units, source, grown, rowptr = update_slots(
         rules, key, f, flat(values), flat(valid), cols, units, flat(value_grads), x, dy, shape, block)
     if isinstance(topology, backends.Condensed):   # every unit keeps its fan-in: the slots are [n_out, k]
         new_topology = backends.condensed_topology(new_cols.reshape(stored_shape), n_in)
     else:
-        rowptr = jnp.concatenate([jnp.searchsorted(new_units, jnp.arange(n_out, dtype=jnp.int32), side="left"),
-                                  jnp.full(1, values.shape[0])]).astype(jnp.int32)
         new_topology = backends.csr_topology(new_cols, rowptr, n_in)
     shaped = lambda a: a.reshape(stored_shape)
     return LayerUpdate(shaped(new_values), shaped(live), new_topology, source, shaped(grown), new_units)

@@ -210,35 +210,7 @@ ffi::Error BackwardImpl(ffi::Buffer<ffi::F32> values, ffi::Buffer<ffi::S32> cols
   return SpmmTransposedSddmmImpl(values, tptr, trows, tslots, dyT, xT, dxT, dvalues);   // reads no cols, rowptr
 }
 
-// index[:] = the positions of the first `size` true entries of `mask`, in order, then zeros;
-// count = the number of true entries (it may exceed `size`). jnp.nonzero(mask, size=size) in one pass:
-// XLA's cumsum on the CPU costs about 10 ns per element, and a prune-and-regrow update compacts
-// every block of a wide layer's grow score (dst.train.stored_update).
-ffi::Error CompactImpl(ffi::Buffer<ffi::PRED> mask, ffi::ResultBuffer<ffi::S32> index,
-                       ffi::ResultBuffer<ffi::S32> count) {
-  const bool* m = mask.typed_data();
-  const int64_t n = mask.element_count();
-  const int64_t size = index->element_count();
-  int32_t* out = index->typed_data();
-  int64_t found = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    if (m[i]) {
-      if (found < size) out[found] = static_cast<int32_t>(i);
-      ++found;
-    }
-  }
-  for (int64_t j = found; j < size; ++j) out[j] = 0;
-  *count->typed_data() = static_cast<int32_t>(found);
-  return ffi::Error::Success();
-}
-
 }  // namespace
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(DstCompact, CompactImpl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::PRED>>()  // mask [n]
-                                  .Ret<ffi::Buffer<ffi::S32>>()   // index [size]
-                                  .Ret<ffi::Buffer<ffi::S32>>()); // count []
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(DstSpmm, SpmmImpl,
                               ffi::Ffi::Bind()
@@ -289,6 +261,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(DstSddmm, SddmmImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()   // xT [n_in, B]
                                   .Ret<ffi::Buffer<ffi::F32>>()); // dvalues [nnz]
 
+// The selection ops (selection.cc).
+XLA_FFI_DECLARE_HANDLER_SYMBOL(DstCompact);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(DstTopK);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(DstMerge);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(DstTranspose);
+
 template <typename T>
 nb::capsule Encapsulate(T* fn) {
   static_assert(std::is_invocable_r_v<XLA_FFI_Error*, T, XLA_FFI_CallFrame*>, "not an XLA FFI handler");
@@ -305,6 +283,9 @@ NB_MODULE(_cpu, m) {
     out["dst_spmm_t_sddmm"] = Encapsulate(DstSpmmTransposedSddmm);
     out["dst_backward"] = Encapsulate(DstBackward);
     out["dst_compact"] = Encapsulate(DstCompact);
+    out["dst_top_k"] = Encapsulate(DstTopK);
+    out["dst_merge"] = Encapsulate(DstMerge);
+    out["dst_transpose"] = Encapsulate(DstTranspose);
     return out;
   });
   // The instruction sets this build can run on this CPU, best first; the one in use; and a switch to
