@@ -61,8 +61,11 @@ def test_a_stored_run_makes_the_masked_runs_topology_decisions(tmp_path, data_di
      "unstructured."),
     (("sparsity=srigl", "sparsity.backend=condensed"),
      "sparsity.min_salient_fraction must be 0 with sparsity.backend=condensed: SRigL's ablation moves"),
-    (("sparsity=gmp", "sparsity.backend=csr"),
-     "sparsity.backend=csr keeps a fixed number of weights per layer, and sparsity.algorithm=gmp changes it"),
+    (("sparsity=snfs", "sparsity.backend=csr"),
+     "sparsity.backend=csr holds a fixed capacity of weights per layer, and sparsity.algorithm=snfs moves weights "
+     "between layers"),
+    (("sparsity=gmp", "sparsity.backend=condensed", "sparsity.structure=fan_in"),
+     "sparsity.backend=condensed keeps every unit's fan-in, and sparsity.algorithm=gmp lowers layers' counts"),
     (("sparsity=topkast", "sparsity.backend=csr"),
      "sparsity.backend=csr stores the active weights only, and sparsity.algorithm=topkast trains weights outside"),
     (("sparsity.backend=csr", "trainer.seeds=[0,1]"),

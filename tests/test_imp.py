@@ -214,3 +214,16 @@ def test_imp_replicas_in_one_program_match_their_single_runs(tmp_path, data_dir)
     for a, b in zip(replica, single):
         assert a["sparsity/global"] == b["sparsity/global"] and a["step"] == b["step"]
         assert a["test/accuracy"] == pytest.approx(b["test/accuracy"], abs=0.02)
+
+
+@pytest.mark.slow
+def test_an_imp_run_on_csr_prunes_its_levels_as_the_masked_run(imp_run, tmp_path, data_dir):
+    """Each level prunes the dense view of the stored layers and stores them again in the same capacity
+    (the pruned weights' slots become padding): the same densities, steps and, to the kernels' summation
+    order, the same accuracy as the masked run."""
+    run_dir = tmp_path / "csr"
+    out = _imp(tmp_path, data_dir, run_dir, "sparsity.rewind_step=2", "sparsity.backend=csr")
+    assert out.returncode == 0, out.stderr[-2000:]
+    for a, b in zip(_records(run_dir), _records(imp_run), strict=True):
+        assert (a["level"], a["step"], a["sparsity/global"]) == (b["level"], b["step"], b["sparsity/global"])
+        assert a["test/accuracy"] == pytest.approx(b["test/accuracy"], abs=0.02)

@@ -68,8 +68,10 @@ class SparseAlgorithm(NamedTuple):
     * ``levels > 0`` with ``next_level(state, key, params, masks, start_params) -> (params, masks,
       state)`` and ``rewind_step``: the run trains ``levels + 1`` levels, each from step ``rewind_step``
       to the end (level 0 from 0) with a fresh optimizer, and calls ``next_level`` between them (IMP).
-    * ``keeps_counts=True``: every update leaves each layer's number of active weights as it was, so
-      the algorithm runs on the fixed-nnz storage backends (``csr``, ``condensed``; :mod:`dst.backends`).
+    * ``counts``: what the updates do to each layer's number of active weights: ``"keep"`` it (SET,
+      RigL, SRigL, static), let it only ``"fall"`` (gradual pruning, MEST's decay, IMP's levels) or
+      ``"move"`` it between layers (SNFS, GraNet's regrowth). A stored layer (``csr``; :mod:`dst.backends`)
+      holds a fixed capacity of slots: kept counts fill it, fallen ones leave padding in it.
     """
 
     init: Callable[..., Any]
@@ -87,7 +89,7 @@ class SparseAlgorithm(NamedTuple):
     levels: int = 0
     next_level: Callable[..., Any] | None = None
     rewind_step: int = 0
-    keeps_counts: bool = False
+    counts: str = "move"
     rules: PruneRegrowRules | None = None
 
 
@@ -311,7 +313,7 @@ def prune_and_regrow(*, drop_rule: DropRule, grow_score: GrowScore, update_every
 
     rules = PruneRegrowRules(drop_rule, grow_score, grow_init, grow_std, structure, updates_leaf, fraction,
                              update_layer, decays=excess is not None)
-    return SparseAlgorithm(init=init, update=update, quiet=quiet, skip=skip_calls, keeps_counts=excess is None,
+    return SparseAlgorithm(init=init, update=update, quiet=quiet, skip=skip_calls, counts="keep" if excess is None else "fall",
                            drop_fraction_at=windowed(fraction, start_step, end_step), rules=rules)
 
 

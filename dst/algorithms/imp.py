@@ -136,5 +136,5 @@ def imp(*, levels: int, prune_fraction: float = 0.2, rewind_step: int = 0, scope
         new_state = initial_state(new_masks, extra)._replace(step=jnp.asarray(rewind_step, jnp.int32))
         return new_params, new_masks, new_state
 
-    return SparseAlgorithm(init=init, update=update, quiet=quiet, skip=skip_calls, levels=levels,
+    return SparseAlgorithm(init=init, update=update, quiet=quiet, skip=skip_calls, levels=levels, counts="fall",
                            next_level=next_level, rewind_step=rewind_step)

@@ -150,6 +150,6 @@ def srigl(*, update_every: int, end_step: int, start_step: int = 0, drop_fractio
         return out
 
     fraction = lambda t: schedules.drop_fraction(t, alpha, drop_schedule, end_step)
-    return SparseAlgorithm(init=init, update=update, quiet=quiet, skip=skip_calls, report=report, keeps_counts=True,
+    return SparseAlgorithm(init=init, update=update, quiet=quiet, skip=skip_calls, report=report, counts="keep",
                            drop_fraction_at=windowed(fraction, start_step, end_step),
                            train_flops=periodic_dense_gradient(update_every, start_step, end_step))

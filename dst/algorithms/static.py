@@ -30,7 +30,7 @@ def static(structure=None) -> SparseAlgorithm:
         del key, grads
         return params, masks, state._replace(step=state.step + 1)
 
-    return SparseAlgorithm(init=init, update=update, dynamic=False, keeps_counts=True)
+    return SparseAlgorithm(init=init, update=update, dynamic=False, counts="keep")
 
 
 def dense() -> SparseAlgorithm:

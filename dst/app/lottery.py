@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 import dst
 from dst.app.build import make_tx
+from dst.train import stored
 from dst.train.state import TrainState
 from dst.train.state import counts
 
@@ -64,12 +65,19 @@ def next_level_state(plan, run, state, level: int):
     key = jax.random.fold_in(jax.random.key(cfg["trainer"]["seed"]), LEVEL_STREAM + level)
     sample = jnp.zeros((1,) + tuple(plan.data.example_shape), jnp.float32)
     fresh_init = lambda: dst.init_model(plan.model, jax.random.fold_in(key, REINIT_STREAM), sample)[0]
-    params, masks, algo_state = algo.next_level(state.algo_state, key, state.params, state.masks, fresh_init)
+    view = stored.dense_view(run.storage, state)    # a stored run's levels prune its dense view
+    params, masks, algo_state = algo.next_level(state.algo_state, key, view.params, view.masks, fresh_init)
+    ever_active = None if state.ever_active is None else \
+        jax.tree_util.tree_map(jnp.logical_or, state.ever_active, masks)
+    topologies = None
+    if state.topologies is not None:                # stored again, in the same capacity: the freed slots pad
+        algo_state = algo_state._replace(grown=stored.stored_grown(run.storage, algo_state.grown, masks))
+        params, masks, topologies = stored.compress_state(run.storage, params, masks)
     tx = make_tx(cfg, plan.total_steps, say=lambda *_: None)
     # Built op by op rather than by create_train_state's jit: a new program per level would cost seconds.
     new = TrainState(params=params, masks=masks,
                      model_state=run.state.model_state if algo.rewind_step == 0 else state.model_state,
                      opt_state=_restart_count(tx.init(params), algo.rewind_step), algo_state=algo_state,
-                     ever_active=jax.tree_util.tree_map(jnp.logical_or, state.ever_active, masks),
-                     active=counts(masks), step=jnp.asarray(algo.rewind_step, jnp.int32), rng=state.rng)
+                     ever_active=ever_active, active=counts(masks), step=jnp.asarray(algo.rewind_step, jnp.int32),
+                     rng=state.rng, topologies=topologies)
     return new if plan.parallel is None else plan.parallel.replicate(new)

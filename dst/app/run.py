@@ -290,7 +290,10 @@ def initialise(plan: Plan, auto_choice_file=None) -> Run:
                                     trainer["batch_size"], model_state=model_state)
     densities = {n: d for n, d in dst.density_report(masks, layers).items() if n != "global"}
     tx = make_tx(cfg, plan.total_steps)
-    sparse_layers, timings = [n for n in layers if densities[n] < 1], {}
+    # A layer that starts dense under an algorithm that prunes it (GMP, IMP) is stored too: its capacity is
+    # its count at the start, and what the pruning frees becomes padding.
+    pruned = dst.sparsifiable_layers(params, dense_layers=sp.get("dense_layers") or ()) if algo.counts == "fall" else ()
+    sparse_layers, timings = [n for n in layers if densities[n] < 1 or n in pruned], {}
     if sp.get("backend") == "auto":
         backend, sparse_layers, timings = auto_backend.auto_layers(plan, params, model_state, masks, sparse_layers,
                                                                    auto_choice_file)
@@ -300,6 +303,10 @@ def initialise(plan: Plan, auto_choice_file=None) -> Run:
         why = stored.stored_update.unsupported(algo, storage)
         print(f"sparsity: {sp['algorithm']} updates the stored layers "
               + ("from storage, one layer at a time." if why is None else f"on their dense view ({why})."))
+        if any(densities[n] == 1 for n in storage.layout_of):
+            print(f"sparsity: {sp['algorithm']} starts some stored layers dense, and a layer keeps its starting "
+                  "capacity as it is pruned (freed slots pad it): the kernels pay only at low density, so "
+                  "sparsity.backend=masked trains such a run faster.")
     state = dst.create_train_state(k_state, params, masks, tx, algo, model_state, storage=storage)
     if plan.parallel is not None:
         state = plan.parallel.replicate(state)

@@ -76,10 +76,13 @@ def check_algorithm(algo: SparseAlgorithm, backend: str, name: str = "this algor
     if algo.trainable is not None or algo.penalty is not None:
         raise ValueError(f"sparsity.backend={backend} stores the active weights only, and {name} trains "
                          "weights outside its forward mask (Top-KAST's backward set); use sparsity.backend=masked.")
-    if not algo.keeps_counts:
-        raise ValueError(f"sparsity.backend={backend} keeps a fixed number of weights per layer, and {name} "
-                         "changes it (gradual pruning, GraNet, SNFS, MEST's decay, IMP); use sparsity.backend=masked, "
-                         "or static, set, rigl, mest or srigl.")
+    if algo.counts == "move":
+        raise ValueError(f"sparsity.backend={backend} holds a fixed capacity of weights per layer, and {name} "
+                         "moves weights between layers (SNFS, GraNet); use sparsity.backend=masked.")
+    if algo.counts == "fall" and backend == "condensed":
+        raise ValueError(f"sparsity.backend=condensed keeps every unit's fan-in, and {name} lowers layers' "
+                         "counts (gradual pruning, MEST's decay, IMP); use sparsity.backend=csr or masked.")
+
     if algo.dynamic and (algo.quiet is None or algo.skip is None):
         raise ValueError(f"sparsity.backend={backend} needs an algorithm that says when it may update (quiet/skip "
                          f"hooks), which {name} does not; use sparsity.backend=masked.")
@@ -95,7 +98,7 @@ def expand_state(storage: Storage, params, slots, topologies):
     return backends.expand(storage.backend, storage.layout_of, params, slots, topologies)
 
 
-def _stored_grown(storage: Storage, grown, masks):
+def stored_grown(storage: Storage, grown, masks):
     """A dense ``grown`` pytree read at the slots of the stored ``masks`` (bool per slot)."""
     as_float = jax.tree_util.tree_map(lambda g: g.astype(jnp.float32), grown)
     values, slots, _ = compress_state(storage, as_float, masks)
@@ -106,7 +109,7 @@ def init_algorithm(algo: SparseAlgorithm, storage: Storage, params, slots, topol
     """``algo.init`` on the dense view, with ``grown`` stored by slot."""
     dense_p, dense_m = expand_state(storage, params, slots, topologies)
     state = algo.init(dense_p, dense_m, key)
-    return state._replace(grown=_stored_grown(storage, state.grown, dense_m))
+    return state._replace(grown=stored_grown(storage, state.grown, dense_m))
 
 
 def dense_gradients(storage: Storage, grads, taps):
@@ -142,7 +145,7 @@ def update_algorithm(algo: SparseAlgorithm, storage: Storage) -> Callable:
         if ever_active is not None:
             ever_active = jax.tree_util.tree_map(jnp.logical_or, ever_active, new_m)
         params, slots, topologies = compress_state(storage, new_p, new_m)
-        new_state = new_state._replace(grown=_stored_grown(storage, new_state.grown, new_m))
+        new_state = new_state._replace(grown=stored_grown(storage, new_state.grown, new_m))
         return params, slots, topologies, opt_state, ever_active, new_state
 
     act = act_dense if not algo.dynamic or stored_update.unsupported(algo, storage) else \
