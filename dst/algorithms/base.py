@@ -313,7 +313,8 @@ def prune_and_regrow(*, drop_rule: DropRule, grow_score: GrowScore, update_every
 
     rules = PruneRegrowRules(drop_rule, grow_score, grow_init, grow_std, structure, updates_leaf, fraction,
                              update_layer, decays=excess is not None)
-    return SparseAlgorithm(init=init, update=update, quiet=quiet, skip=skip_calls, counts="keep" if excess is None else "fall",
+    return SparseAlgorithm(init=init, update=update, quiet=quiet, skip=skip_calls,
+                           counts="keep" if excess is None else "fall",
                            drop_fraction_at=windowed(fraction, start_step, end_step), rules=rules)
 
 
