@@ -34,13 +34,17 @@ def composed(*overrides):
         return OmegaConf.to_container(compose("config", overrides=list(overrides)), resolve=True)
 
 
-def test_a_layer_is_stored_only_where_csr_is_faster_and_saves_enough_over_the_run():
-    assert auto.LayerTiming(2.0, 1.0, 128, steps=1_000_000).stored            # saves 1000 s
-    assert not auto.LayerTiming(1.0, 2.0, 128, steps=1_000_000).stored        # slower on csr
-    small = 1e3 * auto.MIN_SAVING_S / 2                                        # saves half the bar
-    assert not auto.LayerTiming(2.0, 1.0, 128, steps=int(small)).stored
-    assert auto.LayerTiming(2.0, 1.0, 128, steps=int(2 * small)).stored
-    assert auto.LayerTiming(2.0, 1.5, 128, steps=3000).saving_s == pytest.approx(1.5)
+def test_the_layers_faster_on_csr_are_stored_when_together_they_save_enough_over_the_run():
+    bar_steps = int(1e3 * auto.MIN_SAVING_S)          # steps at which 1 ms a step saves the bar
+    t = lambda masked_ms, sparse_ms, steps: auto.LayerTiming(masked_ms, sparse_ms, 128, steps=steps)
+    assert auto.stored_layers({"a": t(2.0, 1.0, 1_000_000), "b": t(1.0, 2.0, 1_000_000)}) == ["a"]   # b slower
+    assert auto.stored_layers({"a": t(2.0, 1.0, bar_steps // 2)}) == []                     # half the bar
+    # Two layers that each save half the bar: together they repay storing, so both are stored.
+    assert auto.stored_layers({"a": t(2.0, 1.0, bar_steps // 2 + 1), "b": t(2.0, 1.0, bar_steps // 2 + 1)}) == \
+        ["a", "b"]
+    # A layer that saves little is stored beside one that saves much (one storage, one update program).
+    assert auto.stored_layers({"a": t(2.0, 1.0, 10 * bar_steps), "b": t(1.0, 0.99, 10 * bar_steps)}) == ["a", "b"]
+    assert t(2.0, 1.5, 3000).saving_s == pytest.approx(1.5)
 
 
 def test_the_rows_a_layer_sees_are_the_batch_times_its_tokens():
@@ -111,8 +115,8 @@ def test_auto_stores_the_layers_it_chose_and_makes_the_masked_runs_decisions(tmp
 
 
 def test_auto_keeps_every_layer_masked_where_csr_cannot_run_the_algorithm(tmp_path, mnist, capsys):
-    summary = run_module.run(_cfg(mnist, "sparsity=gmp", "sparsity.backend=auto"), tmp_path / "gmp", stream=QUIET)
+    summary = run_module.run(_cfg(mnist, "sparsity=snfs", "sparsity.backend=auto"), tmp_path / "snfs", stream=QUIET)
     out = capsys.readouterr().out
-    assert ("sparsity: backend auto keeps every layer masked: sparsity.algorithm=gmp does not run on csr "
+    assert ("sparsity: backend auto keeps every layer masked: sparsity.algorithm=snfs does not run on csr "
             "(sparsity.backend=csr says why).") in out
     assert summary["backend"] == "auto" and "stored_layers" not in summary

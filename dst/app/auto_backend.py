@@ -51,9 +51,9 @@ def auto_layers(plan, params, model_state, masks, layers, choice_file) -> tuple[
         if choice_file is not None and distributed.is_primary():
             pathlib.Path(choice_file).parent.mkdir(parents=True, exist_ok=True)
             pathlib.Path(choice_file).write_text(json.dumps({n: t._asdict() for n, t in timings.items()}, indent=1))
+    chosen = auto.stored_layers(timings)
     for name, t in timings.items():
         print(f"sparsity: backend auto: {name} ({t.rows} rows) forward+backward {t.masked_ms:.3f} ms masked, "
               f"{t.sparse_ms:.3f} ms csr, {t.saving_s:+.1f} s over {t.steps} steps -> "
-              f"{'csr' if t.stored else 'masked'}.")
-    chosen = [n for n, t in timings.items() if t.stored]
+              f"{'csr' if name in chosen else 'masked'}.")
     return ("csr" if chosen else "masked"), chosen, timings

@@ -62,6 +62,7 @@ from dst.plotting import plot_curves
 from dst.structures import matrix_shape
 from dst.structures import structured_densities
 from dst.structures import undivided_layers
+from dst.train import auto
 from dst.train import distributed
 from dst.train import stored
 from dst.train.apply import model_state_shapes
@@ -486,8 +487,9 @@ def finish_run(records: list[dict], run_dir, cfg: dict, logger, parts, outcome: 
     storage = getattr(parts, "storage", None)
     summary["backend"] = cfg["sparsity"].get("backend") or "masked"
     if getattr(parts, "auto", None):   # sparsity.backend=auto: both times and the choice, per layer
+        chosen = auto.stored_layers(parts.auto)
         summary["auto_backend"] = json.dumps({n: {**t._asdict(), "saving_s": t.saving_s,
-                                                  "backend": "csr" if t.stored else "masked"}
+                                                  "backend": "csr" if n in chosen else "masked"}
                                               for n, t in parts.auto.items()})
     if storage is not None and storage.layout_of:   # each stored layer's capacity: weights (csr), fan-in (condensed)
         summary["stored_layers"] = json.dumps({n: lay.count for n, lay in storage.layout_of.items()})

@@ -4,11 +4,13 @@ Before training, each sparse fully connected layer's forward and backward pass (
 ``dx`` and the weight gradient) is timed at the run's own shapes -- the layer's real mask, and as many
 input rows as the layer sees in one step (the batch, times the tokens of a ViT) -- once with XLA's dense
 product of the masked kernel and once with the compiled ``csr`` kernels, interleaved, and the medians
-compared. A layer is stored where ``csr`` is faster AND the time it saves over the run's steps is at
-least :data:`MIN_SAVING_S`: storing has a cost of its own, paid once (building the storage and the
-records' dense view of it, about 0.3 s for the default experiment, LeNet-300-100; its stored epoch
-compiles faster than the masked one, 2.6 s against 3.1 s, since the stored update's selections, merge
-and transposes are compiled calls). The rest stay masked, in the same program. The topology decisions
+compared. The layers where ``csr`` is faster are stored when together they save at least
+:data:`MIN_SAVING_S` over the run's steps (:func:`stored_layers`). Storing has a cost of its own, paid
+once for all the stored layers: building the storage and the records' dense view of it, about 0.3 s
+for the default experiment (LeNet-300-100), whose stored epoch compiles faster than the masked one (2.6 s
+against 3.1 s: the stored update's selections, merge and transposes are compiled calls). So a layer that
+saves a little is stored beside the others rather than left masked (a run of stored and masked layers
+also compiles both kinds of update). The rest stay masked, in the same program. The topology decisions
 do not depend on the choice (stored and masked layers make the masked run's), only the time does.
 
 References:
@@ -34,8 +36,8 @@ from dst.train.apply import flax_apply
 
 #: The sparse backend ``auto`` stores its chosen layers in (it holds any mask).
 SPARSE_BACKEND = "csr"
-#: The least time (seconds over the run's steps) a layer must save on csr to be stored: about the one-off
-#: cost of storing on a 2-core machine (see the module doc).
+#: The least time (seconds over the run's steps) the layers faster on csr must save together to be
+#: stored: about the one-off cost of storing on a 2-core machine (see the module doc).
 MIN_SAVING_S = 0.3
 
 
@@ -54,8 +56,16 @@ class LayerTiming(NamedTuple):
         return (self.masked_ms - self.sparse_ms) * self.steps / 1e3
 
     @property
-    def stored(self) -> bool:
-        return self.sparse_ms < self.masked_ms and self.saving_s >= MIN_SAVING_S
+    def faster(self) -> bool:
+        """Whether the layer's forward + backward is faster on the sparse backend."""
+        return self.sparse_ms < self.masked_ms
+
+
+def stored_layers(timings: dict[str, LayerTiming]) -> list[str]:
+    """The layers ``auto`` stores: those faster on csr, when together they save at least
+    :data:`MIN_SAVING_S` over the run; none otherwise."""
+    faster = [name for name, t in timings.items() if t.faster]
+    return faster if sum(timings[n].saving_s for n in faster) >= MIN_SAVING_S else []
 
 
 def dense_input_rows(model, params, model_state, example, layers) -> dict[str, int]:
