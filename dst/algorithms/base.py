@@ -69,8 +69,8 @@ class SparseAlgorithm(NamedTuple):
       state)`` and ``rewind_step``: the run trains ``levels + 1`` levels, each from step ``rewind_step``
       to the end (level 0 from 0) with a fresh optimizer, and calls ``next_level`` between them (IMP).
     * ``counts``: what the updates do to each layer's number of active weights: ``"keep"`` it (SET,
-      RigL, SRigL, static), let it only ``"fall"`` (gradual pruning, MEST's decay, IMP's levels) or
-      ``"move"`` it between layers (SNFS, GraNet's regrowth). A stored layer (``csr``; :mod:`dst.backends`)
+      RigL, SRigL, static), let it only ``"fall"`` (GMP, GraNet, MEST's decay, IMP's levels) or
+      ``"move"`` it between layers (SNFS; the default, which promises nothing). A stored layer (``csr``; :mod:`dst.backends`)
       holds a fixed capacity of slots: kept counts fill it, fallen ones leave padding in it.
     """
 

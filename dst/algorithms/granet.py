@@ -94,8 +94,10 @@ def granet(*, sparsity: float, update_every: int, end_step: int, start_step: int
     def quiet(state):
         return steps_until_pruning(state.step, update_every, start_step, end_step)
 
+    # Counts only fall: the global pruning keeps a subset of each layer, the regeneration regrows in each
+    # layer as many weights as it dropped there.
     return SparseAlgorithm(
-        init=init, update=update, quiet=quiet, skip=skip_calls,
+        init=init, update=update, quiet=quiet, skip=skip_calls, counts="fall",
         drop_fraction_at=windowed(lambda t: schedules.drop_fraction(t, alpha, drop_schedule, end_step),
                                   start_step, end_step, inclusive_end=True),
         train_flops=periodic_dense_gradient(update_every, start_step, end_step + 1))

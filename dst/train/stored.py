@@ -81,7 +81,7 @@ def check_algorithm(algo: SparseAlgorithm, backend: str, name: str = "this algor
                          "moves weights between layers (SNFS, GraNet); use sparsity.backend=masked.")
     if algo.counts == "fall" and backend == "condensed":
         raise ValueError(f"sparsity.backend=condensed keeps every unit's fan-in, and {name} lowers layers' "
-                         "counts (gradual pruning, MEST's decay, IMP); use sparsity.backend=csr or masked.")
+                         "counts (GMP, GraNet, MEST's decay, IMP); use sparsity.backend=csr or masked.")
 
     if algo.dynamic and (algo.quiet is None or algo.skip is None):
         raise ValueError(f"sparsity.backend={backend} needs an algorithm that says when it may update (quiet/skip "
