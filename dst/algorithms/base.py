@@ -70,8 +70,8 @@ class SparseAlgorithm(NamedTuple):
       to the end (level 0 from 0) with a fresh optimizer, and calls ``next_level`` between them (IMP).
     * ``counts``: what the updates do to each layer's number of active weights: ``"keep"`` it (SET,
       RigL, SRigL, static), let it only ``"fall"`` (GMP, GraNet, MEST's decay, IMP's levels) or
-      ``"move"`` it between layers (SNFS; the default, which promises nothing). A stored layer (``csr``; :mod:`dst.backends`)
-      holds a fixed capacity of slots: kept counts fill it, fallen ones leave padding in it.
+      ``"move"`` it between layers (SNFS; the default, which promises nothing). A stored layer (``csr``;
+      :mod:`dst.backends`) holds a fixed capacity of slots: kept counts fill it, fallen ones leave padding.
     """
 
     init: Callable[..., Any]
