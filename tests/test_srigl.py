@@ -71,6 +71,24 @@ def test_example_3_the_safeguard_keeps_enough_units_for_the_budget():
     assert _rows(new_m) == [{0, 1, 2, 3}, {1, 2, 3, 4}, {2, 3, 4, 5}, {1, 3, 4, 5}]
 
 
+def test_example_4_weights_an_ablated_unit_held_leave_the_live_units_keep_set_whole():
+    # B = 16 over 4 units of D = 8 (k0 = 4), f = 0.25: p = 4 dropped, n - p = 12 kept. Unit 3 holds two
+    # large weights but only those 2 salient (< int(0.75 * 4) = 3): ablated, fan-in 16 // 3 = 5. The
+    # authors push its weights below every drop score and keep the 12 largest of the rest: all 12 live
+    # weights, the .30 and the .20 among them; each live unit then grows its largest |g| to 5. (Dropping
+    # the 4 smallest first and then emptying unit 3 would lose .30 and .20 and grow 2 more by |g|.)
+    w, mask, g = _layer({0: {0: .90, 1: .85, 2: .80, 3: .30}, 1: {1: .75, 2: .70, 4: .65, 5: .20},
+                         2: {3: .60, 4: .55, 6: .50, 7: .40}, 3: {0: .99, 2: .98, 5: .01, 7: .02}},
+                        [[.01, .02, .03, .04, .05, .95, .92, .06], [.07, .08, .09, .11, .12, .13, .94, .14],
+                         [.93, .15, .16, .17, .18, .19, .21, .22], [.001, .002, .003, .004, .005, .006, .007, .008]],
+                        8)
+    new_w, new_m, grown, ablated = _run(w, mask, g, 0.25, 16, 0.75)
+    assert ablated.tolist() == [False, False, False, True]
+    assert _rows(new_m) == [{0, 1, 2, 3, 5}, {1, 2, 4, 5, 6}, {0, 3, 4, 6, 7}, set()]
+    assert _rows(grown) == [{5}, {6}, {0}, set()]
+    assert new_w[0, 3] == np.float32(.30) and new_w[1, 5] == np.float32(.20)
+
+
 def reference(w, mask, g, f, budget, gamma):
     """SRigL's update from the paper's description, one unit (row) at a time."""
     n_out, d = w.shape
@@ -87,6 +105,11 @@ def reference(w, mask, g, f, budget, gamma):
     threshold = min(threshold, sorted(salient, reverse=True)[min(budget // d, n_out - 1)])
     ablated = (salient < threshold) if gamma > 0 else np.zeros(n_out, bool)
     fan = budget // (n_out - ablated.sum())
+    # The authors' keep set: the ablated units' weights below every other, then the n - p largest.
+    live = [(a, u, i) for a, u, i in active if not ablated[u]]
+    kept = np.zeros_like(mask)
+    for _, u, i in sorted(live, reverse=True)[:len(active) - n_prune]:
+        kept[u, i] = True
     new = np.zeros_like(mask)
     for u in range(n_out):
         if ablated[u]:

@@ -38,9 +38,13 @@ def srigl_layer(key, w, g, mask, f, budget, gamma, ablatable=True):
        whole layer (active or not); units with fewer than ``max(1, int(gamma k_0))`` salient weights are
        ablated, but the threshold drops to the ``(B // D + 1)``-th largest count if fewer units would
        remain (so that the budget still fits);
-    3. the fan-in becomes ``k = B // (units not ablated)``; ablated units lose every weight, a unit that
-       kept more than ``k`` keeps its ``k`` largest ``|w|``, and every other unit grows to ``k`` by
-       largest ``|g|`` among its weights not kept (just-dropped ones included), initialised to zero.
+    3. the fan-in becomes ``k = B // (units not ablated)``; ablated units lose every weight, and the live
+       units keep the ``n - p`` largest ``|w|`` among their active weights (all of them when they hold
+       fewer): the authors push the ablated units' drop scores below every other and keep the ``n - p``
+       largest, so weights an ablated unit held do not count against the live units' keep set;
+    4. a unit that kept more than ``k`` keeps its ``k`` largest ``|w|``, and every other live unit grows
+       to ``k`` by largest ``|g|`` among its weights not kept (just-dropped ones included), initialised
+       to zero.
     """
     k_drop, k_sal, k_trim, k_grow = jax.random.split(key, 4)
     W, G, M = matrix(jnp.abs(w)), matrix(jnp.abs(g)), matrix(mask)     # [D, n_out]: a unit is a column
@@ -56,7 +60,11 @@ def srigl_layer(key, w, g, mask, f, budget, gamma, ablatable=True):
     threshold = jnp.minimum(threshold, floor_count)
     ablated = (salient < threshold) & ablatable & (gamma > 0)
     fan = budget // jnp.maximum(n_out - jnp.sum(ablated, dtype=jnp.int32), 1)
-    keep = kept & ~ablated
+    live = M & ~ablated
+    # The n - p largest of the live units' weights: drop the surplus smallest (none dropped without
+    # ablation beyond the p of step 1, with the same keys, so then `keep` is `kept`).
+    surplus = jnp.maximum(jnp.sum(live, dtype=jnp.int32) - (jnp.sum(M, dtype=jnp.int32) - n_prune), 0)
+    keep = live & ~bottom_k_mask(W, live, surplus, k_drop)
     keep = grouped_top_k_mask(W, keep, fan, k_trim, 0)        # a unit above the new fan-in keeps its largest
     need = jnp.where(ablated, 0, fan - per_unit(keep))[None]
     grown = grouped_top_k_mask(G, ~keep, need, k_grow, 0)
@@ -80,8 +88,11 @@ def srigl(*, update_every: int, end_step: int, start_step: int = 0, drop_fractio
     salient again. The masks must start at constant fan-in (``structure=fan_in``).
 
     Differences from the authors' code, on purpose: a weight dropped and regrown at the same update
-    starts from zero (dst's rule for every algorithm), and a unit above the new fan-in keeps its
-    largest weights (theirs keeps the first by index).
+    starts from zero (dst's rule for every algorithm); a unit above the new fan-in keeps its largest
+    weights (theirs keeps the first by index); and when the live units hold fewer active weights than
+    the keep count (the ablated units held more than the drop count), theirs fills its top-k with
+    inactive zero-valued positions of the live units in index order, where dst keeps only the live
+    units' active weights and regrows the rest by ``|dL/dw|``.
 
     References:
         Lasby et al. 2024, "Dynamic Sparse Training with Structured Sparsity", ICLR
