@@ -68,8 +68,6 @@ def test_a_stored_run_makes_the_masked_runs_topology_decisions(tmp_path, data_di
      "sparsity.backend=condensed keeps every unit's fan-in, and sparsity.algorithm=gmp lowers layers' counts"),
     (("sparsity=topkast", "sparsity.backend=csr"),
      "sparsity.backend=csr stores the active weights only, and sparsity.algorithm=topkast trains weights outside"),
-    (("sparsity.backend=csr", "trainer.seeds=[0,1]"),
-     "trainer.seeds must be null with sparsity.backend=csr"),
 ])
 def test_what_a_backend_cannot_take_is_one_sentence(tmp_path, data_dir, overrides, sentence):
     run_dir, out = _train(tmp_path, data_dir, "bad", *(() if any(o.startswith("sparsity=") for o in overrides)

@@ -39,9 +39,10 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.mark.slow   # three real runs (30 s); the common suite checks vmapped replicas of every algorithm
-def test_each_replica_matches_the_single_run_of_its_seed(tmp_path, data_dir):
+@pytest.mark.parametrize("backend", ["masked", "csr"])   # csr: the kernels run once per replica, in one program
+def test_each_replica_matches_the_single_run_of_its_seed(tmp_path, data_dir, backend):
     common = [f"dataset.data_dir={data_dir}", "trainer.epochs=3", "trainer.batch_size=64", "logger=none",
-              "dataset.val_fraction=0.1", "sparsity.update_every=5"]
+              "dataset.val_fraction=0.1", "sparsity.update_every=5", f"sparsity.backend={backend}"]
     summaries = run_seeds(composed(*common, "trainer.seeds=[0,2]"), tmp_path / "many", stream=QUIET)
     assert [s["status"] for s in summaries] == ["finished", "finished"]
     for seed in (0, 2):
@@ -61,6 +62,18 @@ def test_each_replica_matches_the_single_run_of_its_seed(tmp_path, data_dir):
     assert sorted(r.path.name for r in runs) == ["seed_0", "seed_2"]
     (row,) = group_rows(runs)
     assert row["runs"] == 2 and row["seeds"] == [0, 2]
+
+
+def test_replicas_whose_stored_capacities_differ_are_one_sentence():
+    from dst.app.seeds import check_same_storage
+    from dst.backends import Layout
+
+    def part(count):
+        storage = type("Storage", (), {"layout_of": {"Dense_0/kernel": Layout((4, 3), count)}})
+        return type("Part", (), {"storage": storage})
+    check_same_storage([0, 1], [part(5), part(5)])
+    with pytest.raises(ConfigError, match=r"Dense_0/kernel holds 5 weights for seed 0 but 6 for seed 1"):
+        check_same_storage([0, 1], [part(5), part(6)])
 
 
 @pytest.mark.parametrize("seeds", ["[]", "[1,1]", "[-1]"])

@@ -47,6 +47,7 @@ from dst.data.augment import make_augment
 from dst.data.datasets import split_indices
 from dst.logging import Progress
 from dst.logging import RunLogger
+from dst.train import stored
 from dst.train.checkpoint import CheckpointError
 from dst.train.checkpoint import RunCheckpoints
 from dst.train.epoch import HostLoopEpoch
@@ -103,6 +104,7 @@ def run_seeds(cfg: dict, run_dir, *, stream=None) -> list[dict]:
         parts.append(initialise(plan._replace(cfg=cfg_s, data=data)))
         index.append(train_idx)
         vals.append((jnp.asarray(data.val_x), jnp.asarray(data.val_y)) if len(val_idx) else None)
+    check_same_storage(seeds, parts)
     stacked = stack_replicas([p.state for p in parts])
     data_keys = [jax.random.split(jax.random.key(s), 4)[3] for s in seeds]
 
@@ -152,6 +154,20 @@ def run_seeds(cfg: dict, run_dir, *, stream=None) -> list[dict]:
     return summaries
 
 
+def check_same_storage(seeds, parts) -> None:
+    """Replicas run in one program, so their stored layers need the same capacities (a one-shot pruning
+    from data, SNIP's or GraSP's, can give each seed its own count per layer)."""
+    first = parts[0].storage.layout_of if parts[0].storage is not None else {}
+    for s, part in zip(seeds[1:], parts[1:]):
+        mine = part.storage.layout_of if part.storage is not None else {}
+        for name in first:
+            if mine.get(name) != first[name]:
+                theirs = "none" if name not in mine else f"{mine[name].count:,}"
+                raise ConfigError(f"trainer.seeds runs its replicas in one program, so each stored layer needs one "
+                                  f"capacity, and {name} holds {first[name].count:,} weights for seed {seeds[0]} "
+                                  f"but {theirs} for seed {s}; use sparsity.backend=masked, or one seed per run.")
+
+
 def _train(top_cfg, plan, all_parts, files, stacked, index, data_keys, replicas, intervals, start_epoch, t_start,
            checkpoints, stopping, say):
     """The epoch loop of :func:`run.train`, over the stacked replicas, logging each to its own directory."""
@@ -189,12 +205,14 @@ def _train(top_cfg, plan, all_parts, files, stacked, index, data_keys, replicas,
         log = not (segment.level_epoch % trainer["log_every_epochs"] and not segment.last and finite)
         for r, rep in enumerate(replicas):
             state = unstack_replica(stacked, r)
-            intervals[r].add(jax.tree_util.tree_map(lambda a, r=r: a[r], m), seconds, state)
+            view = stored.dense_view(parts.storage, state)   # what records read: dense masks, also when stored
+            intervals[r].add(jax.tree_util.tree_map(lambda a, r=r: a[r], m), seconds, view)
             if not log:
                 continue
             splits = {"test": test, **({"val": rep.val} if rep.val is not None else {})}
-            evaluations = {k: parts.evaluate(state.params, state.model_state, *xy) for k, xy in splits.items()}
-            record = record_for(epoch, state, intervals[r], evaluations, parts.pairs, time.perf_counter() - t_start)
+            evaluations = {k: parts.evaluate(stored.model_params(state), state.model_state, *xy)
+                           for k, xy in splits.items()}
+            record = record_for(epoch, view, intervals[r], evaluations, parts.pairs, time.perf_counter() - t_start)
             if plan.algo.levels:
                 record.update({"level_step": record["step"], **level_fields(segment, intervals[r])})
             rep.logger.log(record)

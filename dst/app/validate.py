@@ -222,9 +222,6 @@ def _check_backend(cfg: dict) -> None:
                           f"got {sp['min_salient_fraction']} (or use sparsity.backend=csr).")
     if not kernels.available():
         raise ConfigError(f"sparsity.backend={backend} needs the compiled kernels: {kernels.status()}.")
-    if cfg["trainer"].get("seeds") is not None:
-        raise ConfigError(f"trainer.seeds must be null with sparsity.backend={backend} (replicas in one program run "
-                          "on sparsity.backend=masked); run one seed per run instead.")
 
 
 def _check_structure(sp: dict) -> None:
