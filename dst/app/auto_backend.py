@@ -20,7 +20,8 @@ def auto_fallback(plan) -> str | None:
     if not kernels.available():
         return f"the compiled kernels are missing ({kernels.status()})"
     if plan.cfg["trainer"].get("seeds") is not None:
-        return "trainer.seeds runs its replicas on masked layers"
+        return ("the replicas of trainer.seeds need one choice, and auto times each replica on its own "
+                "(sparsity.backend=csr stores every sparse layer)")
     if plan.parallel is not None:
         return f"this run sees {plan.parallel.count} devices, and csr runs on one"
     if distributed.process_count() > 1:
