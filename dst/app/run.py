@@ -13,7 +13,6 @@ can call it with a dict.
 
 from __future__ import annotations
 
-import json
 import math
 import pathlib
 import re
@@ -38,6 +37,11 @@ from dst.app.feeds import first_examples
 from dst.app.feeds import make_feed
 from dst.app.lottery import next_level_state
 from dst.app.lottery import segments
+from dst.app.model_checks import check_backend_fits
+from dst.app.model_checks import check_dense_layers
+from dst.app.model_checks import check_model_takes_data
+from dst.app.model_checks import check_structure_fits
+from dst.app.model_checks import output_kernel
 from dst.app.records import Interval
 from dst.app.records import record_for
 from dst.app.resume import Preempted
@@ -45,10 +49,12 @@ from dst.app.resume import Start
 from dst.app.resume import checkpoint_meta
 from dst.app.resume import start_point
 from dst.app.resume import stop_on_sigterm
+from dst.app.summary import Outcome
+from dst.app.summary import finish_run
+from dst.app.summary import run_tags
 from dst.app.validate import ConfigError
 from dst.app.validate import check_algorithm
 from dst.app.validate import check_data
-from dst.app.validate import structure_of
 from dst.app.validate import validate
 from dst.data import DataError
 from dst.data import image_folder
@@ -58,14 +64,9 @@ from dst.graph import kernel_graph
 from dst.logging import Progress
 from dst.logging import RunLogger
 from dst.masks import named_leaves
-from dst.plotting import plot_curves
-from dst.structures import matrix_shape
 from dst.structures import structured_densities
-from dst.structures import undivided_layers
-from dst.train import auto
 from dst.train import distributed
 from dst.train import stored
-from dst.train.apply import model_state_shapes
 from dst.train.checkpoint import RunCheckpoints
 from dst.train.devices import DataParallel
 from dst.train.evaluate import stream_evaluate_fn
@@ -135,17 +136,17 @@ def prepare(cfg: dict, say=print) -> Plan:
         raise ConfigError(f"sparsity.rewind_step must be less than the run's {total_steps} steps per level "
                           f"(trainer.epochs x {steps_per_epoch} steps per epoch); got {algo.rewind_step}.")
     model = make_model(cfg["model"], num_classes=data.num_classes, say=say)
-    params = _check_model_takes_data(cfg, model, data.example_shape)
-    _check_dense_layers(cfg["sparsity"], params)
+    params = check_model_takes_data(cfg, model, data.example_shape)
+    check_dense_layers(cfg["sparsity"], params)
     if "no_ablation" in cfg["sparsity"] and cfg["sparsity"]["no_ablation"] is None:
         # The classifier, resolved for the algorithm only: the config keeps `null`, the same in every replica.
         resolved = {**cfg["sparsity"], "no_ablation": [f"^{re.escape(output_kernel(model, data.example_shape))}$"]}
         algo = check_algorithm(resolved, total_steps)
-    structure, undivided = _check_structure_fits(cfg["sparsity"], params, say)
+    structure, undivided = check_structure_fits(cfg["sparsity"], params, say)
     parallel = DataParallel() if jax.device_count() > 1 else None
     if parallel is not None and parallel.check_batch(batch):
         raise ConfigError(parallel.check_batch(batch))
-    _check_backend_fits(cfg["sparsity"], algo, params, parallel)
+    check_backend_fits(cfg["sparsity"], algo, params, parallel)
     plan = Plan(cfg, data, algo, model, steps_per_epoch, epochs, total_steps, parallel, structure, undivided)
     return plan._replace(epochs=len(segments(plan))) if algo.levels else plan
 
@@ -157,91 +158,6 @@ def epoch_length(plan: Plan, epoch: int) -> int:
 
 def loader_options(ds: dict) -> dict:
     return {k: ds[k] for k in ("label_mode", "subset") if ds.get(k) is not None}
-
-
-def _check_model_takes_data(cfg, model, shape):
-    """Trace the model's init on one example (shapes only): a model that cannot take the data fails
-    here in one sentence rather than in the middle of compilation."""
-    shape = tuple(shape)
-    try:
-        params, _ = model_state_shapes(model, jnp.zeros((1,) + shape, jnp.float32))
-    except Exception as err:  # whatever the model raises on a wrong input shape
-        what = cfg["model"].get("_target_") or cfg["model"]["name"]
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if reason.startswith("model."):   # a bad model option the module checks itself
-            raise ConfigError(reason) from None
-        raise ConfigError(f"model {what} cannot take dataset.name={cfg['dataset']['name']} inputs of shape "
-                          f"{shape}: {reason}") from None
-    return params
-
-
-def output_kernel(model, example_shape) -> str:
-    """The kernel the forward pass uses last (the classifier), read from an abstract trace."""
-    sample = jnp.zeros((1,) + tuple(example_shape), jnp.float32)
-    params, state = model_state_shapes(model, sample)
-    state = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), state)
-    apply_fn = dst.flax_apply(model)
-    forward = lambda p: apply_fn(p, state, sample, False, None)[0]
-    return kernel_graph(forward, params, dst.sparsifiable_layers(params)).order[-1]
-
-
-def _check_dense_layers(sp: dict, params) -> None:
-    patterns = sp.get("dense_layers") or []
-    for p in patterns:
-        try:
-            re.compile(p)
-        except re.error as err:
-            raise ConfigError(f"sparsity.dense_layers entry {p!r} is not a regular expression: {err}.") from None
-    if sp["sparsity"] == 0:
-        return
-    if not dst.sparsifiable_layers(params, dense_layers=patterns):
-        layers = dst.sparsifiable_layers(params)
-        raise ConfigError(f"sparsity.dense_layers={list(patterns)} leave no layer sparse; the model's "
-                          f"sparsifiable layers are {', '.join(layers)}.")
-
-
-def _check_structure_fits(sp: dict, params, say) -> tuple[Any, dict]:
-    """The structure, and the sparse layers it leaves dense (named on the console), or :class:`ConfigError`
-    when a block is larger than a layer or the structure divides no layer."""
-    structure = structure_of(sp)
-    if structure.name == "unstructured" or (sp["sparsity"] == 0 and "levels" not in sp):
-        return structure, {}
-    layers = dst.sparsifiable_layers(params, dense_layers=sp.get("dense_layers") or ())
-    shapes = {n: matrix_shape(tuple(leaf.shape)) for n, leaf in named_leaves(params).items() if n in layers}
-    if structure.name == "block":
-        rows, cols = sp["block"]
-        for name, (r, n_out) in shapes.items():
-            if rows > r or cols > n_out:
-                raise ConfigError(f"sparsity.block={[rows, cols]} is larger than layer {name} ({r} x {n_out} in its "
-                                  f"matrix view); use a smaller block or add the layer to sparsity.dense_layers.")
-    undivided = undivided_layers(params, structure, layers)
-    setting = {"n_m": f"n_m={sp.get('n_m')}", "block": f"block={sp.get('block')}"}.get(structure.name, structure.name)
-    if len(undivided) == len(layers):
-        reasons = "; ".join(f"{n}: {why}" for n, why in undivided.items())
-        raise ConfigError(f"sparsity.{setting} divides none of the sparse layers ({reasons}); pick one that "
-                          f"divides some of them.")
-    for name, why in undivided.items():
-        say(f"sparsity: {structure.label} leaves {name} dense: {why}.")
-    return structure, undivided
-
-
-def _check_backend_fits(sp: dict, algo, params, parallel) -> None:
-    """A sparse backend needs an algorithm that keeps each layer's count, one device, and a fully
-    connected sparse layer to store."""
-    backend = sp.get("backend") or "masked"
-    if backend in ("masked", "dense", "auto"):   # auto: see auto_fallback
-        return
-    try:
-        stored.check_algorithm(algo, backend, f"sparsity.algorithm={sp['algorithm']}")
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    if parallel is not None:
-        raise ConfigError(f"sparsity.backend={backend} runs on one device, and this run sees {parallel.count}; make "
-                          "one visible (CUDA_VISIBLE_DEVICES, or XLA_FLAGS without a forced host device count).")
-    layers = dst.sparsifiable_layers(params, dense_layers=sp.get("dense_layers") or ())
-    if not any(len(leaf.shape) == 2 for n, leaf in named_leaves(params).items() if n in layers):
-        raise ConfigError(f"sparsity.backend={backend} stores fully connected layers, and this model has no sparse "
-                          "one (its convolutions stay masked); use sparsity.backend=masked.")
 
 
 def initialise(plan: Plan, auto_choice_file=None) -> Run:
@@ -372,20 +288,6 @@ def epoch_loop(setting: str, convolutional: bool) -> str:
     return "host" if convolutional and jax.default_backend() == "cpu" else "scan"
 
 
-def density_table(records: list[dict], layers: list[str]) -> tuple[list[str], list[list]]:
-    """``(columns, rows)``: each sparsifiable layer's final density, from the last record."""
-    last = records[-1]
-    return ["layer", "density"], [[n, 1.0 - last[f"sparsity/{n}"]] for n in layers]
-
-
-def run_tags(cfg: dict) -> list[str]:
-    """wandb tags that let runs be filtered by what they are."""
-    sp = cfg["sparsity"]
-    model = cfg["model"].get("name") or cfg["model"].get("_target_")
-    return [f"algorithm={sp['algorithm']}", f"sparsity={sp['sparsity']}", f"distribution={sp['distribution']}",
-            f"model={model}", f"dataset={cfg['dataset']['name']}", f"seed={cfg['trainer']['seed']}"]
-
-
 def augment_options(ds: dict, data) -> dict:
     if ds.get("augment", "none") == "none":
         return {}
@@ -452,67 +354,6 @@ def train(plan: Plan, run: Run, logger: RunLogger, progress: Progress, start: St
             raise Preempted(f"stopped by SIGTERM after epoch {epoch} (step {int(state.step)}); the same command "
                             f"resumes from the checkpoint.")
     return state
-
-
-class Outcome:
-    """How a run ended, for its summary: ``finished``, ``preempted`` (SIGTERM) or ``failed`` with the
-    error; as a context manager it records the exception leaving the block and lets it propagate."""
-
-    def __init__(self):
-        self.status, self.error = "finished", None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, err, tb):
-        if isinstance(err, Preempted):
-            self.status = "preempted"
-        elif err is not None:
-            self.status, self.error = "failed", f"{kind.__name__}: {err}"
-        return False
-
-
-def finish_run(records: list[dict], run_dir, cfg: dict, logger, parts, outcome: Outcome, wall: float,
-               **extra) -> dict:
-    """The summary of a run (its last record, best test accuracy, how it ended, ``extra``), its plot, and
-    the wandb run closed; the same for a single run and each replica of ``trainer.seeds``."""
-    run_dir = pathlib.Path(run_dir)
-    summary = dict(records[-1]) if records else {}
-    summary.update({"status": outcome.status,
-                    "best/test_accuracy": max((r["test/accuracy"] for r in records), default=float("nan")),
-                    "total_steps": records[-1]["step"] if records else 0, "wall_time": wall,
-                    "run_dir": str(run_dir), "initial_densities": json.dumps(parts.densities), **extra})
-    if parts.undivided:
-        summary["dense_by_structure"] = json.dumps(parts.undivided)
-    storage = getattr(parts, "storage", None)
-    summary["backend"] = cfg["sparsity"].get("backend") or "masked"
-    if getattr(parts, "auto", None):   # sparsity.backend=auto: both times and the choice, per layer
-        chosen = auto.stored_layers(parts.auto)
-        summary["auto_backend"] = json.dumps({n: {**t._asdict(), "saving_s": t.saving_s,
-                                                  "backend": "csr" if n in chosen else "masked"}
-                                              for n, t in parts.auto.items()})
-    if storage is not None and storage.layout_of:   # each stored layer's capacity: weights (csr), fan-in (condensed)
-        summary["stored_layers"] = json.dumps({n: lay.count for n, lay in storage.layout_of.items()})
-    summary.update(level_summary(records))
-    if outcome.error:
-        summary["error"] = outcome.error
-    if records and getattr(logger, "write", True):     # process 0 of several writes the files
-        plot_curves(records, run_dir / "curves.png", title=cfg.get("name", ""))
-    logger.finish(summary, exit_code=0 if outcome.status == "finished" else 1,
-                  tables={"final/densities": density_table(records, parts.layers)} if records else None)
-    return summary
-
-
-def level_summary(records: list[dict]) -> dict:
-    """Per level of an iterative run (IMP): its density and its final and best test accuracy, as
-    ``level/<L>/density``, ``level/<L>/test_accuracy``, ``level/<L>/best_test_accuracy``."""
-    out = {}
-    for level in sorted({r["level"] for r in records if "level" in r}):
-        mine = [r for r in records if r.get("level") == level]
-        out[f"level/{level}/density"] = 1.0 - mine[-1]["sparsity/global"]
-        out[f"level/{level}/test_accuracy"] = mine[-1]["test/accuracy"]
-        out[f"level/{level}/best_test_accuracy"] = max(r["test/accuracy"] for r in mine)
-    return out
 
 
 def run(cfg: dict, run_dir, *, stream=None) -> dict:

@@ -32,14 +32,14 @@ from dst.app.resume import Preempted
 from dst.app.resume import fingerprint
 from dst.app.resume import stop_on_sigterm
 from dst.app.run import NonFiniteLossError
-from dst.app.run import Outcome
 from dst.app.run import augment_options
-from dst.app.run import finish_run
 from dst.app.run import initialise
 from dst.app.run import level_fields
 from dst.app.run import loader_options
 from dst.app.run import prepare
-from dst.app.run import run_tags
+from dst.app.summary import Outcome
+from dst.app.summary import finish_run
+from dst.app.summary import run_tags
 from dst.app.validate import ConfigError
 from dst.app.validate import validate
 from dst.data import load
