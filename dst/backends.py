@@ -242,7 +242,20 @@ class Stored(NamedTuple):
     topologies: dict
 
 
-def stored_apply(model: nn.Module, backend: Backend, layout_of: dict[str, Layout]):
+def sharded_matmul(backend: Backend, mesh, axis: str = "data") -> Callable:
+    """``backend.matmul`` for a batch split over ``mesh``'s ``axis`` (data parallelism): each device runs
+    the kernels on its rows (``jax.shard_map``) with the whole topology and values, which every device
+    holds; the value gradient's per-device sums are added over the devices by the map's transpose."""
+    from jax.sharding import PartitionSpec
+
+    rows, whole = PartitionSpec(axis), PartitionSpec()
+    # check_vma=False: the kernels' custom VJP returns plain cotangents, without the manual-axis types that
+    # the check wants; the map's transpose still sums the replicated inputs' cotangents over the devices.
+    return jax.shard_map(backend.matmul, mesh=mesh, in_specs=(rows, whole, whole), out_specs=rows,
+                         check_vma=False)
+
+
+def stored_apply(model: nn.Module, backend: Backend, layout_of: dict[str, Layout], mesh=None):
     """The trainer's ``apply_fn`` (:mod:`dst.train.apply`) for a model stored by ``backend``: it takes a
     :class:`Stored` where the masked model takes params, and computes every stored ``nn.Dense`` as
     ``backend.matmul(x, values, topology) + bias``; other modules run as they are.
@@ -251,11 +264,13 @@ def stored_apply(model: nn.Module, backend: Backend, layout_of: dict[str, Layout
     each stored layer's output and returns its inputs, ``(logits, model_state, inputs)``: the gradient
     with respect to the probes is each layer's output gradient, so a dense weight gradient
     ``inputs^T @ d probes`` can be formed one layer at a time where an algorithm needs it (RigL).
+    With a ``mesh`` (data parallelism) the products run on each device's rows (:func:`sharded_matmul`).
     """
     from dst.train.apply import flax_apply  # here: dst.train imports this module
 
     modules = {name.rsplit("/", 1)[0]: name for name in layout_of}
     masked = flax_apply(model)
+    matmul = backend.matmul if mesh is None else sharded_matmul(backend, mesh)
 
     def run(stored: Stored, model_state, x, train, rng, probes):
         inputs = {}
@@ -268,7 +283,7 @@ def stored_apply(model: nn.Module, backend: Backend, layout_of: dict[str, Layout
             params = module.variables["params"]
             (x_in,) = args
             inputs[name] = x_in
-            y = backend.matmul(x_in, params["kernel"], stored.topologies[name])
+            y = matmul(x_in, params["kernel"], stored.topologies[name])
             y = y + params["bias"] if module.use_bias else y
             return y if probes is None else y + probes[name]
 

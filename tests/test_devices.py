@@ -84,3 +84,57 @@ def test_the_cli_records_its_devices_and_refuses_an_indivisible_batch(tmp_path):
     assert bad.returncode == 2
     assert bad.stderr.strip() == ("error: trainer.batch_size must be divisible by the 4 devices the run uses; "
                                   "got 66 (use a multiple of 4).")
+
+
+STORED_SCRIPT = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    import jax, numpy as np
+    import dst
+    from algo_helpers import initial_masks, make_algorithm, tiny_problem, OPTIMIZERS
+    from dst.train import stored
+    from dst.train.devices import DataParallel
+
+    assert len(jax.devices()) == 4
+    model, params, x, y = tiny_problem()
+    dp, out = DataParallel(), {{}}
+    for name in ("rigl", "set", "gmp"):
+        algo = make_algorithm(name, update_every=3, end_step=20)
+        masks = initial_masks(name, params)
+        layers = dst.sparsifiable_layers(params)
+        runs = []
+        for mesh in (None, dp.mesh):
+            storage = stored.make_storage(model, "csr", masks, layers, mesh)
+            step = dst.make_train_step(None, OPTIMIZERS["sgd_momentum"](), algo, storage=storage)
+            state = dst.create_train_state(jax.random.key(0), params, masks, OPTIMIZERS["sgd_momentum"](), algo,
+                                           storage=storage)
+            epoch = dst.train_epoch_fn(step, 32, batch_sharding=None if mesh is None else dp.batch)
+            put = (lambda a: a) if mesh is None else dp.replicate
+            state = put(state)
+            for e in range(2):
+                state, m = epoch(state, put(x), put(y), jax.random.key(e))
+            runs.append((stored.expand_state(storage, state.params, state.masks, state.topologies), m))
+        ((p1, m1), a), ((p4, m4), b) = runs
+        out[name] = dict(
+            masks_equal=all(np.array_equal(np.asarray(u), np.asarray(v))
+                            for u, v in zip(jax.tree_util.tree_leaves(m1), jax.tree_util.tree_leaves(m4))),
+            param_err=max(float(np.max(np.abs(np.asarray(u) - np.asarray(v))))
+                          for u, v in zip(jax.tree_util.tree_leaves(p1), jax.tree_util.tree_leaves(p4))),
+            loss_err=float(np.max(np.abs(np.asarray(a["loss"]) - np.asarray(b["loss"])))),
+            updates=int(np.sum(np.asarray(b["updated"]))))
+    print(__import__("json").dumps(out))
+""")
+
+
+@pytest.mark.slow   # a subprocess with 4 forced host devices
+def test_four_devices_on_csr_keep_the_masks_of_one_device():
+    """Each device runs the kernels on its rows of the batch (dst.backends.sharded_matmul): after two
+    epochs with topology updates, the masks equal a one-device csr run's and the params agree within
+    the masked path's tolerance."""
+    tests = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run([sys.executable, "-c", STORED_SCRIPT.format(tests=tests)], capture_output=True, text=True,
+                         env=FOUR, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for name, r in json.loads(out.stdout.strip().splitlines()[-1]).items():
+        assert r["masks_equal"] and r["updates"] == 3, (name, r)
+        assert r["param_err"] < 1e-5 and r["loss_err"] < 1e-5, (name, r)

@@ -88,7 +88,9 @@ def final_masks(run_dir):
 
     with ocp.CheckpointManager(pathlib.Path(run_dir, "checkpoints").absolute()) as manager:
         tree = manager.restore(manager.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    leaves = jax.tree_util.tree_leaves_with_path(tree["state"]["state"]["masks"])
+    state = tree["state"]["state"]
+    # A stored run's masks are slot flags: where the weights sit is its topologies.
+    leaves = jax.tree_util.tree_leaves_with_path({"masks": state["masks"], "topologies": state.get("topologies")})
     return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
 
 
@@ -156,10 +158,12 @@ def test_two_processes_on_an_image_folder_train_as_one_and_only_process_0_writes
 
 
 @pytest.mark.slow
-def test_two_processes_of_two_devices_each_keep_the_masks_of_one_device(tmp_path):
+@pytest.mark.parametrize("backend", ["masked", "csr"])   # csr: each device runs the kernels on its rows
+def test_two_processes_of_two_devices_each_keep_the_masks_of_one_device(tmp_path, backend):
     data = write_dataset(tmp_path / "fashion_mnist")
     common = [f"dataset.data_dir={data}", "model=mlp", "model.hidden=[32]", "trainer.batch_size=64",
-              "trainer.epochs=2", "sparsity=set", "sparsity.update_every=3", "logger=none"]
+              "trainer.epochs=2", "sparsity=set", "sparsity.update_every=3", "logger=none",
+              f"sparsity.backend={backend}"]
     port = free_port()
     two = {"XLA_FLAGS": forced_devices(2)["XLA_FLAGS"]}
     procs = [launch([*common, "trainer.distributed=on", f"trainer.coordinator=127.0.0.1:{port}",
@@ -173,6 +177,7 @@ def test_two_processes_of_two_devices_each_keep_the_masks_of_one_device(tmp_path
     assert summary["devices"] == 4 and summary["processes"] == 2
     assert_same_records(records(tmp_path / "alone"), records(tmp_path / "run"))
     alone_masks, masks = final_masks(tmp_path / "alone"), final_masks(tmp_path / "run")
+    assert masks.keys() == alone_masks.keys() and (backend == "masked" or any("topologies" in n for n in masks))
     for name in masks:
         assert np.array_equal(alone_masks[name], masks[name]), name
 

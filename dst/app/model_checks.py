@@ -87,9 +87,9 @@ def check_structure_fits(sp: dict, params, say) -> tuple[Any, dict]:
     return structure, undivided
 
 
-def check_backend_fits(sp: dict, algo, params, parallel) -> None:
-    """A sparse backend needs an algorithm that keeps each layer's count, one device, and a fully
-    connected sparse layer to store."""
+def check_backend_fits(sp: dict, algo, params) -> None:
+    """A sparse backend needs an algorithm whose counts fit a fixed capacity and a fully connected sparse
+    layer to store."""
     backend = sp.get("backend") or "masked"
     if backend in ("masked", "dense", "auto"):   # auto: see auto_fallback
         return
@@ -97,9 +97,6 @@ def check_backend_fits(sp: dict, algo, params, parallel) -> None:
         stored.check_algorithm(algo, backend, f"sparsity.algorithm={sp['algorithm']}")
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    if parallel is not None:
-        raise ConfigError(f"sparsity.backend={backend} runs on one device, and this run sees {parallel.count}; make "
-                          "one visible (CUDA_VISIBLE_DEVICES, or XLA_FLAGS without a forced host device count).")
     layers = dst.sparsifiable_layers(params, dense_layers=sp.get("dense_layers") or ())
     if not any(len(leaf.shape) == 2 for n, leaf in named_leaves(params).items() if n in layers):
         raise ConfigError(f"sparsity.backend={backend} stores fully connected layers, and this model has no sparse "

@@ -146,7 +146,7 @@ def prepare(cfg: dict, say=print) -> Plan:
     parallel = DataParallel() if jax.device_count() > 1 else None
     if parallel is not None and parallel.check_batch(batch):
         raise ConfigError(parallel.check_batch(batch))
-    check_backend_fits(cfg["sparsity"], algo, params, parallel)
+    check_backend_fits(cfg["sparsity"], algo, params)
     plan = Plan(cfg, data, algo, model, steps_per_epoch, epochs, total_steps, parallel, structure, undivided)
     return plan._replace(epochs=len(segments(plan))) if algo.levels else plan
 
@@ -215,7 +215,7 @@ def initialise(plan: Plan, auto_choice_file=None) -> Run:
         backend, sparse_layers, timings = auto_backend.auto_layers(plan, params, model_state, masks, sparse_layers,
                                                                    auto_choice_file)
         sp = {**sp, "backend": backend}
-    storage = make_run_storage(sp, model, masks, sparse_layers)
+    storage = make_run_storage(sp, model, masks, sparse_layers, None if plan.parallel is None else plan.parallel.mesh)
     if storage is not None and storage.backend is not None and algo.dynamic:
         why = stored.stored_update.unsupported(algo, storage)
         print(f"sparsity: {sp['algorithm']} updates the stored layers "
@@ -247,12 +247,13 @@ def initialise(plan: Plan, auto_choice_file=None) -> Run:
                epoch_fns=epoch_fns, evaluate=evaluate, undivided=plan.undivided, storage=storage, auto=timings)
 
 
-def make_run_storage(sp: dict, model, masks, sparse_layers):
+def make_run_storage(sp: dict, model, masks, sparse_layers, mesh=None):
     """The run's :class:`dst.train.stored.Storage` (None when masked) over its ``sparse_layers``, what it
-    stores and what stays masked named on the console."""
+    stores and what stays masked named on the console; ``mesh``: the data-parallel devices' (each runs the
+    kernels on its rows)."""
     backend = sp.get("backend") or "masked"
     try:
-        storage = stored.make_storage(model, backend, masks, sparse_layers)
+        storage = stored.make_storage(model, backend, masks, sparse_layers, mesh)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     if storage is not None and storage.backend is None:

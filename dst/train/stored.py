@@ -51,9 +51,10 @@ class Storage(NamedTuple):
     dense_metrics: bool = True
 
 
-def make_storage(model, backend: str, masks, layers) -> Storage | None:
+def make_storage(model, backend: str, masks, layers, mesh=None) -> Storage | None:
     """The :class:`Storage` of ``model`` under ``backend`` (``None`` for ``masked``). Every 2-D
-    (fully connected) kernel among ``layers`` is stored; other layers stay masked. ``dense`` is a
+    (fully connected) kernel among ``layers`` is stored; other layers stay masked. With a ``mesh`` (data
+    parallelism, :class:`dst.train.devices.DataParallel`) each device multiplies its rows of the batch. ``dense`` is a
     storage without a backend: nothing is stored, and the step applies no mask (dense training)."""
     if backend == "dense":
         if not all(np.all(m) for m in jax.tree_util.tree_leaves(masks)):
@@ -67,7 +68,7 @@ def make_storage(model, backend: str, masks, layers) -> Storage | None:
     stored = [name for name in layers if len(shapes[name]) == 2]
     layout_of = backends.layouts(chosen, masks, stored)
     dense_size = sum(int(np.prod(lay.shape)) for lay in layout_of.values())
-    return Storage(chosen, layout_of, backends.stored_apply(model, chosen, layout_of),
+    return Storage(chosen, layout_of, backends.stored_apply(model, chosen, layout_of, mesh),
                    dense_metrics=dense_size <= DENSE_METRICS_LIMIT)
 
 
