@@ -23,7 +23,8 @@ def auto_fallback(plan) -> str | None:
         return ("the replicas of trainer.seeds need one choice, and auto times each replica on its own "
                 "(sparsity.backend=csr stores every sparse layer)")
     if plan.parallel is not None:
-        return f"this run sees {plan.parallel.count} devices, and csr runs on one"
+        return (f"auto times a layer on one device, and this run splits each batch over {plan.parallel.count} "
+                "(sparsity.backend=csr stores every sparse layer)")
     if distributed.process_count() > 1:
         return "the processes of a jax.distributed run could time their layers differently"
     try:
