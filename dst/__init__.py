@@ -4,6 +4,7 @@ from dst import algorithms
 from dst import models
 from dst import schedules
 from dst import structures
+from dst.distributions import epsilon_densities
 from dst.distributions import layer_densities
 from dst.distributions import sparsifiable_layers
 from dst.export import load_exported
@@ -38,6 +39,7 @@ __all__ = [
     "flax_apply",
     "init_model",
     "init_masks",
+    "epsilon_densities",
     "layer_densities",
     "load_exported",
     "make_train_step",

@@ -48,6 +48,24 @@ def _raw_density(shape: tuple[int, ...], distribution: str, power: float) -> flo
     return (sum(shape) / float(np.prod(shape))) ** power
 
 
+def epsilon_densities(params, epsilon: float, *, sparsifiable: SparsifiableFilter | None = None,
+                      dense_layers: Iterable[str] = ()) -> dict[str, float]:
+    """SET's Erdos-Renyi densities from ``epsilon`` itself: ``d_l = min(1, eps (n_in + n_out) / (n_in n_out))``,
+    so a layer holds ``eps (n_in + n_out)`` weights whatever the others hold (:func:`layer_densities`'s
+    ``er`` solves ``eps`` for a global sparsity instead).
+
+    References:
+        Mocanu et al. 2018, "Scalable training of artificial neural networks with adaptive sparse
+        connectivity"; Liu et al. 2021, "Sparse evolutionary deep learning with over one million
+        artificial neurons on commodity hardware" (epsilon = 20).
+    """
+    if not epsilon > 0:
+        raise ValueError(f"epsilon must be positive; got {epsilon}.")
+    leaves = named_leaves(params)
+    return {n: min(1.0, epsilon * _raw_density(tuple(leaves[n].shape), "er", 1.0))
+            for n in sparsifiable_layers(params, sparsifiable, dense_layers)}
+
+
 def layer_densities(params, sparsity: float, distribution: str = "erk", *, erk_power_scale: float = 1.0,
                     sparsifiable: SparsifiableFilter | None = None,
                     dense_layers: Iterable[str] = ()) -> dict[str, float]:

@@ -4,6 +4,7 @@ backend has a layer to store and an algorithm it can run. Each raises one :class
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -13,6 +14,7 @@ import jax.numpy as jnp
 import dst
 from dst.app.validate import ConfigError
 from dst.app.validate import structure_of
+from dst.distributions import epsilon_densities
 from dst.graph import kernel_graph
 from dst.masks import named_leaves
 from dst.structures import matrix_shape
@@ -101,3 +103,23 @@ def check_backend_fits(sp: dict, algo, params) -> None:
     if not any(len(leaf.shape) == 2 for n, leaf in named_leaves(params).items() if n in layers):
         raise ConfigError(f"sparsity.backend={backend} stores fully connected layers, and this model has no sparse "
                           "one (its convolutions stay masked); use sparsity.backend=masked.")
+
+
+def check_epsilon(sp: dict, algo, params, say) -> None:
+    """``sparsity.epsilon`` fixes each sparse layer's count at ``eps (n_in + n_out)`` (SET's Erdos-Renyi
+    graph): it needs an algorithm that keeps the counts it starts from; the global sparsity it gives is
+    said on the console (``sparsity.sparsity`` is then not used for the masks)."""
+    eps = sp.get("epsilon")
+    if eps is None:
+        return
+    name = sp["algorithm"]
+    if algo.counts != "keep" or algo.prune_at_init is not None or name == "dense":
+        raise ConfigError(f"sparsity.epsilon fixes each layer's count at eps (n_in + n_out), and "
+                          f"sparsity.algorithm={name} sets its own counts; use sparsity.sparsity with "
+                          "sparsity.distribution=er instead.")
+    densities = epsilon_densities(params, eps, dense_layers=sp.get("dense_layers") or ())
+    leaves = named_leaves(params)
+    sizes = {n: math.prod(leaves[n].shape) for n in dst.sparsifiable_layers(params)}
+    active = sum(densities.get(n, 1.0) * size for n, size in sizes.items())
+    say(f"sparsity: er with epsilon={eps}: about {active:,.0f} weights, global sparsity "
+        f"{1 - active / sum(sizes.values()):.4f} (sparsity.sparsity={sp['sparsity']} is not used for the masks).")

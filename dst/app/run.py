@@ -39,6 +39,7 @@ from dst.app.lottery import next_level_state
 from dst.app.lottery import segments
 from dst.app.model_checks import check_backend_fits
 from dst.app.model_checks import check_dense_layers
+from dst.app.model_checks import check_epsilon
 from dst.app.model_checks import check_model_takes_data
 from dst.app.model_checks import check_structure_fits
 from dst.app.model_checks import output_kernel
@@ -60,6 +61,7 @@ from dst.data import DataError
 from dst.data import image_folder
 from dst.data import load
 from dst.data.augment import make_augment
+from dst.distributions import epsilon_densities
 from dst.graph import kernel_graph
 from dst.logging import Progress
 from dst.logging import RunLogger
@@ -147,6 +149,7 @@ def prepare(cfg: dict, say=print) -> Plan:
     if parallel is not None and parallel.check_batch(batch):
         raise ConfigError(parallel.check_batch(batch))
     check_backend_fits(cfg["sparsity"], algo, params)
+    check_epsilon(cfg["sparsity"], algo, params, say)
     plan = Plan(cfg, data, algo, model, steps_per_epoch, epochs, total_steps, parallel, structure, undivided)
     return plan._replace(epochs=len(segments(plan))) if algo.levels else plan
 
@@ -177,8 +180,11 @@ def initialise(plan: Plan, auto_choice_file=None) -> Run:
     start = sp.get("initial_sparsity")
     start = sp["sparsity"] if start is None else start
     structure = plan.structure if plan.structure is not None and plan.structure.name != "unstructured" else None
-    if sp.get("densities"):
-        densities = explicit_densities(params, sp["densities"])
+    given = explicit_densities(params, sp["densities"]) if sp.get("densities") else None
+    if sp.get("epsilon") is not None:   # SET's counts eps (n_in + n_out) per layer
+        given = epsilon_densities(params, sp["epsilon"], dense_layers=sp.get("dense_layers") or ())
+    if given:
+        densities = given
         if structure is not None:
             shapes = {n: tuple(leaf.shape) for n, leaf in named_leaves(params).items()}
             densities = {n: structure.round_density(shapes[n], d) for n, d in densities.items()

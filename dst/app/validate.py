@@ -31,7 +31,7 @@ LOGGERS = ("wandb", "none")
 # Keys of conf/sparsity that every algorithm may carry: they describe the initial masks or the run
 # length. They reach an algorithm's factory only when it takes them (GMP takes `sparsity`, RigL does not).
 COMMON_KEYS = ("algorithm", "sparsity", "distribution", "erk_power_scale", "dense_layers", "end_fraction",
-               "initial_sparsity", "densities", "structure", "backend")
+               "initial_sparsity", "densities", "structure", "backend", "epsilon")
 # Settings of the structure itself: they build the `structure` an algorithm takes, never reach it alone.
 STRUCTURE_KEYS = ("n_m", "block")
 
@@ -128,6 +128,13 @@ def validate(cfg: dict, total_steps: int | None = None) -> None:
     _range(cfg, "sparsity.erk_power_scale", 0.0, None, lo_open=True)
     if sp.get("initial_sparsity") is not None:
         _range(cfg, "sparsity.initial_sparsity", 0.0, 1.0)
+    if sp.get("epsilon") is not None:
+        _range(cfg, "sparsity.epsilon", 0.0, None, lo_open=True)
+        if sp["distribution"] != "er":
+            raise ConfigError(f"sparsity.epsilon sets SET's Erdos-Renyi counts eps (n_in + n_out) per layer, so "
+                              f"sparsity.distribution must be er; got {sp['distribution']}.")
+        if sp.get("densities"):
+            raise ConfigError("sparsity.epsilon and sparsity.densities both set the layers' densities; give one.")
     if sp["algorithm"] == "dense" and sp["sparsity"] != 0:
         raise ConfigError(f"sparsity.sparsity must be 0 with sparsity.algorithm=dense; got {sp['sparsity']}.")
     if "update_every" in sp:
