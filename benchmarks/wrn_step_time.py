@@ -27,7 +27,7 @@ import jax
 import optax
 
 import dst
-from dst.app.run import epoch_loop
+from dst.app.build import epoch_loop
 from dst.models import build_model
 
 BATCH = 128

@@ -10,6 +10,7 @@ import os
 import sys
 
 import flax.linen as nn
+import jax
 
 from dst.app.validate import ConfigError
 from dst.models import build_model
@@ -122,3 +123,24 @@ def make_loss(trainer: dict):
     if trainer.get("loss"):
         return import_target(trainer["loss"], "trainer.loss")
     return smoothed_cross_entropy(trainer.get("label_smoothing", 0.0))
+
+
+def loader_options(ds: dict) -> dict:
+    """The data loader's options that ``dataset`` sets (``label_mode``, ``subset``)."""
+    return {k: ds[k] for k in ("label_mode", "subset") if ds.get(k) is not None}
+
+
+def augment_options(ds: dict, data) -> dict:
+    """The augmentation's options that ``dataset`` sets (crop padding and its fill value)."""
+    if ds.get("augment", "none") == "none":
+        return {}
+    # Pad with the normalised value of a black pixel, as torchvision pads before it normalises.
+    return {"padding": ds.get("crop_padding", 4), "pad_value": data.pad_value}
+
+
+def epoch_loop(setting: str, convolutional: bool) -> str:
+    """``auto``: a host loop of jitted steps for conv nets on CPU (XLA CPU runs convolutions inside a
+    loop body tens of times slower, see :class:`dst.train.epoch.HostLoopEpoch`), else one ``lax.scan``."""
+    if setting != "auto":
+        return setting
+    return "host" if convolutional and jax.default_backend() == "cpu" else "scan"

@@ -81,3 +81,10 @@ def next_level_state(plan, run, state, level: int):
                      ever_active=ever_active, active=counts(masks), step=jnp.asarray(algo.rewind_step, jnp.int32),
                      rng=state.rng, topologies=topologies)
     return new if plan.parallel is None else plan.parallel.replicate(new)
+
+
+def level_fields(segment, interval) -> dict:
+    """What a record of an iterative run adds: its ``level``, the epoch within it, and the run's step
+    counted over all levels (``step`` stays monotonic; ``level_step`` is the level's own clock)."""
+    return {"level": segment.level, "level_epoch": segment.level_epoch, "step": segment.steps_done,
+            "flops/train_relative": interval.cumulative_flops / (segment.steps_done * 3.0 * interval.f_dense)}

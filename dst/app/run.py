@@ -25,16 +25,17 @@ import jax.numpy as jnp
 import numpy as np
 
 import dst
-from dst import kernels
-from dst.app import auto_backend
 from dst.app import memory
+from dst.app.build import augment_options
+from dst.app.build import epoch_loop
+from dst.app.build import loader_options
 from dst.app.build import make_loss
 from dst.app.build import make_model
 from dst.app.build import make_tx
 from dst.app.console import density_list
-from dst.app.console import layer_list
 from dst.app.feeds import first_examples
 from dst.app.feeds import make_feed
+from dst.app.lottery import level_fields
 from dst.app.lottery import next_level_state
 from dst.app.lottery import segments
 from dst.app.model_checks import check_backend_fits
@@ -50,6 +51,8 @@ from dst.app.resume import Start
 from dst.app.resume import checkpoint_meta
 from dst.app.resume import start_point
 from dst.app.resume import stop_on_sigterm
+from dst.app.sparse_setup import initial_densities
+from dst.app.sparse_setup import storage_for
 from dst.app.summary import Outcome
 from dst.app.summary import finish_run
 from dst.app.summary import run_tags
@@ -61,12 +64,10 @@ from dst.data import DataError
 from dst.data import image_folder
 from dst.data import load
 from dst.data.augment import make_augment
-from dst.distributions import epsilon_densities
 from dst.graph import kernel_graph
 from dst.logging import Progress
 from dst.logging import RunLogger
 from dst.masks import named_leaves
-from dst.structures import structured_densities
 from dst.train import distributed
 from dst.train import stored
 from dst.train.checkpoint import RunCheckpoints
@@ -154,15 +155,6 @@ def prepare(cfg: dict, say=print) -> Plan:
     return plan._replace(epochs=len(segments(plan))) if algo.levels else plan
 
 
-def epoch_length(plan: Plan, epoch: int) -> int:
-    """Steps in ``epoch`` (from 1): a whole epoch, except a last one cut by ``trainer.max_steps``."""
-    return min(plan.steps_per_epoch, plan.total_steps - (epoch - 1) * plan.steps_per_epoch)
-
-
-def loader_options(ds: dict) -> dict:
-    return {k: ds[k] for k in ("label_mode", "subset") if ds.get(k) is not None}
-
-
 def initialise(plan: Plan, auto_choice_file=None) -> Run:
     """Params, model state, masks and the train state from the run's seed; the compiled epoch.
     ``auto_choice_file``: where ``sparsity.backend=auto`` keeps its per-layer choice
@@ -176,27 +168,8 @@ def initialise(plan: Plan, auto_choice_file=None) -> Run:
     memory.check_dense_fits({n: tuple(a.shape) for n, a in named_leaves(shapes).items()}, memory.available_bytes(),
                             sp.get("backend") or "masked")
     params, model_state = dst.init_model(model, k_init, sample)
-    # Algorithms that prune during training start from `initial_sparsity` (0: dense).
-    start = sp.get("initial_sparsity")
-    start = sp["sparsity"] if start is None else start
+    densities = initial_densities(plan, params)
     structure = plan.structure if plan.structure is not None and plan.structure.name != "unstructured" else None
-    given = explicit_densities(params, sp["densities"]) if sp.get("densities") else None
-    if sp.get("epsilon") is not None:   # SET's counts eps (n_in + n_out) per layer
-        given = epsilon_densities(params, sp["epsilon"], dense_layers=sp.get("dense_layers") or ())
-    if given:
-        densities = given
-        if structure is not None:
-            shapes = {n: tuple(leaf.shape) for n, leaf in named_leaves(params).items()}
-            densities = {n: structure.round_density(shapes[n], d) for n, d in densities.items()
-                         if n not in plan.undivided}
-    elif start == 0:
-        densities = {}
-    elif structure is not None:
-        densities = structured_densities(params, start, sp["distribution"], structure,
-                                         erk_power_scale=sp["erk_power_scale"], dense_layers=sp["dense_layers"])
-    else:
-        densities = dst.layer_densities(params, start, sp["distribution"], erk_power_scale=sp["erk_power_scale"],
-                                        dense_layers=sp["dense_layers"])
     masks = dst.init_masks(k_mask, params, densities, structure=structure)
     layers = dst.sparsifiable_layers(params)
     apply_fn = dst.flax_apply(model)
@@ -213,23 +186,7 @@ def initialise(plan: Plan, auto_choice_file=None) -> Run:
                                     trainer["batch_size"], model_state=model_state)
     densities = {n: d for n, d in dst.density_report(masks, layers).items() if n != "global"}
     tx = make_tx(cfg, plan.total_steps)
-    # A layer that starts dense under an algorithm that prunes it (GMP, IMP) is stored too: its capacity is
-    # its count at the start, and what the pruning frees becomes padding.
-    pruned = dst.sparsifiable_layers(params, dense_layers=sp.get("dense_layers") or ()) if algo.counts == "fall" else ()
-    sparse_layers, timings = [n for n in layers if densities[n] < 1 or n in pruned], {}
-    if sp.get("backend") == "auto":
-        backend, sparse_layers, timings = auto_backend.auto_layers(plan, params, model_state, masks, sparse_layers,
-                                                                   auto_choice_file)
-        sp = {**sp, "backend": backend}
-    storage = make_run_storage(sp, model, masks, sparse_layers, None if plan.parallel is None else plan.parallel.mesh)
-    if storage is not None and storage.backend is not None and algo.dynamic:
-        why = stored.stored_update.unsupported(algo, storage)
-        print(f"sparsity: {sp['algorithm']} updates the stored layers "
-              + ("from storage, one layer at a time." if why is None else f"on their dense view ({why})."))
-        if any(densities[n] == 1 for n in storage.layout_of):
-            print(f"sparsity: {sp['algorithm']} starts some stored layers dense, and a layer keeps its starting "
-                  "capacity as it is pruned (freed slots pad it): the kernels pay only at low density, so "
-                  "sparsity.backend=masked trains such a run faster.")
+    storage, timings = storage_for(plan, params, model_state, masks, densities, layers, auto_choice_file)
     state = dst.create_train_state(k_state, params, masks, tx, algo, model_state, storage=storage)
     if plan.parallel is not None:
         state = plan.parallel.replicate(state)
@@ -251,62 +208,6 @@ def initialise(plan: Plan, auto_choice_file=None) -> Run:
         evaluate = dst.evaluate_fn(apply_fn, trainer["eval_batch_size"], sharding)
     return Run(state=state, layers=layers, densities=densities, flops=graph.flops, pairs=graph.pairs, step=step,
                epoch_fns=epoch_fns, evaluate=evaluate, undivided=plan.undivided, storage=storage, auto=timings)
-
-
-def make_run_storage(sp: dict, model, masks, sparse_layers, mesh=None):
-    """The run's :class:`dst.train.stored.Storage` (None when masked) over its ``sparse_layers``, what it
-    stores and what stays masked named on the console; ``mesh``: the data-parallel devices' (each runs the
-    kernels on its rows)."""
-    backend = sp.get("backend") or "masked"
-    try:
-        storage = stored.make_storage(model, backend, masks, sparse_layers, mesh)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    if storage is not None and storage.backend is None:
-        print("sparsity: backend dense: a plain dense model, with no mask in the train step.")
-    elif storage is not None:
-        kept = [n for n in sparse_layers if n not in storage.layout_of]
-        print(f"sparsity: backend {backend} stores {layer_list(storage.layout_of)}"
-              + (f"; {layer_list(kept)} stay masked (convolutions)" if kept else "") + ".")
-        print(f"sparsity: kernels {kernels.status()}")
-        if not storage.dense_metrics:
-            print("sparsity: the stored layers are too large for per-weight metric state: itop_rate is not tracked.")
-    return storage
-
-
-def explicit_densities(params, given: dict) -> dict[str, float]:
-    """``sparsity.densities``: a density per named layer (a paper's own per-layer counts); layers not
-    named stay dense. Every name must be a sparsifiable layer and every density in (0, 1]."""
-    layers = dst.sparsifiable_layers(params)
-    for name, density in given.items():
-        if name not in layers:
-            raise ConfigError(f"sparsity.densities names {name!r}, which is not a sparsifiable layer; the model's "
-                              f"are {', '.join(layers)}.")
-        if not isinstance(density, (int, float)) or not 0 < density <= 1:
-            raise ConfigError(f"sparsity.densities.{name} must be a number in (0, 1]; got {density!r}.")
-    return {name: float(d) for name, d in given.items()}
-
-
-def epoch_loop(setting: str, convolutional: bool) -> str:
-    """``auto``: a host loop of jitted steps for conv nets on CPU (XLA CPU runs convolutions inside a
-    loop body tens of times slower, see :class:`dst.train.epoch.HostLoopEpoch`), else one ``lax.scan``."""
-    if setting != "auto":
-        return setting
-    return "host" if convolutional and jax.default_backend() == "cpu" else "scan"
-
-
-def augment_options(ds: dict, data) -> dict:
-    if ds.get("augment", "none") == "none":
-        return {}
-    # Pad with the normalised value of a black pixel, as torchvision pads before it normalises.
-    return {"padding": ds.get("crop_padding", 4), "pad_value": data.pad_value}
-
-
-def level_fields(segment, interval) -> dict:
-    """What a record of an iterative run adds: its ``level``, the epoch within it, and the run's step
-    counted over all levels (``step`` stays monotonic; ``level_step`` is the level's own clock)."""
-    return {"level": segment.level, "level_epoch": segment.level_epoch, "step": segment.steps_done,
-            "flops/train_relative": interval.cumulative_flops / (segment.steps_done * 3.0 * interval.f_dense)}
 
 
 def train(plan: Plan, run: Run, logger: RunLogger, progress: Progress, start: Start, *, save, stopping,

@@ -24,6 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 import yaml
 
+from dst.app.build import augment_options
+from dst.app.build import loader_options
+from dst.app.lottery import level_fields
 from dst.app.lottery import next_level_state
 from dst.app.lottery import segments
 from dst.app.records import Interval
@@ -32,10 +35,7 @@ from dst.app.resume import Preempted
 from dst.app.resume import fingerprint
 from dst.app.resume import stop_on_sigterm
 from dst.app.run import NonFiniteLossError
-from dst.app.run import augment_options
 from dst.app.run import initialise
-from dst.app.run import level_fields
-from dst.app.run import loader_options
 from dst.app.run import prepare
 from dst.app.summary import Outcome
 from dst.app.summary import finish_run

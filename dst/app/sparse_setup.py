@@ -1,0 +1,105 @@
+"""The sparse side of a run's start: each layer's initial density (the distribution, ``sparsity.densities``
+or ``sparsity.epsilon``, rounded to the structure) and the storage its sparse layers take
+(``sparsity.backend``: masked, stored on csr/condensed, or per layer with ``auto``), named on the console."""
+
+from __future__ import annotations
+
+import dst
+from dst import kernels
+from dst.app import auto_backend
+from dst.app.console import layer_list
+from dst.app.validate import ConfigError
+from dst.distributions import epsilon_densities
+from dst.masks import named_leaves
+from dst.structures import structured_densities
+from dst.train import stored
+
+
+def initial_densities(plan, params) -> dict[str, float]:
+    """``{layer: density}`` of the initial masks (layers not named are dense): ``sparsity.densities``,
+    SET's ``sparsity.epsilon``, or the distribution at the sparsity the algorithm starts from
+    (``initial_sparsity``; 0: dense), each rounded to the structure."""
+    sp = plan.cfg["sparsity"]
+    # Algorithms that prune during training start from `initial_sparsity` (0: dense).
+    start = sp.get("initial_sparsity")
+    start = sp["sparsity"] if start is None else start
+    structure = plan.structure if plan.structure is not None and plan.structure.name != "unstructured" else None
+    given = explicit_densities(params, sp["densities"]) if sp.get("densities") else None
+    if sp.get("epsilon") is not None:   # SET's counts eps (n_in + n_out) per layer
+        given = epsilon_densities(params, sp["epsilon"], dense_layers=sp.get("dense_layers") or ())
+    if given:
+        densities = given
+        if structure is not None:
+            shapes = {n: tuple(leaf.shape) for n, leaf in named_leaves(params).items()}
+            densities = {n: structure.round_density(shapes[n], d) for n, d in densities.items()
+                         if n not in plan.undivided}
+    elif start == 0:
+        densities = {}
+    elif structure is not None:
+        densities = structured_densities(params, start, sp["distribution"], structure,
+                                         erk_power_scale=sp["erk_power_scale"], dense_layers=sp["dense_layers"])
+    else:
+        densities = dst.layer_densities(params, start, sp["distribution"], erk_power_scale=sp["erk_power_scale"],
+                                        dense_layers=sp["dense_layers"])
+    return densities
+
+
+def storage_for(plan, params, model_state, masks, densities, layers, auto_choice_file=None):
+    """``(storage, auto timings)``: the run's :class:`dst.train.stored.Storage` (None when masked) over its
+    sparse layers, ``auto``'s per-layer choice made, and what the stored layers' updates do said on the
+    console."""
+    sp, algo, model = plan.cfg["sparsity"], plan.algo, plan.model
+    # A layer that starts dense under an algorithm that prunes it (GMP, IMP) is stored too: its capacity is
+    # its count at the start, and what the pruning frees becomes padding.
+    pruned = dst.sparsifiable_layers(params, dense_layers=sp.get("dense_layers") or ()) if algo.counts == "fall" else ()
+    sparse_layers, timings = [n for n in layers if densities[n] < 1 or n in pruned], {}
+    if sp.get("backend") == "auto":
+        backend, sparse_layers, timings = auto_backend.auto_layers(plan, params, model_state, masks, sparse_layers,
+                                                                   auto_choice_file)
+        sp = {**sp, "backend": backend}
+    storage = make_run_storage(sp, model, masks, sparse_layers, None if plan.parallel is None else plan.parallel.mesh)
+    if storage is not None and storage.backend is not None and algo.dynamic:
+        why = stored.stored_update.unsupported(algo, storage)
+        print(f"sparsity: {sp['algorithm']} updates the stored layers "
+              + ("from storage, one layer at a time." if why is None else f"on their dense view ({why})."))
+        if any(densities[n] == 1 for n in storage.layout_of):
+            print(f"sparsity: {sp['algorithm']} starts some stored layers dense, and a layer keeps its starting "
+                  "capacity as it is pruned (freed slots pad it): the kernels pay only at low density, so "
+                  "sparsity.backend=masked trains such a run faster.")
+    return storage, timings
+
+
+def make_run_storage(sp: dict, model, masks, sparse_layers, mesh=None):
+    """The run's :class:`dst.train.stored.Storage` (None when masked) over its ``sparse_layers``, what it
+    stores and what stays masked named on the console; ``mesh``: the data-parallel devices' (each runs the
+    kernels on its rows)."""
+    backend = sp.get("backend") or "masked"
+    try:
+        storage = stored.make_storage(model, backend, masks, sparse_layers, mesh)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if storage is not None and storage.backend is None:
+        print("sparsity: backend dense: a plain dense model, with no mask in the train step.")
+    elif storage is not None:
+        kept = [n for n in sparse_layers if n not in storage.layout_of]
+        print(f"sparsity: backend {backend} stores {layer_list(storage.layout_of)}"
+              + (f"; {layer_list(kept)} stay masked (convolutions)" if kept else "") + ".")
+        print(f"sparsity: kernels {kernels.status()}")
+        if not storage.dense_metrics:
+            print("sparsity: the stored layers are too large for per-weight metric state: itop_rate is not tracked.")
+    return storage
+
+
+def explicit_densities(params, given: dict) -> dict[str, float]:
+    """``sparsity.densities``: a density per named layer (a paper's own per-layer counts); layers not
+    named stay dense. Every name must be a sparsifiable layer and every density in (0, 1]."""
+    layers = dst.sparsifiable_layers(params)
+    for name, density in given.items():
+        if name not in layers:
+            raise ConfigError(f"sparsity.densities names {name!r}, which is not a sparsifiable layer; the model's "
+                              f"are {', '.join(layers)}.")
+        if not isinstance(density, (int, float)) or not 0 < density <= 1:
+            raise ConfigError(f"sparsity.densities.{name} must be a number in (0, 1]; got {density!r}.")
+    return {name: float(d) for name, d in given.items()}
+
+
