@@ -98,13 +98,19 @@ STORED_SCRIPT = textwrap.dedent("""
     assert len(jax.devices()) == 4
     model, params, x, y = tiny_problem()
     dp, out = DataParallel(), {{}}
-    for name in ("rigl", "set", "gmp"):
-        algo = make_algorithm(name, update_every=3, end_step=20)
-        masks = initial_masks(name, params)
+    fan_in = dst.structures.fan_in()
+    for name, backend in (("rigl", "csr"), ("set", "csr"), ("gmp", "csr"), ("rigl", "condensed")):
+        structure = fan_in if backend == "condensed" else None
+        algo = make_algorithm(name, update_every=3, end_step=20, structure=structure)
+        if structure is None:
+            masks = initial_masks(name, params)
+        else:
+            densities = dst.structures.structured_densities(params, 0.8, "erk", structure)
+            masks = dst.init_masks(jax.random.key(0), params, densities, structure=structure)
         layers = dst.sparsifiable_layers(params)
         runs = []
         for mesh in (None, dp.mesh):
-            storage = stored.make_storage(model, "csr", masks, layers, mesh)
+            storage = stored.make_storage(model, backend, masks, layers, mesh)
             step = dst.make_train_step(None, OPTIMIZERS["sgd_momentum"](), algo, storage=storage)
             state = dst.create_train_state(jax.random.key(0), params, masks, OPTIMIZERS["sgd_momentum"](), algo,
                                            storage=storage)
@@ -115,7 +121,7 @@ STORED_SCRIPT = textwrap.dedent("""
                 state, m = epoch(state, put(x), put(y), jax.random.key(e))
             runs.append((stored.expand_state(storage, state.params, state.masks, state.topologies), m))
         ((p1, m1), a), ((p4, m4), b) = runs
-        out[name] = dict(
+        out[f"{{name}}/{{backend}}"] = dict(
             masks_equal=all(np.array_equal(np.asarray(u), np.asarray(v))
                             for u, v in zip(jax.tree_util.tree_leaves(m1), jax.tree_util.tree_leaves(m4))),
             param_err=max(float(np.max(np.abs(np.asarray(u) - np.asarray(v))))
@@ -127,7 +133,7 @@ STORED_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.slow   # a subprocess with 4 forced host devices
-def test_four_devices_on_csr_keep_the_masks_of_one_device():
+def test_four_devices_on_the_stored_backends_keep_the_masks_of_one_device():
     """Each device runs the kernels on its rows of the batch (dst.backends.sharded_matmul): after two
     epochs with topology updates, the masks equal a one-device csr run's and the params agree within
     the masked path's tolerance."""
@@ -135,6 +141,8 @@ def test_four_devices_on_csr_keep_the_masks_of_one_device():
     out = subprocess.run([sys.executable, "-c", STORED_SCRIPT.format(tests=tests)], capture_output=True, text=True,
                          env=FOUR, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    for name, r in json.loads(out.stdout.strip().splitlines()[-1]).items():
+    results = json.loads(out.stdout.strip().splitlines()[-1])
+    assert sorted(results) == ["gmp/csr", "rigl/condensed", "rigl/csr", "set/csr"]
+    for name, r in results.items():
         assert r["masks_equal"] and r["updates"] == 3, (name, r)
         assert r["param_err"] < 1e-5 and r["loss_err"] < 1e-5, (name, r)
