@@ -1,4 +1,4 @@
-"""RigL's update step on csr: the layer-at-a-time stored update against the dense view and masked.
+"""An algorithm's update step on csr against masked; for RigL, the layer-at-a-time stored update against the dense view.
 
 The model is an MLP 784-W-W-W-10, batch 128, SGD with momentum, constant fan-in masks. RigL runs with
 ``update_every=1``, so every step is an update step (the ``full`` program: forward, backward, the dense
@@ -13,6 +13,10 @@ Per-step times are medians over rounds that interleave the variants; memory is t
 step's ``memory_analysis()`` (arguments + temporaries, MiB). ``--no-dense-above W`` skips the masked
 and dense-view variants above width W (their dense arrays would not fit), reporting their compiled
 memory only.
+
+``--algorithm gmp|snfs`` times that algorithm's update at every step instead (GMP pruning a little at each
+step from the given density towards half of it; SNFS moving weights between layers with its default
+capacity of 2 slots per starting weight): ``masked`` against ``csr``, the path a run of it takes.
 
 The csr variants run once per kernel instruction set (``--isas``, switched between calls with
 :func:`dst.kernels.use_isa`), beside the same masked times.
@@ -39,11 +43,20 @@ from dst.train import stored_update
 BATCH = 128
 
 
-def build(width, density, variant):
+def algorithm(name, density):
+    """``name``'s algorithm updating at every step."""
+    if name == "gmp":
+        return dst.algorithms.make("gmp", sparsity=1 - density / 2, initial_sparsity=1 - density, update_every=1,
+                                   end_step=10**6)
+    return dst.algorithms.make(name, update_every=1, end_step=10**6, drop_fraction=0.3)
+
+
+def build(width, density, variant, name="rigl"):
     model, params, layers, masks = fan_in_mlp(width, density)
     tx = optax.sgd(0.01, momentum=0.9)
-    algo = dst.algorithms.make("rigl", update_every=1, end_step=10**6, drop_fraction=0.3)
-    storage = None if variant == "masked" else stored.make_storage(model, "csr", masks, layers)
+    algo = algorithm(name, density)
+    storage = None if variant == "masked" else stored.make_storage(model, "csr", masks, layers,
+                                                                  capacity=stored.default_capacity(algo))
     native = stored_update.unsupported
     if variant == "csr view":      # the dense-view path, for comparison
         stored_update.unsupported = lambda algo, storage: "forced by the benchmark"
@@ -67,6 +80,7 @@ def main():
     parser.add_argument("--densities", default="0.1,0.01")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--no-dense-above", type=int, default=10_000)
+    parser.add_argument("--algorithm", default="rigl", choices=("rigl", "gmp", "snfs"))
     parser.add_argument("--isas", default=None,
                         help="kernel instruction sets for the csr variants (default: every one this CPU runs but "
                              "the portable fallback)")
@@ -74,15 +88,17 @@ def main():
     kernels.require("benchmark")
     isas = args.isas.split(",") if args.isas else [i for i in kernels.runnable_isas() if i != "generic"] or ["generic"]
     print(f"machine: {platform.machine()} {platform.processor() or ''} devices={jax.devices()} "
-          f"jax={jax.__version__}; MLP 784-W-W-W-10, batch {BATCH}, RigL update at every step, "
+          f"jax={jax.__version__}; MLP 784-W-W-W-10, batch {BATCH}, {args.algorithm} update at every step, "
           f"{args.rounds} rounds, medians; kernels {kernels.status()}")
     print(f"{'width':>6s} {'density':>8s} {'variant':>11s} {'isa':>7s} {'ms/update':>10s} {'MiB':>8s}")
     for width in (int(w) for w in args.widths.split(",")):
         for density in (float(d) for d in args.densities.split(",")):
             names = ["masked", "csr view", "csr native"] if width <= args.no_dense_above else ["csr native"]
+            if args.algorithm != "rigl":   # the path its run takes
+                names = ["masked", "csr"]
             runs = {}
             for name in names:
-                compiled, state, batch, mib = build(width, density, name)
+                compiled, state, batch, mib = build(width, density, name, args.algorithm)
                 state, _ = compiled(state, batch)    # warm
                 runs[name] = [compiled, state, batch, mib]
             timings = {(name, isa): [] for name in runs for isa in (["-"] if name == "masked" else isas)}

@@ -24,6 +24,7 @@ References:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 from typing import NamedTuple
@@ -97,7 +98,9 @@ def rebuild_topology(fmt: str, fields: dict, n_in: int) -> CSR | Condensed:
 
 
 class Layout(NamedTuple):
-    """Static facts of one stored layer: its dense kernel shape and its stored count (nnz, or k)."""
+    """Static facts of one stored layer: its dense kernel shape and its capacity, the slots it stores (nnz
+    capacity, or k): the starting count, or more where the run's algorithm moves weights between layers
+    (``sparsity.capacity``)."""
 
     shape: tuple[int, int]
     count: int
@@ -106,7 +109,8 @@ class Layout(NamedTuple):
 class Backend(NamedTuple):
     """How one layer is stored. Every function is pure and jit-able; ``layout`` is static.
 
-    * ``layout(mask) -> Layout`` from a concrete mask, or raises ``ValueError`` (one sentence);
+    * ``layout(mask, capacity=1.0) -> Layout`` from a concrete mask, with room for ``capacity`` times its
+      active count (at most the dense size), or raises ``ValueError`` (one sentence);
     * ``compress(w, mask, layout) -> (values, slots, topology)``: ``slots`` (bool, shaped like
       ``values``) marks the slots that hold an active weight; the rest are zero-valued padding, so a
       layer may hold fewer weights than its capacity ``layout.count`` without changing a shape;
@@ -136,14 +140,16 @@ def _scatter(values, valid, inputs, units, shape):
     return w, mask
 
 
-def _csr_layout(mask) -> Layout:
+def _csr_layout(mask, capacity: float = 1.0) -> Layout:
     mask = np.asarray(mask)
-    return Layout(tuple(mask.shape), int(mask.sum()))
+    return Layout(tuple(mask.shape), min(mask.size, math.ceil(capacity * int(mask.sum()))))
 
 
 def _csr_compress(w, mask, layout):
     inputs, units, valid = _slots_by_unit(mask, layout.count)
-    per_unit = jnp.cumsum(jnp.sum(mask, 0, dtype=jnp.int32))
+    # Clamped at the capacity: a mask with more weights than slots (an algorithm that moved weights past a
+    # layer's capacity, which the run reports and stops on) keeps a valid structure of its first weights.
+    per_unit = jnp.minimum(jnp.cumsum(jnp.sum(mask, 0, dtype=jnp.int32)), layout.count)
     # Padding slots belong to the last unit, where they multiply a zero value.
     rowptr = jnp.concatenate([jnp.zeros(1, jnp.int32), per_unit[:-1], jnp.full(1, layout.count, jnp.int32)])
     return jnp.where(valid, w[inputs, units], 0), valid, csr_topology(inputs, rowptr, layout.shape[0])
@@ -154,7 +160,10 @@ def _csr_expand(values, valid, topology, layout):
     return _scatter(values, valid, topology.cols, units, layout.shape)
 
 
-def _condensed_layout(mask) -> Layout:
+def _condensed_layout(mask, capacity: float = 1.0) -> Layout:
+    if capacity != 1:
+        raise ValueError(f"keeps one fan-in per unit and has no spare slots; sparsity.capacity={capacity} needs "
+                         "sparsity.backend=csr")
     fan_in = np.asarray(mask).sum(axis=0)
     if fan_in.size and fan_in.min() != fan_in.max():
         raise ValueError(f"has fan-ins from {fan_in.min()} to {fan_in.max()}; the condensed backend needs one "
@@ -199,9 +208,9 @@ def make(name: str) -> Backend | None:
     raise ValueError(f"sparsity.backend must be one of {', '.join(BACKENDS)}; got {name!r}")
 
 
-def layouts(backend: Backend, masks, layers) -> dict[str, Layout]:
-    """The static :class:`Layout` of each stored layer, from concrete masks (``ValueError`` naming the layer
-    when the backend cannot hold its mask)."""
+def layouts(backend: Backend, masks, layers, capacity: float = 1.0) -> dict[str, Layout]:
+    """The static :class:`Layout` of each stored layer, from concrete masks, with room for ``capacity``
+    times each layer's active count (``ValueError`` naming the layer when the backend cannot hold its mask)."""
     leaves = named_leaves(masks)
     out = {}
     for name in layers:
@@ -209,7 +218,7 @@ def layouts(backend: Backend, masks, layers) -> dict[str, Layout]:
             raise ValueError(f"sparsity.backend={backend.name} stores fully connected kernels only; {name} has "
                              f"shape {tuple(np.shape(leaves[name]))}")
         try:
-            out[name] = backend.layout(leaves[name])
+            out[name] = backend.layout(leaves[name], capacity)
         except ValueError as err:
             raise ValueError(f"sparsity.backend={backend.name}: layer {name} {err}") from None
     return out

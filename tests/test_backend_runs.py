@@ -4,10 +4,10 @@ topology decisions; every setting a backend cannot take is one sentence before a
 import json
 
 import pytest
-
-from dst import kernels
 from cli_helpers import dst_train_here
 from idx_data import write_dataset
+
+from dst import kernels
 
 MODEL = ("model=mlp", "model.hidden=[24,16]")
 pytestmark = pytest.mark.xdist_group("backend-runs")   # one worker: the data fixture is made once
@@ -61,11 +61,13 @@ def test_a_stored_run_makes_the_masked_runs_topology_decisions(tmp_path, data_di
      "unstructured."),
     (("sparsity=srigl", "sparsity.backend=condensed"),
      "sparsity.min_salient_fraction must be 0 with sparsity.backend=condensed: SRigL's ablation moves"),
-    (("sparsity=snfs", "sparsity.backend=csr"),
-     "sparsity.backend=csr holds a fixed capacity of weights per layer, and sparsity.algorithm=snfs moves weights "
-     "between layers"),
+    (("sparsity=snfs", "sparsity.backend=csr", "sparsity.capacity=0.5"),
+     "sparsity.capacity must be a number in [1.0, inf); got 0.5."),
+    (("sparsity.capacity=2",),
+     "sparsity.capacity sets the slots of sparsity.backend=csr's stored layers (per starting weight), and this "
+     "run's backend is masked; use csr or leave capacity null."),
     (("sparsity=gmp", "sparsity.backend=condensed", "sparsity.structure=fan_in"),
-     "sparsity.backend=condensed keeps every unit's fan-in, and sparsity.algorithm=gmp lowers layers' counts"),
+     "sparsity.backend=condensed keeps every unit's fan-in, and sparsity.algorithm=gmp changes layers' counts"),
     (("sparsity=topkast", "sparsity.backend=csr"),
      "sparsity.backend=csr stores the active weights only, and sparsity.algorithm=topkast trains weights outside"),
 ])
@@ -112,3 +114,17 @@ def test_the_dense_step_has_no_select():
         hlo[name] = jax.jit(step.full).lower(state, batch).as_text()
     on_kernel = lambda text: [line for line in text.splitlines() if "select" in line and "tensor<4x8xf32>" in line]
     assert on_kernel(hlo["masked"]) and not on_kernel(hlo["dense"])
+
+
+def test_a_layer_grown_past_its_capacity_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, data_dir):
+    # SNFS moves weights between layers from its first update, at step 10 (the second epoch); at capacity 1
+    # a layer that gains weights has no slot for them.
+    run_dir, out = _train(tmp_path, data_dir, "snfs", "sparsity=snfs", "sparsity.sparsity=0.8", "sparsity.backend=csr",
+                          "sparsity.capacity=1", "sparsity.update_every=5", "sparsity.start_step=10",
+                          "trainer.epochs=3", "trainer.checkpoint_every_epochs=1")
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "above its capacity of" in lines[0] and "raise sparsity.capacity" in lines[0], out.stderr
+    assert lines[0].startswith("error: layer Dense_")
+    assert [r["epoch"] for r in _records(run_dir)] == [1]          # the epoch before is logged ...
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == ["1"]   # ... and kept

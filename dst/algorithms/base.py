@@ -68,6 +68,8 @@ class SparseAlgorithm(NamedTuple):
     * ``levels > 0`` with ``next_level(state, key, params, masks, start_params) -> (params, masks,
       state)`` and ``rewind_step``: the run trains ``levels + 1`` levels, each from step ``rewind_step``
       to the end (level 0 from 0) with a fresh optimizer, and calls ``next_level`` between them (IMP).
+    * ``prune``: a :class:`PruneRule` saying what ``update`` does where it only prunes (GMP), so that
+      stored layers are pruned in place; ``rules`` says the same of :func:`prune_and_regrow`'s updates.
     * ``counts``: what the updates do to each layer's number of active weights: ``"keep"`` it (SET,
       RigL, SRigL, static), let it only ``"fall"`` (GMP, GraNet, MEST's decay, IMP's levels) or
       ``"move"`` it between layers (SNFS; the default, which promises nothing). A stored layer (``csr``;
@@ -91,6 +93,22 @@ class SparseAlgorithm(NamedTuple):
     rewind_step: int = 0
     counts: str = "move"
     rules: PruneRegrowRules | None = None
+    prune: PruneRule | None = None
+
+
+class PruneRule(NamedTuple):
+    """What an update that only prunes does (GMP), for callers that hold a layer in another form than a
+    dense array (:mod:`dst.train.stored_prune` prunes stored layers in place, without their dense form):
+    at each step where the algorithm updates, it keeps the largest ``|w|`` of the active weights of
+    ``layers(state)``, ``counts(state, sizes)`` of them (``sizes``: each layer's dense number of weights):
+    per layer (``{name: int32}``, layer ``i`` of ``layers`` breaking ties with ``fold_in(key, i)``) or, as
+    one number, over the layers together (one threshold; ties broken with ``key`` by the position in the
+    layers laid end to end). Pruned weights become exact zeros; nothing grows; ``structure`` is the
+    algorithm's (only an unstructured rule prunes stored layers in place)."""
+
+    layers: Callable[[Any], list]
+    counts: Callable[..., Any]
+    structure: Structure
 
 
 class PruneRegrowRules(NamedTuple):

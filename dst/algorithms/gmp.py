@@ -8,6 +8,7 @@ from jax import lax
 
 from dst import schedules
 from dst.algorithms.accounting import windowed
+from dst.algorithms.base import PruneRule
 from dst.algorithms.base import SparseAlgorithm
 from dst.algorithms.base import initial_state
 from dst.algorithms.base import skip_calls
@@ -106,8 +107,8 @@ def gmp(*, sparsity: float, update_every: int, end_step: int, start_step: int = 
                 dense_layers=dense_layers, sparsifiable=sparsifiable).items()}
         return initial_state(masks, {n: jnp.int32(c) for n, c in finals.items()})
 
-    def targets(step, finals, params):
-        sizes = {n: leaf.size for n, leaf in named_leaves(params).items()}
+    def targets(step, finals, sizes):
+        """The counts to keep at ``step``: per layer, or one total (scope global)."""
         if scope == "global":
             s_t = schedules.cubic_sparsity(step, initial_sparsity, sparsity, start_step, end_step)
             total = sum(sizes[n] for n in finals)
@@ -126,7 +127,8 @@ def gmp(*, sparsity: float, update_every: int, end_step: int, start_step: int = 
 
         def prune(ops):
             params, masks = ops
-            counts = targets(state.step.astype(jnp.float32), state.extra, params)
+            sizes = {n: leaf.size for n, leaf in named_leaves(params).items()}
+            counts = targets(state.step.astype(jnp.float32), state.extra, sizes)
             kept = keep_largest(key, params, masks, list(state.extra), counts, structure)
             masks = replace_named(masks, kept)
             params = jax.tree_util.tree_map(lambda p, m: jnp.where(m, p, 0.0), params, masks)
@@ -143,5 +145,7 @@ def gmp(*, sparsity: float, update_every: int, end_step: int, start_step: int = 
         s = lambda t: float(schedules.cubic_sparsity(t, initial_sparsity, sparsity, start_step, end_step))
         return 1.0 - (1.0 - s(step)) / (1.0 - s(max(step - update_every, start_step)))
 
-    return SparseAlgorithm(init=init, update=update, quiet=quiet, skip=skip_calls, counts="fall",
+    rule = PruneRule(layers=lambda state: list(state.extra), structure=structure,
+                     counts=lambda state, sizes: targets(state.step.astype(jnp.float32), state.extra, sizes))
+    return SparseAlgorithm(init=init, update=update, quiet=quiet, skip=skip_calls, counts="fall", prune=rule,
                            drop_fraction_at=windowed(pruning_rate, start_step, end_step, inclusive_end=True))

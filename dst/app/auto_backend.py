@@ -31,6 +31,9 @@ def auto_fallback(plan) -> str | None:
         stored.check_algorithm(plan.algo, "csr", f"sparsity.algorithm={sp['algorithm']}")
     except ValueError:
         return f"sparsity.algorithm={sp['algorithm']} does not run on csr (sparsity.backend=csr says why)"
+    if plan.algo.dynamic and plan.algo.quiet is None:   # SNFS's momentum
+        return (f"sparsity.algorithm={sp['algorithm']} reads the dense gradient of every step, which a stored layer "
+                "forms at a dense layer's cost (sparsity.backend=csr runs it)")
     return None
 
 

@@ -1,7 +1,9 @@
 """One training run from a plain config dict, in stages a reader can follow:
 
 1. :func:`prepare`: check every setting, load the data, build the model and the algorithm, and check
-   that they fit together: every :class:`ConfigError` is raised here, before anything compiles;
+   that they fit together: every :class:`ConfigError` is raised here, before anything compiles, but
+   one that only an update can reveal (a stored layer grown past ``sparsity.capacity``, which
+   :func:`train` raises before logging or saving that epoch);
 2. :func:`initialise`: params, model state, masks (one-shot pruning included), the train state, the
    kernel graph (FLOPs, dead-unit pairs) and the compiled epoch;
 3. :func:`train`: the epoch loop, which logs a record every ``log_every_epochs`` epochs;
@@ -238,6 +240,7 @@ def train(plan: Plan, run: Run, logger: RunLogger, progress: Progress, start: St
         t0 = time.perf_counter()
         state, m = feed.epoch(state, epoch_key(epoch), segment.steps)
         m = jax.device_get(m)
+        stop_on_overflow(run.storage, m)
         view = stored.dense_view(run.storage, state)   # what records read: dense masks, also when stored
         interval.add(m, time.perf_counter() - t0, view)
         finite = bool(np.all(np.isfinite(m["loss"])))
@@ -262,6 +265,15 @@ def train(plan: Plan, run: Run, logger: RunLogger, progress: Progress, start: St
             raise Preempted(f"stopped by SIGTERM after epoch {epoch} (step {int(state.step)}); the same command "
                             f"resumes from the checkpoint.")
     return state
+
+
+def stop_on_overflow(storage, metrics) -> None:
+    """:class:`ConfigError` (before the epoch is logged or saved) when an update grew a stored layer past
+    its capacity (``sparsity.capacity``)."""
+    if storage is not None and storage.backend is not None:
+        overflow = stored.capacity_overflow(metrics, storage.layout_of)
+        if overflow is not None:
+            raise ConfigError(overflow)
 
 
 def run(cfg: dict, run_dir, *, stream=None) -> dict:

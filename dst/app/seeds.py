@@ -37,6 +37,7 @@ from dst.app.resume import stop_on_sigterm
 from dst.app.run import NonFiniteLossError
 from dst.app.run import initialise
 from dst.app.run import prepare
+from dst.app.run import stop_on_overflow
 from dst.app.summary import Outcome
 from dst.app.summary import finish_run
 from dst.app.summary import run_tags
@@ -200,6 +201,7 @@ def _train(top_cfg, plan, all_parts, files, stacked, index, data_keys, replicas,
         t0 = time.perf_counter()
         stacked, m = compiled[segment.steps](stacked, x, y, keys(epoch), index)
         m = jax.device_get(m)
+        stop_on_overflow(parts.storage, m)
         seconds = time.perf_counter() - t0
         finite = bool(np.all(np.isfinite(m["loss"])))
         log = not (segment.level_epoch % trainer["log_every_epochs"] and not segment.last and finite)

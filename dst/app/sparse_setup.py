@@ -57,11 +57,18 @@ def storage_for(plan, params, model_state, masks, densities, layers, auto_choice
         backend, sparse_layers, timings = auto_backend.auto_layers(plan, params, model_state, masks, sparse_layers,
                                                                    auto_choice_file)
         sp = {**sp, "backend": backend}
-    storage = make_run_storage(sp, model, masks, sparse_layers, None if plan.parallel is None else plan.parallel.mesh)
+    capacity = sp.get("capacity") or stored.default_capacity(algo)
+    storage = make_run_storage(sp, model, masks, sparse_layers, None if plan.parallel is None else plan.parallel.mesh,
+                               capacity)
     if storage is not None and storage.backend is not None and algo.dynamic:
-        why = stored.stored_update.unsupported(algo, storage)
-        print(f"sparsity: {sp['algorithm']} updates the stored layers "
-              + ("from storage, one layer at a time." if why is None else f"on their dense view ({why})."))
+        path = stored.update_path(algo, storage)
+        how = {"from storage": "updates the stored layers from storage, one layer at a time.",
+               "in place": "prunes the stored layers in place, from storage.",
+               "every step": "updates the stored layers on their dense view at every step (the algorithm reads "
+                             "every step's dense gradient).",
+               "dense view": "updates the stored layers on their dense view "
+                             f"({stored.stored_update.unsupported(algo, storage)})."}[path]
+        print(f"sparsity: {sp['algorithm']} {how}")
         if any(densities[n] == 1 for n in storage.layout_of):
             print(f"sparsity: {sp['algorithm']} starts some stored layers dense, and a layer keeps its starting "
                   "capacity as it is pruned (freed slots pad it): the kernels pay only at low density, so "
@@ -69,13 +76,13 @@ def storage_for(plan, params, model_state, masks, densities, layers, auto_choice
     return storage, timings
 
 
-def make_run_storage(sp: dict, model, masks, sparse_layers, mesh=None):
+def make_run_storage(sp: dict, model, masks, sparse_layers, mesh=None, capacity: float = 1.0):
     """The run's :class:`dst.train.stored.Storage` (None when masked) over its ``sparse_layers``, what it
     stores and what stays masked named on the console; ``mesh``: the data-parallel devices' (each runs the
-    kernels on its rows)."""
+    kernels on its rows); ``capacity``: each stored layer's slots per starting weight."""
     backend = sp.get("backend") or "masked"
     try:
-        storage = stored.make_storage(model, backend, masks, sparse_layers, mesh)
+        storage = stored.make_storage(model, backend, masks, sparse_layers, mesh, capacity)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     if storage is not None and storage.backend is None:
@@ -84,6 +91,9 @@ def make_run_storage(sp: dict, model, masks, sparse_layers, mesh=None):
         kept = [n for n in sparse_layers if n not in storage.layout_of]
         print(f"sparsity: backend {backend} stores {layer_list(storage.layout_of)}"
               + (f"; {layer_list(kept)} stay masked (convolutions)" if kept else "") + ".")
+        if capacity != 1:
+            print(f"sparsity: capacity {capacity:g}: each stored layer has {capacity:g} slots per starting weight "
+                  "(at most its dense size), room for the algorithm to move weights between layers.")
         print(f"sparsity: kernels {kernels.status()}")
         if not storage.dense_metrics:
             print("sparsity: the stored layers are too large for per-weight metric state: itop_rate is not tracked.")

@@ -31,7 +31,7 @@ LOGGERS = ("wandb", "none")
 # Keys of conf/sparsity that every algorithm may carry: they describe the initial masks or the run
 # length. They reach an algorithm's factory only when it takes them (GMP takes `sparsity`, RigL does not).
 COMMON_KEYS = ("algorithm", "sparsity", "distribution", "erk_power_scale", "dense_layers", "end_fraction",
-               "initial_sparsity", "densities", "structure", "backend", "epsilon")
+               "initial_sparsity", "densities", "structure", "backend", "epsilon", "capacity")
 # Settings of the structure itself: they build the `structure` an algorithm takes, never reach it alone.
 STRUCTURE_KEYS = ("n_m", "block")
 
@@ -212,6 +212,11 @@ def _check_backend(cfg: dict) -> None:
     if backend not in backends.BACKENDS + ("auto",):
         raise ConfigError(f"sparsity.backend must be one of {', '.join(backends.BACKENDS + ('auto',))}; "
                           f"got {backend!r}.")
+    if sp.get("capacity") is not None:
+        _range(cfg, "sparsity.capacity", 1.0, None)
+        if backend not in ("csr", "auto"):
+            raise ConfigError(f"sparsity.capacity sets the slots of sparsity.backend=csr's stored layers (per starting "
+                              f"weight), and this run's backend is {backend}; use csr or leave capacity null.")
     if backend in ("masked", "auto"):   # auto falls back to masked, saying why, where csr cannot run
         return
     if backend == "dense":

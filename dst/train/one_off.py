@@ -7,7 +7,8 @@ fusion emitters, and ran in milliseconds either way. Over a large one the optimi
 compile time: the stored state of an MLP 784-4000x3-10 at 10% took 2.8 s to build and compile at the
 defaults, 4.2 s with the fast settings. So below :data:`SMALL_MODEL_ELEMENTS` elements the fast settings
 are used. Neither program does floating-point arithmetic that the settings could round differently: they
-copy, compact, sort and compare.
+copy, compact, sort and compare. The settings are XLA CPU options: on another platform (a GPU rejects
+``xla_cpu_use_fusion_emitters`` as an unknown option) its defaults are used.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def call(fn: Callable, *args):
 
 def compiled_for_size(fn: Callable, *args):
     """``jax.jit(fn)`` lowered for ``args`` and compiled with :data:`FAST_COMPILE` when ``args`` hold fewer
-    than :data:`SMALL_MODEL_ELEMENTS` elements (XLA's defaults otherwise); call it with arrays of the same
-    shapes."""
+    than :data:`SMALL_MODEL_ELEMENTS` elements and the program runs on the CPU (XLA's defaults otherwise);
+    call it with arrays of the same shapes."""
     lowered = jax.jit(fn).lower(*args)
-    return lowered.compile(FAST_COMPILE if tree_elements(args) < SMALL_MODEL_ELEMENTS else None)
+    fast = tree_elements(args) < SMALL_MODEL_ELEMENTS and jax.default_backend() == "cpu"
+    return lowered.compile(FAST_COMPILE if fast else None)

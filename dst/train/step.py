@@ -154,16 +154,18 @@ def _build_step(apply_fn, tx, algo, loss_fn, storage=None):
             updates, opt_state = tx.update(masked, state.opt_state, state.params)
             params = jax.tree_util.tree_map(lambda p, u, m: jnp.where(m, p + u, p if dense_storage else 0.0),
                                             state.params, updates, train_set)
-        topologies = state.topologies
+        topologies, overflow = state.topologies, None
         if storage is None:
             params, masks, algo_state = algo.update(state.algo_state, k_algo, params, state.masks, grads)
         else:
-            params, masks, topologies, opt_state, ever_active, algo_state = stored_update(
+            params, masks, topologies, opt_state, ever_active, algo_state, overflow = stored_update(
                 state.algo_state, k_algo, params, state.masks, topologies, grads, taps, opt_state,
                 state.ever_active)
             state = state._replace(ever_active=ever_active)
         metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == y),
                    "updated": algo_state.updated, **topology}
+        if overflow is not None:   # weights beyond a stored layer's capacity (SNFS): the host stops the run
+            metrics["overflow"] = overflow
         new_state = state._replace(params=params, masks=masks, model_state=model_state, opt_state=opt_state,
                                    algo_state=algo_state, step=state.step + 1, rng=rng, topologies=topologies)
         return new_state, metrics

@@ -32,12 +32,24 @@ from dst.algorithms.base import SparseAlgorithm
 from dst.masks import named_leaves
 from dst.masks import replace_named
 from dst.train import one_off
+from dst.train import stored_prune
 from dst.train import stored_update
 from dst.train.moments import map_param_trees
 
 # Per-weight dense metric state (ITOP's ever-active set) is kept while the stored layers' dense size is at
 # most this many weights (a 1 GiB bool set at the limit); above it the run reports no itop_rate.
 DENSE_METRICS_LIMIT = 2**30
+
+# A stored layer's slots per starting weight (``sparsity.capacity``) when the run's algorithm moves weights
+# between layers (``counts="move"``, SNFS). SNFS's defaults took LeNet-300-100's second layer from 23% to
+# 34% dense within the first epoch (1.48x); a layer's capacity never exceeds its dense size.
+MOVING_CAPACITY = 2.0
+
+
+def default_capacity(algo: SparseAlgorithm) -> float:
+    """The stored layers' ``capacity`` when the run sets none: room to grow where the algorithm moves
+    weights between layers, the starting count otherwise (its counts only keep or fall)."""
+    return MOVING_CAPACITY if algo.counts == "move" else 1.0
 
 
 class Storage(NamedTuple):
@@ -51,10 +63,12 @@ class Storage(NamedTuple):
     dense_metrics: bool = True
 
 
-def make_storage(model, backend: str, masks, layers, mesh=None) -> Storage | None:
+def make_storage(model, backend: str, masks, layers, mesh=None, capacity: float = 1.0) -> Storage | None:
     """The :class:`Storage` of ``model`` under ``backend`` (``None`` for ``masked``). Every 2-D
     (fully connected) kernel among ``layers`` is stored; other layers stay masked. With a ``mesh`` (data
-    parallelism, :class:`dst.train.devices.DataParallel`) each device multiplies its rows of the batch. ``dense`` is a
+    parallelism, :class:`dst.train.devices.DataParallel`) each device multiplies its rows of the batch. Each
+    stored layer has room for ``capacity`` times its starting count (:data:`MOVING_CAPACITY` suits an
+    algorithm that moves weights between layers). ``dense`` is a
     storage without a backend: nothing is stored, and the step applies no mask (dense training)."""
     if backend == "dense":
         if not all(np.all(m) for m in jax.tree_util.tree_leaves(masks)):
@@ -66,7 +80,7 @@ def make_storage(model, backend: str, masks, layers, mesh=None) -> Storage | Non
         return None
     shapes = {name: np.shape(leaf) for name, leaf in named_leaves(masks).items()}
     stored = [name for name in layers if len(shapes[name]) == 2]
-    layout_of = backends.layouts(chosen, masks, stored)
+    layout_of = backends.layouts(chosen, masks, stored, capacity)
     dense_size = sum(int(np.prod(lay.shape)) for lay in layout_of.values())
     return Storage(chosen, layout_of, backends.stored_apply(model, chosen, layout_of, mesh),
                    dense_metrics=dense_size <= DENSE_METRICS_LIMIT)
@@ -77,16 +91,10 @@ def check_algorithm(algo: SparseAlgorithm, backend: str, name: str = "this algor
     if algo.trainable is not None or algo.penalty is not None:
         raise ValueError(f"sparsity.backend={backend} stores the active weights only, and {name} trains "
                          "weights outside its forward mask (Top-KAST's backward set); use sparsity.backend=masked.")
-    if algo.counts == "move":
-        raise ValueError(f"sparsity.backend={backend} holds a fixed capacity of weights per layer, and {name} "
-                         "moves weights between layers (SNFS, GraNet); use sparsity.backend=masked.")
-    if algo.counts == "fall" and backend == "condensed":
-        raise ValueError(f"sparsity.backend=condensed keeps every unit's fan-in, and {name} lowers layers' "
-                         "counts (GMP, GraNet, MEST's decay, IMP); use sparsity.backend=csr or masked.")
-
-    if algo.dynamic and (algo.quiet is None or algo.skip is None):
-        raise ValueError(f"sparsity.backend={backend} needs an algorithm that says when it may update (quiet/skip "
-                         f"hooks), which {name} does not; use sparsity.backend=masked.")
+    if algo.counts != "keep" and backend == "condensed":
+        raise ValueError(f"sparsity.backend=condensed keeps every unit's fan-in, and {name} changes layers' "
+                         "counts (GMP, GraNet, MEST's decay, IMP lower them; SNFS moves them between layers); use "
+                         "sparsity.backend=csr or masked.")
 
 
 def compress_state(storage: Storage, params, masks):
@@ -125,20 +133,46 @@ def dense_gradients(storage: Storage, grads, taps):
     return replace_named(grads, dense)
 
 
+def update_path(algo: SparseAlgorithm, storage: Storage) -> str:
+    """How ``algo``'s updates reach the stored layers: ``"from storage"`` (prune-and-regrow one layer at a
+    time, :mod:`dst.train.stored_update`), ``"in place"`` (pruning only, :mod:`dst.train.stored_prune`),
+    ``"every step"`` (on the dense view at every step: an algorithm without the quiet/skip hooks) or
+    ``"dense view"`` (at its update steps)."""
+    if algo.dynamic and algo.quiet is None:
+        return "every step"
+    if algo.dynamic and stored_update.unsupported(algo, storage) is None:
+        return "from storage"
+    if algo.dynamic and stored_prune.unsupported(algo, storage) is None:
+        return "in place"
+    return "dense view"
+
+
 def update_algorithm(algo: SparseAlgorithm, storage: Storage) -> Callable:
     """``update(state, key, params, slots, topologies, grads, taps, opt_state, ever_active) -> (params,
-    slots, topologies, opt_state, ever_active, state)``: at the steps where the algorithm may act
-    (``algo.quiet(state) == 0``) the layers are updated from storage, one at a time
+    slots, topologies, opt_state, ever_active, state, overflow)``: at the steps where the algorithm may
+    act (``algo.quiet(state) == 0``) the layers are updated from storage, one at a time
     (:mod:`dst.train.stored_update`: SET, RigL and MEST on ``csr``), or else ``algo.update`` runs on the
-    dense view; ``algo.skip`` elsewhere. The optimizer's per-weight moments move with their weights to
-    the new slots; ``ever_active`` (dense, or None) gains the new masks."""
+    dense view; ``algo.skip`` elsewhere. An algorithm without those hooks (SNFS: its momentum reads the
+    dense gradient at every step) runs ``algo.update`` on the dense view at every step, and its result is
+    stored where it changed the topology. The optimizer's per-weight moments move with their weights to
+    the new slots; ``ever_active`` (dense, or None) gains the new masks.
 
-    def act_dense(state, key, params, slots, topologies, opt_state, ever_active, grads, taps):
+    ``overflow`` (``None`` unless the algorithm moves weights between layers, ``counts="move"``) is, per
+    stored layer, how many active weights the update left beyond the layer's capacity (0 when they fit):
+    the stored layer then lost them, and the run must stop (:func:`capacity_overflow`)."""
+    layouts = storage.layout_of
+    no_overflow = lambda: {n: jnp.int32(0) for n in layouts} if algo.counts == "move" else None
+
+    def overflow(masks):
+        m = named_leaves(masks)
+        return {n: jnp.maximum(jnp.sum(m[n], dtype=jnp.int32) - lay.count, 0) for n, lay in layouts.items()}
+
+    def on_dense_view(state, key, params, slots, topologies, grads, taps):
         dense_p, dense_m = expand_state(storage, params, slots, topologies)
-        dense_g = dense_gradients(storage, grads, taps)
         inner = state._replace(grown=jax.tree_util.tree_map(lambda m: jnp.zeros(m.shape, bool), dense_m))
-        new_p, new_m, new_state = algo.update(inner, key, dense_p, dense_m, dense_g)
+        return algo.update(inner, key, dense_p, dense_m, dense_gradients(storage, grads, taps))
 
+    def store(params, slots, topologies, opt_state, ever_active, new_p, new_m, new_state):
         def move(moments):   # to the slots of the new topology (a grown weight's moments are reset later)
             return compress_state(storage, expand_state(storage, moments, slots, topologies)[0], new_m)[0]
 
@@ -147,21 +181,59 @@ def update_algorithm(algo: SparseAlgorithm, storage: Storage) -> Callable:
             ever_active = jax.tree_util.tree_map(jnp.logical_or, ever_active, new_m)
         params, slots, topologies = compress_state(storage, new_p, new_m)
         new_state = new_state._replace(grown=stored_grown(storage, new_state.grown, new_m))
-        return params, slots, topologies, opt_state, ever_active, new_state
+        return params, slots, topologies, opt_state, ever_active, new_state, \
+            overflow(new_m) if algo.counts == "move" else None
 
-    act = act_dense if not algo.dynamic or stored_update.unsupported(algo, storage) else \
-        stored_update.update_stored(algo, storage)
+    def act_dense(state, key, params, slots, topologies, opt_state, ever_active, grads, taps):
+        new = on_dense_view(state, key, params, slots, topologies, grads, taps)
+        return store(params, slots, topologies, opt_state, ever_active, *new)
+
+    def act_every_step(state, key, params, slots, topologies, opt_state, ever_active, grads, taps):
+        new_p, new_m, new_state = on_dense_view(state, key, params, slots, topologies, grads, taps)
+        unchanged = (params, slots, topologies, opt_state, ever_active, new_state._replace(grown=state.grown),
+                     no_overflow())
+        return lax.cond(new_state.updated,
+                        lambda: store(params, slots, topologies, opt_state, ever_active, new_p, new_m, new_state),
+                        lambda: unchanged)
+
+    path = update_path(algo, storage)
+    if path == "from storage":
+        from_storage = stored_update.update_stored(algo, storage)
+        act = lambda *args: (*from_storage(*args), no_overflow())
+    elif path == "in place":
+        in_place = stored_prune.prune_in_place(algo, storage)
+        act = lambda *args: (*in_place(*args), no_overflow())
+    else:
+        act = act_dense
 
     def update(state, key, params, slots, topologies, grads, taps, opt_state, ever_active):
         if not algo.dynamic:
             params, slots, state = algo.update(state, key, params, slots, grads)
-            return params, slots, topologies, opt_state, ever_active, state
+            return params, slots, topologies, opt_state, ever_active, state, None
+        if algo.quiet is None:
+            return act_every_step(state, key, params, slots, topologies, opt_state, ever_active, grads, taps)
         return lax.cond(algo.quiet(state) == 0,
                         lambda ops: act(state, key, *ops),
-                        lambda ops: (*ops[:5], algo.skip(state, 1)),
+                        lambda ops: (*ops[:5], algo.skip(state, 1), no_overflow()),
                         (params, slots, topologies, opt_state, ever_active, grads, taps))
 
     return update
+
+
+def capacity_overflow(metrics, layouts: dict) -> str | None:
+    """The sentence that stops a run whose algorithm grew a stored layer past its capacity, from an epoch's
+    per-step ``metrics`` (``metrics["overflow"]``, :func:`update_algorithm`), or ``None``. Its
+    ``layouts`` give the capacities."""
+    if "overflow" not in metrics:
+        return None
+    for name, excess in metrics["overflow"].items():
+        worst = int(np.max(excess))
+        if worst > 0:
+            count = layouts[name].count
+            return (f"layer {name} needed {count + worst:,} weights at an update of this epoch, above its capacity "
+                    f"of {count:,} slots; raise sparsity.capacity (slots per starting weight) or use "
+                    "sparsity.backend=masked. The last checkpoint is kept.")
+    return None
 
 
 def model_params(state):
