@@ -120,9 +120,10 @@ class PruneRegrowRules(NamedTuple):
     * ``updates(name, shape) -> bool``: whether the leaf takes part (sparsifiable, divided by the
       structure);
     * ``fraction(step)``: the drop fraction ``f(t)`` at an update step;
-    * ``update_layer(key, w, g, mask, f)``: one dense layer's update, ``(w, mask, grown)``;
-    * ``decays``: whether updates also drop weights they do not regrow (``excess``; never on a fixed-
-      capacity backend).
+    * ``update_layer(key, w, g, mask, f, excess=0)``: one dense layer's update, ``(w, mask, grown)``;
+    * ``excess(step, extra, name, n)``, or None: how many weights layer ``name`` (``n`` active) drops at
+      ``step`` on top of ``int(f n)`` without regrowing them (MEST's decay; ``extra`` is the state's);
+      ``decays`` says whether it is set.
     """
 
     drop_rule: Callable[..., jax.Array]
@@ -133,7 +134,12 @@ class PruneRegrowRules(NamedTuple):
     updates: Callable[[str, tuple], bool]
     fraction: Callable[..., jax.Array]
     update_layer: Callable[..., tuple]
-    decays: bool
+    excess: Callable[..., jax.Array] | None = None
+
+    @property
+    def decays(self) -> bool:
+        """Whether updates also drop weights they do not regrow (MEST's decay)."""
+        return self.excess is not None
 
 
 class PruneRegrowState(NamedTuple):
@@ -325,12 +331,12 @@ def prune_and_regrow(*, drop_rule: DropRule, grow_score: GrowScore, update_every
     def quiet(state):
         return schedules.steps_until_update(state.step, update_every, start_step, end_step)
 
-    def update_layer(key, w, g, mask, f):
-        return prune_regrow_layer(key, w, g, mask, f, jnp.int32(0), drop_rule, grow_score, grow_init, grow_std,
+    def update_layer(key, w, g, mask, f, more=0):
+        return prune_regrow_layer(key, w, g, mask, f, jnp.int32(more), drop_rule, grow_score, grow_init, grow_std,
                                   structure)
 
     rules = PruneRegrowRules(drop_rule, grow_score, grow_init, grow_std, structure, updates_leaf, fraction,
-                             update_layer, decays=excess is not None)
+                             update_layer, excess)
     return SparseAlgorithm(init=init, update=update, quiet=quiet, skip=skip_calls,
                            counts="keep" if excess is None else "fall",
                            drop_fraction_at=windowed(fraction, start_step, end_step), rules=rules)

@@ -10,10 +10,13 @@ of each stored layer formed as ``inputs^T @ output gradient`` from the step's ow
 pass, and the result is stored again. Kept weights keep their values and optimizer moments (they move
 slots with their positions); grown weights take the freed slots; every shape stays as it was, so the
 run compiles once, and the topology decisions are the masked run's. Between updates nothing dense
-exists. On ``csr``, SET, RigL and MEST update each stored layer from its stored values, one layer at a
-time, with the grow score formed in blocks of output units (:mod:`dst.train.stored_update`): the only
-dense temporary is one block of it. The dense view (a layer's dense size at update steps) serves the
-rest: SRigL, the condensed backend, structures, ``grow_init=normal``.
+exists. SET, RigL and MEST (with its decay) update each stored layer from its stored values, one layer
+at a time, with the grow score formed in blocks of output units (:mod:`dst.train.stored_update`): the
+only dense temporary is one block of it. GMP prunes the stored layers in place
+(:mod:`dst.train.stored_prune`). The dense view (a layer's dense size at update steps) serves the rest:
+SRigL, GraNet, block structure, ``grow_init=normal``; and SNFS at every step (its momentum reads every
+step's dense gradient), with spare slots per layer since it moves weights between layers
+(:func:`default_capacity`; :func:`capacity_overflow` stops a run that outgrows them).
 """
 
 from __future__ import annotations
@@ -151,8 +154,8 @@ def update_algorithm(algo: SparseAlgorithm, storage: Storage) -> Callable:
     """``update(state, key, params, slots, topologies, grads, taps, opt_state, ever_active) -> (params,
     slots, topologies, opt_state, ever_active, state, overflow)``: at the steps where the algorithm may
     act (``algo.quiet(state) == 0``) the layers are updated from storage, one at a time
-    (:mod:`dst.train.stored_update`: SET, RigL and MEST on ``csr``), or else ``algo.update`` runs on the
-    dense view; ``algo.skip`` elsewhere. An algorithm without those hooks (SNFS: its momentum reads the
+    (:mod:`dst.train.stored_update`: SET, RigL and MEST; :mod:`dst.train.stored_prune`: GMP), or else
+    ``algo.update`` runs on the dense view; ``algo.skip`` elsewhere. An algorithm without those hooks (SNFS: its momentum reads the
     dense gradient at every step) runs ``algo.update`` on the dense view at every step, and its result is
     stored where it changed the topology. The optimizer's per-weight moments move with their weights to
     the new slots; ``ever_active`` (dense, or None) gains the new masks.

@@ -1,7 +1,7 @@
 """Prune-and-regrow on stored layers (``csr``, ``condensed``), one layer at a time, without their dense form.
 
-At an update step of a :func:`dst.algorithms.base.prune_and_regrow` algorithm (SET, RigL, MEST), each
-stored layer is updated from its stored values:
+At an update step of a :func:`dst.algorithms.base.prune_and_regrow` algorithm (SET, RigL, MEST, with or
+without its decay), each stored layer is updated from its stored values:
 
 * **drop** selects among the stored values with the algorithm's own drop rule (``|w|``, Mocanu's
   sign split, MEST's ``|w| + lambda |g|`` with ``g`` the value gradient the step already has);
@@ -57,7 +57,7 @@ def unsupported(algo: SparseAlgorithm, storage) -> str | None:
     """Why ``algo`` cannot update ``storage``'s layers from storage (they then update on the dense view),
     or ``None``."""
     rules = algo.rules
-    if rules is None or rules.decays:
+    if rules is None:
         return "the algorithm has its own update"
     structure = rules.structure
     if structure.name != "unstructured" and (structure.unit_group is None or structure.drop is not bottom_k_mask):
@@ -180,11 +180,13 @@ def grow_candidates(rules, key, valid, kept, cols, units, x, dy, k, shape, capac
     return (positions // _U32(n_out)).astype(jnp.int32), (positions % _U32(n_out)).astype(jnp.int32), chosen
 
 
-def update_slots(rules, key, f, values, valid, cols, units, value_grads, x, dy, shape, block: int = GROW_BLOCK):
+def update_slots(rules, key, f, values, valid, cols, units, value_grads, x, dy, shape, block: int = GROW_BLOCK,
+                 excess=0):
     """One stored layer's update by ``rules`` (a :class:`dst.algorithms.base.PruneRegrowRules`), on its
     slots in CSR order (flat: ``cols`` and ``units`` of each slot): ``(values, live, cols, units, source,
     grown, rowptr)`` of the new slots, in CSR order, unused slots last (unit ``n_out``). The dense
-    update's decisions, from storage. The selections, the merge and the transposes are compiled calls
+    update's decisions, from storage; ``excess`` more weights are dropped than grown (MEST's decay: the
+    freed slots join the unused ones). The selections, the merge and the transposes are compiled calls
     where the kernels are built (:mod:`dst.kernels`), XLA programs with the same results elsewhere."""
     n_in, n_out = shape
     capacity = values.shape[0]
@@ -193,13 +195,15 @@ def update_slots(rules, key, f, values, valid, cols, units, value_grads, x, dy, 
     def select(scores, eligible, k, key):
         return bottom_k_mask(scores, eligible, k, key, positions, kernels.top_k_of_keys)
 
-    dropped = _call(rules.drop_rule, k_drop, values, value_grads, valid, f, 0, select=select, positions=positions)
+    excess = jnp.asarray(excess, jnp.int32)
+    dropped = _call(rules.drop_rule, k_drop, values, value_grads, valid, f, excess, select=select,
+                    positions=positions)
     n = jnp.sum(valid, dtype=jnp.int32)
     dropped = dropped & valid
     if n_in * n_out <= capacity:      # a dense layer has nowhere to explore
         dropped = dropped & (n < n_in * n_out)
     kept = valid & ~dropped
-    k = jnp.sum(dropped, dtype=jnp.int32)
+    k = jnp.maximum(jnp.sum(dropped, dtype=jnp.int32) - excess, 0)
     grown_inputs, grown_units, grown = grow_candidates(rules, k_grow, valid, kept, cols, units, x, dy, k, shape,
                                                        capacity, block)
     # Kept and grown weights merged in CSR order (unit, then input); unused slots stay at the end.
@@ -211,7 +215,7 @@ def update_slots(rules, key, f, values, valid, cols, units, value_grads, x, dy, 
 
 
 def update_layer(rules, key, f, values, valid, topology, value_grads, x, dy, shape,
-                 block: int = GROW_BLOCK) -> LayerUpdate:
+                 block: int = GROW_BLOCK, excess=0) -> LayerUpdate:
     """One stored layer's update (``csr``: a :class:`dst.backends.CSR`; ``condensed``: a
     :class:`dst.backends.Condensed` with ``values [n_out, k]``) by ``rules``: :func:`update_slots` on its
     slots, stored again in the same format and capacity."""
@@ -224,7 +228,7 @@ def update_layer(rules, key, f, values, valid, topology, value_grads, x, dy, sha
         cols, units = topology.cols, _slot_units(topology.rowptr, values.shape[0])
     flat = lambda a: a.reshape(-1)
     new_values, live, new_cols, new_units, source, grown, rowptr = update_slots(
-        rules, key, f, flat(values), flat(valid), cols, units, flat(value_grads), x, dy, shape, block)
+        rules, key, f, flat(values), flat(valid), cols, units, flat(value_grads), x, dy, shape, block, excess)
     if isinstance(topology, backends.Condensed):   # every unit keeps its fan-in: the slots are [n_out, k]
         new_topology = backends.condensed_topology(new_cols.reshape(stored_shape), n_in)
     else:
@@ -243,6 +247,11 @@ def update_stored(algo: SparseAlgorithm, storage, block: int = GROW_BLOCK):
     def act(state, key, params, slots, topologies, opt_state, ever_active, grads, taps):
         inputs, cotangents = taps
         f = rules.fraction(state.step)
+
+        def more(name, valid):   # weights dropped and not regrown (MEST's decay), from the active count
+            if rules.excess is None:
+                return jnp.int32(0)
+            return rules.excess(state.step, state.extra, name, jnp.sum(valid, dtype=jnp.int32))
         flat, treedef = jax.tree_util.tree_flatten_with_path(params)
         out_p, out_s, out_g, sources = [], [], [], {}
         ever = None if ever_active is None else treedef.flatten_up_to(ever_active)
@@ -258,7 +267,7 @@ def update_stored(algo: SparseAlgorithm, storage, block: int = GROW_BLOCK):
                             cotangents[name].reshape(-1, n_out).astype(jnp.float32))
                 if done is not None:   # one layer at a time: this layer starts after the last one ended
                     done, operands = lax.optimization_barrier((done, operands))
-                new = update_layer(rules, layer_key, f, *operands, layout.shape, block)
+                new = update_layer(rules, layer_key, f, *operands, layout.shape, block, more(name, m))
                 done = new
                 w, m, grown = new.values, new.valid, new.grown
                 topologies[name], sources[name] = new.topology, new.source
@@ -266,7 +275,7 @@ def update_stored(algo: SparseAlgorithm, storage, block: int = GROW_BLOCK):
                     cols = new.topology.cols if isinstance(new.topology, backends.CSR) else new.topology.indices
                     ever[i] = ever[i].at[cols.reshape(-1), new.units].max(m.reshape(-1), mode="drop")
             elif layout is None and rules.updates(name, tuple(w.shape)):
-                w, m, grown = rules.update_layer(layer_key, w, g, m, f)
+                w, m, grown = rules.update_layer(layer_key, w, g, m, f, more(name, m))
                 if ever is not None:
                     ever[i] = ever[i] | m
             else:
