@@ -106,6 +106,18 @@ class Layout(NamedTuple):
     count: int
 
 
+class SlotView(NamedTuple):
+    """One stored layer's slots, flat, in the backend's order (CSR order: by output unit, then input): each
+    slot's value, whether it holds a weight, its input (``cols``) and its output unit (``units``; padding
+    slots past the last weight sit at ``n_out - 1`` with ``valid`` False). What prune-and-regrow reads and
+    writes, the same for every backend."""
+
+    values: jax.Array
+    valid: jax.Array
+    cols: jax.Array
+    units: jax.Array
+
+
 class Backend(NamedTuple):
     """How one layer is stored. Every function is pure and jit-able; ``layout`` is static.
 
@@ -115,7 +127,12 @@ class Backend(NamedTuple):
       ``values``) marks the slots that hold an active weight; the rest are zero-valued padding, so a
       layer may hold fewer weights than its capacity ``layout.count`` without changing a shape;
     * ``expand(values, slots, topology, layout) -> (w, mask)``, the inverse;
-    * ``matmul(x, values, topology) -> x @ W``.
+    * ``matmul(x, values, topology) -> x @ W``;
+    * ``slots(values, valid, topology, layout) -> SlotView``: the per-layer slot view the stored updates
+      read;
+    * ``rebuild(values, valid, cols, rowptr, layout) -> (values, valid, topology)``: the stored form of
+      slots in CSR order (``rowptr``: each unit's first slot), the inverse of ``slots``;
+    * ``fixed_fan_in``: every unit holds the same number of slots, so a layer's count cannot fall or move.
     """
 
     name: str
@@ -123,6 +140,9 @@ class Backend(NamedTuple):
     compress: Callable
     expand: Callable
     matmul: Callable
+    slots: Callable
+    rebuild: Callable
+    fixed_fan_in: bool
 
 
 def _slots_by_unit(mask: jax.Array, capacity: int):
@@ -155,9 +175,18 @@ def _csr_compress(w, mask, layout):
     return jnp.where(valid, w[inputs, units], 0), valid, csr_topology(inputs, rowptr, layout.shape[0])
 
 
-def _csr_expand(values, valid, topology, layout):
+def _csr_slots(values, valid, topology, layout) -> SlotView:
     units = jnp.searchsorted(topology.rowptr, jnp.arange(layout.count, dtype=jnp.int32), side="right") - 1
-    return _scatter(values, valid, topology.cols, units, layout.shape)
+    return SlotView(values, valid, topology.cols, units.astype(jnp.int32))
+
+
+def _csr_expand(values, valid, topology, layout):
+    view = _csr_slots(values, valid, topology, layout)
+    return _scatter(view.values, view.valid, view.cols, view.units, layout.shape)
+
+
+def _csr_rebuild(values, valid, cols, rowptr, layout):
+    return values, valid, csr_topology(cols, rowptr, layout.shape[0])
 
 
 def _condensed_layout(mask, capacity: float = 1.0) -> Layout:
@@ -179,22 +208,34 @@ def _condensed_compress(w, mask, layout):
             condensed_topology(inputs.reshape(shape), layout.shape[0]))
 
 
+def _condensed_slots(values, valid, topology, layout) -> SlotView:
+    units = jnp.repeat(jnp.arange(layout.shape[1], dtype=jnp.int32), layout.count)
+    return SlotView(values.reshape(-1), valid.reshape(-1), topology.indices.reshape(-1), units)
+
+
 def _condensed_expand(values, valid, topology, layout):
-    units = jnp.broadcast_to(jnp.arange(layout.shape[1], dtype=jnp.int32)[:, None], topology.indices.shape)
-    return _scatter(values.reshape(-1), valid.reshape(-1), topology.indices.reshape(-1), units.reshape(-1),
-                    layout.shape)
+    view = _condensed_slots(values, valid, topology, layout)
+    return _scatter(view.values, view.valid, view.cols, view.units, layout.shape)
+
+
+def _condensed_rebuild(values, valid, cols, rowptr, layout):
+    del rowptr     # every unit holds `layout.count` slots
+    shape = (layout.shape[1], layout.count)
+    return values.reshape(shape), valid.reshape(shape), condensed_topology(cols.reshape(shape), layout.shape[0])
 
 
 def csr() -> Backend:
     """Compressed rows over output units at a fixed nnz; products by :func:`dst.kernels.csr_matmul`."""
     return Backend("csr", _csr_layout, _csr_compress, _csr_expand,
-                   lambda x, values, t: kernels.csr_matmul(x, values, t.cols, t.rowptr, t.transposed))
+                   lambda x, values, t: kernels.csr_matmul(x, values, t.cols, t.rowptr, t.transposed),
+                   _csr_slots, _csr_rebuild, fixed_fan_in=False)
 
 
 def condensed() -> Backend:
     """Constant fan-in ``[n_out, k]`` values and indices; products by :func:`dst.kernels.condensed_matmul`."""
     return Backend("condensed", _condensed_layout, _condensed_compress, _condensed_expand,
-                   lambda x, values, t: kernels.condensed_matmul(x, values, t.indices, t.transposed))
+                   lambda x, values, t: kernels.condensed_matmul(x, values, t.indices, t.transposed),
+                   _condensed_slots, _condensed_rebuild, fixed_fan_in=True)
 
 
 def make(name: str) -> Backend | None:

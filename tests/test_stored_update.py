@@ -81,7 +81,7 @@ def test_a_stored_update_makes_the_dense_updates_decisions(which, layout_name, b
     layout = layout._replace(count=layout.count + padding)
     values, valid, topology = backend.compress(w, mask, layout)
     value_grads, _, _ = backend.compress(g, mask, layout)
-    out = jax.jit(lambda *a: stored_update.update_layer(rules, key, f, *a, (N_IN, N_OUT), block))(
+    out = jax.jit(lambda *a: stored_update.update_layer(rules, key, f, *a, backend, layout, block))(
         values, valid, topology, value_grads, x, dy)
     got_w, got_mask = backend.expand(out.values, out.valid, out.topology, layout)
     np.testing.assert_array_equal(got_mask, new_mask)
@@ -115,7 +115,7 @@ def test_growth_breaks_ties_among_zero_gradients_by_the_dense_positions(layout_n
     layout = backend.layout(mask)
     values, valid, topology = backend.compress(w, mask, layout)
     out = stored_update.update_layer(algo.rules, key, f, values, valid, topology, jnp.zeros_like(values), x, dy,
-                                     (N_IN, N_OUT), 2 * N_IN)
+                                     backend, layout, 2 * N_IN)
     got_w, got_mask = backend.expand(out.values, out.valid, out.topology, layout)
     np.testing.assert_array_equal(got_mask, new_mask)
     np.testing.assert_array_equal(got_w, new_w)

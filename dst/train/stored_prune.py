@@ -19,7 +19,6 @@ import math
 import jax
 import jax.numpy as jnp
 
-from dst import backends
 from dst import kernels
 from dst.algorithms.base import SparseAlgorithm
 from dst.masks import named_leaves
@@ -36,15 +35,9 @@ def unsupported(algo: SparseAlgorithm, storage) -> str | None:
         return "the algorithm has its own update"
     if algo.prune.structure.name != UNSTRUCTURED.name:
         return f"structure={algo.prune.structure.name} keeps whole groups"
-    if isinstance(storage.backend, backends.Backend) and storage.backend.name != "csr":
+    if storage.backend.fixed_fan_in:
         return "its rows keep one fan-in"
     return None
-
-
-def _slot_positions(topology: backends.CSR, capacity: int, n_out: int) -> jax.Array:
-    """Each slot's flat index in the dense layer, ``input * n_out + unit`` (uint32)."""
-    units = jnp.searchsorted(topology.rowptr, jnp.arange(capacity, dtype=jnp.int32), side="right") - 1
-    return topology.cols.astype(_U32) * _U32(n_out) + jnp.clip(units, 0, n_out - 1).astype(_U32)
 
 
 def prune_in_place(algo: SparseAlgorithm, storage):
@@ -65,7 +58,8 @@ def prune_in_place(algo: SparseAlgorithm, storage):
                 positions[name] = jnp.arange(values[name].size, dtype=_U32)
             else:
                 sizes[name] = math.prod(layout.shape)
-                positions[name] = _slot_positions(topologies[name], layout.count, layout.shape[1])
+                view = storage.backend.slots(values[name], valid[name], topologies[name], layout)
+                positions[name] = view.cols.astype(_U32) * _U32(layout.shape[1]) + view.units.astype(_U32)
         counts = rule.counts(state, sizes)
         if isinstance(counts, dict):
             keep = {n: top_k_mask(scores[n], valid[n].reshape(-1), counts[n], jax.random.fold_in(key, i),

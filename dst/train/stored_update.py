@@ -77,7 +77,7 @@ def _check_size(name, shape):
 class LayerUpdate(NamedTuple):
     """One stored layer after an update: its slots' values, which slots hold a weight, the topology,
     where each slot's weight was before (flat slot index; ``-1``: grown), which slots were grown, and
-    each slot's output unit (flat; ``n_out`` for an unused slot)."""
+    each slot's output unit (flat; ``n_out`` for an unused slot) and input (flat)."""
 
     values: jax.Array
     valid: jax.Array
@@ -85,16 +85,13 @@ class LayerUpdate(NamedTuple):
     source: jax.Array
     grown: jax.Array
     units: jax.Array
+    cols: jax.Array
 
 
 def _call(rule, *args, **kwargs):
     """``rule(*args, **kwargs)`` with only the keyword arguments the rule takes."""
     names = inspect.signature(rule).parameters
     return rule(*args, **{k: v for k, v in kwargs.items() if k in names})
-
-
-def _slot_units(rowptr, capacity: int):
-    return jnp.searchsorted(rowptr, jnp.arange(capacity, dtype=jnp.int32), side="right").astype(jnp.int32) - 1
 
 
 def grow_candidates(rules, key, valid, kept, cols, units, x, dy, k, shape, capacity: int, block: int = GROW_BLOCK):
@@ -214,27 +211,16 @@ def update_slots(rules, key, f, values, valid, cols, units, value_grads, x, dy, 
     return new_values, live, merged.cols, merged.units, source, live & (source < 0), merged.rowptr
 
 
-def update_layer(rules, key, f, values, valid, topology, value_grads, x, dy, shape,
-                 block: int = GROW_BLOCK, excess=0) -> LayerUpdate:
-    """One stored layer's update (``csr``: a :class:`dst.backends.CSR`; ``condensed``: a
-    :class:`dst.backends.Condensed` with ``values [n_out, k]``) by ``rules``: :func:`update_slots` on its
-    slots, stored again in the same format and capacity."""
-    n_in, n_out = shape
-    stored_shape = values.shape
-    if isinstance(topology, backends.Condensed):
-        cols = topology.indices.reshape(-1)
-        units = jnp.repeat(jnp.arange(n_out, dtype=jnp.int32), stored_shape[1])
-    else:
-        cols, units = topology.cols, _slot_units(topology.rowptr, values.shape[0])
-    flat = lambda a: a.reshape(-1)
+def update_layer(rules, key, f, values, valid, topology, value_grads, x, dy, backend: backends.Backend,
+                 layout: backends.Layout, block: int = GROW_BLOCK, excess=0) -> LayerUpdate:
+    """One stored layer's update by ``rules``: :func:`update_slots` on the ``backend``'s slot view of the
+    layer, stored again by the backend in the same capacity (``layout``)."""
+    view = backend.slots(values, valid, topology, layout)
     new_values, live, new_cols, new_units, source, grown, rowptr = update_slots(
-        rules, key, f, flat(values), flat(valid), cols, units, flat(value_grads), x, dy, shape, block, excess)
-    if isinstance(topology, backends.Condensed):   # every unit keeps its fan-in: the slots are [n_out, k]
-        new_topology = backends.condensed_topology(new_cols.reshape(stored_shape), n_in)
-    else:
-        new_topology = backends.csr_topology(new_cols, rowptr, n_in)
-    shaped = lambda a: a.reshape(stored_shape)
-    return LayerUpdate(shaped(new_values), shaped(live), new_topology, source, shaped(grown), new_units)
+        rules, key, f, view.values, view.valid, view.cols, view.units, value_grads.reshape(-1), x, dy,
+        layout.shape, block, excess)
+    new_values, live, new_topology = backend.rebuild(new_values, live, new_cols, rowptr, layout)
+    return LayerUpdate(new_values, live, new_topology, source, grown.reshape(live.shape), new_units, new_cols)
 
 
 def update_stored(algo: SparseAlgorithm, storage, block: int = GROW_BLOCK):
@@ -267,13 +253,12 @@ def update_stored(algo: SparseAlgorithm, storage, block: int = GROW_BLOCK):
                             cotangents[name].reshape(-1, n_out).astype(jnp.float32))
                 if done is not None:   # one layer at a time: this layer starts after the last one ended
                     done, operands = lax.optimization_barrier((done, operands))
-                new = update_layer(rules, layer_key, f, *operands, layout.shape, block, more(name, m))
+                new = update_layer(rules, layer_key, f, *operands, storage.backend, layout, block, more(name, m))
                 done = new
                 w, m, grown = new.values, new.valid, new.grown
                 topologies[name], sources[name] = new.topology, new.source
                 if ever is not None:
-                    cols = new.topology.cols if isinstance(new.topology, backends.CSR) else new.topology.indices
-                    ever[i] = ever[i].at[cols.reshape(-1), new.units].max(m.reshape(-1), mode="drop")
+                    ever[i] = ever[i].at[new.cols, new.units].max(m.reshape(-1), mode="drop")
             elif layout is None and rules.updates(name, tuple(w.shape)):
                 w, m, grown = rules.update_layer(layer_key, w, g, m, f, more(name, m))
                 if ever is not None:
