@@ -24,7 +24,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import dst
 from dst.app import memory
@@ -37,7 +36,8 @@ from dst.app.build import make_tx
 from dst.app.console import density_list
 from dst.app.feeds import first_examples
 from dst.app.feeds import make_feed
-from dst.app.lottery import level_fields
+from dst.app.loop import Track
+from dst.app.loop import train_epochs
 from dst.app.lottery import next_level_state
 from dst.app.lottery import segments
 from dst.app.model_checks import check_backend_fits
@@ -47,8 +47,6 @@ from dst.app.model_checks import check_model_takes_data
 from dst.app.model_checks import check_structure_fits
 from dst.app.model_checks import output_kernel
 from dst.app.records import Interval
-from dst.app.records import record_for
-from dst.app.resume import Preempted
 from dst.app.resume import Start
 from dst.app.resume import checkpoint_meta
 from dst.app.resume import start_point
@@ -71,15 +69,10 @@ from dst.logging import Progress
 from dst.logging import RunLogger
 from dst.masks import named_leaves
 from dst.train import distributed
-from dst.train import stored
 from dst.train.checkpoint import RunCheckpoints
 from dst.train.devices import DataParallel
 from dst.train.evaluate import stream_evaluate_fn
 from dst.train.stream import StreamEpoch
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite."""
 
 
 class Plan(NamedTuple):
@@ -214,66 +207,30 @@ def initialise(plan: Plan, auto_choice_file=None) -> Run:
 
 def train(plan: Plan, run: Run, logger: RunLogger, progress: Progress, start: Start, *, save, stopping,
           say=print):
-    """The epoch loop from ``start``: one compiled call per epoch, a record every ``log_every_epochs``
-    epochs (and after the last), appended to ``start.records`` as it is logged, and a checkpoint
-    (``save(epoch, state, interval, elapsed)``) every ``checkpoint_every_epochs`` epochs and after the
-    last. Stops with :class:`NonFiniteLossError` at a non-finite loss after logging it, and with
-    :class:`Preempted` after a checkpoint once ``stopping()``. Returns the final state."""
-    cfg, trainer = plan.cfg, plan.cfg["trainer"]
+    """The epochs from ``start`` (:func:`dst.app.loop.train_epochs`, one replica): one compiled call per
+    epoch, a record every ``log_every_epochs`` epochs (and after the last), appended to ``start.records``
+    as it is logged, and a checkpoint (``save(epoch, state, interval, elapsed)``) every
+    ``checkpoint_every_epochs`` epochs and after the last. Returns the final state."""
     feed = make_feed(plan, run)
-    state, interval, records = start.state, start.interval, start.records
     epoch_key = lambda epoch: jax.random.fold_in(start.data_key, epoch)
-    every = trainer.get("checkpoint_every_epochs") or 0
-
     if start.epoch >= plan.epochs:
         say(f"the run already finished its {plan.epochs} epochs; nothing left to train")
-        return state
+        return start.state
     t_compile = time.perf_counter()
-    feed.compile(state, epoch_key(1))
+    feed.compile(start.state, epoch_key(1))
     say(f"compiled the train epoch in {time.perf_counter() - t_compile:.1f}s")
-    clock = time.perf_counter() - start.elapsed     # the run's clock goes on where it stopped
-    for segment in segments(plan)[start.epoch:]:
-        epoch = segment.epoch
-        if segment.level and segment.level_epoch == 1:
-            state = next_level_state(plan, run, state, segment.level)
-            say(f"level {segment.level}: density {dst.density_report(state.masks, run.layers)['global']:.4f}")
-        t0 = time.perf_counter()
-        state, m = feed.epoch(state, epoch_key(epoch), segment.steps)
-        m = jax.device_get(m)
-        stop_on_overflow(run.storage, m)
-        view = stored.dense_view(run.storage, state)   # what records read: dense masks, also when stored
-        interval.add(m, time.perf_counter() - t0, view)
-        finite = bool(np.all(np.isfinite(m["loss"])))
-        if not (segment.level_epoch % trainer["log_every_epochs"] and not segment.last and finite):
-            evaluations = feed.evaluate(state)
-            record = record_for(epoch, view, interval, evaluations, run.pairs, time.perf_counter() - clock)
-            if plan.algo.levels:
-                record.update({"level_step": record["step"], **level_fields(segment, interval)})
-            logger.log(record)
-            records.append(record)
-            progress.update(epoch, record)
-            interval = interval.next()
-        if not finite:
-            step = int(state.step)
-            bad = step - len(m["loss"]) + int(np.argmin(np.isfinite(m["loss"])))
-            raise NonFiniteLossError(
-                f"train/loss became {m['loss'][~np.isfinite(m['loss'])][0]} at step {bad} (epoch {epoch}); "
-                f"lower optimizer.lr (now {cfg['optimizer']['lr']}) or check the data.")
-        if every and (epoch % every == 0 or epoch == plan.epochs) or stopping():
-            save(epoch, state, interval, time.perf_counter() - clock)
-        if stopping() and epoch < plan.epochs:
-            raise Preempted(f"stopped by SIGTERM after epoch {epoch} (step {int(state.step)}); the same command "
-                            f"resumes from the checkpoint.")
-    return state
 
+    def level_change(state, level):
+        state = next_level_state(plan, run, state, level)
+        say(f"level {level}: density {dst.density_report(state.masks, run.layers)['global']:.4f}")
+        return state
 
-def stop_on_overflow(storage, metrics) -> None:
-    """:class:`ConfigError` (before the epoch is logged or saved) when an update grew a stored layer past
-    its capacity (``sparsity.capacity``)."""
-    if storage is not None and storage.backend is not None:
-        overflow = stored.capacity_overflow(metrics, storage.layout_of)
-        if overflow is not None:
-            raise ConfigError(overflow)
+    track = Track(logger, progress, start.records, start.interval, feed.evaluate)
+    return train_epochs(plan, run.storage, run.pairs, start.state, start.epoch, [track],
+                        epoch_fn=lambda state, epoch, steps: feed.epoch(state, epoch_key(epoch), steps),
+                        level_change=level_change, stopping=stopping,
+                        save=lambda epoch, state, elapsed: save(epoch, state, track.interval, elapsed),
+                        clock=time.perf_counter() - start.elapsed)
 
 
 def run(cfg: dict, run_dir, *, stream=None) -> dict:

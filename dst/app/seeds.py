@@ -26,18 +26,15 @@ import yaml
 
 from dst.app.build import augment_options
 from dst.app.build import loader_options
-from dst.app.lottery import level_fields
+from dst.app.loop import Track
+from dst.app.loop import train_epochs
 from dst.app.lottery import next_level_state
 from dst.app.lottery import segments
 from dst.app.records import Interval
-from dst.app.records import record_for
-from dst.app.resume import Preempted
 from dst.app.resume import fingerprint
 from dst.app.resume import stop_on_sigterm
-from dst.app.run import NonFiniteLossError
 from dst.app.run import initialise
 from dst.app.run import prepare
-from dst.app.run import stop_on_overflow
 from dst.app.summary import Outcome
 from dst.app.summary import finish_run
 from dst.app.summary import run_tags
@@ -171,7 +168,7 @@ def check_same_storage(seeds, parts) -> None:
 
 def _train(top_cfg, plan, all_parts, files, stacked, index, data_keys, replicas, intervals, start_epoch, t_start,
            checkpoints, stopping, say):
-    """The epoch loop of :func:`run.train`, over the stacked replicas, logging each to its own directory."""
+    """The epochs of the stacked replicas (:func:`dst.app.loop.train_epochs`), each logged to its own directory."""
     cfg, trainer = plan.cfg, plan.cfg["trainer"]
     parts = all_parts[0]
     if start_epoch >= plan.epochs:
@@ -191,44 +188,27 @@ def _train(top_cfg, plan, all_parts, files, stacked, index, data_keys, replicas,
                                        None if n == plan.steps_per_epoch else n).lower(
         stacked, x, y, keys(1), index).compile() for n in lengths}
     say(f"compiled the replicated train epoch in {time.perf_counter() - t0:.1f}s")
-    every = trainer.get("checkpoint_every_epochs") or 0
-    for segment in segments(plan)[start_epoch:]:
-        epoch = segment.epoch
-        if segment.level and segment.level_epoch == 1:   # IMP: every replica prunes and rewinds its own
-            stacked = stack_replicas([next_level_state(plan._replace(cfg=rep.cfg), part, unstack_replica(stacked, r),
-                                                       segment.level)
-                                      for r, (rep, part) in enumerate(zip(replicas, all_parts))])
-        t0 = time.perf_counter()
-        stacked, m = compiled[segment.steps](stacked, x, y, keys(epoch), index)
-        m = jax.device_get(m)
-        stop_on_overflow(parts.storage, m)
-        seconds = time.perf_counter() - t0
-        finite = bool(np.all(np.isfinite(m["loss"])))
-        log = not (segment.level_epoch % trainer["log_every_epochs"] and not segment.last and finite)
-        for r, rep in enumerate(replicas):
-            state = unstack_replica(stacked, r)
-            view = stored.dense_view(parts.storage, state)   # what records read: dense masks, also when stored
-            intervals[r].add(jax.tree_util.tree_map(lambda a, r=r: a[r], m), seconds, view)
-            if not log:
-                continue
-            splits = {"test": test, **({"val": rep.val} if rep.val is not None else {})}
-            evaluations = {k: parts.evaluate(stored.model_params(state), state.model_state, *xy)
-                           for k, xy in splits.items()}
-            record = record_for(epoch, view, intervals[r], evaluations, parts.pairs, time.perf_counter() - t_start)
-            if plan.algo.levels:
-                record.update({"level_step": record["step"], **level_fields(segment, intervals[r])})
-            rep.logger.log(record)
-            rep.records.append(record)
-            rep.progress.update(epoch, record)
-            intervals[r] = intervals[r].next()
-        if not finite:
-            raise NonFiniteLossError(f"train/loss became non-finite in epoch {epoch} of a replica; lower "
-                                     f"optimizer.lr (now {cfg['optimizer']['lr']}) or check the data.")
-        if every and (epoch % every == 0 or epoch == plan.epochs) or stopping():
-            meta = {"epoch": epoch, "step": int(stacked.step), "elapsed": time.perf_counter() - t_start,
-                    "fingerprint": fingerprint(top_cfg),
-                    "replicas": {str(r.seed): {"records": r.records, "interval": intervals[i].to_json(),
-                                               "wandb_id": r.logger.run_id} for i, r in enumerate(replicas)}}
-            checkpoints.save(epoch, stacked, data_keys[0], meta)
-        if stopping() and epoch < plan.epochs:
-            raise Preempted(f"stopped by SIGTERM after epoch {epoch}; the same command resumes from the checkpoint.")
+    tracks = []
+    for r, rep in enumerate(replicas):
+        splits = {"test": test, **({"val": rep.val} if rep.val is not None else {})}
+
+        def evaluate(state, splits=splits):
+            return {k: parts.evaluate(stored.model_params(state), state.model_state, *xy) for k, xy in splits.items()}
+
+        tracks.append(Track(rep.logger, rep.progress, rep.records, intervals[r], evaluate,
+                            state_of=lambda stacked, r=r: unstack_replica(stacked, r),
+                            metrics_of=lambda m, r=r: jax.tree_util.tree_map(lambda a: a[r], m)))
+
+    def level_change(stacked, level):   # IMP: every replica prunes and rewinds its own
+        return stack_replicas([next_level_state(plan._replace(cfg=rep.cfg), part, unstack_replica(stacked, r), level)
+                               for r, (rep, part) in enumerate(zip(replicas, all_parts))])
+
+    def save(epoch, stacked, elapsed):
+        meta = {"epoch": epoch, "step": int(stacked.step), "elapsed": elapsed, "fingerprint": fingerprint(top_cfg),
+                "replicas": {str(rep.seed): {"records": rep.records, "interval": track.interval.to_json(),
+                                             "wandb_id": rep.logger.run_id} for rep, track in zip(replicas, tracks)}}
+        checkpoints.save(epoch, stacked, data_keys[0], meta)
+
+    train_epochs(plan, parts.storage, parts.pairs, stacked, start_epoch, tracks,
+                 epoch_fn=lambda stacked, epoch, steps: compiled[steps](stacked, x, y, keys(epoch), index),
+                 level_change=level_change, save=save, stopping=stopping, clock=t_start)
