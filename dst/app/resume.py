@@ -49,32 +49,47 @@ def fingerprint(cfg: dict) -> dict:
             "sparsity.backend": sp.get("backend") or "masked"}   # a stored state is not a masked one
 
 
+def restore_latest(cfg: dict, checkpoints: RunCheckpoints, state, data_key, say, also_remove=(), detail=None):
+    """``(state, data key, meta)`` of the latest checkpoint, restored into the structure of ``state``, or
+    None when there is none, or when ``trainer.resume=false`` (which removes the checkpoints and the files
+    ``also_remove``). A checkpoint of another run's settings is one :class:`ConfigError` sentence.
+    ``detail(meta)``: more words for the line that says where the run resumes."""
+    latest = checkpoints.latest()
+    if latest is not None and not cfg["trainer"].get("resume", True):
+        say(f"trainer.resume=false: starting over; removing {checkpoints.directory}"
+            + "".join(f" and {p.name}" for p in also_remove))
+        checkpoints.close()
+        if distributed.is_primary():
+            shutil.rmtree(checkpoints.directory)
+            for path in also_remove:
+                path.unlink(missing_ok=True)
+        return None
+    if latest is None:
+        return None
+    try:
+        state, data_key, meta = checkpoints.restore(latest, state, data_key, fingerprint(cfg))
+    except CheckpointError as err:
+        raise ConfigError(str(err)) from None
+    say(f"resuming from {checkpoints.path(latest)}: epoch {meta['epoch']}, step {meta['step']}"
+        + (detail(meta) if detail else ""))
+    return state, data_key, meta
+
+
 def start_point(cfg: dict, run_dir: pathlib.Path, checkpoints: RunCheckpoints, fresh: Start, say) -> Start:
     """``fresh``, or the latest checkpoint's state; rewrites ``metrics.jsonl`` to the records it holds.
     With several processes, process 0 reads and writes, and every process starts from what it read."""
-    latest = checkpoints.latest()
     metrics = run_dir / "metrics.jsonl"
     primary = distributed.is_primary()
-    if latest is not None and not cfg["trainer"].get("resume", True):
-        say(f"trainer.resume=false: starting over; removing {checkpoints.directory} and {metrics.name}")
-        checkpoints.close()
-        if primary:
-            shutil.rmtree(checkpoints.directory)
-            metrics.unlink(missing_ok=True)
-        return fresh
-    if latest is None:
+    restored = restore_latest(cfg, checkpoints, fresh.state, fresh.data_key, say, also_remove=(metrics,),
+                              detail=lambda meta: f", {len(meta['records'])} records")
+    if restored is None:
         if primary:
             metrics.unlink(missing_ok=True)   # records of an attempt that never checkpointed: it starts over
         return fresh
-    try:
-        state, data_key, meta = checkpoints.restore(latest, fresh.state, fresh.data_key, fingerprint(cfg))
-    except CheckpointError as err:
-        raise ConfigError(str(err)) from None
+    state, data_key, meta = restored
     records = meta["records"]
     if primary:
         metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
-    say(f"resuming from {checkpoints.path(latest)}: epoch {meta['epoch']}, step {meta['step']}, "
-        f"{len(records)} records")
     return Start(epoch=meta["epoch"], state=state, data_key=data_key,
                  interval=fresh.interval.restored(meta["interval"]), records=records,
                  elapsed=meta["elapsed"], wandb_id=meta.get("wandb_id"))

@@ -14,7 +14,6 @@ import copy
 import json
 import pathlib
 import re
-import shutil
 import sys
 import time
 from typing import NamedTuple
@@ -32,6 +31,7 @@ from dst.app.lottery import next_level_state
 from dst.app.lottery import segments
 from dst.app.records import Interval
 from dst.app.resume import fingerprint
+from dst.app.resume import restore_latest
 from dst.app.resume import stop_on_sigterm
 from dst.app.run import initialise
 from dst.app.run import prepare
@@ -46,7 +46,6 @@ from dst.data.datasets import split_indices
 from dst.logging import Progress
 from dst.logging import RunLogger
 from dst.train import stored
-from dst.train.checkpoint import CheckpointError
 from dst.train.checkpoint import RunCheckpoints
 from dst.train.epoch import HostLoopEpoch
 from dst.train.replicas import replicated_epoch_fn
@@ -108,19 +107,10 @@ def run_seeds(cfg: dict, run_dir, *, stream=None) -> list[dict]:
 
     checkpoints = RunCheckpoints(run_dir / "checkpoints", keep=cfg["trainer"].get("keep_checkpoints", 2))
     start_epoch, elapsed, saved = 0, 0.0, {}
-    latest = checkpoints.latest()
-    if latest is not None and not cfg["trainer"].get("resume", True):
-        say(f"trainer.resume=false: starting over; removing {checkpoints.directory}")
-        checkpoints.close()
-        shutil.rmtree(checkpoints.directory)
-        latest = None
-    if latest is not None:
-        try:
-            stacked, _, meta = checkpoints.restore(latest, stacked, data_keys[0], fingerprint(cfg))
-        except CheckpointError as err:
-            raise ConfigError(str(err)) from None
+    restored = restore_latest(cfg, checkpoints, stacked, data_keys[0], say)
+    if restored is not None:
+        stacked, _, meta = restored
         start_epoch, elapsed, saved = meta["epoch"], meta["elapsed"], meta["replicas"]
-        say(f"resuming from {checkpoints.path(latest)}: epoch {meta['epoch']}, step {meta['step']}")
 
     replicas, intervals = [], []
     for s, cfg_s, val, part in zip(seeds, configs, vals, parts):
