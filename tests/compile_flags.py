@@ -10,10 +10,12 @@ A test that compares two *different* programs bit for bit (the quiet-path epoch 
 checks a property of the code XLA emits by default: the older emitters round some fused float expressions
 differently in the two programs (by an ulp or so: masks and counts stay equal).
 :func:`with_default_emitters` runs such a test in a child pytest without the second flag.
-``DST_TEST_FULL_OPTIMIZATION=1`` runs the whole suite as users' runs compile.
+``DST_TEST_FULL_OPTIMIZATION=1`` runs the whole suite as users' runs compile, as it does wherever a jax
+GPU plugin is installed.
 """
 
 import functools
+import importlib.util
 import os
 import pathlib
 import subprocess
@@ -24,8 +26,15 @@ _DEFAULT_EMITTERS = "DST_TEST_DEFAULT_EMITTERS"   # set in the child of with_def
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+def _accelerator_plugin() -> bool:
+    """Whether a jax GPU plugin is installed: XLA then aborts on the CPU-only flags (a GPU build rejects
+    ``--xla_cpu_use_fusion_emitters``), so the suite compiles with XLA's defaults there."""
+    return any(importlib.util.find_spec(name) is not None for name in (
+        "jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "jax_rocm7_plugin"))
+
+
 def flags_for_this_run() -> tuple:
-    if os.environ.get("DST_TEST_FULL_OPTIMIZATION"):
+    if os.environ.get("DST_TEST_FULL_OPTIMIZATION") or _accelerator_plugin():
         return ()
     if os.environ.get(_DEFAULT_EMITTERS):
         return FAST_FLAGS[:1]

@@ -134,7 +134,9 @@ def _check_quiet_path(name, updates, exact):
     pytest.param("mest", [3, 2, 2], marks=pytest.mark.slow), ("gmp", [3, 2, 3]),
     pytest.param("granet", [3, 2, 3], marks=pytest.mark.slow)])
 def test_quiet_path_epoch_equals_the_plain_scan(name, updates):
-    _check_quiet_path(name, updates, exact=uses_default_emitters())
+    # Bit for bit is a property of XLA's CPU code: on an H100 the two programs' floats differed by 1.5e-8
+    # (docs/backends.md, "On a GPU"), their masks and counts not at all.
+    _check_quiet_path(name, updates, exact=uses_default_emitters() and jax.default_backend() == "cpu")
 
 
 @pytest.mark.slow
