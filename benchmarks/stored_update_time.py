@@ -14,8 +14,8 @@ step's ``memory_analysis()`` (arguments + temporaries, MiB). ``--no-dense-above 
 and dense-view variants above width W (their dense arrays would not fit), reporting their compiled
 memory only.
 
-``--algorithm gmp|snfs`` times that algorithm's update at every step instead (GMP pruning a little at each
-step from the given density towards half of it; SNFS moving weights between layers with its default
+``--algorithm gmp|granet|snfs`` times that algorithm's update at every step instead (GMP and GraNet pruning
+a little at each step from the given density towards half of it, GraNet regrowing 30% after; SNFS moving weights between layers with its default
 capacity of 2 slots per starting weight): ``masked`` against ``csr``, the path a run of it takes.
 
 The csr variants run once per kernel instruction set (``--isas``, switched between calls with
@@ -45,9 +45,9 @@ BATCH = 128
 
 def algorithm(name, density):
     """``name``'s algorithm updating at every step."""
-    if name == "gmp":
-        return dst.algorithms.make("gmp", sparsity=1 - density / 2, initial_sparsity=1 - density, update_every=1,
-                                   end_step=10**6)
+    if name in ("gmp", "granet"):
+        return dst.algorithms.make(name, sparsity=1 - density / 2, initial_sparsity=1 - density, update_every=1,
+                                   end_step=10**6, **({"drop_fraction": 0.3} if name == "granet" else {}))
     return dst.algorithms.make(name, update_every=1, end_step=10**6, drop_fraction=0.3)
 
 
@@ -80,7 +80,7 @@ def main():
     parser.add_argument("--densities", default="0.1,0.01")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--no-dense-above", type=int, default=10_000)
-    parser.add_argument("--algorithm", default="rigl", choices=("rigl", "gmp", "snfs"))
+    parser.add_argument("--algorithm", default="rigl", choices=("rigl", "gmp", "granet", "snfs"))
     parser.add_argument("--isas", default=None,
                         help="kernel instruction sets for the csr variants (default: every one this CPU runs but "
                              "the portable fallback)")

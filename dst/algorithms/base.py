@@ -100,7 +100,8 @@ class PruneRule(NamedTuple):
     """What an update that only prunes does (GMP), for callers that hold a layer in another form than a
     dense array (:mod:`dst.train.stored_prune` prunes stored layers in place, without their dense form):
     at each step where the algorithm updates, it keeps the largest ``|w|`` of the active weights of
-    ``layers(state)``, ``counts(state, sizes)`` of them (``sizes``: each layer's dense number of weights):
+    ``layers(state, shapes)`` (``shapes``: each leaf's dense shape, in the params' order),
+    ``counts(state, sizes)`` of them (``sizes``: each layer's dense number of weights):
     per layer (``{name: int32}``, layer ``i`` of ``layers`` breaking ties with ``fold_in(key, i)``) or, as
     one number, over the layers together (one threshold; ties broken with ``key`` by the position in the
     layers laid end to end). Pruned weights become exact zeros; nothing grows; ``structure`` is the
@@ -121,6 +122,8 @@ class PruneRegrowRules(NamedTuple):
       structure);
     * ``fraction(step)``: the drop fraction ``f(t)`` at an update step;
     * ``update_layer(key, w, g, mask, f, excess=0)``: one dense layer's update, ``(w, mask, grown)``;
+    * ``keys_by``: which index layer ``name``'s key folds in: ``"leaf"`` (its place among all the
+      params' leaves; :func:`prune_and_regrow`) or ``"layer"`` (among the leaves ``updates`` takes; GraNet);
     * ``excess(step, extra, name, n)``, or None: how many weights layer ``name`` (``n`` active) drops at
       ``step`` on top of ``int(f n)`` without regrowing them (MEST's decay; ``extra`` is the state's);
       ``decays`` says whether it is set.
@@ -135,6 +138,7 @@ class PruneRegrowRules(NamedTuple):
     fraction: Callable[..., jax.Array]
     update_layer: Callable[..., tuple]
     excess: Callable[..., jax.Array] | None = None
+    keys_by: str = "leaf"
 
     @property
     def decays(self) -> bool:

@@ -145,7 +145,7 @@ def gmp(*, sparsity: float, update_every: int, end_step: int, start_step: int = 
         s = lambda t: float(schedules.cubic_sparsity(t, initial_sparsity, sparsity, start_step, end_step))
         return 1.0 - (1.0 - s(step)) / (1.0 - s(max(step - update_every, start_step)))
 
-    rule = PruneRule(layers=lambda state: list(state.extra), structure=structure,
+    rule = PruneRule(layers=lambda state, shapes: list(state.extra), structure=structure,
                      counts=lambda state, sizes: targets(state.step.astype(jnp.float32), state.extra, sizes))
     return SparseAlgorithm(init=init, update=update, quiet=quiet, skip=skip_calls, counts="fall", prune=rule,
                            drop_fraction_at=windowed(pruning_rate, start_step, end_step, inclusive_end=True))

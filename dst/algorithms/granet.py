@@ -9,6 +9,8 @@ from jax import lax
 from dst import schedules
 from dst.algorithms.accounting import periodic_dense_gradient
 from dst.algorithms.accounting import windowed
+from dst.algorithms.base import PruneRegrowRules
+from dst.algorithms.base import PruneRule
 from dst.algorithms.base import SparseAlgorithm
 from dst.algorithms.base import check_schedule
 from dst.algorithms.base import initial_state
@@ -25,6 +27,7 @@ from dst.algorithms.targets import check_sparsity
 from dst.distributions import default_sparsifiable
 from dst.masks import named_leaves
 from dst.masks import replace_named
+from dst.structures import UNSTRUCTURED
 
 
 def granet(*, sparsity: float, update_every: int, end_step: int, start_step: int = 0,
@@ -94,10 +97,25 @@ def granet(*, sparsity: float, update_every: int, end_step: int, start_step: int
     def quiet(state):
         return steps_until_pruning(state.step, update_every, start_step, end_step)
 
+    # What `update` does, for stored layers: the global pruning in place, then the regeneration from storage
+    # (dst.train.stored.update_path), with the same keys: k_prune, and k_regrow folded by layer.
+    def global_count(state, sizes):
+        s_t = schedules.cubic_sparsity(state.step.astype(jnp.float32), initial_sparsity, sparsity, start_step,
+                                       end_step)
+        return jnp.round((1.0 - s_t) * sum(sizes.values())).astype(jnp.int32)
+
+    prune = PruneRule(layers=lambda state, shapes: [n for n, s in shapes.items() if keep_leaf(n, s)],
+                      counts=global_count, structure=UNSTRUCTURED)
+    fraction = lambda t: schedules.drop_fraction(t, alpha, drop_schedule, end_step)
+    regrow_layer = lambda key, w, g, mask, f, more=0: prune_regrow_layer(
+        key, w, g, mask, f, jnp.int32(more), magnitude_drop, gradient_grow_score, grow_init)
+    rules = PruneRegrowRules(magnitude_drop, gradient_grow_score, grow_init, None, UNSTRUCTURED,
+                             lambda name, shape: keep_leaf(name, shape), fraction, regrow_layer, keys_by="layer")
+
     # Counts only fall: the global pruning keeps a subset of each layer, the regeneration regrows in each
     # layer as many weights as it dropped there.
     return SparseAlgorithm(
-        init=init, update=update, quiet=quiet, skip=skip_calls, counts="fall",
+        init=init, update=update, quiet=quiet, skip=skip_calls, counts="fall", prune=prune, rules=rules,
         drop_fraction_at=windowed(lambda t: schedules.drop_fraction(t, alpha, drop_schedule, end_step),
                                   start_step, end_step, inclusive_end=True),
         train_flops=periodic_dense_gradient(update_every, start_step, end_step + 1))

@@ -61,13 +61,13 @@ def storage_for(plan, params, model_state, masks, densities, layers, auto_choice
     storage = make_run_storage(sp, model, masks, sparse_layers, None if plan.parallel is None else plan.parallel.mesh,
                                capacity)
     if storage is not None and storage.backend is not None and algo.dynamic:
-        path = stored.update_path(algo, storage)
+        path, why = stored.update_path(algo, storage)
         how = {"from storage": "updates the stored layers from storage, one layer at a time.",
                "in place": "prunes the stored layers in place, from storage.",
-               "every step": "updates the stored layers on their dense view at every step (the algorithm reads "
-                             "every step's dense gradient).",
-               "dense view": "updates the stored layers on their dense view "
-                             f"({stored.stored_update.unsupported(algo, storage)})."}[path]
+               "in place, then from storage": "prunes the stored layers in place, then regrows them from storage, "
+                                              "one layer at a time.",
+               "every step": f"updates the stored layers on their dense view at every step ({why}).",
+               "dense view": f"updates the stored layers on their dense view ({why})."}[path]
         print(f"sparsity: {sp['algorithm']} {how}")
         if any(densities[n] == 1 for n in storage.layout_of):
             print(f"sparsity: {sp['algorithm']} starts some stored layers dense, and a layer keeps its starting "

@@ -13,10 +13,10 @@ run compiles once, and the topology decisions are the masked run's. Between upda
 exists. SET, RigL and MEST (with its decay) update each stored layer from its stored values, one layer
 at a time, with the grow score formed in blocks of output units (:mod:`dst.train.stored_update`): the
 only dense temporary is one block of it. GMP prunes the stored layers in place
-(:mod:`dst.train.stored_prune`). The dense view (a layer's dense size at update steps) serves the rest:
-SRigL, GraNet, block structure, ``grow_init=normal``; and SNFS at every step (its momentum reads every
-step's dense gradient), with spare slots per layer since it moves weights between layers
-(:func:`default_capacity`; :func:`capacity_overflow` stops a run that outgrows them).
+(:mod:`dst.train.stored_prune`), and GraNet does both in turn. The dense view (a layer's dense size at
+update steps) serves the rest: SRigL, block structure, ``grow_init=normal``; and SNFS at every step (its
+momentum reads every step's dense gradient), with spare slots per layer since it moves weights between
+layers (:func:`default_capacity`; :func:`capacity_overflow` stops a run that outgrows them).
 """
 
 from __future__ import annotations
@@ -136,29 +136,38 @@ def dense_gradients(storage: Storage, grads, taps):
     return replace_named(grads, dense)
 
 
-def update_path(algo: SparseAlgorithm, storage: Storage) -> str:
-    """How ``algo``'s updates reach the stored layers: ``"from storage"`` (prune-and-regrow one layer at a
-    time, :mod:`dst.train.stored_update`), ``"in place"`` (pruning only, :mod:`dst.train.stored_prune`),
-    ``"every step"`` (on the dense view at every step: an algorithm without the quiet/skip hooks) or
-    ``"dense view"`` (at its update steps)."""
+def update_path(algo: SparseAlgorithm, storage: Storage) -> tuple[str, str | None]:
+    """How ``algo``'s updates reach the stored layers, and why not from storage where they do not:
+    ``"from storage"`` (prune-and-regrow one layer at a time, :mod:`dst.train.stored_update`),
+    ``"in place"`` (pruning only, :mod:`dst.train.stored_prune`), ``"in place, then from storage"`` (GraNet:
+    its global pruning, then its regrowth), ``"every step"`` (on the dense view at every step: an algorithm
+    without the quiet/skip hooks) or ``"dense view"`` (at its update steps)."""
     if algo.dynamic and algo.quiet is None:
-        return "every step"
-    if algo.dynamic and stored_update.unsupported(algo, storage) is None:
-        return "from storage"
-    if algo.dynamic and stored_prune.unsupported(algo, storage) is None:
-        return "in place"
-    return "dense view"
+        return "every step", "the algorithm reads every step's dense gradient"
+    if not algo.dynamic:
+        return "dense view", "the algorithm never changes the topology"
+    regrow = "the algorithm has its own update" if algo.rules is None else stored_update.unsupported(algo, storage)
+    prune = stored_prune.unsupported(algo, storage)
+    if algo.prune is not None and algo.rules is not None:
+        return ("in place, then from storage", None) if prune is None and regrow is None else \
+            ("dense view", prune or regrow)
+    if regrow is None:
+        return "from storage", None
+    if algo.prune is not None:
+        return ("in place", None) if prune is None else ("dense view", prune)
+    return "dense view", regrow
 
 
 def update_algorithm(algo: SparseAlgorithm, storage: Storage) -> Callable:
     """``update(state, key, params, slots, topologies, grads, taps, opt_state, ever_active) -> (params,
     slots, topologies, opt_state, ever_active, state, overflow)``: at the steps where the algorithm may
     act (``algo.quiet(state) == 0``) the layers are updated from storage, one at a time
-    (:mod:`dst.train.stored_update`: SET, RigL and MEST; :mod:`dst.train.stored_prune`: GMP), or else
-    ``algo.update`` runs on the dense view; ``algo.skip`` elsewhere. An algorithm without those hooks (SNFS: its momentum reads the
-    dense gradient at every step) runs ``algo.update`` on the dense view at every step, and its result is
-    stored where it changed the topology. The optimizer's per-weight moments move with their weights to
-    the new slots; ``ever_active`` (dense, or None) gains the new masks.
+    (:mod:`dst.train.stored_update`: SET, RigL and MEST; :mod:`dst.train.stored_prune`: GMP; both in turn:
+    GraNet; :func:`update_path`), or else ``algo.update`` runs on the dense view; ``algo.skip`` elsewhere.
+    An algorithm without those hooks (SNFS: its momentum reads the dense gradient at every step) runs
+    ``algo.update`` on the dense view at every step, and its result is stored where it changed the topology.
+    The optimizer's per-weight moments move with their weights to the new slots; ``ever_active`` (dense, or
+    None) gains the new masks.
 
     ``overflow`` (``None`` unless the algorithm moves weights between layers, ``counts="move"``) is, per
     stored layer, how many active weights the update left beyond the layer's capacity (0 when they fit):
@@ -199,13 +208,21 @@ def update_algorithm(algo: SparseAlgorithm, storage: Storage) -> Callable:
                         lambda: store(params, slots, topologies, opt_state, ever_active, new_p, new_m, new_state),
                         lambda: unchanged)
 
-    path = update_path(algo, storage)
+    path, _ = update_path(algo, storage)
     if path == "from storage":
         from_storage = stored_update.update_stored(algo, storage)
         act = lambda *args: (*from_storage(*args), no_overflow())
     elif path == "in place":
         in_place = stored_prune.prune_in_place(algo, storage)
         act = lambda *args: (*in_place(*args), no_overflow())
+    elif path == "in place, then from storage":   # GraNet: its key splits into the pruning's and the regrowth's
+        in_place = stored_prune.prune_in_place(algo, storage)
+        from_storage = stored_update.update_stored(algo, storage)
+
+        def act(state, key, params, slots, topologies, opt_state, ever_active, grads, taps):
+            k_prune, k_regrow = jax.random.split(key)
+            pruned = in_place(state, k_prune, params, slots, topologies, opt_state, ever_active, grads, taps)[:5]
+            return (*from_storage(state, k_regrow, *pruned, grads, taps), no_overflow())
     else:
         act = act_dense
 

@@ -47,8 +47,10 @@ def prune_in_place(algo: SparseAlgorithm, storage):
 
     def act(state, key, params, slots, topologies, opt_state, ever_active, grads, taps):
         del grads, taps
-        names = rule.layers(state)
         values, valid = named_leaves(params), named_leaves(slots)
+        shapes = {n: storage.layout_of[n].shape if n in storage.layout_of else tuple(v.shape)
+                  for n, v in values.items()}
+        names = rule.layers(state, shapes)
         sizes, scores, positions = {}, {}, {}
         for name in names:
             layout = storage.layout_of.get(name)

@@ -242,10 +242,15 @@ def update_stored(algo: SparseAlgorithm, storage, block: int = GROW_BLOCK):
         out_p, out_s, out_g, sources = [], [], [], {}
         ever = None if ever_active is None else treedef.flatten_up_to(ever_active)
         topologies = dict(topologies)
-        done = None
+        done, taken = None, 0
         for i, ((path, w), m, g) in enumerate(zip(flat, treedef.flatten_up_to(slots), treedef.flatten_up_to(grads))):
-            name, layer_key = path_name(path), jax.random.fold_in(key, i)
+            name = path_name(path)
             layout = storage.layout_of.get(name)
+            if rules.keys_by == "layer":   # the key of its place among the layers the rules update
+                layer_key = jax.random.fold_in(key, taken)
+                taken += rules.updates(name, layout.shape if layout is not None else tuple(w.shape))
+            else:
+                layer_key = jax.random.fold_in(key, i)
             if layout is not None and rules.updates(name, layout.shape):
                 n_in, n_out = layout.shape
                 _check_size(name, layout.shape)
