@@ -99,7 +99,7 @@ STORED_SCRIPT = textwrap.dedent("""
     model, params, x, y = tiny_problem()
     dp, out = DataParallel(), {{}}
     fan_in = dst.structures.fan_in()
-    for name, backend in (("rigl", "csr"), ("set", "csr"), ("gmp", "csr"), ("rigl", "condensed")):
+    for name, backend in (("rigl", "csr"), ("set", "csr"), ("gmp", "csr"), ("snfs", "csr"), ("rigl", "condensed")):
         structure = fan_in if backend == "condensed" else None
         algo = make_algorithm(name, update_every=3, end_step=20, structure=structure)
         if structure is None:
@@ -110,7 +110,7 @@ STORED_SCRIPT = textwrap.dedent("""
         layers = dst.sparsifiable_layers(params)
         runs = []
         for mesh in (None, dp.mesh):
-            storage = stored.make_storage(model, backend, masks, layers, mesh)
+            storage = stored.make_storage(model, backend, masks, layers, mesh, stored.default_capacity(algo))
             step = dst.make_train_step(None, OPTIMIZERS["sgd_momentum"](), algo, storage=storage)
             state = dst.create_train_state(jax.random.key(0), params, masks, OPTIMIZERS["sgd_momentum"](), algo,
                                            storage=storage)
@@ -142,7 +142,7 @@ def test_four_devices_on_the_stored_backends_keep_the_masks_of_one_device():
                          env=FOUR, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads(out.stdout.strip().splitlines()[-1])
-    assert sorted(results) == ["gmp/csr", "rigl/condensed", "rigl/csr", "set/csr"]
+    assert sorted(results) == ["gmp/csr", "rigl/condensed", "rigl/csr", "set/csr", "snfs/csr"]
     for name, r in results.items():
         assert r["masks_equal"] and r["updates"] == 3, (name, r)
         assert r["param_err"] < 1e-5 and r["loss_err"] < 1e-5, (name, r)
