@@ -162,7 +162,8 @@ def _scatter(values, valid, inputs, units, shape):
 
 def _csr_layout(mask, capacity: float = 1.0) -> Layout:
     mask = np.asarray(mask)
-    return Layout(tuple(mask.shape), min(mask.size, math.ceil(capacity * int(mask.sum()))))
+    # Rounded first: 1.1 x 10 is 11.000000000000002 in floating point, which must give 11 slots, not 12.
+    return Layout(tuple(mask.shape), min(mask.size, math.ceil(round(capacity * int(mask.sum()), 6))))
 
 
 def _csr_compress(w, mask, layout):

@@ -62,7 +62,7 @@ def test_a_stored_run_makes_the_masked_runs_topology_decisions(tmp_path, data_di
     (("sparsity=srigl", "sparsity.backend=condensed"),
      "sparsity.min_salient_fraction must be 0 with sparsity.backend=condensed: SRigL's ablation moves"),
     (("sparsity=snfs", "sparsity.backend=csr", "sparsity.capacity=0.5"),
-     "sparsity.capacity must be a number in [1.0, inf); got 0.5."),
+     "sparsity.capacity must be a number in [1.0, 1000]; got 0.5."),
     (("sparsity.capacity=2",),
      "sparsity.capacity sets the slots of sparsity.backend=csr's stored layers (per starting weight), and this "
      "run's backend is masked; use csr or leave capacity null."),

@@ -46,7 +46,9 @@ def fingerprint(cfg: dict) -> dict:
     return {"model": json.dumps(cfg["model"], sort_keys=True), "dataset.name": cfg["dataset"]["name"],
             "sparsity.algorithm": sp["algorithm"], "sparsity.sparsity": sp["sparsity"],
             "sparsity.distribution": sp["distribution"], "trainer.seeds": cfg["trainer"].get("seeds"),
-            "sparsity.backend": sp.get("backend") or "masked"}   # a stored state is not a masked one
+            "sparsity.backend": sp.get("backend") or "masked",   # a stored state is not a masked one
+            # The stored layers' slots; only when set, so that checkpoints from before the setting still resume.
+            **({"sparsity.capacity": sp["capacity"]} if sp.get("capacity") is not None else {})}
 
 
 def restore_latest(cfg: dict, checkpoints: RunCheckpoints, state, data_key, say, also_remove=(), detail=None):

@@ -213,7 +213,7 @@ def _check_backend(cfg: dict) -> None:
         raise ConfigError(f"sparsity.backend must be one of {', '.join(backends.BACKENDS + ('auto',))}; "
                           f"got {backend!r}.")
     if sp.get("capacity") is not None:
-        _range(cfg, "sparsity.capacity", 1.0, None)
+        _range(cfg, "sparsity.capacity", 1.0, 1000, hi_open=False)
         if backend not in ("csr", "auto"):
             raise ConfigError(f"sparsity.capacity sets the slots of sparsity.backend=csr's stored layers (per starting "
                               f"weight), and this run's backend is {backend}; use csr or leave capacity null.")

@@ -227,9 +227,9 @@ def update_algorithm(algo: SparseAlgorithm, storage: Storage) -> Callable:
         act = act_dense
 
     def update(state, key, params, slots, topologies, grads, taps, opt_state, ever_active):
-        if not algo.dynamic:
+        if not algo.dynamic:   # (also the quiet path's plain step: the same metrics as the full one)
             params, slots, state = algo.update(state, key, params, slots, grads)
-            return params, slots, topologies, opt_state, ever_active, state, None
+            return params, slots, topologies, opt_state, ever_active, state, no_overflow()
         if algo.quiet is None:
             return act_every_step(state, key, params, slots, topologies, opt_state, ever_active, grads, taps)
         return lax.cond(algo.quiet(state) == 0,
