@@ -223,70 +223,90 @@ def update_layer(rules, key, f, values, valid, topology, value_grads, x, dy, bac
     return LayerUpdate(new_values, live, new_topology, source, grown.reshape(live.shape), new_units, new_cols)
 
 
+def update_layers(storage, key, params, slots, topologies, opt_state, ever_active, grads, taps, *, takes,
+                  stored_layer, dense_layer, keys_by: str = "leaf"):
+    """The loop of a stored update over the params' leaves, one stored layer after another. A leaf that
+    ``takes(name, dense shape)`` is updated by ``stored_layer(name, key, operands, layout) -> LayerUpdate``
+    where it is stored (``operands``: values, slots, topology, value gradients, inputs, output gradients)
+    and by ``dense_layer(name, key, w, g, mask) -> (w, mask, grown)`` where it stays masked; its key folds
+    in its place among all leaves (``keys_by="leaf"``) or among the leaves taken (``"layer"``). The
+    optimizer's moments move to their weights' new slots and ``ever_active`` gains the new weights.
+    Returns ``(params, slots, topologies, opt_state, ever_active, grown)``."""
+    inputs, cotangents = taps
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+    out_p, out_s, out_g, sources = [], [], [], {}
+    ever = None if ever_active is None else treedef.flatten_up_to(ever_active)
+    topologies = dict(topologies)
+    done, taken = None, 0
+    for i, ((path, w), m, g) in enumerate(zip(flat, treedef.flatten_up_to(slots), treedef.flatten_up_to(grads))):
+        name = path_name(path)
+        layout = storage.layout_of.get(name)
+        take = takes(name, layout.shape if layout is not None else tuple(w.shape))
+        layer_key = jax.random.fold_in(key, taken if keys_by == "layer" else i)
+        taken += take
+        if take and layout is not None:
+            n_in, n_out = layout.shape
+            _check_size(name, layout.shape)
+            operands = (w, m, topologies[name], g, inputs[name].reshape(-1, n_in).astype(jnp.float32),
+                        cotangents[name].reshape(-1, n_out).astype(jnp.float32))
+            if done is not None:   # one layer at a time: this layer starts after the last one ended
+                done, operands = lax.optimization_barrier((done, operands))
+            new = stored_layer(name, layer_key, operands, layout)
+            done = new
+            w, m, grown = new.values, new.valid, new.grown
+            topologies[name], sources[name] = new.topology, new.source
+            if ever is not None:
+                ever[i] = ever[i].at[new.cols, new.units].max(m.reshape(-1), mode="drop")
+        elif take:
+            w, m, grown = dense_layer(name, layer_key, w, g, m)
+            if ever is not None:
+                ever[i] = ever[i] | m
+        else:
+            grown = jnp.zeros(m.shape, bool)
+        out_p.append(w)
+        out_s.append(m)
+        out_g.append(grown)
+
+    def move(moments):   # to each weight's new slot (a grown weight's moments are reset by the step)
+        leaves = treedef.flatten_up_to(moments)
+        for i, (path, _) in enumerate(flat):
+            src = sources.get(path_name(path))
+            if src is not None:
+                old = leaves[i]
+                leaves[i] = jnp.where(src >= 0, old.reshape(-1)[jnp.maximum(src, 0)], 0).reshape(old.shape)
+        return treedef.unflatten(leaves)
+
+    opt_state = map_param_trees(move, opt_state, params)
+    ever_active = None if ever is None else treedef.unflatten(ever)
+    return (treedef.unflatten(out_p), treedef.unflatten(out_s), topologies, opt_state, ever_active,
+            treedef.unflatten(out_g))
+
+
 def update_stored(algo: SparseAlgorithm, storage, block: int = GROW_BLOCK):
     """``act(state, key, params, slots, topologies, opt_state, ever_active, grads, taps)`` for
-    :func:`dst.train.stored.update_algorithm` at a step where ``algo`` updates: stored layers by
-    :func:`update_layer`, one after another; other sparse leaves (masked layers of a stored run) by the
-    algorithm's dense layer update; the optimizer's moments moved to their weights' new slots."""
+    :func:`dst.train.stored.update_algorithm` at a step where ``algo`` updates by its ``rules``
+    (:func:`update_layers`): stored layers by :func:`update_layer`, other sparse leaves (masked layers of a
+    stored run) by the algorithm's dense layer update."""
     rules = algo.rules
 
     def act(state, key, params, slots, topologies, opt_state, ever_active, grads, taps):
-        inputs, cotangents = taps
         f = rules.fraction(state.step)
 
         def more(name, valid):   # weights dropped and not regrown (MEST's decay), from the active count
             if rules.excess is None:
                 return jnp.int32(0)
             return rules.excess(state.step, state.extra, name, jnp.sum(valid, dtype=jnp.int32))
-        flat, treedef = jax.tree_util.tree_flatten_with_path(params)
-        out_p, out_s, out_g, sources = [], [], [], {}
-        ever = None if ever_active is None else treedef.flatten_up_to(ever_active)
-        topologies = dict(topologies)
-        done, taken = None, 0
-        for i, ((path, w), m, g) in enumerate(zip(flat, treedef.flatten_up_to(slots), treedef.flatten_up_to(grads))):
-            name = path_name(path)
-            layout = storage.layout_of.get(name)
-            if rules.keys_by == "layer":   # the key of its place among the layers the rules update
-                layer_key = jax.random.fold_in(key, taken)
-                taken += rules.updates(name, layout.shape if layout is not None else tuple(w.shape))
-            else:
-                layer_key = jax.random.fold_in(key, i)
-            if layout is not None and rules.updates(name, layout.shape):
-                n_in, n_out = layout.shape
-                _check_size(name, layout.shape)
-                operands = (w, m, topologies[name], g, inputs[name].reshape(-1, n_in).astype(jnp.float32),
-                            cotangents[name].reshape(-1, n_out).astype(jnp.float32))
-                if done is not None:   # one layer at a time: this layer starts after the last one ended
-                    done, operands = lax.optimization_barrier((done, operands))
-                new = update_layer(rules, layer_key, f, *operands, storage.backend, layout, block, more(name, m))
-                done = new
-                w, m, grown = new.values, new.valid, new.grown
-                topologies[name], sources[name] = new.topology, new.source
-                if ever is not None:
-                    ever[i] = ever[i].at[new.cols, new.units].max(m.reshape(-1), mode="drop")
-            elif layout is None and rules.updates(name, tuple(w.shape)):
-                w, m, grown = rules.update_layer(layer_key, w, g, m, f, more(name, m))
-                if ever is not None:
-                    ever[i] = ever[i] | m
-            else:
-                grown = jnp.zeros(m.shape, bool)
-            out_p.append(w)
-            out_s.append(m)
-            out_g.append(grown)
 
-        def move(moments):   # to each weight's new slot (a grown weight's moments are reset by the step)
-            leaves = treedef.flatten_up_to(moments)
-            for i, (path, _) in enumerate(flat):
-                src = sources.get(path_name(path))
-                if src is not None:
-                    old = leaves[i]
-                    leaves[i] = jnp.where(src >= 0, old.reshape(-1)[jnp.maximum(src, 0)], 0).reshape(old.shape)
-            return treedef.unflatten(leaves)
+        def stored_layer(name, layer_key, operands, layout):
+            return update_layer(rules, layer_key, f, *operands, storage.backend, layout, block,
+                                more(name, operands[1]))
 
-        opt_state = map_param_trees(move, opt_state, params)
-        ever_active = None if ever is None else treedef.unflatten(ever)
-        new_state = state._replace(step=state.step + 1, grown=treedef.unflatten(out_g),
-                                   updated=jnp.ones((), bool))
-        return treedef.unflatten(out_p), treedef.unflatten(out_s), topologies, opt_state, ever_active, new_state
+        def dense_layer(name, layer_key, w, g, m):
+            return rules.update_layer(layer_key, w, g, m, f, more(name, m))
+
+        *out, grown = update_layers(storage, key, params, slots, topologies, opt_state, ever_active, grads, taps,
+                                    takes=rules.updates, stored_layer=stored_layer, dense_layer=dense_layer,
+                                    keys_by=rules.keys_by)
+        return (*out, state._replace(step=state.step + 1, grown=grown, updated=jnp.ones((), bool)))
 
     return act
