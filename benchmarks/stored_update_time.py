@@ -14,6 +14,7 @@ step's ``memory_analysis()`` (arguments + temporaries, MiB). ``--no-dense-above 
 and dense-view variants above width W (their dense arrays would not fit), reporting their compiled
 memory only.
 
+``--algorithm srigl`` times SRigL (its ablation at ``min_salient_fraction=0.3``) in RigL's three variants;
 ``--algorithm gmp|granet|snfs`` times that algorithm's update at every step instead (GMP and GraNet pruning
 a little at each step from the given density towards half of it, GraNet regrowing 30% after; SNFS moving weights between layers with its default
 capacity of 2 slots per starting weight): ``masked`` against ``csr``, the path a run of it takes.
@@ -48,7 +49,8 @@ def algorithm(name, density):
     if name in ("gmp", "granet"):
         return dst.algorithms.make(name, sparsity=1 - density / 2, initial_sparsity=1 - density, update_every=1,
                                    end_step=10**6, **({"drop_fraction": 0.3} if name == "granet" else {}))
-    return dst.algorithms.make(name, update_every=1, end_step=10**6, drop_fraction=0.3)
+    structure = {"structure": dst.structures.fan_in()} if name == "srigl" else {}
+    return dst.algorithms.make(name, update_every=1, end_step=10**6, drop_fraction=0.3, **structure)
 
 
 def build(width, density, variant, name="rigl"):
@@ -80,7 +82,7 @@ def main():
     parser.add_argument("--densities", default="0.1,0.01")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--no-dense-above", type=int, default=10_000)
-    parser.add_argument("--algorithm", default="rigl", choices=("rigl", "gmp", "granet", "snfs"))
+    parser.add_argument("--algorithm", default="rigl", choices=("rigl", "srigl", "gmp", "granet", "snfs"))
     parser.add_argument("--isas", default=None,
                         help="kernel instruction sets for the csr variants (default: every one this CPU runs but "
                              "the portable fallback)")
@@ -94,7 +96,7 @@ def main():
     for width in (int(w) for w in args.widths.split(",")):
         for density in (float(d) for d in args.densities.split(",")):
             names = ["masked", "csr view", "csr native"] if width <= args.no_dense_above else ["csr native"]
-            if args.algorithm != "rigl":   # the path its run takes
+            if args.algorithm not in ("rigl", "srigl"):   # the path its run takes
                 names = ["masked", "csr"]
             runs = {}
             for name in names:

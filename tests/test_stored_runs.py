@@ -32,6 +32,8 @@ CASES = [
     ("rigl", None, "csr"),
     pytest.param("mest", None, "csr", marks=slow),
     pytest.param("srigl", structures.fan_in(), "csr", marks=slow),
+    # SRigL from storage with units ablated (gamma 0.9 ablates 22, 9 and 2 units of the three layers).
+    ("srigl_ablating", structures.fan_in(), "csr"),
     pytest.param("rigl", structures.fan_in(), "condensed", marks=slow),
     pytest.param("set", structures.n_m(2, 4), "condensed", marks=slow),
     # Updated one layer's dense view at a time (dst.train.stored._layerwise_dense), not from storage:
@@ -71,6 +73,8 @@ def algorithm(name, structure):
     if name == "granet":          # global pruning from 75% towards 90%, then regeneration in each layer
         return dst.algorithms.make("granet", sparsity=0.9, initial_sparsity=0.75, update_every=UPDATE_EVERY,
                                    end_step=STEPS, drop_fraction=0.3)
+    if name == "srigl_ablating":
+        return dst.algorithms.make("srigl", **kwargs, min_salient_fraction=0.9, structure=structure)
     if name == "mest_decay":      # MEST's decay: each update drops more than it grows
         return dst.algorithms.make("mest", **kwargs, sparsity=0.9, initial_sparsity=0.75, decay_end_step=STEPS)
     return dst.algorithms.make(name, **({} if name == "static" else kwargs), structure=structure)
@@ -112,8 +116,15 @@ def test_a_stored_run_makes_the_masked_runs_decisions(name, structure, backend):
     jax.tree_util.tree_map(lambda p, q: np.testing.assert_allclose(p, q, atol=1e-5), got, expected)
     paths = {"rigl": "from storage", "mest_decay": "from storage", "gmp": "in place", "gmp_global": "in place",
              "snfs": "every step", "granet": "in place, then from storage"}
-    if structure is None and name in paths:
+    if structure is not None:   # among the structured cases, SRigL updates from storage; the rest are above
+        paths = {"srigl": "from storage", "srigl_ablating": "from storage"}
+    if name in paths:
         assert stored.update_path(algo, storage)[0] == paths[name]
+    if name.startswith("srigl"):   # the ablated units too
+        jax.tree_util.tree_map(np.testing.assert_array_equal, b.algo_state.extra["ablated"],
+                               a.algo_state.extra["ablated"])
+    if name == "srigl_ablating":
+        assert all(int(np.sum(u)) > 0 for u in a.algo_state.extra["ablated"].values())
     if name.startswith("gmp"):   # pruning only: in place, the topology as it started
         start = stored.compress_state(storage, params, masks)[2]
         jax.tree_util.tree_map(np.testing.assert_array_equal, b.topologies, start)

@@ -124,6 +124,8 @@ class PruneRegrowRules(NamedTuple):
     * ``update_layer(key, w, g, mask, f, excess=0)``: one dense layer's update, ``(w, mask, grown)``;
     * ``keys_by``: which index layer ``name``'s key folds in: ``"leaf"`` (its place among all the
       params' leaves; :func:`prune_and_regrow`) or ``"layer"`` (among the leaves ``updates`` takes; GraNet);
+    * ``ablation``, or None: SRigL's neuron ablation (:class:`dst.algorithms.srigl.Ablation`); the
+      stored layers then update by :mod:`dst.train.stored_srigl`;
     * ``excess(step, extra, name, n)``, or None: how many weights layer ``name`` (``n`` active) drops at
       ``step`` on top of ``int(f n)`` without regrowing them (MEST's decay; ``extra`` is the state's);
       ``decays`` says whether it is set.
@@ -139,6 +141,7 @@ class PruneRegrowRules(NamedTuple):
     update_layer: Callable[..., tuple]
     excess: Callable[..., jax.Array] | None = None
     keys_by: str = "leaf"
+    ablation: Any = None
 
     @property
     def decays(self) -> bool:

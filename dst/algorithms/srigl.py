@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -12,19 +14,31 @@ from jax import lax
 from dst import schedules
 from dst.algorithms.accounting import periodic_dense_gradient
 from dst.algorithms.accounting import windowed
+from dst.algorithms.base import PruneRegrowRules
 from dst.algorithms.base import SparseAlgorithm
 from dst.algorithms.base import check_schedule
 from dst.algorithms.base import drop_count
 from dst.algorithms.base import grow_values
 from dst.algorithms.base import initial_state
+from dst.algorithms.base import magnitude_drop
 from dst.algorithms.base import skip_calls
+from dst.algorithms.rigl import gradient_grow_score
 from dst.distributions import default_sparsifiable
 from dst.masks import named_leaves
 from dst.masks import replace_named
 from dst.selection import bottom_k_mask
 from dst.selection import grouped_top_k_mask
 from dst.selection import top_k_mask
+from dst.structures import fan_in
 from dst.structures import matrix
+
+
+class Ablation(NamedTuple):
+    """SRigL's neuron ablation, for the stored update: ``gamma`` (``min_salient_fraction``) and whether a
+    layer may lose units (not the ``no_ablation`` ones)."""
+
+    gamma: float
+    ablatable: Callable[[str], bool]
 
 
 def srigl_layer(key, w, g, mask, f, budget, gamma, ablatable=True):
@@ -161,6 +175,13 @@ def srigl(*, update_every: int, end_step: int, start_step: int = 0, drop_fractio
         return out
 
     fraction = lambda t: schedules.drop_fraction(t, alpha, drop_schedule, end_step)
+    # What `update` does, for stored layers (dst.train.stored_srigl): RigL's rules under constant fan-in,
+    # with the ablation; a layer's key folds in its place among the sparse layers, as `topology` does.
+    ablation = Ablation(gamma, lambda name: not any(p.search(name) for p in patterns))
+    rules = PruneRegrowRules(magnitude_drop, gradient_grow_score, grow_init, None, fan_in(),
+                             lambda name, shape: keep_leaf(name, shape), fraction, None, keys_by="layer",
+                             ablation=ablation)
     return SparseAlgorithm(init=init, update=update, quiet=quiet, skip=skip_calls, report=report, counts="keep",
+                           rules=rules,
                            drop_fraction_at=windowed(fraction, start_step, end_step),
                            train_flops=periodic_dense_gradient(update_every, start_step, end_step))

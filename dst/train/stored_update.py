@@ -94,13 +94,15 @@ def _call(rule, *args, **kwargs):
     return rule(*args, **{k: v for k, v in kwargs.items() if k in names})
 
 
-def grow_candidates(rules, key, valid, kept, cols, units, x, dy, k, shape, capacity: int, block: int = GROW_BLOCK):
+def grow_candidates(rules, key, valid, kept, cols, units, x, dy, k, shape, capacity: int, block: int = GROW_BLOCK,
+                    need=None):
     """``(inputs, units, chosen)``: the weights to grow outside ``kept``, of largest grow score (ties by
     keyed priority of the dense position), in CSR order (by unit, then input) in ``capacity`` slots,
     ``chosen`` marking the used ones (a prefix). Unstructured: the ``k`` largest of the layer; under a
     structure whose groups lie within units (fan-in, N:M): each group refilled to the count it had in
-    ``valid``. The layer's dense grow score is formed in blocks of at most ``block`` elements (whole
-    output units, laid out unit by unit). Each block's candidates are merged with the best so far
+    ``valid``, or each unit by ``need[unit]`` where given (whole units as groups). The layer's dense
+    grow score is formed in blocks of at most ``block`` elements (whole output units, laid out unit by
+    unit). Each block's candidates are merged with the best so far
     (unstructured) or appended (structured), so the result is the selection over the whole layer and
     stays in CSR order without a sort."""
     n_in, n_out = shape
@@ -124,8 +126,11 @@ def grow_candidates(rules, key, valid, kept, cols, units, x, dy, k, shape, capac
             return jnp.where(eligible, score_keys(scores), _U32(0)).reshape(-1), positions.reshape(-1)
         view = lambda a: a.reshape(width, n_in // group, group)
         count = lambda m: jnp.sum(view(m), axis=2, keepdims=True, dtype=jnp.int32)
-        need = count(here(valid)) - count(kept_here)
-        chosen = grouped_top_k_mask(view(scores), view(eligible), need, key, 2, view(positions))
+        if need is None:
+            wanted = count(here(valid)) - count(kept_here)
+        else:   # given per unit (SRigL: its new fan-in, none for an ablated unit)
+            wanted = need[block_units].reshape(width, 1, 1)
+        chosen = grouped_top_k_mask(view(scores), view(eligible), wanted, key, 2, view(positions))
         return chosen.reshape(-1), positions.reshape(-1)
 
     def best_of(keys, positions, qualify, count):
@@ -288,6 +293,10 @@ def update_stored(algo: SparseAlgorithm, storage, block: int = GROW_BLOCK):
     (:func:`update_layers`): stored layers by :func:`update_layer`, other sparse leaves (masked layers of a
     stored run) by the algorithm's dense layer update."""
     rules = algo.rules
+    if rules.ablation is not None:   # SRigL
+        from dst.train import stored_srigl  # here: it builds on this module
+
+        return stored_srigl.update_stored(algo, storage, block)
 
     def act(state, key, params, slots, topologies, opt_state, ever_active, grads, taps):
         f = rules.fraction(state.step)
