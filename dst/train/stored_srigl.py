@@ -86,7 +86,9 @@ def srigl_slots(key, f, view, x, dy, shape, budget, gamma, ablatable, block):
     live = view.valid & ~ablated[units]
     surplus = jnp.maximum(jnp.sum(live, dtype=jnp.int32) - (n - n_prune), 0)
     keep = live & ~smallest(live, surplus)
-    keep = _top_k_per_unit(w, keep, fan, k_trim, positions, units, n_out)
+    # Only a unit above the new fan-in (fewer units ablated than before) is trimmed: sort only then.
+    keep = jax.lax.cond(jnp.any(per_unit(keep) > fan),
+                        lambda: _top_k_per_unit(w, keep, fan, k_trim, positions, units, n_out), lambda: keep)
     need = jnp.where(ablated, 0, fan - per_unit(keep))
     grown_inputs, grown_units, grown = stored_update.grow_candidates(
         _BY_GRADIENT_PER_UNIT, k_grow, view.valid, keep, view.cols, units, x, dy, None, shape, capacity, block,
