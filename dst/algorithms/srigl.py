@@ -34,11 +34,14 @@ from dst.structures import matrix
 
 
 class Ablation(NamedTuple):
-    """SRigL's neuron ablation, for the stored update: ``gamma`` (``min_salient_fraction``) and whether a
-    layer may lose units (not the ``no_ablation`` ones)."""
+    """SRigL's neuron ablation, for the stored update: ``gamma`` (``min_salient_fraction``), whether a
+    layer may lose units (not the ``no_ablation`` ones), and the dense rule of one layer
+    (``layer(key, name, w, g, mask, f, budget, ablated) -> (w, mask, grown, ablated)``) for the layers a
+    stored run keeps masked."""
 
     gamma: float
     ablatable: Callable[[str], bool]
+    layer: Callable[..., tuple]
 
 
 def srigl_layer(key, w, g, mask, f, budget, gamma, ablatable=True):
@@ -137,19 +140,23 @@ def srigl(*, update_every: int, end_step: int, start_step: int = 0, drop_fractio
         ablated = {n: jnp.zeros(m[n].shape[-1], bool) for n in budget}
         return initial_state(masks, {"budget": budget, "ablated": ablated})
 
+    def layer_update(key, name, w, g, m, f, budget, old_ablated):
+        """One layer's update, ``(w, mask, grown, ablated)``; a dense layer has nothing to explore and is left."""
+        dense = jnp.sum(m, dtype=jnp.int32) == m.size
+        out = srigl_layer(key, w, g, m, f, budget, gamma, not any(p.search(name) for p in patterns))
+        new_w, new_m, grown, ablated = (jnp.where(dense, a, b) for a, b in
+                                        zip((w, m, jnp.zeros_like(m), old_ablated), out))
+        grow_key = jax.random.fold_in(key, 7)
+        new_w = jnp.where(grown, grow_values(grow_key, w, new_m & ~grown, grow_init), new_w)
+        return new_w, new_m, grown, ablated
+
     def topology(step, extra, key, params, masks, grads):
         f = schedules.drop_fraction(step, alpha, drop_schedule, end_step)
         w, m, g = named_leaves(params), named_leaves(masks), named_leaves(grads)
         new_w, new_m, grown, ablated = {}, {}, {}, {}
         for i, n in enumerate(extra["budget"]):
-            dense = jnp.sum(m[n], dtype=jnp.int32) == m[n].size   # nothing to explore: left as it is
-            out = srigl_layer(jax.random.fold_in(key, i), w[n], g[n], m[n], f, extra["budget"][n], gamma,
-                              not any(p.search(n) for p in patterns))
-            new_w[n], new_m[n], grown[n], ablated[n] = (jnp.where(dense, a, b) for a, b in
-                                                        zip((w[n], m[n], jnp.zeros_like(m[n]), extra["ablated"][n]),
-                                                            out))
-            grow_key = jax.random.fold_in(jax.random.fold_in(key, i), 7)
-            new_w[n] = jnp.where(grown[n], grow_values(grow_key, w[n], new_m[n] & ~grown[n], grow_init), new_w[n])
+            new_w[n], new_m[n], grown[n], ablated[n] = layer_update(
+                jax.random.fold_in(key, i), n, w[n], g[n], m[n], f, extra["budget"][n], extra["ablated"][n])
         return (replace_named(params, new_w), replace_named(masks, new_m),
                 replace_named(jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, bool), masks), grown),
                 {**extra, "ablated": ablated})
@@ -177,7 +184,7 @@ def srigl(*, update_every: int, end_step: int, start_step: int = 0, drop_fractio
     fraction = lambda t: schedules.drop_fraction(t, alpha, drop_schedule, end_step)
     # What `update` does, for stored layers (dst.train.stored_srigl): RigL's rules under constant fan-in,
     # with the ablation; a layer's key folds in its place among the sparse layers, as `topology` does.
-    ablation = Ablation(gamma, lambda name: not any(p.search(name) for p in patterns))
+    ablation = Ablation(gamma, lambda name: not any(p.search(name) for p in patterns), layer_update)
     rules = PruneRegrowRules(magnitude_drop, gradient_grow_score, grow_init, None, fan_in(),
                              lambda name, shape: keep_leaf(name, shape), fraction, None, keys_by="layer",
                              ablation=ablation)

@@ -25,6 +25,7 @@ from dst.masks import named_leaves
 from dst.masks import replace_named
 from dst.selection import top_k_mask
 from dst.structures import UNSTRUCTURED
+from dst.train import stored_update
 
 _U32 = jnp.uint32
 
@@ -61,7 +62,7 @@ def prune_in_place(algo: SparseAlgorithm, storage):
             else:
                 sizes[name] = math.prod(layout.shape)
                 view = storage.backend.slots(values[name], valid[name], topologies[name], layout)
-                positions[name] = view.cols.astype(_U32) * _U32(layout.shape[1]) + view.units.astype(_U32)
+                positions[name] = stored_update.dense_positions(view.cols, view.units, layout.shape[1])
         counts = rule.counts(state, sizes)
         if isinstance(counts, dict):
             keep = {n: top_k_mask(scores[n], valid[n].reshape(-1), counts[n], jax.random.fold_in(key, i),

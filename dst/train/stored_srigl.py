@@ -26,7 +26,6 @@ import jax.numpy as jnp
 from dst import kernels
 from dst.algorithms.base import drop_count
 from dst.algorithms.rigl import gradient_grow_score
-from dst.algorithms.srigl import srigl_layer
 from dst.selection import bottom_k_mask
 from dst.selection import priorities_at
 from dst.selection import score_keys
@@ -63,7 +62,7 @@ def srigl_slots(key, f, view, x, dy, shape, budget, gamma, ablatable, block):
     capacity = view.values.shape[0]
     k_drop, k_sal, k_trim, k_grow = jax.random.split(key, 4)
     units = jnp.clip(view.units, 0, n_out - 1)
-    positions = view.cols.astype(_U32) * _U32(n_out) + units.astype(_U32)
+    positions = stored_update.dense_positions(view.cols, units, n_out)
     w = jnp.abs(view.values)
     smallest = lambda eligible, k: bottom_k_mask(w, eligible, k, k_drop, positions, kernels.top_k_of_keys)
     per_unit = lambda m: jax.ops.segment_sum(m.astype(jnp.int32), units, n_out)
@@ -74,7 +73,7 @@ def srigl_slots(key, f, view, x, dy, shape, budget, gamma, ablatable, block):
     g_inputs, g_units, g_chosen = stored_update.grow_candidates(
         _BY_GRADIENT, k_sal, view.valid, jnp.zeros_like(kept), view.cols, units, x, dy, n_prune, shape, capacity,
         block)
-    g_positions = g_inputs.astype(_U32) * _U32(n_out) + g_units.astype(_U32)
+    g_positions = stored_update.dense_positions(g_inputs, g_units, n_out)
     kept_positions = jnp.sort(jnp.where(kept, positions, _U32(0xFFFFFFFF)))
     fresh = g_chosen & ~_member(g_positions, kept_positions)
     salient = per_unit(kept) + jax.ops.segment_sum(fresh.astype(jnp.int32), jnp.clip(g_units, 0, n_out - 1), n_out)
@@ -129,10 +128,7 @@ def update_stored(algo, storage, block: int = stored_update.GROW_BLOCK):
                                              units, cols)
 
         def dense_layer(name, layer_key, w, g, m):
-            dense = jnp.sum(m, dtype=jnp.int32) == m.size
-            out = srigl_layer(layer_key, w, g, m, f, budget[name], ablation.gamma, ablation.ablatable(name))
-            w, m, grown, ablated[name] = (jnp.where(dense, a, b) for a, b in
-                                          zip((w, m, jnp.zeros_like(m), old_ablated[name]), out))
+            w, m, grown, ablated[name] = ablation.layer(layer_key, name, w, g, m, f, budget[name], old_ablated[name])
             return w, m, grown
 
         *out, grown = stored_update.update_layers(

@@ -67,6 +67,12 @@ def unsupported(algo: SparseAlgorithm, storage) -> str | None:
     return None
 
 
+def dense_positions(cols, units, n_out: int) -> jax.Array:
+    """Each slot's flat index in the dense ``[n_in, n_out]`` layer, ``input * n_out + unit`` (uint32): what
+    the tie-break priorities of a selection over stored weights are drawn for."""
+    return cols.astype(_U32) * _U32(n_out) + units.astype(_U32)
+
+
 def _check_size(name, shape):
     if math.prod(shape) >= 2**32:   # at trace time: a plain step of such a layer compiles and runs
         raise ValueError(f"layer {name} has {math.prod(shape):,} positions; in-step prune-and-regrow ranks "
@@ -193,7 +199,7 @@ def update_slots(rules, key, f, values, valid, cols, units, value_grads, x, dy, 
     n_in, n_out = shape
     capacity = values.shape[0]
     k_drop, k_grow, _ = jax.random.split(key, 3)     # as the dense update splits it
-    positions = cols.astype(_U32) * _U32(n_out) + units.astype(_U32)
+    positions = dense_positions(cols, units, n_out)
     def select(scores, eligible, k, key):
         return bottom_k_mask(scores, eligible, k, key, positions, kernels.top_k_of_keys)
 
