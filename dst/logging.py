@@ -14,6 +14,8 @@ import pathlib
 import sys
 import time
 
+import numpy as np
+
 WANDB_MODES = ("offline", "online", "disabled")
 
 
@@ -85,6 +87,29 @@ class RunLogger:
         return None if self.wandb_run is None else str(pathlib.Path(self.wandb_run.dir).parent)
 
 
+class StepProgress:
+    """Within a long epoch, one console line every ``every`` steps: the steps done, their mean loss, the
+    time per step lately and what the epoch has left (``trainer.progress_every_steps``)."""
+
+    def __init__(self, every: int, stream=None):
+        self.every, self.stream = every, stream or sys.stdout
+        self.last = None
+
+    def __call__(self, done: int, steps: int, rows) -> None:
+        if done % self.every and done != steps:
+            return
+        loss = float(np.mean([float(r["loss"]) for r in rows[-self.every:]]))   # waits for the steps
+        now = time.perf_counter()
+        if done == 1 or self.last is None or self.last[1] >= done:   # the epoch's first line: no rate yet
+            self.last = (now, done)
+            rate = "the first step done"
+        else:
+            per_step = (now - self.last[0]) / (done - self.last[1])
+            self.last = (now, done)
+            rate = f"{per_step:.2f} s/step lately, epoch eta {per_step * (steps - done) / 60:.1f} min"
+        print(f"  step {done}/{steps}: loss {loss:.4f}, {rate}", file=self.stream, flush=True)
+
+
 class Progress:
     """One console line per logged interval: a bar over the run, then the numbers that matter."""
 
@@ -103,6 +128,7 @@ class Progress:
         line = (f"{self.prefix}epoch {epoch:>{len(str(self.total))}}/{self.total} [{bar}] "
                 f"loss {record['train/loss']:.4f} acc {record['train/accuracy']:.4f} "
                 f"test {record['test/accuracy']:.4f} density {1 - record['sparsity/global']:.4f} "
-                f"itop {record['itop_rate']:.3f} {record['steps_per_sec']:.0f} steps/s "
+                + (f"itop {record['itop_rate']:.3f} " if "itop_rate" in record else "")
+                + f"{record['steps_per_sec']:.0f} steps/s "
                 f"elapsed {elapsed:.0f}s eta {eta:.0f}s")
         print(line, file=self.stream, flush=True)

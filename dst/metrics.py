@@ -49,7 +49,7 @@ def itop_rate(ever_active, layers: Iterable[str]) -> float:
     return active / size if size else 1.0
 
 
-def dead_units(masks, pairs: Iterable[tuple[str, str]]) -> dict[str, int]:
+def dead_units(masks, pairs: Iterable[tuple[str, str]], counts=None) -> dict[str, int]:
     """Hidden units with no incoming or no outgoing active connection, for each sequential pair.
 
     ``pairs`` are ``(producer, consumer)`` kernels where the consumer reads only the producer's output
@@ -57,18 +57,28 @@ def dead_units(masks, pairs: Iterable[tuple[str, str]]) -> dict[str, int]:
     output channels (last axis); their incoming weights are the rest of that kernel, their outgoing
     weights the consumer's input rows for that channel. When the consumer takes a flattened
     ``(..., channels)`` input (conv followed by dense), every row ``r`` with ``r % channels == c``
-    belongs to channel ``c``. A pair whose shapes do not fit this rule reports nothing.
+    belongs to channel ``c``. A pair whose shapes do not fit this rule reports nothing. ``counts``:
+    ``{layer: dst.train.stored.UnitCounts}`` read in the place of those layers' masks (born-sparse layers).
     """
     named = named_leaves(masks)
+    counts = counts or {}
     out = {}
     for here, nxt in pairs:
-        m, m_next = np.asarray(named[here]), np.asarray(named[nxt])
-        units = m.shape[-1]
-        incoming = m.reshape(-1, units).any(axis=0)
-        rows = m_next.reshape(-1, m_next.shape[-1]) if m_next.ndim == 2 else \
-            np.moveaxis(m_next, -2, 0).reshape(m_next.shape[-2], -1)
-        if rows.shape[0] % units:
+        if here in counts:
+            incoming = counts[here].fan_in > 0
+        else:
+            m = np.asarray(named[here])
+            incoming = m.reshape(-1, m.shape[-1]).any(axis=0)
+        units = incoming.size
+        if nxt in counts:
+            row_used = counts[nxt].fan_out > 0
+        else:
+            m_next = np.asarray(named[nxt])
+            rows = m_next.reshape(-1, m_next.shape[-1]) if m_next.ndim == 2 else \
+                np.moveaxis(m_next, -2, 0).reshape(m_next.shape[-2], -1)
+            row_used = rows.any(axis=1)
+        if row_used.size % units:
             continue  # not a pairing this rule understands: report nothing rather than guess
-        outgoing = rows.reshape(-1, units, rows.shape[-1]).any(axis=(0, 2))
+        outgoing = row_used.reshape(-1, units).any(axis=0)
         out[here] = int(np.count_nonzero(~(incoming & outgoing)))
     return out

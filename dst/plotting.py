@@ -37,7 +37,7 @@ def plot_curves(records: list[dict], path, title: str = "") -> pathlib.Path:
     ax.set_title("density (active / size)")
     ax.legend(fontsize=7)
     ax = axes[1, 0]
-    ax.plot(steps, [r["itop_rate"] for r in records], marker="o")
+    ax.plot(steps, [r.get("itop_rate", float("nan")) for r in records], marker="o")   # nan: not tracked
     ax.set_title("ITOP rate (ever active / size)")
     ax = axes[1, 1]
     ax.plot(steps, [r["drop_fraction"] for r in records], marker="o")

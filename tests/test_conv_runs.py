@@ -53,6 +53,7 @@ PRESETS = {
     "srigl_resnet50_imagenet": "imagenet",
     "mnist1d_lottery": "mnist1d",
     "srste_resnet50_imagenet": "imagenet",
+    "set_mlp_million": "mnist",
 }
 # Absolute step settings of a preset that a two-step smoke run cannot reach.
 SMOKE = {"snfs_wrn28_2_cifar10": ["sparsity.start_step=0", "sparsity.update_every=1"],
@@ -60,6 +61,9 @@ SMOKE = {"snfs_wrn28_2_cifar10": ["sparsity.start_step=0", "sparsity.update_ever
          "set_tutorial": ["dataset.subset.train=96", "dataset.subset.test=40", "sparsity.start_step=1",
                           "sparsity.update_every=1", "sparsity.end_step=2"],
          "mnist1d_lottery": ["sparsity.levels=1"],
+         # The million-neuron MLP, narrowed, still born sparse, updated at its second step, a line a step.
+         "set_mlp_million": ["model.hidden=[64,48,32]", "sparsity.epsilon=4", "sparsity.born_sparse=true",
+                             "sparsity.start_step=1", "sparsity.update_every=1", "trainer.progress_every_steps=1"],
          "srste_resnet50_imagenet": ["optimizer.warmup_steps=1", "dataset.image_size=32", "dataset.resize=36",
                                      "dataset.workers=2", "dataset.chunk_steps=2"],
          "srigl_resnet50_imagenet": ["sparsity.end_step=2", "sparsity.update_every=1", "dataset.image_size=32",
@@ -102,7 +106,14 @@ def _run_preset(preset, data, tmp_path):
         assert summary["sparsity/global"] == pytest.approx(0.2, abs=0.01)
         return
     assert summary["status"] == "finished" and summary["step"] == 2
-    assert summary["sparsity/global"] == pytest.approx(cfg["sparsity"]["sparsity"], abs=0.01)
+    if cfg["sparsity"].get("epsilon"):     # SET's counts eps (n_in + n_out) per layer, not a global sparsity
+        widths, eps = [784, *cfg["model"]["hidden"], 10], cfg["sparsity"]["epsilon"]
+        for i, (n_in, n_out) in enumerate(zip(widths, widths[1:])):
+            dense = 1 - min(1.0, eps * (n_in + n_out) / (n_in * n_out))
+            assert summary[f"sparsity/Dense_{i}/kernel"] == pytest.approx(dense, abs=1e-6)
+        assert records[0]["topology/updates"] == 1
+    else:
+        assert summary["sparsity/global"] == pytest.approx(cfg["sparsity"]["sparsity"], abs=0.01)
     assert len(records) == 1 and records[0]["epoch"] == 1
     if preset == "rigl_wrn22_cifar10":
         assert summary["sparsity/stem_conv/kernel"] == 0.0 and summary["sparsity/layer3_2/conv2/kernel"] > 0.8

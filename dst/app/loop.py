@@ -87,11 +87,12 @@ def train_epochs(plan, storage, pairs, state, start_epoch: int, tracks: list[Tra
         log = not (segment.level_epoch % trainer["log_every_epochs"] and not segment.last and finite)
         for track in tracks:
             mine = track.state_of(state)
-            view = stored.dense_view(storage, mine)   # what records read: dense masks, also when stored
-            track.interval.add(track.metrics_of(metrics), seconds, view)
+            view, counts = stored.record_view(storage, mine)   # what records read: dense masks, or unit counts
+            track.interval.add(track.metrics_of(metrics), seconds, view, counts)
             if not log:
                 continue
-            record = record_for(epoch, view, track.interval, track.evaluate(mine), pairs, time.perf_counter() - clock)
+            record = record_for(epoch, view, track.interval, track.evaluate(mine), pairs, time.perf_counter() - clock,
+                                counts)
             if plan.algo.levels:
                 record.update({"level_step": record["step"], **level_fields(segment, track.interval)})
             track.logger.log(record)

@@ -4,12 +4,14 @@ evaluations, and what the masks, the algorithm and the model's kernel graph say 
 from __future__ import annotations
 
 import base64
+import math
 
 import jax
 import numpy as np
 
 import dst
 from dst import metrics
+from dst.masks import layer_counts
 
 
 class Interval:
@@ -26,13 +28,13 @@ class Interval:
         self.steps: dict | None = None
         self.seconds = 0.0
 
-    def add(self, m: dict, seconds: float, state) -> None:
+    def add(self, m: dict, seconds: float, state, counts=None) -> None:
         if self.steps is None:
             self.steps = m
         else:
             self.steps = jax.tree_util.tree_map(lambda a, b: np.concatenate([a, b]), self.steps, m)
         self.seconds += seconds
-        report = dst.density_report(state.masks, self.layers)
+        report = density_report(state.masks, self.layers, counts)
         f_sparse = metrics.sparse_forward_flops(self.flops, report)
         f_backward = f_sparse
         if self.algo.trainable is not None:
@@ -74,23 +76,36 @@ def decode_arrays(tree):
     return {k: decode_arrays(v) for k, v in tree.items()}
 
 
-def record_for(epoch: int, state, interval: Interval, evaluations: dict, pairs, elapsed: float) -> dict:
-    """One ``metrics.jsonl`` record (see the README for every key)."""
+def density_report(masks, layers, counts=None) -> dict[str, float]:
+    """:func:`dst.density_report`, with ``counts`` (``{layer: dst.train.stored.UnitCounts}``) read in the
+    place of those layers' masks (born-sparse layers, never dense)."""
+    if not counts:
+        return dst.density_report(masks, layers)
+    sizes = layer_counts(masks, [n for n in layers if n not in counts])
+    sizes.update({n: (c.active, math.prod(c.shape)) for n, c in counts.items() if n in layers})
+    active, size = sum(a for a, _ in sizes.values()), sum(s for _, s in sizes.values())
+    return {"global": active / size if size else 1.0, **{n: a / s for n, (a, s) in sizes.items()}}
+
+
+def record_for(epoch: int, state, interval: Interval, evaluations: dict, pairs, elapsed: float, counts=None) -> dict:
+    """One ``metrics.jsonl`` record (see the README for every key). ``counts``: what born-sparse layers
+    report in the place of their masks (:func:`dst.train.stored.record_view`); they keep no ITOP state."""
     steps, layers, algo = interval.steps, interval.layers, interval.algo
     step = int(state.step)
     record = {"step": step, "epoch": epoch,
               "train/loss": float(np.mean(steps["loss"])), "train/accuracy": float(np.mean(steps["accuracy"]))}
     for split, values in evaluations.items():
         record.update({f"{split}/{k}": float(v) for k, v in values.items()})
-    report = dst.density_report(state.masks, layers)
+    report = density_report(state.masks, layers, counts)
     record["sparsity/global"] = 1.0 - report["global"]
     record.update({f"sparsity/{n}": 1.0 - report[n] for n in layers})
-    record["itop_rate"] = metrics.itop_rate(state.ever_active, layers)
+    if state.ever_active is not None:
+        record["itop_rate"] = metrics.itop_rate(state.ever_active, layers)
     record["drop_fraction"] = float(algo.drop_fraction_at(step)) if algo.drop_fraction_at else 0.0
     record.update(_topology(steps, layers))
     if algo.report is not None:
         record.update(algo.report(state.algo_state, state.masks))
-    dead = metrics.dead_units(state.masks, pairs)
+    dead = metrics.dead_units(state.masks, pairs, counts)
     record["dead_units/total"] = sum(dead.values())
     record.update({f"dead_units/{n}": c for n, c in dead.items()})
     record["flops/train_relative"] = interval.cumulative_flops / (step * 3.0 * interval.f_dense)

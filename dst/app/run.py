@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 import dst
-from dst.app import memory
+from dst import backends
 from dst.app.build import augment_options
 from dst.app.build import epoch_loop
 from dst.app.build import loader_options
@@ -51,6 +51,7 @@ from dst.app.resume import Start
 from dst.app.resume import checkpoint_meta
 from dst.app.resume import start_point
 from dst.app.resume import stop_on_sigterm
+from dst.app.sparse_setup import born_sparse_layers
 from dst.app.sparse_setup import initial_densities
 from dst.app.sparse_setup import storage_for
 from dst.app.summary import Outcome
@@ -67,8 +68,11 @@ from dst.data.augment import make_augment
 from dst.graph import kernel_graph
 from dst.logging import Progress
 from dst.logging import RunLogger
+from dst.logging import StepProgress
 from dst.masks import named_leaves
+from dst.train import born_sparse
 from dst.train import distributed
+from dst.train import stored
 from dst.train.checkpoint import RunCheckpoints
 from dst.train.devices import DataParallel
 from dst.train.evaluate import stream_evaluate_fn
@@ -150,24 +154,30 @@ def prepare(cfg: dict, say=print) -> Plan:
     return plan._replace(epochs=len(segments(plan))) if algo.levels else plan
 
 
-def initialise(plan: Plan, auto_choice_file=None) -> Run:
+def initialise(plan: Plan, auto_choice_file=None, stream=None) -> Run:
     """Params, model state, masks and the train state from the run's seed; the compiled epoch.
     ``auto_choice_file``: where ``sparsity.backend=auto`` keeps its per-layer choice
-    (:func:`dst.app.auto_backend.auto_layers`)."""
+    (:func:`dst.app.auto_backend.auto_layers`); ``stream``: where progress within an epoch is printed."""
     cfg, data, algo, model = plan.cfg, plan.data, plan.algo, plan.model
     sp, trainer = cfg["sparsity"], cfg["trainer"]
     key = jax.random.key(trainer["seed"])
     k_init, k_mask, k_state, _ = jax.random.split(key, 4)
     sample = jnp.zeros((1,) + tuple(data.example_shape), jnp.float32)
     shapes = jax.eval_shape(lambda: dst.init_model(model, k_init, sample)[0])
-    memory.check_dense_fits({n: tuple(a.shape) for n, a in named_leaves(shapes).items()}, memory.available_bytes(),
-                            sp.get("backend") or "masked")
-    params, model_state = dst.init_model(model, k_init, sample)
-    densities = initial_densities(plan, params)
-    structure = plan.structure if plan.structure is not None and plan.structure.name != "unstructured" else None
-    masks = dst.init_masks(k_mask, params, densities, structure=structure)
-    layers = dst.sparsifiable_layers(params)
+    densities = initial_densities(plan, shapes)
+    layers = dst.sparsifiable_layers(shapes)
     apply_fn = dst.flax_apply(model)
+    tx = make_tx(cfg, plan.total_steps)
+    born = born_sparse_layers(plan, {n: tuple(a.shape) for n, a in named_leaves(shapes).items()}, densities)
+    if born:   # created in storage from their counts, never dense
+        storage, state = born_sparse.init_state(
+            (k_init, k_mask, k_state), trainer["seed"], model, sample, densities, born,
+            backend=backends.make(sp["backend"]), tx=tx, algo=algo, structure=sp.get("structure") or "unstructured",
+            capacity=sp.get("capacity") or stored.default_capacity(algo),
+            mesh=None if plan.parallel is None else plan.parallel.mesh)
+        params, model_state, timings = shapes, state.model_state, {}
+    else:
+        params, model_state = dst.init_model(model, k_init, sample)
     graph = kernel_graph(lambda p: apply_fn(p, model_state, sample, False, None)[0], params, layers)
     streaming = data.name == image_folder.NAME
     if not streaming:
@@ -177,18 +187,22 @@ def initialise(plan: Plan, auto_choice_file=None) -> Run:
         train_x, train_y = first_examples(data, trainer["seed"], count, cfg["dataset"]["workers"])
     else:
         train_x = train_y = None
-    masks = dst.train.prune_at_init(algo, k_mask, params, masks, apply_fn, train_x, train_y,
-                                    trainer["batch_size"], model_state=model_state)
-    densities = {n: d for n, d in dst.density_report(masks, layers).items() if n != "global"}
-    tx = make_tx(cfg, plan.total_steps)
-    storage, timings = storage_for(plan, params, model_state, masks, densities, layers, auto_choice_file)
-    state = dst.create_train_state(k_state, params, masks, tx, algo, model_state, storage=storage)
+    if not born:
+        structure = plan.structure if plan.structure is not None and plan.structure.name != "unstructured" else None
+        masks = dst.init_masks(k_mask, params, densities, structure=structure)
+        masks = dst.train.prune_at_init(algo, k_mask, params, masks, apply_fn, train_x, train_y,
+                                        trainer["batch_size"], model_state=model_state)
+        densities = {n: d for n, d in dst.density_report(masks, layers).items() if n != "global"}
+        storage, timings = storage_for(plan, params, model_state, masks, densities, layers, auto_choice_file)
+        state = dst.create_train_state(k_state, params, masks, tx, algo, model_state, storage=storage)
     if plan.parallel is not None:
         state = plan.parallel.replicate(state)
     step = dst.make_train_step(apply_fn, tx, algo, make_loss(trainer), storage=storage)
     if storage is not None and storage.backend is not None:   # evaluation takes the stored params too
         apply_fn = storage.apply_fn
-    loop = epoch_loop(trainer.get("epoch_loop", "auto"), graph.convolutional)
+    every = trainer.get("progress_every_steps")
+    # A line every few steps needs the steps on the host: the host loop (the same results, one dispatch a step).
+    loop = "host" if every else epoch_loop(trainer.get("epoch_loop", "auto"), graph.convolutional)
     sharding = None if plan.parallel is None else plan.parallel.batch
     if streaming:    # augmentation happens on the host; one epoch function serves every length
         epoch_fns = {0: StreamEpoch(step, loop, sharding)}
@@ -198,7 +212,7 @@ def initialise(plan: Plan, auto_choice_file=None) -> Run:
         lengths = {s.steps for s in segments(plan)}   # whole epochs, and a level's first and last
         epoch_fns = {n: dst.train_epoch_fn(step, trainer["batch_size"], augment=augment,
                                            max_steps=None if n == plan.steps_per_epoch else n, loop=loop,
-                                           batch_sharding=sharding)
+                                           batch_sharding=sharding, progress=every and StepProgress(every, stream))
                      for n in lengths}
         evaluate = dst.evaluate_fn(apply_fn, trainer["eval_batch_size"], sharding)
     return Run(state=state, layers=layers, densities=densities, flops=graph.flops, pairs=graph.pairs, step=step,
@@ -246,7 +260,7 @@ def run(cfg: dict, run_dir, *, stream=None) -> dict:
     say = lambda msg: print(msg, file=progress.stream, flush=True)
     plan = prepare(cfg, say)
     progress.total = plan.epochs
-    parts = initialise(plan, auto_choice_file=run_dir / "auto_backend.json")
+    parts = initialise(plan, auto_choice_file=run_dir / "auto_backend.json", stream=progress.stream)
     checkpoints = RunCheckpoints(run_dir / "checkpoints", keep=trainer.get("keep_checkpoints", 2))
     fresh = Start(epoch=0, state=parts.state, data_key=jax.random.split(jax.random.key(trainer["seed"]), 4)[3],
                   interval=Interval(parts.flops, parts.layers, plan.algo), records=[], elapsed=0.0)

@@ -1,18 +1,24 @@
 """The sparse side of a run's start: each layer's initial density (the distribution, ``sparsity.densities``
-or ``sparsity.epsilon``, rounded to the structure) and the storage its sparse layers take
-(``sparsity.backend``: masked, stored on csr/condensed, or per layer with ``auto``), named on the console."""
+or ``sparsity.epsilon``, rounded to the structure), the storage its sparse layers take
+(``sparsity.backend``: masked, stored on csr/condensed, or per layer with ``auto``), and whether they are
+born sparse (``sparsity.born_sparse``), named on the console."""
 
 from __future__ import annotations
+
+import math
 
 import dst
 from dst import kernels
 from dst.app import auto_backend
+from dst.app import memory
 from dst.app.console import layer_list
 from dst.app.validate import ConfigError
 from dst.distributions import epsilon_densities
 from dst.masks import named_leaves
 from dst.structures import structured_densities
+from dst.train import born_sparse
 from dst.train import stored
+from dst.train import stored_update
 
 
 def initial_densities(plan, params) -> dict[str, float]:
@@ -113,3 +119,55 @@ def explicit_densities(params, given: dict) -> dict[str, float]:
     return {name: float(d) for name, d in given.items()}
 
 
+
+
+# What a born-sparse weight costs in storage: value, gradient and one optimizer moment (float32), its input
+# and its transpose's row and slot (int32), its slot flag.
+STORED_BYTES_PER_WEIGHT = 4 * 3 + 4 * 3 + 1
+
+
+def born_sparse_layers(plan, shapes: dict[str, tuple[int, ...]], densities: dict[str, float]) -> list[str]:
+    """The layers born sparse (:mod:`dst.train.born_sparse`), or ``[]`` where the run starts from its
+    dense form. ``sparsity.born_sparse``: ``true`` on csr/condensed; ``auto`` (default) there where the
+    dense form does not fit this process's memory or a sparse layer has 2^32 positions or more (which a
+    masked run cannot update); ``false`` never. One sentence for what cannot work."""
+    sp, algo = plan.cfg["sparsity"], plan.algo
+    backend, setting = sp.get("backend") or "masked", sp.get("born_sparse", "auto")
+    budget = memory.available_bytes()
+    fits = memory.dense_fits(shapes, budget)
+    huge = any(math.prod(shapes[n]) >= 2**32 for n in densities)
+    if backend not in ("csr", "condensed") or setting is False or (setting == "auto" and fits and not huge):
+        if setting is True:
+            raise ConfigError(f"sparsity.born_sparse=true creates the sparse layers in csr or condensed storage, and "
+                              f"this run's sparsity.backend is {backend}; use csr or condensed.")
+        memory.check_dense_fits(shapes, budget, backend)
+        return []
+    layers = [n for n, d in densities.items() if len(shapes[n]) == 2 and d < 1]
+    name = f"sparsity.algorithm={sp['algorithm']}"
+    why = None
+    if algo.prune_at_init is not None or algo.counts != "keep":
+        why = "it sets its counts from a dense form"
+    elif algo.dynamic and (algo.rules is None or algo.rules.ablation is not None or algo.rules.decays
+                           or stored_update.unsupported(algo, None) is not None):
+        why = "it updates stored layers on their dense view"
+    if why:
+        raise ConfigError(f"a born-sparse run's layers never exist dense, and {name} cannot run so: {why}; use "
+                          "static, set, rigl or mest (no decay), or a model whose dense form fits "
+                          "(sparsity.born_sparse=false).")
+    structure = sp.get("structure") or "unstructured"
+    if structure not in born_sparse.STRUCTURES:
+        raise ConfigError(f"sparsity.structure={structure} cannot be drawn without a layer's dense size; born-sparse "
+                          f"layers take {' or '.join(born_sparse.STRUCTURES)}.")
+    stored_weights = sum(math.prod(shapes[n]) * densities[n] for n in layers)
+    if budget is not None and stored_weights * STORED_BYTES_PER_WEIGHT > budget:
+        big = max(layers, key=lambda n: math.prod(shapes[n]) * densities[n])
+        raise ConfigError(f"born sparse, layer {big} still holds {math.prod(shapes[big]) * densities[big]:,.0f} "
+                          f"weights (density {densities[big]:.3g}) and the run about "
+                          f"{stored_weights * STORED_BYTES_PER_WEIGHT / memory.GIB:.1f} GiB, more than the "
+                          f"{budget / memory.GIB:.1f} GiB this process may use; raise sparsity.sparsity or lower "
+                          "sparsity.epsilon.")
+    why_born = "sparsity.born_sparse=true" if setting is True else \
+        ("a layer has 2^32 positions or more" if huge else "the dense form does not fit this process's memory")
+    print(f"sparsity: {layer_list(layers)} born sparse in {backend} storage ({why_born}): created from their "
+          "counts, never dense; records come from the topologies.")
+    return layers

@@ -31,7 +31,8 @@ LOGGERS = ("wandb", "none")
 # Keys of conf/sparsity that every algorithm may carry: they describe the initial masks or the run
 # length. They reach an algorithm's factory only when it takes them (GMP takes `sparsity`, RigL does not).
 COMMON_KEYS = ("algorithm", "sparsity", "distribution", "erk_power_scale", "dense_layers", "end_fraction",
-               "initial_sparsity", "densities", "structure", "backend", "epsilon", "capacity")
+               "initial_sparsity", "densities", "structure", "backend", "epsilon", "capacity",
+               "born_sparse")
 # Settings of the structure itself: they build the `structure` an algorithm takes, never reach it alone.
 STRUCTURE_KEYS = ("n_m", "block")
 
@@ -173,6 +174,11 @@ def validate(cfg: dict, total_steps: int | None = None) -> None:
     _range(cfg, "trainer.log_every_epochs", 1, None, integer=True)
     if "epoch_loop" in cfg["trainer"]:
         _choice(cfg, "trainer.epoch_loop", ("auto",) + LOOPS)
+    if cfg["trainer"].get("progress_every_steps") is not None:
+        _range(cfg, "trainer.progress_every_steps", 1, None, integer=True)
+        if cfg["trainer"].get("epoch_loop", "auto") == "scan":
+            raise ConfigError("trainer.progress_every_steps prints from the host between steps, and "
+                              "trainer.epoch_loop=scan runs an epoch as one call; use auto or host.")
     if "checkpoint_every_epochs" in cfg["trainer"]:
         _range(cfg, "trainer.checkpoint_every_epochs", 0, None, integer=True)
     if "keep_checkpoints" in cfg["trainer"]:
@@ -217,6 +223,8 @@ def _check_backend(cfg: dict) -> None:
         if backend not in ("csr", "auto"):
             raise ConfigError(f"sparsity.capacity sets the slots of sparsity.backend=csr's stored layers (per starting "
                               f"weight), and this run's backend is {backend}; use csr or leave capacity null.")
+    if sp.get("born_sparse", "auto") not in ("auto", True, False):
+        raise ConfigError(f"sparsity.born_sparse must be one of auto, true, false; got {sp['born_sparse']!r}.")
     if backend in ("masked", "auto"):   # auto falls back to masked, saying why, where csr cannot run
         return
     if backend == "dense":

@@ -12,18 +12,23 @@ class MLP(nn.Module):
     """ReLU MLP over flattened inputs: ``hidden`` widths, then ``num_classes`` logits.
 
     Layers are named ``Dense_0 ... Dense_L`` (flax's default), so their kernels are
-    ``Dense_i/kernel`` in the params pytree.
+    ``Dense_i/kernel`` in the params pytree. Kernels start from flax's LeCun normal (variance 1 / fan-in of
+    the dense layer); ``hidden_std``: the hidden layers' kernels from N(0, hidden_std^2) instead, as SET's
+    reference code draws its sparse layers (``randn / 10``), whose units see a few dozen inputs where
+    the dense fan-in scaling assumes hundreds of thousands.
     """
 
     hidden: Sequence[int] = (300, 100)
     num_classes: int = 10
     dropout: float = 0.0
+    hidden_std: float | None = None
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         x = jnp.reshape(x, (x.shape[0], -1))
+        init = nn.initializers.lecun_normal() if self.hidden_std is None else nn.initializers.normal(self.hidden_std)
         for width in self.hidden:
-            x = nn.relu(nn.Dense(width)(x))
+            x = nn.relu(nn.Dense(width, kernel_init=init)(x))
             if self.dropout > 0:
                 x = nn.Dropout(self.dropout, deterministic=not train)(x)
         return nn.Dense(self.num_classes)(x)

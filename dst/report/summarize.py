@@ -25,8 +25,8 @@ CURVE_KEYS = ("test/accuracy", "itop_rate")
 # Config values that say how a run was carried out, not what was trained: they never split a setting.
 RUN_ONLY = ("name", "logger", "hydra", "trainer.seed", "trainer.seeds", "trainer.resume",
             "trainer.checkpoint_every_epochs", "trainer.keep_checkpoints", "trainer.log_every_epochs",
-            "trainer.epoch_loop", "trainer.eval_batch_size", "dataset.data_dir", "dataset.workers",
-            "dataset.chunk_steps")
+            "trainer.epoch_loop", "trainer.progress_every_steps", "trainer.eval_batch_size", "dataset.data_dir",
+            "dataset.workers", "dataset.chunk_steps")
 
 
 def base_setting(run: RunInfo) -> dict:

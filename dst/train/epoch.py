@@ -30,7 +30,7 @@ LOOPS = ("scan", "host")
 
 
 def train_epoch_fn(step: TrainStep | Callable, batch_size: int, augment: Augment | None = None,
-                   max_steps: int | None = None, loop: str = "scan", batch_sharding=None):
+                   max_steps: int | None = None, loop: str = "scan", batch_sharding=None, progress=None):
     """A jitted ``(state, x, y, key) -> (state, metrics)`` running one shuffled epoch on the device.
 
     ``x`` and ``y`` stay on the device; each step gathers its batch by index (``key`` orders the
@@ -41,12 +41,13 @@ def train_epoch_fn(step: TrainStep | Callable, batch_size: int, augment: Augment
     The epoch is a ``lax.scan`` of ``step``; when ``step`` is a :class:`TrainStep` with a quiet path
     (see :func:`dst.make_train_step`), it runs plain steps between the steps where the algorithm may
     act instead, with identical results. ``loop="host"`` runs the same epoch as one jitted dispatch
-    per step instead (:class:`HostLoopEpoch`: conv nets on CPU).
+    per step instead (:class:`HostLoopEpoch`: conv nets on CPU; ``progress(done, steps, rows)`` is
+    called after each of its steps, with the metrics so far).
     """
     if loop not in LOOPS:
         raise ValueError(f"loop must be one of {', '.join(LOOPS)}; got {loop!r}.")
     if loop == "host":
-        return HostLoopEpoch(step, batch_size, augment, max_steps, batch_sharding)
+        return HostLoopEpoch(step, batch_size, augment, max_steps, batch_sharding, progress)
     return jax.jit(epoch_body(step, batch_size, augment, max_steps, batch_sharding))
 
 
@@ -94,13 +95,16 @@ def split_batch(*arrays, sharding=None):
     return arrays if sharding is None else lax.with_sharding_constraint(arrays, sharding)
 
 
-def host_loop(step, settle, state, calls):
+def host_loop(step, settle, state, calls, progress=None):
     """``step(state, *args)`` for each ``args`` of ``calls``, one dispatch each, then ``settle`` (a jitted
-    :func:`settle_last`) on the metrics stacked per step, as a compiled run of the steps returns them."""
+    :func:`settle_last`) on the metrics stacked per step, as a compiled run of the steps returns them.
+    ``progress(rows)``, when given, sees the metrics of the steps so far after each step."""
     rows = []
     for args in calls:
         state, metrics = step(state, *args)
         rows.append(metrics)
+        if progress is not None:
+            progress(rows)
     return settle(state, jax.tree_util.tree_map(lambda *r: jnp.stack(r), *rows))
 
 
@@ -123,8 +127,8 @@ class HostLoopEpoch:
     """
 
     def __init__(self, step, batch_size: int, augment: Augment | None = None, max_steps: int | None = None,
-                 batch_sharding=None):
-        self.batch_size, self.max_steps = batch_size, max_steps
+                 batch_sharding=None, progress: Callable | None = None):
+        self.batch_size, self.max_steps, self.progress = batch_size, max_steps, progress
         full = step.full if isinstance(step, TrainStep) else step
 
         def one_step(state, x, y, idx, key, i):
@@ -152,7 +156,8 @@ class HostLoopEpoch:
         n = order.shape[0] if self.max_steps is None else min(order.shape[0], self.max_steps)
         k_augment = jax.random.fold_in(key, AUGMENT_STREAM)
         calls = ((x, y, order[i], k_augment, jnp.int32(i)) for i in range(n))
-        return host_loop(self.step, self.settle, state, calls)
+        progress = None if self.progress is None else lambda rows: self.progress(len(rows), n, rows)
+        return host_loop(self.step, self.settle, state, calls, progress)
 
 
 def _record(metrics, i, values):

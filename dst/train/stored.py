@@ -57,13 +57,15 @@ def default_capacity(algo: SparseAlgorithm) -> float:
 
 class Storage(NamedTuple):
     """A run's storage: the backend, each stored layer's static :class:`dst.backends.Layout`, the
-    model's apply function on stored params (:func:`dst.backends.stored_apply`), and whether per-weight
-    dense metric state is kept (``dense_metrics``, see ``DENSE_METRICS_LIMIT``)."""
+    model's apply function on stored params (:func:`dst.backends.stored_apply`), whether per-weight
+    dense metric state is kept (``dense_metrics``, see ``DENSE_METRICS_LIMIT``), and whether the stored
+    layers were born sparse (:mod:`dst.train.born_sparse`: nothing of theirs is ever dense, records included)."""
 
     backend: backends.Backend
     layout_of: dict
     apply_fn: Callable
     dense_metrics: bool = True
+    born_sparse: bool = False
 
 
 def make_storage(model, backend: str, masks, layers, mesh=None, capacity: float = 1.0) -> Storage | None:
@@ -260,6 +262,39 @@ def model_params(state):
     """What the run's ``apply_fn`` takes as params: ``state.params``, or on a storage backend the
     :class:`dst.backends.Stored` pair of the params and their topologies."""
     return state.params if state.topologies is None else backends.Stored(state.params, state.topologies)
+
+
+class UnitCounts(NamedTuple):
+    """A stored layer's per-unit statistics, from its slots: its dense shape, its weights, and how many of
+    them each output unit takes (``fan_in``) and each input feeds (``fan_out``). What a record reads of a
+    layer that is never dense (:func:`record_view`)."""
+
+    shape: tuple[int, int]
+    active: int
+    fan_in: np.ndarray
+    fan_out: np.ndarray
+
+
+def unit_counts(storage: Storage, state) -> dict[str, UnitCounts]:
+    """:class:`UnitCounts` of each stored layer, from the backend's slot view (no dense form)."""
+    values, slots = named_leaves(state.params), named_leaves(state.masks)
+    out = {}
+    for name, layout in storage.layout_of.items():
+        view = storage.backend.slots(values[name], slots[name], state.topologies[name], layout)
+        valid, cols, units = (np.asarray(a) for a in (view.valid, view.cols, view.units))
+        n_in, n_out = layout.shape
+        out[name] = UnitCounts(layout.shape, int(valid.sum()), np.bincount(units[valid], minlength=n_out),
+                               np.bincount(cols[valid], minlength=n_in))
+    return out
+
+
+def record_view(storage: Storage | None, state):
+    """``(state, unit counts)`` for what a record reads (densities, dead units, an algorithm's report): the
+    dense view (:func:`dense_view`) and no counts; for born-sparse layers, the state as stored and their
+    :class:`UnitCounts`, which the records read in their place."""
+    if storage is not None and storage.born_sparse:
+        return state, unit_counts(storage, state)
+    return dense_view(storage, state), {}
 
 
 def dense_view(storage: Storage | None, state):

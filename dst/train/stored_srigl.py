@@ -132,8 +132,8 @@ def update_stored(algo, storage, block: int = stored_update.GROW_BLOCK):
             return w, m, grown
 
         *out, grown = stored_update.update_layers(
-            storage, key, params, slots, topologies, opt_state, ever_active, grads, taps, takes=rules.updates,
-            stored_layer=stored_layer, dense_layer=dense_layer, keys_by=rules.keys_by)
+            storage, rules, key, params, slots, topologies, opt_state, ever_active, grads, taps,
+            stored_layer=stored_layer, dense_layer=dense_layer)
         extra = {**state.extra, "ablated": ablated}
         return (*out, state._replace(step=state.step + 1, grown=grown, updated=jnp.ones((), bool), extra=extra))
 

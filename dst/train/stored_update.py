@@ -39,11 +39,13 @@ from jax import lax
 from dst import backends
 from dst import kernels
 from dst.algorithms.base import SparseAlgorithm
+from dst.algorithms.set import random_grow_score
 from dst.masks import path_name
 from dst.selection import bottom_k_mask
 from dst.selection import grouped_top_k_mask
 from dst.selection import priorities_at
 from dst.selection import score_keys
+from dst.train import sampled_growth
 from dst.train.moments import map_param_trees
 
 # Elements of the grow score formed at once (64 MiB of float32): a layer larger than this grows by
@@ -73,11 +75,23 @@ def dense_positions(cols, units, n_out: int) -> jax.Array:
     return cols.astype(_U32) * _U32(n_out) + units.astype(_U32)
 
 
-def _check_size(name, shape):
-    if math.prod(shape) >= 2**32:   # at trace time: a plain step of such a layer compiles and runs
-        raise ValueError(f"layer {name} has {math.prod(shape):,} positions; in-step prune-and-regrow ranks "
-                         "positions by their 32-bit index (below 2^32 = 4,294,967,296), so a layer this large "
-                         "updates between epochs with dst.train.large.set_update.")
+def sampled(rules, shape) -> bool:
+    """Whether a layer of ``shape`` grows by sampling positions (:mod:`dst.train.sampled_growth`): one of
+    2^32 positions or more, under a uniform random grow score (SET, MEST), unstructured."""
+    return (math.prod(shape) >= 2**32 and rules.grow_score is random_grow_score
+            and rules.structure.name == "unstructured")
+
+
+def _check_size(name, rules, shape):
+    """Refuse, at trace time, an update of a layer too large for 32-bit positions that cannot sample."""
+    if math.prod(shape) < 2**32 or sampled(rules, shape):
+        return
+    if not (kernels.available() and jax.default_backend() == "cpu"):
+        raise ValueError(f"layer {name} has {math.prod(shape):,} positions, and its in-step update merges "
+                         "positions as 32-bit keys without the compiled kernels; reinstall dst so they build.")
+    raise ValueError(f"layer {name} has {math.prod(shape):,} positions, and in-step growth by a grow score ranks "
+                     "positions by their 32-bit index (below 2^32 = 4,294,967,296); layers this large grow "
+                     "uniformly at random (sparsity=set or mest, sparsity.structure=unstructured).")
 
 
 class LayerUpdate(NamedTuple):
@@ -212,8 +226,12 @@ def update_slots(rules, key, f, values, valid, cols, units, value_grads, x, dy, 
         dropped = dropped & (n < n_in * n_out)
     kept = valid & ~dropped
     k = jnp.maximum(jnp.sum(dropped, dtype=jnp.int32) - excess, 0)
-    grown_inputs, grown_units, grown = grow_candidates(rules, k_grow, valid, kept, cols, units, x, dy, k, shape,
-                                                       capacity, block)
+    if sampled(rules, shape):     # too large to rank: positions drawn (the same law as uniform ranks)
+        grown_inputs, grown_units, grown = sampled_growth.sample_growth(k_grow, valid, kept, cols, units, k, shape,
+                                                                        capacity)
+    else:
+        grown_inputs, grown_units, grown = grow_candidates(rules, k_grow, valid, kept, cols, units, x, dy, k, shape,
+                                                           capacity, block)
     # Kept and grown weights merged in CSR order (unit, then input); unused slots stay at the end.
     merged = kernels.merge_slots(cols, units, kept, grown_inputs, grown_units, grown, n_in, n_out)
     source = merged.source
@@ -234,13 +252,14 @@ def update_layer(rules, key, f, values, valid, topology, value_grads, x, dy, bac
     return LayerUpdate(new_values, live, new_topology, source, grown.reshape(live.shape), new_units, new_cols)
 
 
-def update_layers(storage, key, params, slots, topologies, opt_state, ever_active, grads, taps, *, takes,
-                  stored_layer, dense_layer, keys_by: str = "leaf"):
-    """The loop of a stored update over the params' leaves, one stored layer after another. A leaf that
-    ``takes(name, dense shape)`` is updated by ``stored_layer(name, key, operands, layout) -> LayerUpdate``
+def update_layers(storage, rules, key, params, slots, topologies, opt_state, ever_active, grads, taps, *,
+                  stored_layer, dense_layer):
+    """The loop of a stored update by ``rules`` (a :class:`dst.algorithms.base.PruneRegrowRules`) over the
+    params' leaves, one stored layer after another. A leaf that ``rules.updates(name, dense shape)`` takes
+    is updated by ``stored_layer(name, key, operands, layout) -> LayerUpdate``
     where it is stored (``operands``: values, slots, topology, value gradients, inputs, output gradients)
     and by ``dense_layer(name, key, w, g, mask) -> (w, mask, grown)`` where it stays masked; its key folds
-    in its place among all leaves (``keys_by="leaf"``) or among the leaves taken (``"layer"``). The
+    in its place among all leaves (``rules.keys_by="leaf"``) or among the leaves taken (``"layer"``). The
     optimizer's moments move to their weights' new slots and ``ever_active`` gains the new weights.
     Returns ``(params, slots, topologies, opt_state, ever_active, grown)``."""
     inputs, cotangents = taps
@@ -252,12 +271,12 @@ def update_layers(storage, key, params, slots, topologies, opt_state, ever_activ
     for i, ((path, w), m, g) in enumerate(zip(flat, treedef.flatten_up_to(slots), treedef.flatten_up_to(grads))):
         name = path_name(path)
         layout = storage.layout_of.get(name)
-        take = takes(name, layout.shape if layout is not None else tuple(w.shape))
-        layer_key = jax.random.fold_in(key, taken if keys_by == "layer" else i)
+        take = rules.updates(name, layout.shape if layout is not None else tuple(w.shape))
+        layer_key = jax.random.fold_in(key, taken if rules.keys_by == "layer" else i)
         taken += take
         if take and layout is not None:
             n_in, n_out = layout.shape
-            _check_size(name, layout.shape)
+            _check_size(name, rules, layout.shape)
             operands = (w, m, topologies[name], g, inputs[name].reshape(-1, n_in).astype(jnp.float32),
                         cotangents[name].reshape(-1, n_out).astype(jnp.float32))
             if done is not None:   # one layer at a time: this layer starts after the last one ended
@@ -319,9 +338,8 @@ def update_stored(algo: SparseAlgorithm, storage, block: int = GROW_BLOCK):
         def dense_layer(name, layer_key, w, g, m):
             return rules.update_layer(layer_key, w, g, m, f, more(name, m))
 
-        *out, grown = update_layers(storage, key, params, slots, topologies, opt_state, ever_active, grads, taps,
-                                    takes=rules.updates, stored_layer=stored_layer, dense_layer=dense_layer,
-                                    keys_by=rules.keys_by)
+        *out, grown = update_layers(storage, rules, key, params, slots, topologies, opt_state, ever_active, grads,
+                                    taps, stored_layer=stored_layer, dense_layer=dense_layer)
         return (*out, state._replace(step=state.step + 1, grown=grown, updated=jnp.ones((), bool)))
 
     return act

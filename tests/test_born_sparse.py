@@ -1,0 +1,195 @@
+"""Layers born sparse (dst.train.born_sparse): created in storage from their counts, never dense.
+
+Expectations come from the rules themselves on small layers: positions are uniform among all positions
+(or within each unit under fan-in), counted over many draws; values follow the layer's initialiser law;
+the leaves that are not born sparse are the model's own init; a born-sparse model trains as the masked
+model with the same weights does; records read from the topologies equal those read from the dense view.
+"""
+
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from cli_helpers import dst_train_here
+from hydra import compose
+from hydra import initialize_config_dir
+from idx_data import write_dataset
+from omegaconf import OmegaConf
+
+import dst
+from dst import backends
+from dst import metrics
+from dst.algorithms import make
+from dst.app import records
+from dst.app.run import initialise
+from dst.app.run import prepare
+from dst.app.run import run
+from dst.masks import named_leaves
+from dst.models import MLP
+from dst.train import born_sparse
+from dst.train import create_train_state
+from dst.train import make_train_step
+from dst.train import stored
+
+CONF = pathlib.Path(__file__).resolve().parents[1] / "conf"
+SAMPLE = jnp.zeros((1, 12))
+
+
+def composed(*overrides):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return OmegaConf.to_container(compose("config", overrides=list(overrides)), resolve=True)
+
+
+def test_sample_absent_is_uniform_over_the_free_positions():
+    rng = np.random.default_rng(0)
+    present = np.array([2, 5, 11], np.int64)
+    size, k, trials = 40, 6, 3000
+    hits = np.zeros(size)
+    for _ in range(trials):
+        chosen = born_sparse.sample_absent(rng, present, size, k)
+        assert chosen.size == k and np.all(np.diff(chosen) > 0) and not np.isin(chosen, present).any()
+        hits[chosen] += 1
+    free = np.setdiff1d(np.arange(size), present)
+    expected = trials * k / free.size                      # each free position equally often
+    assert np.all(hits[present] == 0)
+    assert np.all(np.abs(hits[free] - expected) < 5 * np.sqrt(expected))
+    assert born_sparse.sample_absent(rng, np.array([2, 5]), 8, 6).tolist() == [0, 1, 3, 4, 6, 7]
+    with pytest.raises(ValueError, match="free positions"):
+        born_sparse.sample_absent(rng, np.array([2, 5]), 8, 7)
+
+
+def test_er_count_is_epsilon_times_fan_in_plus_fan_out():
+    assert born_sparse.er_count((784, 1000), 20) == 35680 and born_sparse.er_count((1000, 10), 20) == 10000
+
+
+@pytest.mark.parametrize("structure", ["unstructured", "fan_in"])
+def test_positions_are_distinct_in_csr_order_and_uniform(structure):
+    shape, count, trials = (9, 4), 12, 3000
+    rng = np.random.default_rng(1)
+    hits = np.zeros(shape[::-1])
+    for _ in range(trials):
+        cols, units = born_sparse.draw_positions(rng, shape, count, structure)
+        keys = units.astype(np.int64) * shape[0] + cols
+        assert keys.size == count and np.all(np.diff(keys) > 0)          # distinct, by unit then input
+        if structure == "fan_in":
+            assert np.bincount(units, minlength=shape[1]).tolist() == [3] * 4
+        hits[units, cols] += 1
+    expected = trials * count / hits.size                                # every position equally often
+    assert np.all(np.abs(hits - expected) < 5 * np.sqrt(expected)), hits
+    with pytest.raises(ValueError, match="n_m"):
+        born_sparse.draw_positions(rng, shape, count, "n_m")
+
+
+def test_init_values_follow_the_fan_in_law():
+    values = born_sparse.init_values(jax.random.key(0), jax.nn.initializers.lecun_normal(), (400, 10**6), 50_000)
+    assert values.shape == (50_000,)
+    assert float(jnp.std(values)) == pytest.approx(1 / np.sqrt(400), rel=0.03)   # LeCun: Var = 1 / fan_in
+
+
+def test_kernel_initializers_are_read_from_the_model():
+    inits = born_sparse.kernel_initializers(MLP(hidden=(6,), hidden_std=0.5), SAMPLE)
+    assert set(inits) == {"Dense_0/kernel", "Dense_1/kernel"}
+    w = inits["Dense_0/kernel"](jax.random.key(0), (200, 300), jnp.float32)
+    assert float(jnp.std(w)) == pytest.approx(0.5, rel=0.02)          # hidden_std, not LeCun's 1/sqrt(200)
+
+
+def born(model, densities, layers, algo, tx, backend="csr", structure="unstructured"):
+    keys = tuple(jax.random.split(jax.random.key(0), 3))
+    return born_sparse.init_state(keys, 0, model, SAMPLE, densities, layers, backend=backends.make(backend), tx=tx,
+                                  algo=algo, structure=structure)
+
+
+@pytest.mark.parametrize("backend, structure", [("csr", "unstructured"), ("condensed", "fan_in")])
+def test_a_born_sparse_model_trains_as_the_masked_model_with_its_weights(backend, structure):
+    model = MLP(hidden=(24, 16), num_classes=5)
+    x = jax.random.normal(jax.random.key(1), (8, 12))
+    y = jnp.arange(8) % 5
+    tx = optax.sgd(0.1, momentum=0.9)
+    static = make("static")
+    densities = {"Dense_0/kernel": 0.25, "Dense_1/kernel": 0.25}
+    storage, state = born(model, densities, list(densities), static, tx, backend, structure)
+    params, masks = stored.expand_state(storage, state.params, state.masks, state.topologies)
+    counts = {n: int(m.sum()) for n, m in named_leaves(masks).items() if n in densities}
+    assert counts == {"Dense_0/kernel": 72, "Dense_1/kernel": 96}
+    # The other leaves are the model's own init from the same key.
+    k_init = jax.random.split(jax.random.key(0), 3)[0]
+    own, _ = dst.init_model(model, k_init, SAMPLE)
+    for name in ("Dense_2/kernel", "Dense_0/bias", "Dense_2/bias"):
+        np.testing.assert_array_equal(named_leaves(params)[name], named_leaves(own)[name])
+    masked = create_train_state(jax.random.key(5), params, masks, tx, static)
+    masked_step = jax.jit(make_train_step(lambda p, s, x, t, r: (model.apply({"params": p}, x), s), tx,
+                                          static).full)
+    stored_step = jax.jit(make_train_step(None, tx, static, storage=storage).full)
+    for _ in range(3):
+        masked, _ = masked_step(masked, (x, y))
+        state, _ = stored_step(state, (x, y))
+    got, _ = stored.expand_state(storage, state.params, state.masks, state.topologies)
+    for name, want in named_leaves(masked.params).items():
+        np.testing.assert_allclose(named_leaves(got)[name], want, rtol=1e-5, atol=1e-6)
+
+
+def test_records_from_the_topologies_equal_those_of_the_dense_view():
+    """Densities and dead units read from the slots' unit counts, as from the expanded masks; a unit left
+    without inputs (all its weights dropped by hand) counts as dead both ways."""
+    model = MLP(hidden=(10, 8), num_classes=3)
+    densities = {"Dense_0/kernel": 0.2, "Dense_1/kernel": 0.15}
+    storage, state = born(model, densities, list(densities), make("static"), optax.sgd(0.1))
+    slots = named_leaves(state.masks)
+    view = storage.backend.slots(named_leaves(state.params)["Dense_0/kernel"], slots["Dense_0/kernel"],
+                                 state.topologies["Dense_0/kernel"], storage.layout_of["Dense_0/kernel"])
+    cut = slots["Dense_0/kernel"] & (view.units != view.units[0])       # the first unit loses every input
+    state = state._replace(masks=dst.masks.replace_named(state.masks, {"Dense_0/kernel": cut}))
+    pairs = [("Dense_0/kernel", "Dense_1/kernel"), ("Dense_1/kernel", "Dense_2/kernel")]
+    layers = ["Dense_0/kernel", "Dense_1/kernel", "Dense_2/kernel"]
+    _, counts = stored.record_view(storage, state)
+    dense = stored.dense_view(storage, state)
+    assert records.density_report(state.masks, layers, counts) == pytest.approx(dst.density_report(dense.masks,
+                                                                                                   layers))
+    by_counts = metrics.dead_units(state.masks, pairs, counts)
+    assert by_counts == metrics.dead_units(dense.masks, pairs) and by_counts["Dense_0/kernel"] >= 1
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("idx") / "fashion_mnist", n_train=256)
+
+
+def test_dst_train_runs_born_sparse_from_the_command_line(tmp_path, data_dir):
+    said = []
+    cfg = composed("sparsity=set", "sparsity.distribution=er", "sparsity.epsilon=4", "sparsity.backend=csr",
+                   "sparsity.born_sparse=true", "sparsity.update_every=2", "model=mlp", "model.hidden=[64,32]",
+                   f"dataset.data_dir={data_dir}", "logger=none", "trainer.epochs=1", "trainer.batch_size=32")
+    plan = prepare(cfg, said.append)
+    parts = initialise(plan)
+    assert parts.storage.born_sparse and parts.state.ever_active is None
+    counts = {n: lay.count for n, lay in parts.storage.layout_of.items()}
+    assert counts == {"Dense_0/kernel": 4 * (784 + 64), "Dense_1/kernel": 4 * (64 + 32),
+                      "Dense_2/kernel": 4 * (32 + 10)}
+    summary = run(cfg, tmp_path / "run")
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["topology/updates"] >= 2 and record["topology/grown/Dense_1/kernel"] > 0
+    assert record["sparsity/Dense_1/kernel"] == pytest.approx(1 - 4 * 96 / (64 * 32))     # the count kept
+    assert "dead_units/Dense_0/kernel" in record and "itop_rate" not in record
+    assert summary["test/accuracy"] == record["test/accuracy"]
+
+
+@pytest.mark.parametrize("overrides, sentence", [
+    (("sparsity.born_sparse=true",), "sparsity.born_sparse=true creates the sparse layers in csr or condensed storage, "
+                                     "and this run's sparsity.backend is masked; use csr or condensed."),
+    (("sparsity=gmp", "sparsity.backend=csr", "sparsity.born_sparse=true"),
+     "a born-sparse run's layers never exist dense, and sparsity.algorithm=gmp cannot run so"),
+    (("sparsity=set", "sparsity.backend=csr", "sparsity.born_sparse=true", "sparsity.structure=n_m",
+      "sparsity.n_m=[2,4]", "sparsity.sparsity=0.5"),
+     "sparsity.structure=n_m cannot be drawn without a layer's dense size; born-sparse layers take unstructured "
+     "or fan_in."),
+    (("sparsity.born_sparse=maybe",), "sparsity.born_sparse must be one of auto, true, false; got 'maybe'."),
+])
+def test_bad_born_sparse_settings_are_one_sentence(tmp_path, data_dir, overrides, sentence):
+    out = dst_train_here(*overrides, f"dataset.data_dir={data_dir}", f"hydra.run.dir={tmp_path / 'run'}",
+                         "logger=none", cwd=tmp_path)
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 2 and len(lines) == 1 and sentence in lines[0], out.stderr
