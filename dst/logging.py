@@ -89,25 +89,23 @@ class RunLogger:
 
 class StepProgress:
     """Within a long epoch, one console line every ``every`` steps: the steps done, their mean loss, the
-    time per step lately and what the epoch has left (``trainer.progress_every_steps``)."""
+    time per step since the last line and what the epoch has left (``trainer.progress_every_steps``)."""
 
     def __init__(self, every: int, stream=None):
         self.every, self.stream = every, stream or sys.stdout
-        self.last = None
+        self.losses, self.last = [], None
 
-    def __call__(self, done: int, steps: int, rows) -> None:
+    def __call__(self, done: int, steps: int, loss: float) -> None:
+        self.losses.append(loss)
         if done % self.every and done != steps:
             return
-        loss = float(np.mean([float(r["loss"]) for r in rows[-self.every:]]))   # waits for the steps
         now = time.perf_counter()
-        if done == 1 or self.last is None or self.last[1] >= done:   # the epoch's first line: no rate yet
-            self.last = (now, done)
-            rate = "the first step done"
-        else:
+        rate = ""
+        if self.last is not None and self.last[1] < done:     # not the epoch's first line
             per_step = (now - self.last[0]) / (done - self.last[1])
-            self.last = (now, done)
-            rate = f"{per_step:.2f} s/step lately, epoch eta {per_step * (steps - done) / 60:.1f} min"
-        print(f"  step {done}/{steps}: loss {loss:.4f}, {rate}", file=self.stream, flush=True)
+            rate = f", {per_step:.2f} s/step lately, epoch eta {per_step * (steps - done) / 60:.1f} min"
+        print(f"  step {done}/{steps}: loss {np.mean(self.losses):.4f}{rate}", file=self.stream, flush=True)
+        self.losses, self.last = [], None if done == steps else (now, done)   # the next epoch starts afresh
 
 
 class Progress:
@@ -129,6 +127,6 @@ class Progress:
                 f"loss {record['train/loss']:.4f} acc {record['train/accuracy']:.4f} "
                 f"test {record['test/accuracy']:.4f} density {1 - record['sparsity/global']:.4f} "
                 + (f"itop {record['itop_rate']:.3f} " if "itop_rate" in record else "")
-                + f"{record['steps_per_sec']:.0f} steps/s "
+                + f"{record['steps_per_sec']:.{0 if record['steps_per_sec'] >= 10 else 2}f} steps/s "
                 f"elapsed {elapsed:.0f}s eta {eta:.0f}s")
         print(line, file=self.stream, flush=True)

@@ -201,8 +201,7 @@ def initialise(plan: Plan, auto_choice_file=None, stream=None) -> Run:
     if storage is not None and storage.backend is not None:   # evaluation takes the stored params too
         apply_fn = storage.apply_fn
     every = trainer.get("progress_every_steps")
-    # A line every few steps needs the steps on the host: the host loop (the same results, one dispatch a step).
-    loop = "host" if every else epoch_loop(trainer.get("epoch_loop", "auto"), graph.convolutional)
+    loop = epoch_loop(trainer.get("epoch_loop", "auto"), graph.convolutional)
     sharding = None if plan.parallel is None else plan.parallel.batch
     if streaming:    # augmentation happens on the host; one epoch function serves every length
         epoch_fns = {0: StreamEpoch(step, loop, sharding)}

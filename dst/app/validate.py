@@ -176,9 +176,6 @@ def validate(cfg: dict, total_steps: int | None = None) -> None:
         _choice(cfg, "trainer.epoch_loop", ("auto",) + LOOPS)
     if cfg["trainer"].get("progress_every_steps") is not None:
         _range(cfg, "trainer.progress_every_steps", 1, None, integer=True)
-        if cfg["trainer"].get("epoch_loop", "auto") == "scan":
-            raise ConfigError("trainer.progress_every_steps prints from the host between steps, and "
-                              "trainer.epoch_loop=scan runs an epoch as one call; use auto or host.")
     if "checkpoint_every_epochs" in cfg["trainer"]:
         _range(cfg, "trainer.checkpoint_every_epochs", 0, None, integer=True)
     if "keep_checkpoints" in cfg["trainer"]:

@@ -41,18 +41,18 @@ def train_epoch_fn(step: TrainStep | Callable, batch_size: int, augment: Augment
     The epoch is a ``lax.scan`` of ``step``; when ``step`` is a :class:`TrainStep` with a quiet path
     (see :func:`dst.make_train_step`), it runs plain steps between the steps where the algorithm may
     act instead, with identical results. ``loop="host"`` runs the same epoch as one jitted dispatch
-    per step instead (:class:`HostLoopEpoch`: conv nets on CPU; ``progress(done, steps, rows)`` is
-    called after each of its steps, with the metrics so far).
+    per step instead (:class:`HostLoopEpoch`: conv nets on CPU). ``progress(done, steps, loss)``, when
+    given, is called on the host after each step (from inside the compiled epoch by ``jax.debug.callback``).
     """
     if loop not in LOOPS:
         raise ValueError(f"loop must be one of {', '.join(LOOPS)}; got {loop!r}.")
     if loop == "host":
         return HostLoopEpoch(step, batch_size, augment, max_steps, batch_sharding, progress)
-    return jax.jit(epoch_body(step, batch_size, augment, max_steps, batch_sharding))
+    return jax.jit(epoch_body(step, batch_size, augment, max_steps, batch_sharding, progress))
 
 
 def epoch_body(step: TrainStep | Callable, batch_size: int, augment: Augment | None = None,
-               max_steps: int | None = None, batch_sharding=None):
+               max_steps: int | None = None, batch_sharding=None, progress=None):
     """The unjitted epoch ``(state, x, y, key, index=None) -> (state, metrics)`` of
     :func:`train_epoch_fn`. With ``index`` (int array), the epoch's examples are ``x[index]``,
     ``y[index]``: replicas that share one copy of the data each train on their own subset and order
@@ -73,20 +73,35 @@ def epoch_body(step: TrainStep | Callable, batch_size: int, augment: Augment | N
                 images = augment(jax.random.fold_in(k_augment, i), images)
             return images, labels
 
-        return run_steps(step, state, batch, order.shape[0])
+        return run_steps(step, state, batch, order.shape[0], progress)
 
     return epoch
 
 
-def run_steps(step: TrainStep | Callable, state, batch, n: int):
+def run_steps(step: TrainStep | Callable, state, batch, n: int, progress=None):
     """``n`` steps on ``batch(i)`` (traced): a ``lax.scan`` of the step, or the quiet path's segments when
     the step has one; then the bookkeeping of an update made by the last step is settled, so that the
-    counts and ITOP of these steps are complete. Metrics come back stacked per step."""
+    counts and ITOP of these steps are complete. Metrics come back stacked per step. ``progress(done, n,
+    loss)`` is called on the host after each step."""
+    told = _telling(progress, n)
     if isinstance(step, TrainStep) and step.has_quiet_path:
-        state, metrics = _segmented_epoch(step, state, batch, n)
+        state, metrics = _segmented_epoch(step, state, batch, n, told)
     else:
-        state, metrics = lax.scan(lambda s, i: step(s, batch(i)), state, jnp.arange(n))
+        state, metrics = lax.scan(lambda s, i: told(i, step(s, batch(i))), state, jnp.arange(n))
     return settle_last(state, metrics)
+
+
+def _telling(progress, n: int):
+    """``told(i, (state, metrics)) -> (state, metrics)`` that calls ``progress(i + 1, n, loss)`` on the host
+    (a no-op without ``progress``: the program is then the same as without it)."""
+    if progress is None:
+        return lambda i, out: out
+
+    def told(i, out):
+        jax.debug.callback(lambda done, loss: progress(int(done), n, float(loss)), i + 1, out[1]["loss"])
+        return out
+
+    return told
 
 
 def split_batch(*arrays, sharding=None):
@@ -98,7 +113,7 @@ def split_batch(*arrays, sharding=None):
 def host_loop(step, settle, state, calls, progress=None):
     """``step(state, *args)`` for each ``args`` of ``calls``, one dispatch each, then ``settle`` (a jitted
     :func:`settle_last`) on the metrics stacked per step, as a compiled run of the steps returns them.
-    ``progress(rows)``, when given, sees the metrics of the steps so far after each step."""
+    ``progress(rows)``, when given, is called with the metrics of the steps so far after each step."""
     rows = []
     for args in calls:
         state, metrics = step(state, *args)
@@ -156,7 +171,8 @@ class HostLoopEpoch:
         n = order.shape[0] if self.max_steps is None else min(order.shape[0], self.max_steps)
         k_augment = jax.random.fold_in(key, AUGMENT_STREAM)
         calls = ((x, y, order[i], k_augment, jnp.int32(i)) for i in range(n))
-        progress = None if self.progress is None else lambda rows: self.progress(len(rows), n, rows)
+        progress = None if self.progress is None else \
+            lambda rows: self.progress(len(rows), n, float(rows[-1]["loss"]))
         return host_loop(self.step, self.settle, state, calls, progress)
 
 
@@ -169,7 +185,7 @@ def _record(metrics, i, values):
     return jax.tree_util.tree_map(put, metrics, values)
 
 
-def _segmented_epoch(step: TrainStep, state, batch, n):
+def _segmented_epoch(step: TrainStep, state, batch, n, told=lambda i, out: out):
     """The epoch of ``lax.scan(step)``, with the quiet steps run by ``step.plain`` in a loop free of
     ``lax.cond``: a segment is the quiet steps before the next step where ``algo.update`` may act,
     then that one full step and the bookkeeping the next step would do (:func:`settle_topology`),
@@ -179,11 +195,11 @@ def _segmented_epoch(step: TrainStep, state, batch, n):
 
     def plain_step(i, carry):
         state, metrics = carry
-        state, values = step.plain(state, batch(i))
+        state, values = told(i, step.plain(state, batch(i)))
         return state, _record(metrics, i, values)
 
     def full_step(i, state, metrics):
-        state, values = step.full(state, batch(i))
+        state, values = told(i, step.full(state, batch(i)))
         metrics = _record(metrics, i, values)
         state, topology = settle_topology(state)
         counts = _record({kind: metrics[kind] for kind in topology}, jnp.minimum(i + 1, n - 1), topology)
