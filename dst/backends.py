@@ -160,10 +160,16 @@ def _scatter(values, valid, inputs, units, shape):
     return w, mask
 
 
+def csr_slots(size: int, count: int, capacity: float = 1.0) -> int:
+    """Slots of a csr layer of ``size`` positions holding ``count`` weights: room for ``capacity`` times the
+    count, at most its dense size."""
+    # Rounded first: 1.1 x 10 is 11.000000000000002 in floating point, which must give 11 slots, not 12.
+    return min(size, math.ceil(round(capacity * count, 6)))
+
+
 def _csr_layout(mask, capacity: float = 1.0) -> Layout:
     mask = np.asarray(mask)
-    # Rounded first: 1.1 x 10 is 11.000000000000002 in floating point, which must give 11 slots, not 12.
-    return Layout(tuple(mask.shape), min(mask.size, math.ceil(round(capacity * int(mask.sum()), 6))))
+    return Layout(tuple(mask.shape), csr_slots(mask.size, int(mask.sum()), capacity))
 
 
 def _csr_compress(w, mask, layout):

@@ -187,8 +187,9 @@ def init_state(keys, seed: int, model: nn.Module, sample, densities: dict[str, f
     layout_of, stored, slots = {}, {}, {}
     for i, name in enumerate(stored_layers):
         count = active_count(densities[name], math.prod(shapes[name]))
-        room = count if backend.fixed_fan_in else min(math.prod(shapes[name]), math.ceil(round(capacity * count, 6)))
-        layout_of[name] = backends.Layout(shapes[name], count // shapes[name][1] if backend.fixed_fan_in else room)
+        room = count // shapes[name][1] if backend.fixed_fan_in else \
+            backends.csr_slots(math.prod(shapes[name]), count, capacity)      # a fan-in, or the layer's slots
+        layout_of[name] = backends.Layout(shapes[name], room)
         values, valid, topology = born_layer(jax.random.fold_in(k_values, i), rng, backend, layout_of[name], count,
                                              inits[name], structure)
         stored[name], slots[name] = (values, topology), valid
