@@ -2,7 +2,7 @@
 
 An ``n x n`` layer (default 200000) with ``--per-row`` weights per output unit at random inputs (default
 40, about the million-neuron SET-MLP's 13.3M weights over 333334 units), batch 128: its activations
-(100 MB each) come from memory in a random order, as in ``benchmarks/million_neurons.py``, whose steps
+(100 MB each) come from memory in a random order, as in ``dst-train experiment=set_mlp_million``, whose steps
 the fused kernel dominates. Medians of ``--rounds`` calls, on each instruction set this CPU runs.
 
 ``--sweep`` instead times the fused pass against the two separate kernels (``dst_spmm_t`` then
