@@ -130,10 +130,51 @@ def test_a_stored_run_makes_the_masked_runs_decisions(name, structure, backend):
         jax.tree_util.tree_map(np.testing.assert_array_equal, b.topologies, start)
 
 
-def test_an_algorithm_that_trains_outside_its_forward_mask_says_so():
+def test_top_kast_on_csr_makes_the_masked_runs_decisions():
+    """Top-KAST's backward set in the slots, its forward set flagged among them, the rest dense between updates:
+    the same forward and backward sets, losses and weights as the masked run, update after update. (Plain SGD:
+    a weight that leaves B and comes back restarts its moments on csr, where the masked run's have decayed.)"""
+    model, params, masks, layers, x, y = problem(None)
+    algo = dst.algorithms.make("topkast", sparsity=0.75, backward_sparsity=0.5, update_every=UPDATE_EVERY,
+                               end_step=1000, penalty=1e-2)
+    tx = optax.sgd(0.3)
+    storage = stored.make_storage(model, "csr", stored.held_masks(algo, params, masks), layers)
+    for name in layers:   # the capacity is the backward set's count (ERK at 50%), not the forward set's
+        backward_count = int(np.sum(named_leaves(stored.held_masks(algo, params, masks))[name]))
+        assert storage.layout_of[name].count == backward_count > int(np.sum(named_leaves(masks)[name]))
+    assert storage.layout_of[layers[0]].count < named_leaves(params)[layers[0]].size   # weights wait outside B
+    assert stored.update_path(algo, storage)[0] == "dense view"
+    masked_step = jax.jit(dst.make_train_step(dst.flax_apply(model), tx, algo).full)
+    stored_step = jax.jit(dst.make_train_step(None, tx, algo, storage=storage).full)
+    a = dst.create_train_state(jax.random.key(4), params, masks, tx, algo)
+    b = dst.create_train_state(jax.random.key(4), params, masks, tx, algo, storage=storage)
+    for i in range(STEPS):
+        a, ma = masked_step(a, (x[i], y[i]))
+        b, mb = stored_step(b, (x[i], y[i]))
+        assert bool(mb["updated"]) == bool(ma["updated"])
+        np.testing.assert_allclose(mb["loss"], ma["loss"], rtol=1e-5)
+        held = b.algo_state.extra["backward"]
+        theta, backward = stored.expand_state(storage, b.params, held, b.topologies)
+        theta = {n: np.asarray(w) + (np.asarray(b.algo_state.extra["outside"][n]) if n in layers else 0)
+                 for n, w in named_leaves(theta).items()}
+        _, forward = stored.expand_state(storage, b.params, b.masks, b.topologies)
+        jax.tree_util.tree_map(np.testing.assert_array_equal, forward, a.masks)
+        jax.tree_util.tree_map(np.testing.assert_array_equal, backward, a.algo_state.extra["backward"])
+        for name, w in named_leaves(a.params).items():
+            np.testing.assert_allclose(theta[name], w, atol=1e-5)
+        for name in layers:   # a slot holds a weight of B, and the outside store nothing of B
+            assert not np.any(np.asarray(b.algo_state.extra["outside"][name])[np.asarray(named_leaves(backward)[name])])
+    first = layers[0]
+    assert not np.array_equal(named_leaves(a.masks)[first], named_leaves(masks)[first])
+    assert not np.array_equal(named_leaves(a.algo_state.extra["backward"])[first],
+                              named_leaves(stored.held_masks(algo, params, masks))[first])
+
+
+def test_top_kast_is_refused_on_condensed():
     algo = make_algorithm("topkast")
-    with pytest.raises(ValueError, match=r"sparsity\.backend=csr .*use sparsity\.backend=masked"):
-        stored.check_algorithm(algo, "csr")
+    stored.check_algorithm(algo, "csr")
+    with pytest.raises(ValueError, match=r"sparsity\.backend=condensed .*backward set.*use sparsity\.backend=csr"):
+        stored.check_algorithm(algo, "condensed")
 
 
 @pytest.mark.parametrize("name", ["gmp", "granet", "mest", "imp", "snfs"])

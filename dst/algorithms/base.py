@@ -52,8 +52,9 @@ class SparseAlgorithm(NamedTuple):
       larger than the forward mask (Top-KAST's backward set). Setting it means *dense storage*:
       params outside the forward mask keep their values, the forward pass applies the mask, and the
       loss gradient is taken with respect to the masked (effective) weights.
-    * ``penalty(state, params, masks) -> scalar``: a regulariser added to the loss the optimizer sees
-      (Top-KAST's exploration penalty); growth scores still read the plain loss gradient.
+    * ``penalty(state, params, masks, shapes=None) -> scalar``: a regulariser added to the loss the
+      optimizer sees (Top-KAST's exploration penalty); growth scores still read the plain loss gradient.
+      ``shapes`` gives the dense shape of each leaf that ``params`` hold as stored slots (a sparse backend).
     * ``drop_fraction_at(step) -> float`` and ``train_flops(step, f_sparse, f_dense, f_backward) ->
       float`` (host functions, :mod:`dst.algorithms.accounting`): what the run logs about the
       algorithm, its drop fraction (or pruning rate) at a step and the training FLOPs of one example

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -12,6 +14,7 @@ from dst.algorithms.base import SparseAlgorithm
 from dst.algorithms.base import check_schedule
 from dst.algorithms.base import initial_state
 from dst.algorithms.base import no_growth
+from dst.algorithms.base import skip_calls
 from dst.algorithms.targets import check_sparsity
 from dst.algorithms.targets import final_counts
 from dst.masks import active_count
@@ -46,7 +49,9 @@ def topkast(*, sparsity: float, backward_sparsity: float, update_every: int, end
     LeNet-300-100 at 98%) or ``backward_sparsity`` (experiments/fmnist_lenet300/RESULTS.md).
 
     The protocol's ``trainable`` and ``penalty`` hooks exist for this algorithm: its optimizer set is
-    larger than its forward mask and its stored weights are not zero outside the mask.
+    larger than its forward mask and its stored weights are not zero outside the mask. On
+    ``sparsity.backend=csr`` a layer's slots hold ``B`` and its slot flags ``A``
+    (:mod:`dst.train.stored_backward`).
 
     References:
         Jayakumar et al. 2020, "Top-KAST: Top-K Always Sparse Training", NeurIPS.
@@ -123,16 +128,23 @@ def topkast(*, sparsity: float, backward_sparsity: float, update_every: int, end
         del masks
         return state.extra["backward"]
 
-    def exploration_penalty(state, params, masks):
+    def exploration_penalty(state, params, masks, shapes=None):
+        # `shapes`: the dense shape of each leaf held as slots (a stored layer), whose leaf size is not its own.
         total = 0.0
+        shapes = shapes or {}
         back, fwd = named_leaves(state.extra["backward"]), named_leaves(masks)
         for n, w in named_leaves(params).items():
-            if n not in back or w.ndim < 2 or n not in fwd:
+            shape = shapes.get(n, w.shape)
+            if n not in back or len(shape) < 2 or n not in fwd:
                 continue
-            density = jnp.maximum(jnp.sum(fwd[n]) / fwd[n].size, 1e-6)
+            density = jnp.maximum(jnp.sum(fwd[n]) / math.prod(shape), 1e-6)
             scale = jnp.where(back[n] & ~fwd[n], 1.0 / density, 0.0)
             total = total + jnp.sum(scale * w * w)
         return 0.5 * penalty * total
 
+    def quiet(state):
+        return schedules.steps_until_update(state.step, update_every, start_step, end_step)
+
+    # counts="keep": A and B keep their sizes at every update.
     return SparseAlgorithm(init=init, update=update, trainable=trainable, penalty=exploration_penalty,
-                           train_flops=backward_set_gradient)
+                           quiet=quiet, skip=skip_calls, counts="keep", train_flops=backward_set_gradient)

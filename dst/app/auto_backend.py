@@ -31,6 +31,9 @@ def auto_fallback(plan) -> str | None:
         stored.check_algorithm(plan.algo, "csr", f"sparsity.algorithm={sp['algorithm']}")
     except ValueError:
         return f"sparsity.algorithm={sp['algorithm']} does not run on csr (sparsity.backend=csr says why)"
+    if plan.algo.trainable is not None:   # Top-KAST: the slots hold its backward set, not the forward mask
+        return (f"sparsity.algorithm={sp['algorithm']} stores its backward set and keeps the weights outside it "
+                "dense, which auto's timing at the forward density does not measure (sparsity.backend=csr runs it)")
     if plan.algo.dynamic and plan.algo.quiet is None:   # SNFS's momentum
         return (f"sparsity.algorithm={sp['algorithm']} reads the dense gradient of every step, which a stored layer "
                 "forms at a dense layer's cost (sparsity.backend=csr runs it)")

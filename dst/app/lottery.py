@@ -71,7 +71,7 @@ def next_level_state(plan, run, state, level: int):
         jax.tree_util.tree_map(jnp.logical_or, state.ever_active, masks)
     topologies = None
     if state.topologies is not None:                # stored again, in the same capacity: the freed slots pad
-        algo_state = algo_state._replace(grown=stored.stored_grown(run.storage, algo_state.grown, masks))
+        algo_state = algo_state._replace(grown=stored.at_slots(run.storage, algo_state.grown, masks))
         params, masks, topologies = stored.compress_state(run.storage, params, masks)
     tx = make_tx(cfg, plan.total_steps, say=lambda *_: None)
     # Built op by op rather than by create_train_state's jit: a new program per level would cost seconds.

@@ -113,7 +113,7 @@ def check_epsilon(sp: dict, algo, params, say) -> None:
     if eps is None:
         return
     name = sp["algorithm"]
-    if algo.counts != "keep" or algo.prune_at_init is not None or name == "dense":
+    if algo.counts != "keep" or algo.prune_at_init is not None or algo.trainable is not None or name == "dense":
         raise ConfigError(f"sparsity.epsilon fixes each layer's count at eps (n_in + n_out), and "
                           f"sparsity.algorithm={name} sets its own counts; use sparsity.sparsity with "
                           "sparsity.distribution=er instead.")

@@ -64,8 +64,9 @@ def storage_for(plan, params, model_state, masks, densities, layers, auto_choice
                                                                    auto_choice_file)
         sp = {**sp, "backend": backend}
     capacity = sp.get("capacity") or stored.default_capacity(algo)
-    storage = make_run_storage(sp, model, masks, sparse_layers, None if plan.parallel is None else plan.parallel.mesh,
-                               capacity)
+    # The slots hold the masks' weights, or Top-KAST's backward set around them.
+    storage = make_run_storage(sp, model, stored.held_masks(algo, params, masks), sparse_layers,
+                               None if plan.parallel is None else plan.parallel.mesh, capacity)
     if storage is not None and storage.backend is not None and algo.dynamic:
         path, why = stored.update_path(algo, storage)
         how = {"from storage": "updates the stored layers from storage, one layer at a time.",

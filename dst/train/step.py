@@ -117,6 +117,8 @@ def _build_step(apply_fn, tx, algo, loss_fn, storage=None):
     if unmasked:
         storage = None
     stored_update = None if storage is None else stored.update_algorithm(algo, storage)
+    # The dense shape of each layer held as slots, for a penalty that reads a layer's density (Top-KAST's).
+    held_shapes = {} if storage is None else {"shapes": {n: lay.shape for n, lay in storage.layout_of.items()}}
 
     def step(state: TrainState, batch):
         x, y = batch
@@ -133,18 +135,19 @@ def _build_step(apply_fn, tx, algo, loss_fn, storage=None):
 
         # Stored params are the effective weights (exact zeros outside the mask), except with dense
         # storage, where the mask is applied here. Either way `grads` is the dense gradient with
-        # respect to the effective weights (on a storage backend: at the stored slots).
+        # respect to the effective weights (on a storage backend: at the stored slots, where a
+        # Top-KAST layer's slots hold its backward set and its mask flags the forward set among them).
         dense_storage = algo.trainable is not None
+        weights = apply_masks(state.params, state.masks) if dense_storage else state.params
         if storage is not None:
-            loss, logits, model_state, grads, taps = _stored_gradients(storage, state, x, y, k_dropout, loss_fn,
-                                                                       taps=algo.dynamic)
+            loss, logits, model_state, grads, taps = _stored_gradients(storage, state._replace(params=weights), x, y,
+                                                                       k_dropout, loss_fn, taps=algo.dynamic)
         else:
-            weights = apply_masks(state.params, state.masks) if dense_storage else state.params
             (loss, (logits, model_state)), grads = jax.value_and_grad(objective, has_aux=True)(weights)
         train_set = algo.trainable(state.algo_state, state.masks) if dense_storage else state.masks
         opt_grads = grads
         if algo.penalty is not None:
-            pen = jax.grad(lambda p: algo.penalty(state.algo_state, p, state.masks))(state.params)
+            pen = jax.grad(lambda p: algo.penalty(state.algo_state, p, state.masks, **held_shapes))(state.params)
             opt_grads = jax.tree_util.tree_map(jnp.add, grads, pen)
         if unmasked:   # sparsity.backend=dense: a plain dense model, no mask in the step
             updates, opt_state = tx.update(opt_grads, state.opt_state, state.params)

@@ -35,9 +35,11 @@ from dst.algorithms.base import SparseAlgorithm
 from dst.masks import named_leaves
 from dst.masks import replace_named
 from dst.train import one_off
+from dst.train import stored_backward
 from dst.train import stored_prune
 from dst.train import stored_update
 from dst.train.moments import map_param_trees
+from dst.train.stored_backward import held_masks  # noqa: F401 (part of this module's interface)
 
 # Per-weight dense metric state (ITOP's ever-active set) is kept while the stored layers' dense size is at
 # most this many weights (a 1 GiB bool set at the limit); above it the run reports no itop_rate.
@@ -93,9 +95,9 @@ def make_storage(model, backend: str, masks, layers, mesh=None, capacity: float 
 
 def check_algorithm(algo: SparseAlgorithm, backend: str, name: str = "this algorithm") -> None:
     """One sentence when ``algo`` (called ``name`` in the sentence) cannot run on a fixed-capacity backend."""
-    if algo.trainable is not None or algo.penalty is not None:
-        raise ValueError(f"sparsity.backend={backend} stores the active weights only, and {name} trains "
-                         "weights outside its forward mask (Top-KAST's backward set); use sparsity.backend=masked.")
+    if algo.trainable is not None and backend == "condensed":
+        raise ValueError(f"sparsity.backend=condensed keeps every unit's fan-in, and {name} trains a backward set "
+                         "around its forward mask that has none (Top-KAST); use sparsity.backend=csr or masked.")
     if algo.counts != "keep" and backend == "condensed":
         raise ValueError(f"sparsity.backend=condensed keeps every unit's fan-in, and {name} changes layers' "
                          "counts (GMP, GraNet, MEST's decay, IMP lower them; SNFS moves them between layers); use "
@@ -112,18 +114,16 @@ def expand_state(storage: Storage, params, slots, topologies):
     return backends.expand(storage.backend, storage.layout_of, params, slots, topologies)
 
 
-def stored_grown(storage: Storage, grown, masks):
-    """A dense ``grown`` pytree read at the slots of the stored ``masks`` (bool per slot)."""
-    as_float = jax.tree_util.tree_map(lambda g: g.astype(jnp.float32), grown)
-    values, slots, _ = compress_state(storage, as_float, masks)
-    return jax.tree_util.tree_map(lambda v, s: (v > 0) & s, values, slots)
+def at_slots(storage: Storage, flags, masks):
+    """A dense bool pytree read at the slots of the stored ``masks`` (:func:`dst.backends.at_slots`)."""
+    return backends.at_slots(storage.backend, storage.layout_of, flags, masks)
 
 
 def init_algorithm(algo: SparseAlgorithm, storage: Storage, params, slots, topologies, key):
     """``algo.init`` on the dense view, with ``grown`` stored by slot."""
     dense_p, dense_m = expand_state(storage, params, slots, topologies)
     state = algo.init(dense_p, dense_m, key)
-    return state._replace(grown=stored_grown(storage, state.grown, dense_m))
+    return state._replace(grown=at_slots(storage, state.grown, dense_m))
 
 
 def dense_gradients(storage: Storage, grads, taps):
@@ -146,6 +146,8 @@ def update_path(algo: SparseAlgorithm, storage: Storage) -> tuple[str, str | Non
     without the quiet/skip hooks) or ``"dense view"`` (at its update steps)."""
     if algo.dynamic and algo.quiet is None:
         return "every step", "the algorithm reads every step's dense gradient"
+    if algo.trainable is not None:
+        return "dense view", "the algorithm ranks every weight, its backward set's and the rest's"
     if not algo.dynamic:
         return "dense view", "the algorithm never changes the topology"
     regrow = "the algorithm has its own update" if algo.rules is None else stored_update.unsupported(algo, storage)
@@ -194,7 +196,7 @@ def update_algorithm(algo: SparseAlgorithm, storage: Storage) -> Callable:
         if ever_active is not None:
             ever_active = jax.tree_util.tree_map(jnp.logical_or, ever_active, new_m)
         params, slots, topologies = compress_state(storage, new_p, new_m)
-        new_state = new_state._replace(grown=stored_grown(storage, new_state.grown, new_m))
+        new_state = new_state._replace(grown=at_slots(storage, new_state.grown, new_m))
         return params, slots, topologies, opt_state, ever_active, new_state, \
             overflow(new_m) if algo.counts == "move" else None
 
@@ -225,6 +227,9 @@ def update_algorithm(algo: SparseAlgorithm, storage: Storage) -> Callable:
             k_prune, k_regrow = jax.random.split(key)
             pruned = in_place(state, k_prune, params, slots, topologies, opt_state, ever_active, grads, taps)[:5]
             return (*from_storage(state, k_regrow, *pruned, grads, taps), no_overflow())
+    elif algo.trainable is not None:    # Top-KAST: its backward set stored, the rest kept dense until updates
+        backward_set = stored_backward.update(algo, storage)
+        act = lambda *args: (*backward_set(*args), no_overflow())
     else:
         act = act_dense
 
