@@ -75,6 +75,8 @@ class SparseAlgorithm(NamedTuple):
       RigL, SRigL, static), let it only ``"fall"`` (GMP, GraNet, MEST's decay, IMP's levels) or
       ``"move"`` it between layers (SNFS; the default, which promises nothing). A stored layer (``csr``;
       :mod:`dst.backends`) holds a fixed capacity of slots: kept counts fill it, fallen ones leave padding.
+    * ``momentum_rules``: what SNFS's update does (:class:`dst.algorithms.snfs.MomentumRules`), so that
+      stored layers update from storage.
     """
 
     init: Callable[..., Any]
@@ -95,6 +97,7 @@ class SparseAlgorithm(NamedTuple):
     counts: str = "move"
     rules: PruneRegrowRules | None = None
     prune: PruneRule | None = None
+    momentum_rules: Any = None
 
 
 class PruneRule(NamedTuple):

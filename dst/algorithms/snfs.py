@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -20,6 +23,7 @@ from dst.masks import named_leaves
 from dst.masks import replace_named
 from dst.selection import top_k_mask
 from dst.structures import UNSTRUCTURED
+from dst.structures import Structure
 
 
 def allocate(total, weights, capacity, key):
@@ -51,6 +55,25 @@ def allocate(total, weights, capacity, key):
     room = base < capacity
     bonus = top_k_mask(floats - base, room, remainder, key)
     return (base + bonus).astype(jnp.int32)
+
+
+class MomentumRules(NamedTuple):
+    """What SNFS's update does, for callers that hold a layer in another form than a dense array (the
+    stored layers update from storage, :mod:`dst.train.stored_momentum`): every step the momentum
+    ``m <- momentum m + (1 - momentum) g`` of the dense gradient; at the steps where ``due(step)``, the
+    layers that ``updates(name, shape)`` takes (the ``i``-th of them keyed by ``fold_in(key, i)``) drop
+    their ``int(fraction(step) n)`` smallest ``|w|`` (a layer with every weight active stays out), the
+    total is shared by :func:`allocate` (keyed by the first half of ``split(fold_in(key, len(layers)))``)
+    in proportion to each layer's mean ``|m|`` over its active weights, and layer ``i`` grows its share at
+    the largest ``|m|`` outside what it kept, keyed by the first half of ``split(fold_in(k_grow, i))``
+    (``k_grow`` the second half above), its new weights ``grow_init``."""
+
+    momentum: float
+    due: Callable
+    fraction: Callable
+    updates: Callable
+    structure: Structure
+    grow_init: str
 
 
 def snfs(*, update_every: int, end_step: int, start_step: int = 0, drop_fraction: float = 0.5,
@@ -93,6 +116,8 @@ def snfs(*, update_every: int, end_step: int, start_step: int = 0, drop_fraction
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"momentum must be in [0, 1); got {momentum!r}.")
     keep_leaf = sparsifiable or default_sparsifiable
+    due_at = lambda step: schedules.is_update_step(step, update_every, start_step, end_step)
+    updates_leaf = lambda name, shape: keep_leaf(name, shape) and structure.undivided(shape) is None
 
     def init(params, masks, key=None):
         del key
@@ -107,9 +132,8 @@ def snfs(*, update_every: int, end_step: int, start_step: int = 0, drop_fraction
     def update(state, key, params, masks, grads):
         mom = jax.tree_util.tree_map(lambda m, g: momentum * m + (1.0 - momentum) * g,
                                      state.extra["momentum"], grads)
-        names = [n for n, x in named_leaves(params).items()
-                 if keep_leaf(n, tuple(x.shape)) and structure.undivided(tuple(x.shape)) is None]
-        due = schedules.is_update_step(state.step, update_every, start_step, end_step)
+        names = [n for n, x in named_leaves(params).items() if updates_leaf(n, tuple(x.shape))]
+        due = due_at(state.step)
 
         def topology(ops):
             params, masks = ops
@@ -142,5 +166,6 @@ def snfs(*, update_every: int, end_step: int, start_step: int = 0, drop_fraction
         extra = {"momentum": mom}
         return params, masks, state._replace(step=state.step + 1, grown=grown, updated=due, extra=extra)
 
+    rules = MomentumRules(momentum, due_at, prune_rate, updates_leaf, structure, grow_init)
     return SparseAlgorithm(init=init, update=update, train_flops=dense_gradient_every_step,
-                           drop_fraction_at=windowed(prune_rate, start_step, end_step))
+                           drop_fraction_at=windowed(prune_rate, start_step, end_step), momentum_rules=rules)

@@ -74,6 +74,9 @@ def storage_for(plan, params, model_state, masks, densities, layers, auto_choice
                "in place, then from storage": "prunes the stored layers in place, then regrows them from storage, "
                                               "one layer at a time.",
                "every step": f"updates the stored layers on their dense view at every step ({why}).",
+               "momentum, then from storage": "keeps its momentum at every step (each stored layer's dense weight "
+                                              "gradient formed from the step's inputs and output gradients) and "
+                                              "updates the stored layers from storage, one layer at a time.",
                "dense view": f"updates the stored layers on their dense view ({why})."}[path]
         print(f"sparsity: {sp['algorithm']} {how}")
         if any(densities[n] == 1 for n in storage.layout_of):

@@ -13,10 +13,11 @@ run compiles once, and the topology decisions are the masked run's. Between upda
 exists. SET, RigL and MEST (with its decay) update each stored layer from its stored values, one layer
 at a time, with the grow score formed in blocks of output units (:mod:`dst.train.stored_update`): the
 only dense temporary is one block of it. GMP prunes the stored layers in place
-(:mod:`dst.train.stored_prune`), and GraNet does both in turn. The dense view (a layer's dense size at
-update steps) serves the rest: SRigL, block structure, ``grow_init=normal``; and SNFS at every step (its
-momentum reads every step's dense gradient), with spare slots per layer since it moves weights between
-layers (:func:`default_capacity`; :func:`capacity_overflow` stops a run that outgrows them).
+(:mod:`dst.train.stored_prune`), and GraNet does both in turn. SNFS keeps its momentum at every step and
+updates from storage (:mod:`dst.train.stored_momentum`), with spare slots per layer since it moves weights
+between layers (:func:`default_capacity`; :func:`capacity_overflow` stops a run that outgrows them).
+Top-KAST stores its backward set (:mod:`dst.train.stored_backward`). The dense view (a layer's dense size
+at update steps) serves the rest: block structure, ``grow_init=normal``, Top-KAST's ranking.
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ from jax import lax
 from dst import backends
 from dst.algorithms.base import SparseAlgorithm
 from dst.masks import named_leaves
-from dst.masks import replace_named
 from dst.train import one_off
 from dst.train import stored_backward
+from dst.train import stored_momentum
 from dst.train import stored_prune
 from dst.train import stored_update
 from dst.train.moments import map_param_trees
@@ -126,18 +127,6 @@ def init_algorithm(algo: SparseAlgorithm, storage: Storage, params, slots, topol
     return state._replace(grown=at_slots(storage, state.grown, dense_m))
 
 
-def dense_gradients(storage: Storage, grads, taps):
-    """``grads`` with each stored layer's value gradient replaced by its dense weight gradient
-    ``inputs^T @ output gradient`` (``taps = (inputs, output gradients)``, per layer)."""
-    inputs, cotangents = taps
-    dense = {}
-    for name, layout in storage.layout_of.items():
-        n_in, n_out = layout.shape
-        x = inputs[name].reshape(-1, n_in).astype(jnp.float32)
-        dense[name] = x.T @ cotangents[name].reshape(-1, n_out).astype(jnp.float32)
-    return replace_named(grads, dense)
-
-
 def update_path(algo: SparseAlgorithm, storage: Storage) -> tuple[str, str | None]:
     """How ``algo``'s updates reach the stored layers, and why not from storage where they do not:
     ``"from storage"`` (prune-and-regrow one layer at a time, :mod:`dst.train.stored_update`),
@@ -145,7 +134,10 @@ def update_path(algo: SparseAlgorithm, storage: Storage) -> tuple[str, str | Non
     its global pruning, then its regrowth), ``"every step"`` (on the dense view at every step: an algorithm
     without the quiet/skip hooks) or ``"dense view"`` (at its update steps)."""
     if algo.dynamic and algo.quiet is None:
-        return "every step", "the algorithm reads every step's dense gradient"
+        if algo.momentum_rules is not None and stored_momentum.unsupported(algo) is None:
+            return "momentum, then from storage", None
+        why = "the algorithm reads every step's dense gradient"
+        return "every step", why if algo.momentum_rules is None else f"{why}, and {stored_momentum.unsupported(algo)}"
     if algo.trainable is not None:
         return "dense view", "the algorithm ranks every weight, its backward set's and the rest's"
     if not algo.dynamic:
@@ -168,8 +160,9 @@ def update_algorithm(algo: SparseAlgorithm, storage: Storage) -> Callable:
     act (``algo.quiet(state) == 0``) the layers are updated from storage, one at a time
     (:mod:`dst.train.stored_update`: SET, RigL and MEST; :mod:`dst.train.stored_prune`: GMP; both in turn:
     GraNet; :func:`update_path`), or else ``algo.update`` runs on the dense view; ``algo.skip`` elsewhere.
-    An algorithm without those hooks (SNFS: its momentum reads the dense gradient at every step) runs
-    ``algo.update`` on the dense view at every step, and its result is stored where it changed the topology.
+    SNFS (no such hooks: its momentum reads the dense gradient at every step) runs
+    :func:`dst.train.stored_momentum.update` at every step; another algorithm without them runs
+    ``algo.update`` on the dense view at every step, its result stored where it changed the topology.
     The optimizer's per-weight moments move with their weights to the new slots; ``ever_active`` (dense, or
     None) gains the new masks.
 
@@ -186,7 +179,7 @@ def update_algorithm(algo: SparseAlgorithm, storage: Storage) -> Callable:
     def on_dense_view(state, key, params, slots, topologies, grads, taps):
         dense_p, dense_m = expand_state(storage, params, slots, topologies)
         inner = state._replace(grown=jax.tree_util.tree_map(lambda m: jnp.zeros(m.shape, bool), dense_m))
-        return algo.update(inner, key, dense_p, dense_m, dense_gradients(storage, grads, taps))
+        return algo.update(inner, key, dense_p, dense_m, stored_update.dense_gradients(storage, grads, taps))
 
     def store(params, slots, topologies, opt_state, ever_active, new_p, new_m, new_state):
         def move(moments):   # to the slots of the new topology (a grown weight's moments are reset later)
@@ -233,7 +226,13 @@ def update_algorithm(algo: SparseAlgorithm, storage: Storage) -> Callable:
     else:
         act = act_dense
 
+    momentum_path = path == "momentum, then from storage"
+    if momentum_path:
+        from_storage = stored_momentum.update(algo, storage)
+
     def update(state, key, params, slots, topologies, grads, taps, opt_state, ever_active):
+        if momentum_path:   # SNFS: its momentum at every step, its updates from storage
+            return from_storage(state, key, params, slots, topologies, opt_state, ever_active, grads, taps)
         if not algo.dynamic:   # (also the quiet path's plain step: the same metrics as the full one)
             params, slots, state = algo.update(state, key, params, slots, grads)
             return params, slots, topologies, opt_state, ever_active, state, no_overflow()

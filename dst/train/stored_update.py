@@ -41,6 +41,7 @@ from dst import kernels
 from dst.algorithms.base import SparseAlgorithm
 from dst.algorithms.set import random_grow_score
 from dst.masks import path_name
+from dst.masks import replace_named
 from dst.selection import bottom_k_mask
 from dst.selection import grouped_top_k_mask
 from dst.selection import priorities_at
@@ -94,6 +95,18 @@ def _check_size(name, rules, shape):
                      "uniformly at random (sparsity=set or mest, sparsity.structure=unstructured).")
 
 
+def dense_gradients(storage, grads, taps):
+    """``grads`` with each stored layer's value gradient replaced by its dense weight gradient
+    ``inputs^T @ output gradient`` (``taps = (inputs, output gradients)``, per layer)."""
+    inputs, cotangents = taps
+    dense = {}
+    for name, layout in storage.layout_of.items():
+        n_in, n_out = layout.shape
+        x = inputs[name].reshape(-1, n_in).astype(jnp.float32)
+        dense[name] = x.T @ cotangents[name].reshape(-1, n_out).astype(jnp.float32)
+    return replace_named(grads, dense)
+
+
 class LayerUpdate(NamedTuple):
     """One stored layer after an update: its slots' values, which slots hold a weight, the topology,
     where each slot's weight was before (flat slot index; ``-1``: grown), which slots were grown, and
@@ -115,7 +128,7 @@ def _call(rule, *args, **kwargs):
 
 
 def grow_candidates(rules, key, valid, kept, cols, units, x, dy, k, shape, capacity: int, block: int = GROW_BLOCK,
-                    need=None):
+                    need=None, scores_of=None):
     """``(inputs, units, chosen)``: the weights to grow outside ``kept``, of largest grow score (ties by
     keyed priority of the dense position), in CSR order (by unit, then input) in ``capacity`` slots,
     ``chosen`` marking the used ones (a prefix). Unstructured: the ``k`` largest of the layer; under a
@@ -124,7 +137,8 @@ def grow_candidates(rules, key, valid, kept, cols, units, x, dy, k, shape, capac
     grow score is formed in blocks of at most ``block`` elements (whole output units, laid out unit by
     unit). Each block's candidates are merged with the best so far
     (unstructured) or appended (structured), so the result is the selection over the whole layer and
-    stays in CSR order without a sort."""
+    stays in CSR order without a sort. ``scores_of(start, width)``, where given, is the grow score of the
+    ``width`` units from ``start`` (``[width, n_in]``) in the place of the rule's (SNFS: its momentum's ``|m|``)."""
     n_in, n_out = shape
     width = max(1, min(n_out, block // max(n_in, 1)))
     blocks = -(-n_out // width)
@@ -140,8 +154,11 @@ def grow_candidates(rules, key, valid, kept, cols, units, x, dy, k, shape, capac
         kept_here = here(kept)
         eligible = ~kept_here & (block_units >= b * width)[:, None]   # ... and skips the units it repeats
         positions = inputs * _U32(n_out) + block_units.astype(_U32)[:, None]      # flat in the dense layer
-        grads = lax.dynamic_slice_in_dim(dy, start, width, axis=1).T @ x        # [width, n_in]
-        scores = _call(rules.grow_score, key, None, grads, positions=positions)
+        if scores_of is None:
+            grads = lax.dynamic_slice_in_dim(dy, start, width, axis=1).T @ x        # [width, n_in]
+            scores = _call(rules.grow_score, key, None, grads, positions=positions)
+        else:
+            scores = scores_of(start, width)
         if group is None:
             return jnp.where(eligible, score_keys(scores), _U32(0)).reshape(-1), positions.reshape(-1)
         view = lambda a: a.reshape(width, n_in // group, group)
