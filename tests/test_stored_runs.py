@@ -187,11 +187,16 @@ def test_counts_that_fall_or_move_run_on_csr_and_not_on_condensed(name):
 
 
 @pytest.mark.slow
-def test_a_stored_state_round_trips_through_a_checkpoint_and_trains_on_identically(tmp_path):
-    model, params, masks, layers, x, y = problem(structures.fan_in())
-    algo = algorithm("rigl", structures.fan_in())
+@pytest.mark.parametrize("name,backend", [("rigl", "condensed"), ("topkast", "csr"), ("snfs", "csr")])
+def test_a_stored_state_round_trips_through_a_checkpoint_and_trains_on_identically(tmp_path, name, backend):
+    # Top-KAST's state holds its backward set by slot and the weights outside it; SNFS's its dense momentum.
+    structure = structures.fan_in() if backend == "condensed" else None
+    model, params, masks, layers, x, y = problem(structure)
+    algo = algorithm(name, structure) if name != "topkast" else dst.algorithms.make(
+        "topkast", sparsity=0.75, backward_sparsity=0.5, update_every=UPDATE_EVERY, end_step=1000)
     tx = optax.adam(1e-2)
-    storage = stored.make_storage(model, "condensed", masks, layers)
+    storage = stored.make_storage(model, backend, stored.held_masks(algo, params, masks), layers,
+                                  capacity=stored.default_capacity(algo))
     step = jax.jit(dst.make_train_step(None, tx, algo, storage=storage).full)
     state = dst.create_train_state(jax.random.key(4), params, masks, tx, algo, storage=storage)
     for i in range(4):     # past the update at step 3: the topology differs from the initial one
