@@ -1,5 +1,8 @@
 """The one train step: dense gradient at the effective weights, masked optimizer update, topology update.
 
+One path for every storage: where masked, dense and stored layers differ (the gradient, the optimizer's
+restriction, the topology update), the step calls its :class:`dst.train.step_path.StepPath`.
+
 Invariant: inactive params are stored as exact zeros, so the params *are* the effective weights and the
 forward pass needs no masking; the gradient the model returns is the dense gradient with respect to the
 effective weights (nonzero at inactive positions too), which is what the growth rules read.
@@ -15,12 +18,11 @@ import jax.numpy as jnp
 import optax
 
 from dst.algorithms.base import SparseAlgorithm
-from dst.backends import Stored
 from dst.masks import apply_masks
-from dst.train import stored
 from dst.train.apply import ApplyFn
 from dst.train.state import TrainState
 from dst.train.state import settle_topology
+from dst.train.step_path import step_path
 
 
 def cross_entropy(logits, labels):
@@ -90,35 +92,11 @@ def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, algo: S
     return TrainStep(full=full, plain=plain, quiet=algo.quiet)
 
 
-def _stored_gradients(storage, state, x, y, k_dropout, loss_fn, taps: bool):
-    """Loss, logits, model state and the gradient with respect to the stored values; with ``taps``
-    also each stored layer's ``(inputs, output gradients)`` (through zero probes on their outputs)."""
-    run = storage.apply_fn.with_taps
-
-    def objective(values, probes):
-        logits, model_state, inputs = run(Stored(values, state.topologies), state.model_state, x, True,
-                                          k_dropout, probes)
-        return loss_fn(logits, y), (logits, model_state, inputs)
-
-    probes = None
-    if taps:
-        seen = jax.eval_shape(lambda v: objective(v, None)[1][2], state.params)
-        probes = {n: jnp.zeros(seen[n].shape[:-1] + (lay.shape[1],), jnp.float32)
-                  for n, lay in storage.layout_of.items()}
-    argnums = (0, 1) if taps else 0
-    (loss, (logits, model_state, inputs)), grads = jax.value_and_grad(objective, argnums, has_aux=True)(
-        state.params, probes)
-    grads, tapped = grads if taps else (grads, None)
-    return loss, logits, model_state, grads, (inputs, tapped)
-
-
 def _build_step(apply_fn, tx, algo, loss_fn, storage=None):
-    unmasked = storage is not None and storage.backend is None
-    if unmasked:
-        storage = None
-    stored_update = None if storage is None else stored.update_algorithm(algo, storage)
-    # The dense shape of each layer held as slots, for a penalty that reads a layer's density (Top-KAST's).
-    held_shapes = {} if storage is None else {"shapes": {n: lay.shape for n, lay in storage.layout_of.items()}}
+    path = step_path(apply_fn, algo, loss_fn, storage)
+    # Top-KAST (the `trainable` hook) keeps its params outside the forward mask: the step applies the mask.
+    dense_storage = algo.trainable is not None
+    held = {"shapes": path.held_shapes} if path.held_shapes else {}
 
     def step(state: TrainState, batch):
         x, y = batch
@@ -128,49 +106,27 @@ def _build_step(apply_fn, tx, algo, loss_fn, storage=None):
         else:
             zeros = {name: jnp.int32(0) for name in state.active}
             topology = {"grown": zeros, "dropped": zeros}
-
-        def objective(weights):
-            logits, model_state = apply_fn(weights, state.model_state, x, True, k_dropout)
-            return loss_fn(logits, y), (logits, model_state)
-
-        # Stored params are the effective weights (exact zeros outside the mask), except with dense
-        # storage, where the mask is applied here. Either way `grads` is the dense gradient with
-        # respect to the effective weights (on a storage backend: at the stored slots, where a
-        # Top-KAST layer's slots hold its backward set and its mask flags the forward set among them).
-        dense_storage = algo.trainable is not None
+        # `grads` is the dense gradient with respect to the effective weights (on a storage backend: at the
+        # stored slots, where a Top-KAST layer's slots hold its backward set and its mask the forward set).
         weights = apply_masks(state.params, state.masks) if dense_storage else state.params
-        if storage is not None:
-            loss, logits, model_state, grads, taps = _stored_gradients(storage, state._replace(params=weights), x, y,
-                                                                       k_dropout, loss_fn, taps=algo.dynamic)
-        else:
-            (loss, (logits, model_state)), grads = jax.value_and_grad(objective, has_aux=True)(weights)
+        loss, logits, model_state, grads, taps = path.gradients(state, weights, x, y, k_dropout)
         train_set = algo.trainable(state.algo_state, state.masks) if dense_storage else state.masks
         opt_grads = grads
         if algo.penalty is not None:
-            pen = jax.grad(lambda p: algo.penalty(state.algo_state, p, state.masks, **held_shapes))(state.params)
+            pen = jax.grad(lambda p: algo.penalty(state.algo_state, p, state.masks, **held))(state.params)
             opt_grads = jax.tree_util.tree_map(jnp.add, grads, pen)
-        if unmasked:   # sparsity.backend=dense: a plain dense model, no mask in the step
-            updates, opt_state = tx.update(opt_grads, state.opt_state, state.params)
-            params = optax.apply_updates(state.params, updates)
-        else:
-            masked = jax.tree_util.tree_map(lambda g, m: jnp.where(m, g, 0.0), opt_grads, train_set)
-            updates, opt_state = tx.update(masked, state.opt_state, state.params)
-            params = jax.tree_util.tree_map(lambda p, u, m: jnp.where(m, p + u, p if dense_storage else 0.0),
-                                            state.params, updates, train_set)
-        topologies, overflow = state.topologies, None
-        if storage is None:
-            params, masks, algo_state = algo.update(state.algo_state, k_algo, params, state.masks, grads)
-        else:
-            params, masks, topologies, opt_state, ever_active, algo_state, overflow = stored_update(
-                state.algo_state, k_algo, params, state.masks, topologies, grads, taps, opt_state,
-                state.ever_active)
-            state = state._replace(ever_active=ever_active)
+        updates, opt_state = tx.update(path.restrict(opt_grads, train_set), state.opt_state, state.params)
+        params = path.apply(state.params, updates, train_set, dense_storage)
+        params, masks, topologies, opt_state, ever_active, algo_state, overflow = path.topology(
+            state.algo_state, k_algo, params, state.masks, state.topologies, grads, taps, opt_state,
+            state.ever_active)
         metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == y),
                    "updated": algo_state.updated, **topology}
         if overflow is not None:   # weights beyond a stored layer's capacity (SNFS): the host stops the run
             metrics["overflow"] = overflow
         new_state = state._replace(params=params, masks=masks, model_state=model_state, opt_state=opt_state,
-                                   algo_state=algo_state, step=state.step + 1, rng=rng, topologies=topologies)
+                                   algo_state=algo_state, ever_active=ever_active, step=state.step + 1, rng=rng,
+                                   topologies=topologies)
         return new_state, metrics
 
     return step
