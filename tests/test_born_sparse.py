@@ -103,13 +103,27 @@ def born(model, densities, layers, algo, tx, backend="csr", structure="unstructu
                                   algo=algo, structure=structure)
 
 
-@pytest.mark.parametrize("backend, structure", [("csr", "unstructured"), ("condensed", "fan_in")])
-def test_a_born_sparse_model_trains_as_the_masked_model_with_its_weights(backend, structure):
+def _born_algorithm(name):
+    """``name`` updating at least twice in 4 steps: GMP and GraNet pruning from 75% towards 90%, MEST decaying."""
+    if name in ("gmp", "granet"):
+        return make(name, sparsity=0.9, initial_sparsity=0.75, update_every=1, start_step=1, end_step=4,
+                    **({"drop_fraction": 0.3} if name == "granet" else {}))
+    if name == "mest_decay":
+        return make("mest", sparsity=0.9, initial_sparsity=0.75, update_every=2, start_step=1, end_step=100,
+                    decay_end_step=4, drop_fraction=0.3)
+    return make(name, **({} if name == "static" else {"update_every": 2, "start_step": 1, "end_step": 100}))
+
+
+@pytest.mark.parametrize("backend, structure, name", [
+    ("csr", "unstructured", "static"), ("condensed", "fan_in", "static"), ("csr", "unstructured", "rigl"),
+    # Counts that fall: pruned in place (GMP), then regrown from storage (GraNet), or decayed from storage (MEST).
+    ("csr", "unstructured", "gmp"), ("csr", "unstructured", "granet"), ("csr", "unstructured", "mest_decay")])
+def test_a_born_sparse_model_trains_as_the_masked_model_with_its_weights(backend, structure, name):
     model = MLP(hidden=(24, 16), num_classes=5)
     x = jax.random.normal(jax.random.key(1), (8, 12))
     y = jnp.arange(8) % 5
     tx = optax.sgd(0.1, momentum=0.9)
-    static = make("static")
+    static = _born_algorithm(name)
     densities = {"Dense_0/kernel": 0.25, "Dense_1/kernel": 0.25}
     storage, state = born(model, densities, list(densities), static, tx, backend, structure)
     params, masks = stored.expand_state(storage, state.params, state.masks, state.topologies)
@@ -118,18 +132,27 @@ def test_a_born_sparse_model_trains_as_the_masked_model_with_its_weights(backend
     # The other leaves are the model's own init from the same key.
     k_init = jax.random.split(jax.random.key(0), 3)[0]
     own, _ = dst.init_model(model, k_init, SAMPLE)
-    for name in ("Dense_2/kernel", "Dense_0/bias", "Dense_2/bias"):
-        np.testing.assert_array_equal(named_leaves(params)[name], named_leaves(own)[name])
-    masked = create_train_state(jax.random.key(5), params, masks, tx, static)
+    for leaf in ("Dense_2/kernel", "Dense_0/bias", "Dense_2/bias"):
+        np.testing.assert_array_equal(named_leaves(params)[leaf], named_leaves(own)[leaf])
+    masked = create_train_state(state.rng, params, masks, tx, static)   # the same chain of keys (MEST grows at random)
     masked_step = jax.jit(make_train_step(lambda p, s, x, t, r: (model.apply({"params": p}, x), s), tx,
                                           static).full)
     stored_step = jax.jit(make_train_step(None, tx, static, storage=storage).full)
-    for _ in range(3):
-        masked, _ = masked_step(masked, (x, y))
-        state, _ = stored_step(state, (x, y))
-    got, _ = stored.expand_state(storage, state.params, state.masks, state.topologies)
-    for name, want in named_leaves(masked.params).items():
-        np.testing.assert_allclose(named_leaves(got)[name], want, rtol=1e-5, atol=1e-6)
+    updates = 0
+    for _ in range(4):
+        masked, ma = masked_step(masked, (x, y))
+        state, mb = stored_step(state, (x, y))
+        updates += int(ma["updated"])
+        assert bool(mb["updated"]) == bool(ma["updated"])
+    got, got_masks = stored.expand_state(storage, state.params, state.masks, state.topologies)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, got_masks, masked.masks)
+    for leaf, want in named_leaves(masked.params).items():
+        np.testing.assert_allclose(named_leaves(got)[leaf], want, rtol=1e-5, atol=1e-6)
+    if name != "static":
+        assert updates >= 2 and not np.array_equal(named_leaves(masked.masks)["Dense_0/kernel"],
+                                                   named_leaves(masks)["Dense_0/kernel"])
+    if name in ("gmp", "granet", "mest_decay"):   # the counts fell, into padding
+        assert int(named_leaves(got_masks)["Dense_0/kernel"].sum()) < counts["Dense_0/kernel"]
 
 
 def test_records_from_the_topologies_equal_those_of_the_dense_view():
@@ -181,7 +204,13 @@ def test_dst_train_runs_born_sparse_from_the_command_line(tmp_path, data_dir):
     (("sparsity.born_sparse=true",), "sparsity.born_sparse=true creates the sparse layers in csr or condensed storage, "
                                      "and this run's sparsity.backend is masked; use csr or condensed."),
     (("sparsity=gmp", "sparsity.backend=csr", "sparsity.born_sparse=true"),
-     "a born-sparse run's layers never exist dense, and sparsity.algorithm=gmp cannot run so"),
+     "sparsity.born_sparse=true creates the sparse layers from their counts, and this run starts every fully "
+     "connected layer dense; set sparsity.initial_sparsity above 0"),
+    (("sparsity=snfs", "sparsity.backend=csr", "sparsity.born_sparse=true"),
+     "a born-sparse run's layers never exist dense, and sparsity.algorithm=snfs cannot run so: it keeps a dense "
+     "state of every weight"),
+    (("sparsity=imp", "sparsity.backend=csr", "sparsity.born_sparse=true"),
+     "a born-sparse run's layers never exist dense, and sparsity.algorithm=imp cannot run so: its levels rewind"),
     (("sparsity=set", "sparsity.backend=csr", "sparsity.born_sparse=true", "sparsity.structure=n_m",
       "sparsity.n_m=[2,4]", "sparsity.sparsity=0.5"),
      "sparsity.structure=n_m cannot be drawn without a layer's dense size; born-sparse layers take unstructured "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import dst
+from dst import backends
 from dst import kernels
 from dst.app import auto_backend
 from dst.app import memory
@@ -18,7 +19,6 @@ from dst.masks import named_leaves
 from dst.structures import structured_densities
 from dst.train import born_sparse
 from dst.train import stored
-from dst.train import stored_update
 
 
 def initial_densities(plan, params) -> dict[str, float]:
@@ -149,15 +149,27 @@ def born_sparse_layers(plan, shapes: dict[str, tuple[int, ...]], densities: dict
     layers = [n for n, d in densities.items() if len(shapes[n]) == 2 and d < 1]
     name = f"sparsity.algorithm={sp['algorithm']}"
     why = None
-    if algo.prune_at_init is not None or algo.counts != "keep":
-        why = "it sets its counts from a dense form"
-    elif algo.dynamic and (algo.rules is None or algo.rules.ablation is not None or algo.rules.decays
-                           or stored_update.unsupported(algo, None) is not None):
+    path = stored.update_path(algo, stored.Storage(backends.make(backend), {}, None))[0] if algo.dynamic else None
+    if algo.prune_at_init is not None:
+        why = "it prunes from a dense form before training"
+    elif algo.levels:
+        why = "its levels rewind and prune a dense form"
+    elif algo.counts == "move" or algo.trainable is not None:
+        why = "it keeps a dense state of every weight (SNFS's momentum, Top-KAST's weights outside its backward set)"
+    elif algo.dynamic and (path not in ("from storage", "in place", "in place, then from storage")
+                           or algo.rules is not None and algo.rules.ablation is not None):
         why = "it updates stored layers on their dense view"
     if why:
         raise ConfigError(f"a born-sparse run's layers never exist dense, and {name} cannot run so: {why}; use "
-                          "static, set, rigl or mest (no decay), or a model whose dense form fits "
+                          "static, set, rigl, mest, gmp or granet, or a model whose dense form fits "
                           "(sparsity.born_sparse=false).")
+    if not layers:
+        if setting is True:
+            raise ConfigError("sparsity.born_sparse=true creates the sparse layers from their counts, and this run "
+                              "starts every fully connected layer dense; set sparsity.initial_sparsity above 0 (an "
+                              "algorithm that prunes) or sparsity.born_sparse=auto.")
+        memory.check_dense_fits(shapes, budget, backend)   # nothing to be born sparse: the dense form must fit
+        return []
     structure = sp.get("structure") or "unstructured"
     if structure not in born_sparse.STRUCTURES:
         raise ConfigError(f"sparsity.structure={structure} cannot be drawn without a layer's dense size; born-sparse "

@@ -204,7 +204,9 @@ def init_state(keys, seed: int, model: nn.Module, sample, densities: dict[str, f
     masks = replace_named(init_masks(k_mask, params, masked), slots)
     storage = Storage(backend, layout_of, backends.stored_apply(model, backend, layout_of, mesh),
                       dense_metrics=False, born_sparse=True)
-    algo_state = algo.init(params, masks, jax.random.fold_in(k_state, ALGO_INIT_STREAM))
+    # The algorithm's init reads the stored layers' dense shapes (GMP's and MEST's target counts), never values.
+    dense_shapes = {n: jax.ShapeDtypeStruct(lay.shape, stored[n][0].dtype) for n, lay in layout_of.items()}
+    algo_state = algo.init(replace_named(params, dense_shapes), masks, jax.random.fold_in(k_state, ALGO_INIT_STREAM))
     state = TrainState(params=params, masks=masks, model_state=model_state,
                        opt_state=tx.init(params), algo_state=algo_state, ever_active=None, active=count_masks(masks),
                        step=jnp.zeros((), jnp.int32), rng=k_state,
