@@ -111,13 +111,17 @@ def _born_algorithm(name):
     if name == "mest_decay":
         return make("mest", sparsity=0.9, initial_sparsity=0.75, update_every=2, start_step=1, end_step=100,
                     decay_end_step=4, drop_fraction=0.3)
+    if name == "srigl":
+        return make(name, update_every=2, start_step=1, end_step=100, min_salient_fraction=0.9)
     return make(name, **({} if name == "static" else {"update_every": 2, "start_step": 1, "end_step": 100}))
 
 
 @pytest.mark.parametrize("backend, structure, name", [
     ("csr", "unstructured", "static"), ("condensed", "fan_in", "static"), ("csr", "unstructured", "rigl"),
     # Counts that fall: pruned in place (GMP), then regrown from storage (GraNet), or decayed from storage (MEST).
-    ("csr", "unstructured", "gmp"), ("csr", "unstructured", "granet"), ("csr", "unstructured", "mest_decay")])
+    ("csr", "unstructured", "gmp"), ("csr", "unstructured", "granet"), ("csr", "unstructured", "mest_decay"),
+    # SRigL from storage, its neurons ablated (gamma 0.9) on fan-in layers born sparse.
+    ("csr", "fan_in", "srigl")])
 def test_a_born_sparse_model_trains_as_the_masked_model_with_its_weights(backend, structure, name):
     model = MLP(hidden=(24, 16), num_classes=5)
     x = jax.random.normal(jax.random.key(1), (8, 12))
@@ -151,6 +155,10 @@ def test_a_born_sparse_model_trains_as_the_masked_model_with_its_weights(backend
     if name != "static":
         assert updates >= 2 and not np.array_equal(named_leaves(masked.masks)["Dense_0/kernel"],
                                                    named_leaves(masks)["Dense_0/kernel"])
+    if name == "srigl":   # units ablated, the same ones
+        jax.tree_util.tree_map(np.testing.assert_array_equal, state.algo_state.extra["ablated"],
+                               masked.algo_state.extra["ablated"])
+        assert any(int(np.sum(u)) > 0 for u in masked.algo_state.extra["ablated"].values())
     if name in ("gmp", "granet", "mest_decay"):   # the counts fell, into padding
         assert int(named_leaves(got_masks)["Dense_0/kernel"].sum()) < counts["Dense_0/kernel"]
 

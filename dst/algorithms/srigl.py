@@ -135,9 +135,9 @@ def srigl(*, update_every: int, end_step: int, start_step: int = 0, drop_fractio
 
     def init(params, masks, key=None):
         del key
-        m = named_leaves(masks)
+        m, p = named_leaves(masks), named_leaves(params)
         budget = {n: jnp.sum(m[n], dtype=jnp.int32) for n in sparse_names(params)}
-        ablated = {n: jnp.zeros(m[n].shape[-1], bool) for n in budget}
+        ablated = {n: jnp.zeros(p[n].shape[-1], bool) for n in budget}   # per output unit (dense shapes suffice)
         return initial_state(masks, {"budget": budget, "ablated": ablated})
 
     def layer_update(key, name, w, g, m, f, budget, old_ablated):

@@ -156,12 +156,11 @@ def born_sparse_layers(plan, shapes: dict[str, tuple[int, ...]], densities: dict
         why = "its levels rewind and prune a dense form"
     elif algo.counts == "move" or algo.trainable is not None:
         why = "it keeps a dense state of every weight (SNFS's momentum, Top-KAST's weights outside its backward set)"
-    elif algo.dynamic and (path not in ("from storage", "in place", "in place, then from storage")
-                           or algo.rules is not None and algo.rules.ablation is not None):
+    elif algo.dynamic and path not in ("from storage", "in place", "in place, then from storage"):
         why = "it updates stored layers on their dense view"
     if why:
         raise ConfigError(f"a born-sparse run's layers never exist dense, and {name} cannot run so: {why}; use "
-                          "static, set, rigl, mest, gmp or granet, or a model whose dense form fits "
+                          "static, set, rigl, mest, gmp, granet or srigl, or a model whose dense form fits "
                           "(sparsity.born_sparse=false).")
     if not layers:
         if setting is True:
