@@ -155,10 +155,12 @@ def test_a_born_sparse_model_trains_as_the_masked_model_with_its_weights(backend
     if name != "static":
         assert updates >= 2 and not np.array_equal(named_leaves(masked.masks)["Dense_0/kernel"],
                                                    named_leaves(masks)["Dense_0/kernel"])
-    if name == "srigl":   # units ablated, the same ones
+    if name == "srigl":   # units ablated, the same ones; its report from the topologies as from the masks
         jax.tree_util.tree_map(np.testing.assert_array_equal, state.algo_state.extra["ablated"],
                                masked.algo_state.extra["ablated"])
         assert any(int(np.sum(u)) > 0 for u in masked.algo_state.extra["ablated"].values())
+        _, units = stored.record_view(storage, state)
+        assert static.report(state.algo_state, state.masks, units) == static.report(masked.algo_state, masked.masks)
     if name in ("gmp", "granet", "mest_decay"):   # the counts fell, into padding
         assert int(named_leaves(got_masks)["Dense_0/kernel"].sum()) < counts["Dense_0/kernel"]
 

@@ -64,8 +64,9 @@ class SparseAlgorithm(NamedTuple):
       such calls. The trainer then runs those steps without calling ``update`` (no ``lax.cond`` in
       the hot loop: on CPU a cond carrying the params costs 2-7% of every step even when it does
       not fire) and calls ``update`` only where it may act. Results are identical either way.
-    * ``report(state, masks) -> {key: number}`` (host): what else the run logs about the algorithm at
-      each record (SRigL's ablated units and fan-ins per layer).
+    * ``report(state, masks, counts=None) -> {key: number}`` (host): what else the run logs about the
+      algorithm at each record (SRigL's ablated units and fan-ins per layer); ``counts`` (given only where
+      there are born-sparse layers: ``{layer: dst.train.stored.UnitCounts}``) stands for those layers' masks.
     * ``levels > 0`` with ``next_level(state, key, params, masks, start_params) -> (params, masks,
       state)`` and ``rewind_step``: the run trains ``levels + 1`` levels, each from step ``rewind_step``
       to the end (level 0 from 0) with a fresh optimizer, and calls ``next_level`` between them (IMP).

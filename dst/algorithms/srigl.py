@@ -171,13 +171,14 @@ def srigl(*, update_every: int, end_step: int, start_step: int = 0, drop_fractio
     def quiet(state):
         return schedules.steps_until_update(state.step, update_every, start_step, end_step)
 
-    def report(state, masks):
-        """Ablated units and the constant fan-in of each sparse layer (host values)."""
-        out, m = {}, named_leaves(masks)
+    def report(state, masks, counts=None):
+        """Ablated units and the constant fan-in of each sparse layer (host values); ``counts`` (per-unit
+        counts, ``dst.train.stored.UnitCounts``) in the place of a born-sparse layer's mask."""
+        out, m, counts = {}, named_leaves(masks), counts or {}
         for n, abl in state.extra["ablated"].items():
-            counts = np.asarray(matrix(m[n])).sum(axis=0)
+            fan_in = counts[n].fan_in if n in counts else np.asarray(matrix(m[n])).sum(axis=0)
             out[f"ablated_units/{n}"] = int(np.count_nonzero(np.asarray(abl)))
-            out[f"fan_in/{n}"] = int(counts.max())
+            out[f"fan_in/{n}"] = int(fan_in.max())
         out["ablated_units/total"] = sum(v for k, v in out.items() if k.startswith("ablated_units/"))
         return out
 

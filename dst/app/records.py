@@ -104,7 +104,7 @@ def record_for(epoch: int, state, interval: Interval, evaluations: dict, pairs, 
     record["drop_fraction"] = float(algo.drop_fraction_at(step)) if algo.drop_fraction_at else 0.0
     record.update(_topology(steps, layers))
     if algo.report is not None:
-        record.update(algo.report(state.algo_state, state.masks))
+        record.update(algo.report(state.algo_state, state.masks, **({"counts": counts} if counts else {})))
     dead = metrics.dead_units(state.masks, pairs, counts)
     record["dead_units/total"] = sum(dead.values())
     record.update({f"dead_units/{n}": c for n, c in dead.items()})
