@@ -199,7 +199,7 @@ def _csr_compress(w, mask, layout):
 
 
 def _csr_slots(values, valid, topology, layout) -> SlotView:
-    units = jnp.searchsorted(topology.rowptr, jnp.arange(layout.count, dtype=jnp.int32), side="right") - 1
+    units = kernels.row_ids(topology.rowptr, layout.count)
     return SlotView(values, valid, topology.cols, units.astype(jnp.int32))
 
 

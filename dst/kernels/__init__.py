@@ -45,6 +45,7 @@ from dst.kernels.ops import condensed_matmul_gather
 from dst.kernels.ops import csr_matmul
 from dst.kernels.ops import csr_matmul_xla
 from dst.kernels.ops import merge_slots
+from dst.kernels.ops import row_ids
 from dst.kernels.ops import top_k_of_keys
 from dst.kernels.ops import transpose
 
@@ -59,6 +60,7 @@ __all__ = [
     "fused_backward_pays",
     "isa",
     "merge_slots",
+    "row_ids",
     "Merged",
     "register",
     "require",
