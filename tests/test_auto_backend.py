@@ -115,8 +115,10 @@ def test_auto_stores_the_layers_it_chose_and_makes_the_masked_runs_decisions(tmp
 
 
 @pytest.mark.parametrize("algorithm, why", [
-    ("topkast", "sparsity.algorithm=topkast stores its backward set and keeps the weights outside it dense, which "
-                "auto's timing at the forward density does not measure (sparsity.backend=csr runs it)."),
+    pytest.param("topkast", "sparsity.algorithm=topkast stores its backward set and keeps the weights outside it "
+                            "dense, which auto's timing at the forward density does not measure "
+                            "(sparsity.backend=csr runs it).",
+                 marks=pytest.mark.slow),   # a whole run: `make test` runs SNFS's
     ("snfs", "sparsity.algorithm=snfs reads the dense gradient of every step, which a stored layer forms at a dense "
              "layer's cost (sparsity.backend=csr runs it)."),
 ])

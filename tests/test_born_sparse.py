@@ -118,8 +118,10 @@ def _born_algorithm(name):
 
 @pytest.mark.parametrize("backend, structure, name", [
     ("csr", "unstructured", "static"), ("condensed", "fan_in", "static"), ("csr", "unstructured", "rigl"),
-    # Counts that fall: pruned in place (GMP), then regrown from storage (GraNet), or decayed from storage (MEST).
-    ("csr", "unstructured", "gmp"), ("csr", "unstructured", "granet"), ("csr", "unstructured", "mest_decay"),
+    # Counts that fall: pruned in place (GMP), then regrown from storage (GraNet), or decayed from storage (MEST);
+    # `make test` runs GraNet (both), `make test-slow` the other two.
+    pytest.param("csr", "unstructured", "gmp", marks=pytest.mark.slow), ("csr", "unstructured", "granet"),
+    pytest.param("csr", "unstructured", "mest_decay", marks=pytest.mark.slow),
     # SRigL from storage, its neurons ablated (gamma 0.9) on fan-in layers born sparse.
     ("csr", "fan_in", "srigl")])
 def test_a_born_sparse_model_trains_as_the_masked_model_with_its_weights(backend, structure, name):
