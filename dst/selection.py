@@ -12,8 +12,11 @@ the key, never of array position alone.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -176,11 +179,30 @@ def _priorities(key: jax.Array, size: int) -> jax.Array:
     return priorities_at(key, jnp.arange(size, dtype=_U32))
 
 
+class Priorities(NamedTuple):
+    """The tie-break priorities of :func:`priorities_at` as a call: ``Priorities(key, positions)()`` (``positions``
+    None: the flat indices ``0 .. size - 1``). A selection that breaks few ties (the compiled top-k) draws them
+    only for the elements it ranks, from ``seeds()``, and never computes the whole array."""
+
+    key: jax.Array
+    positions: jax.Array | None
+    size: int
+
+    def seeds(self) -> jax.Array:
+        """The hash's three ``uint32`` seeds (:func:`priorities_at`)."""
+        return jax.random.bits(self.key, (3,), _U32)
+
+    def __call__(self) -> jax.Array:
+        positions = jnp.arange(self.size, dtype=_U32) if self.positions is None else jnp.reshape(self.positions, -1)
+        return priorities_at(self.key, positions)
+
+
 def priorities_at(key: jax.Array, positions: jax.Array) -> jax.Array:
     """The tie-break priorities of the elements at flat ``positions`` of an array (uint32; unique for
     distinct positions below 2^32): what :func:`top_k_mask` draws for those elements of the whole array,
     computed without the array, so a selection over part of it (stored weights, a block of rows) breaks
     ties as the selection over the whole would."""
+    # dst_top_k_hashed (dst/kernels/csrc/selection.cc) computes the same hash: change both or neither.
     seeds = jax.random.bits(key, (3,), _U32)
     h = positions.astype(_U32) ^ seeds[0]
     h = h * (seeds[1] | _U32(1))
@@ -206,6 +228,23 @@ def score_keys(scores: jax.Array) -> jax.Array:
     return _ordered_bits(scores)
 
 
+# The selection :func:`top_k_mask` runs when its caller names none: set while a function is traced.
+_SELECTION: contextvars.ContextVar[Callable | None] = contextvars.ContextVar("dst_selection", default=None)
+
+
+@contextlib.contextmanager
+def selecting_with(of_keys: Callable):
+    """Trace :func:`top_k_mask` calls inside the block with ``of_keys`` (e.g. :func:`dst.kernels.top_k_of_keys`)
+    where they name no selection: an algorithm's own ``update`` run on a stored layer's dense view selects
+    with the compiled kernel, which picks the same elements in one pass. A trace-time choice: the traced
+    program, never its results, depends on it."""
+    token = _SELECTION.set(of_keys)
+    try:
+        yield
+    finally:
+        _SELECTION.reset(token)
+
+
 def top_k_mask(scores: jax.Array, eligible: jax.Array, k, key: jax.Array, positions=None,
                of_keys: Callable | None = None) -> jax.Array:
     """Bool mask of the ``k`` eligible elements with the largest ``scores``.
@@ -223,11 +262,8 @@ def top_k_mask(scores: jax.Array, eligible: jax.Array, k, key: jax.Array, positi
     """
     shape = scores.shape
     keys = jnp.where(eligible, score_keys(scores), _U32(0)).reshape(-1)
-    if positions is None:
-        priorities = lambda: _priorities(key, keys.size)
-    else:
-        priorities = lambda: priorities_at(key, jnp.reshape(positions, -1))
-    return (of_keys or top_k_of_keys)(keys, k, priorities).reshape(shape)
+    priorities = Priorities(key, None if positions is None else jnp.reshape(positions, -1), keys.size)
+    return (of_keys or _SELECTION.get() or top_k_of_keys)(keys, k, priorities).reshape(shape)
 
 
 def top_k_of_keys(keys: jax.Array, k, priorities: Callable[[], jax.Array]) -> jax.Array:

@@ -256,6 +256,33 @@ def test_compact_lists_the_true_positions_in_order_as_nonzero_does(size, monkeyp
     assert int(count) == want.size
 
 
+@pytest.mark.parametrize("use_kernels", [True, False], ids=["kernels", "xla"])
+@pytest.mark.parametrize("capacity", [0, 50, 61, 90], ids=lambda c: f"capacity{c}")
+def test_slots_by_unit_store_a_dense_mask_in_csr_order_and_read_arrays_there(capacity, use_kernels, monkeypatch):
+    """By definition: the true entries ordered by (unit, input), the first `capacity` of them kept (61 is the
+    mask's count: no padding; 50 cuts a unit's entries short), padding after them (input 0, value 0)."""
+    monkeypatch.setattr(kernels.ops, "_use_kernels", lambda: use_kernels and kernels.available())
+    rng = np.random.default_rng(8)
+    n_in, n_out = 23, 17
+    mask = rng.random((n_in, n_out)) < 0.15
+    mask[:, 4] = False                                   # an empty unit, and a full one
+    mask[:, 9] = True
+    units, inputs = np.nonzero(mask.T)                   # (unit, input) ascending
+    kept = min(capacity, units.size)
+    per_unit = np.bincount(units, minlength=n_out)
+    rowptr = np.minimum(np.concatenate([[0], np.cumsum(per_unit)[:-1]]), capacity)
+    cols, got_rowptr, count = jax.jit(lambda m: kernels.slots_by_unit(m, capacity))(mask)
+    np.testing.assert_array_equal(cols, np.concatenate([inputs[:kept], np.zeros(capacity - kept, int)]))
+    np.testing.assert_array_equal(got_rowptr, np.concatenate([rowptr, [capacity]]))
+    assert int(count) == units.size
+    for x in (rng.normal(size=(n_in, n_out)).astype(np.float32), rng.random((n_in, n_out)) < 0.5,
+              rng.integers(-9, 9, (n_in, n_out)).astype(np.int32)):
+        got = jax.jit(kernels.gather_by_unit)(x, mask, cols, got_rowptr, count)
+        assert got.dtype == x.dtype
+        np.testing.assert_array_equal(got, np.concatenate([x[inputs[:kept], units[:kept]],
+                                                           np.zeros(capacity - kept, x.dtype)]))
+
+
 def _top_k_by_definition(keys, priorities, k):
     """The min(k, eligible) elements of largest (key, priority), keys of 0 ineligible: one sort."""
     eligible = np.flatnonzero(keys > 0)
@@ -287,6 +314,21 @@ def test_top_k_of_keys_takes_the_largest_by_key_then_priority(case, monkeypatch)
     monkeypatch.setattr(kernels.ops, "_use_kernels", lambda: False)   # the fallback is the XLA selection
     fallback = jax.jit(lambda keys: kernels.top_k_of_keys(keys, 9, lambda: jnp.asarray(priorities)))
     np.testing.assert_array_equal(fallback(keys), _top_k_by_definition(keys, priorities, 9))
+
+
+@pytest.mark.parametrize("at_positions", [False, True], ids=["flat_index", "positions"])
+def test_top_k_of_hashed_priorities_breaks_ties_as_the_priority_array_does(at_positions):
+    """dst_top_k_hashed hashes the ranked elements' positions in C++: the same choice as ranking by the whole
+    array of dst.selection.priorities_at."""
+    rng = np.random.default_rng(4)
+    n = 50_000
+    keys = jnp.asarray(np.where(rng.random(n) < 0.1, 0, rng.integers(1, 40, n)).astype(np.uint32))  # many ties
+    positions = jnp.asarray(rng.choice(10 * n, n, replace=False).astype(np.int32)) if at_positions else None
+    hashed = kernels.ops.selection.Priorities(jax.random.key(7), positions, n)
+    for k in (1, 333, 20_000, 44_000):
+        want = _top_k_by_definition(np.asarray(keys), np.asarray(hashed()), k)
+        np.testing.assert_array_equal(jax.jit(lambda keys, k: kernels.top_k_of_keys(keys, k, hashed))(keys, k), want,
+                                      err_msg=f"k={k}")
 
 
 @pytest.mark.parametrize("use_kernels", [True, False], ids=["kernels", "xla"])

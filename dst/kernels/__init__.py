@@ -17,7 +17,9 @@ scikit-build-core) against the XLA FFI headers of the installed jax. Its handler
 * ``dst_top_k``: the exact top-k of :func:`dst.selection.top_k_of_keys` in one O(n) pass
   (:func:`top_k_of_keys`), the drop and grow selections of those updates;
 * ``dst_merge``: their kept and grown weights merged into CSR order (:func:`merge_slots`);
-* ``dst_transpose``: a topology's structure by input (:func:`transpose`), built with every new topology.
+* ``dst_transpose``: a topology's structure by input (:func:`transpose`), built with every new topology;
+* ``dst_slots_by_unit`` and ``dst_gather_by_unit``: a dense mask's entries as slots in CSR order and any
+  dense array read at them, front to back (:func:`slots_by_unit`, :func:`gather_by_unit`): storing a layer.
 
 The loops are compiled once per instruction set (AVX-512, AVX2 with FMA, and the compiler's portable
 baseline) and the best one the CPU runs is chosen when the module loads: :func:`isa` names it,
@@ -44,8 +46,10 @@ from dst.kernels.ops import condensed_matmul
 from dst.kernels.ops import condensed_matmul_gather
 from dst.kernels.ops import csr_matmul
 from dst.kernels.ops import csr_matmul_xla
+from dst.kernels.ops import gather_by_unit
 from dst.kernels.ops import merge_slots
 from dst.kernels.ops import row_ids
+from dst.kernels.ops import slots_by_unit
 from dst.kernels.ops import top_k_of_keys
 from dst.kernels.ops import transpose
 
@@ -58,6 +62,7 @@ __all__ = [
     "csr_matmul",
     "csr_matmul_xla",
     "fused_backward_pays",
+    "gather_by_unit",
     "isa",
     "merge_slots",
     "row_ids",
@@ -65,6 +70,7 @@ __all__ = [
     "register",
     "require",
     "runnable_isas",
+    "slots_by_unit",
     "status",
     "top_k_of_keys",
     "transpose",

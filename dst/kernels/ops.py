@@ -121,6 +121,38 @@ def compact(mask: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
     return tuple(jax.ffi.ffi_call("dst_compact", shapes, vmap_method="sequential")(mask))
 
 
+def slots_by_unit(mask: jax.Array, capacity: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(cols, rowptr, count)``: the true entries of a dense ``[n_in, n_out]`` mask as ``capacity`` slots in
+    CSR order (by output unit, then input): each slot's input (0 for padding), each unit's first slot
+    (clamped at the capacity: a mask with more entries keeps its first ones; ``rowptr[n_out] = capacity``)
+    and the number of true entries. Two row-major passes in C++ where the kernels are built (reading the
+    mask by unit misses the cache at every entry: the XLA way transposes it first); XLA elsewhere."""
+    n_in, n_out = mask.shape
+    if not _use_kernels():
+        units, cols = jnp.nonzero(mask.T, size=capacity, fill_value=0)
+        per_unit = jnp.minimum(jnp.cumsum(jnp.sum(mask, 0, dtype=jnp.int32)), capacity)
+        rowptr = jnp.concatenate([jnp.zeros(1, jnp.int32), per_unit[:-1], jnp.full(1, capacity, jnp.int32)])
+        return cols.astype(jnp.int32), rowptr.astype(jnp.int32), jnp.sum(mask, dtype=jnp.int32)
+    _loader.register()
+    shapes = (_int32(capacity), _int32(n_out + 1), jax.ShapeDtypeStruct((), jnp.int32))
+    return tuple(jax.ffi.ffi_call("dst_slots_by_unit", shapes, vmap_method="sequential")(mask.astype(bool)))
+
+
+def gather_by_unit(x: jax.Array, mask: jax.Array, cols: jax.Array, rowptr: jax.Array, count) -> jax.Array:
+    """A dense ``[n_in, n_out]`` array read at the slots :func:`slots_by_unit` gave ``mask`` (``x[cols, units]``,
+    zero on padding): one front-to-back pass over ``x`` in C++ where the kernels are built (in CSR order the
+    reads stride across rows and miss the cache); an XLA gather elsewhere."""
+    capacity = cols.shape[0]
+    if not _use_kernels():
+        units = row_ids(rowptr, capacity)
+        valid = jnp.arange(capacity) < count
+        return jnp.where(valid, x[cols, jnp.minimum(units, x.shape[1] - 1)], jnp.zeros((), x.dtype))
+    _loader.register()
+    call = jax.ffi.ffi_call("dst_gather_by_unit", jax.ShapeDtypeStruct((capacity,), x.dtype),
+                            vmap_method="sequential")
+    return call(mask.astype(bool), jnp.asarray(rowptr, jnp.int32), x)
+
+
 def top_k_of_keys(keys: jax.Array, k, priorities) -> jax.Array:
     """:func:`dst.selection.top_k_of_keys` (the ``k`` largest of flat ``uint32`` ``keys`` by (key,
     priority), 0 marking an ineligible key; ``priorities()`` unique) with the same result: one pass in
@@ -130,6 +162,11 @@ def top_k_of_keys(keys: jax.Array, k, priorities) -> jax.Array:
         return selection.top_k_of_keys(keys, k, priorities)
     _loader.register()
     keys = jnp.reshape(keys, -1).astype(jnp.uint32)
+    if isinstance(priorities, selection.Priorities):   # hashed in C++ for the few elements ranked by priority
+        positions = jnp.zeros(0, jnp.int32) if priorities.positions is None else priorities.positions
+        call = jax.ffi.ffi_call("dst_top_k_hashed", jax.ShapeDtypeStruct(keys.shape, jnp.bool_),
+                                vmap_method="sequential")
+        return call(keys, jnp.reshape(positions, -1).astype(jnp.int32), priorities.seeds(), jnp.asarray(k, jnp.int32))
     prio = jnp.reshape(priorities(), -1).astype(jnp.uint32)
     call = jax.ffi.ffi_call("dst_top_k", jax.ShapeDtypeStruct(keys.shape, jnp.bool_), vmap_method="sequential")
     return call(keys, prio, jnp.asarray(k, jnp.int32))

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 
 from dst import backends
+from dst import kernels
+from dst import selection
 from dst.algorithms.base import SparseAlgorithm
 from dst.masks import named_leaves
 from dst.masks import replace_named
@@ -70,25 +72,18 @@ def update(algo: SparseAlgorithm, storage) -> Callable:
         forward = expand(params, slots, topologies)[1]
         inner = state._replace(grown=jax.tree_util.tree_map(lambda m: jnp.zeros(m.shape, bool), forward),
                                extra={"backward": backward})
-        theta, forward, new = algo.update(inner, key, theta, forward, None)
+        with selection.selecting_with(kernels.top_k_of_keys):   # the same sets, ranked in one compiled pass
+            theta, forward, new = algo.update(inner, key, theta, forward, None)
         backward = new.extra["backward"]
         values, new_held, new_topologies = backends.compress(backend, layouts, theta, backward)
-        # Every other dense array is read at the new slots through the layer's slot view: one compress in all.
-        views = {n: backend.slots(named_leaves(values)[n], named_leaves(new_held)[n], new_topologies[n], lay)
-                 for n, lay in layouts.items()}
-
-        def read(tree, flags=False):
-            at = {n: jnp.where(v.valid, named_leaves(tree)[n][v.cols, v.units], False if flags else 0)
-                  for n, v in views.items()}
-            if flags:   # the other leaves: the flags inside the held set
-                return replace_named(jax.tree_util.tree_map(jnp.logical_and, tree, backward), at)
-            return replace_named(tree, at)
-
+        # Every other dense array is read at the new slots as the values were: front to back, one pass each.
+        read = lambda tree: backends.compress(backend, layouts, tree, backward)[0]
+        flags_at = lambda tree: backends.at_slots(backend, layouts, tree, backward)
         opt_state = map_param_trees(lambda m: read(expand(m, held, topologies)[0]), opt_state, params)
         if ever_active is not None:
             ever_active = jax.tree_util.tree_map(jnp.logical_or, ever_active, forward)
-        new = new._replace(grown=read(new.grown, flags=True),
+        new = new._replace(grown=flags_at(new.grown),
                            extra={"backward": new_held, "outside": _outside(storage, theta, backward)})
-        return values, read(forward, flags=True), new_topologies, opt_state, ever_active, new
+        return values, flags_at(forward), new_topologies, opt_state, ever_active, new
 
     return act

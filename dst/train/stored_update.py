@@ -42,9 +42,9 @@ from dst.algorithms.base import SparseAlgorithm
 from dst.algorithms.set import random_grow_score
 from dst.masks import path_name
 from dst.masks import replace_named
+from dst.selection import Priorities
 from dst.selection import bottom_k_mask
 from dst.selection import grouped_top_k_mask
-from dst.selection import priorities_at
 from dst.selection import score_keys
 from dst.train import sampled_growth
 from dst.train.moments import map_param_trees
@@ -186,12 +186,12 @@ def grow_candidates(rules, key, valid, kept, cols, units, x, dy, k, shape, capac
         count = jnp.sum(qualify, dtype=jnp.int32)
 
         def own_best():
-            chosen = kernels.top_k_of_keys(keys, k, lambda: priorities_at(key, positions))
+            chosen = kernels.top_k_of_keys(keys, k, Priorities(key, positions, positions.size))
             return best_of(keys, positions, chosen, jnp.sum(chosen, dtype=jnp.int32))
 
         keys, positions = lax.cond(count <= capacity, lambda: best_of(keys, positions, qualify, count), own_best)
         keys, positions = jnp.concatenate([best_keys, keys]), jnp.concatenate([best_positions, positions])
-        chosen = kernels.top_k_of_keys(keys, k, lambda: priorities_at(key, positions))
+        chosen = kernels.top_k_of_keys(keys, k, Priorities(key, positions, positions.size))
         held = jnp.sum(chosen, dtype=jnp.int32)
         keys, positions = best_of(keys, positions, chosen, held)
         floor = jnp.where(held >= k, jnp.min(jnp.where(slot < held, keys, _U32(0xFFFFFFFF))), _U32(1))
@@ -206,7 +206,7 @@ def grow_candidates(rules, key, valid, kept, cols, units, x, dy, k, shape, capac
 
     if group is None and blocks == 1:    # the whole layer in one block: one selection, nothing to merge
         keys, positions = candidates(0)
-        chosen = kernels.top_k_of_keys(keys, k, lambda: priorities_at(key, positions))
+        chosen = kernels.top_k_of_keys(keys, k, Priorities(key, positions, positions.size))
         index, count = kernels.compact(chosen, capacity)
         positions, chosen = positions[index], slot < count
     elif group is None:

@@ -1,11 +1,14 @@
 // The topology ops of prune-and-regrow on stored layers (dst.train.stored_update): the positions of a
 // mask's true entries, an exact top-k by (key, priority), the merge of kept and grown weights into CSR
-// order, and the transposed structure of a topology. Written as XLA programs they are loops of counting
+// order, the transposed structure of a topology, and a dense mask's slots in CSR order with any dense array
+// read at them (compress, without transposing the mask). Written as XLA programs they are loops of counting
 // passes, searches and sorts that XLA compiles anew for every layer of every update (the selections alone
 // were 1.7 s of the default experiment's 5.2 s epoch compile on csr); here each is one O(n) call that
 // compiles to nothing.
 
 #include <algorithm>
+#include <climits>
+#include <cstring>
 #include <functional>
 #include <cstdint>
 #include <vector>
@@ -39,20 +42,14 @@ ffi::Error CompactImpl(ffi::Buffer<ffi::PRED> mask, ffi::ResultBuffer<ffi::S32> 
   return ffi::Error::Success();
 }
 
-// chosen[i] = whether element i is among the min(k, eligible) largest by (keys[i], priorities[i]),
-// keys[i] = 0 marking an ineligible element: dst.selection.top_k_of_keys's selection (priorities are
-// unique, so exactly that many are chosen). A histogram of the keys' top 16 bits finds the bin that holds
-// the k-th largest; only that bin's elements are ranked exactly (nth_element on key:priority pairs), so
-// the memory is the bin's, not the array's.
-ffi::Error TopKImpl(ffi::Buffer<ffi::U32> keys, ffi::Buffer<ffi::U32> priorities, ffi::Buffer<ffi::S32> k,
-                    ffi::ResultBuffer<ffi::PRED> chosen) {
-  const int64_t n = keys.element_count();
-  if (priorities.element_count() != n || chosen->element_count() != n)
-    return ffi::Error::InvalidArgument("dst_top_k: keys, priorities and the result differ in size");
-  const uint32_t* key = keys.typed_data();
-  const uint32_t* prio = priorities.typed_data();
-  bool* out = chosen->typed_data();
-  std::vector<int64_t> histogram(1 << 16, 0);
+// chosen[i] = whether element i is among the min(k, eligible) largest by (keys[i], prio(i)), keys[i] = 0
+// marking an ineligible element: dst.selection.top_k_of_keys's selection (priorities are unique, so exactly
+// that many are chosen). A histogram of the keys' top 16 bits finds the bin that holds the k-th largest;
+// only that bin's elements are ranked exactly (nth_element on key:priority pairs), so the memory is the
+// bin's, not the array's, and prio is called for the bin's elements only.
+template <typename Priority>
+ffi::Error TopK(const uint32_t* key, int64_t n, int32_t k, Priority prio, bool* out) {
+  std::vector<int32_t> histogram(1 << 16, 0);   // int32: 256 KiB stays in the L2 cache
   int64_t eligible = 0;
   for (int64_t i = 0; i < n; ++i) {
     if (key[i] != 0) {
@@ -60,7 +57,7 @@ ffi::Error TopKImpl(ffi::Buffer<ffi::U32> keys, ffi::Buffer<ffi::U32> priorities
       ++eligible;
     }
   }
-  const int64_t want = std::min<int64_t>(std::max<int32_t>(*k.typed_data(), 0), eligible);
+  const int64_t want = std::min<int64_t>(std::max<int32_t>(k, 0), eligible);
   if (want == 0 || want == eligible) {
     for (int64_t i = 0; i < n; ++i) out[i] = want > 0 && key[i] != 0;
     return ffi::Error::Success();
@@ -69,17 +66,63 @@ ffi::Error TopKImpl(ffi::Buffer<ffi::U32> keys, ffi::Buffer<ffi::U32> priorities
   while (above + histogram[bin] < want) above += histogram[bin--];
   std::vector<uint64_t> ranked;
   ranked.reserve(histogram[bin]);
-  const auto pair = [&](int64_t i) { return (uint64_t{key[i]} << 32) | prio[i]; };
-  for (int64_t i = 0; i < n; ++i)
-    if (key[i] != 0 && (key[i] >> 16) == bin) ranked.push_back(pair(i));
+  std::vector<uint32_t> bin_prio;              // each bin element's priority, in index order
+  bin_prio.reserve(histogram[bin]);
+  for (int64_t i = 0; i < n; ++i) {
+    if (key[i] != 0 && (key[i] >> 16) == bin) {
+      bin_prio.push_back(prio(i));
+      ranked.push_back((uint64_t{key[i]} << 32) | bin_prio.back());
+    }
+  }
   const int64_t need = want - above;          // 1 <= need <= the bin's count
   std::nth_element(ranked.begin(), ranked.begin() + (need - 1), ranked.end(), std::greater<uint64_t>());
   const uint64_t threshold = ranked[need - 1];
+  int64_t next = 0;                            // the next bin element
   for (int64_t i = 0; i < n; ++i) {
     const int64_t b = key[i] >> 16;
-    out[i] = key[i] != 0 && (b > bin || (b == bin && pair(i) >= threshold));
+    bool take = key[i] != 0 && b > bin;
+    if (key[i] != 0 && b == bin) take = ((uint64_t{key[i]} << 32) | bin_prio[next++]) >= threshold;
+    out[i] = take;
   }
   return ffi::Error::Success();
+}
+
+ffi::Error TopKImpl(ffi::Buffer<ffi::U32> keys, ffi::Buffer<ffi::U32> priorities, ffi::Buffer<ffi::S32> k,
+                    ffi::ResultBuffer<ffi::PRED> chosen) {
+  const int64_t n = keys.element_count();
+  if (priorities.element_count() != n || chosen->element_count() != n)
+    return ffi::Error::InvalidArgument("dst_top_k: keys, priorities and the result differ in size");
+  const uint32_t* prio = priorities.typed_data();
+  return TopK(keys.typed_data(), n, *k.typed_data(), [prio](int64_t i) { return prio[i]; }, chosen->typed_data());
+}
+
+// dst.selection.priorities_at's keyed hash of a position (change both or neither).
+inline uint32_t Priority(uint32_t position, const uint32_t* seeds) {
+  uint32_t h = position ^ seeds[0];
+  h *= seeds[1] | 1u;
+  h ^= h >> 16;
+  h *= 0x85EBCA6Bu;
+  h ^= h >> 13;
+  h *= 0xC2B2AE35u;
+  h ^= h >> 16;
+  return h ^ seeds[2];
+}
+
+// dst_top_k with the priorities of dst.selection.Priorities: the hash of each element's position
+// (positions[i], or i when positions is empty) under seeds, computed for the ranked bin only.
+ffi::Error TopKHashedImpl(ffi::Buffer<ffi::U32> keys, ffi::Buffer<ffi::S32> positions, ffi::Buffer<ffi::U32> seeds,
+                          ffi::Buffer<ffi::S32> k, ffi::ResultBuffer<ffi::PRED> chosen) {
+  const int64_t n = keys.element_count();
+  const int64_t n_positions = positions.element_count();
+  if ((n_positions != 0 && n_positions != n) || chosen->element_count() != n || seeds.element_count() != 3)
+    return ffi::Error::InvalidArgument("dst_top_k_hashed: keys, positions and the result differ in size");
+  const uint32_t* seed = seeds.typed_data();
+  const int32_t* at = positions.typed_data();
+  if (n_positions == 0)
+    return TopK(keys.typed_data(), n, *k.typed_data(),
+                [seed](int64_t i) { return Priority(static_cast<uint32_t>(i), seed); }, chosen->typed_data());
+  return TopK(keys.typed_data(), n, *k.typed_data(),
+              [seed, at](int64_t i) { return Priority(static_cast<uint32_t>(at[i]), seed); }, chosen->typed_data());
 }
 
 // The kept slots `a` (CSR order: by unit, then input; holes where a_live is false) and the grown weights
@@ -157,6 +200,115 @@ ffi::Error TransposeImpl(ffi::Buffer<ffi::S32> cols, ffi::Buffer<ffi::S32> rowpt
   return ffi::Error::Success();
 }
 
+// The first slot of each output unit of a dense row-major (n_in, n_out) mask in CSR order, clamped at
+// `capacity` (rowptr[o] = min(true entries of units < o, capacity), rowptr[n_out] = capacity): one
+// row-major pass of per-unit counts, vectorised, where a column-major walk would miss the cache at
+// every entry.
+int64_t UnitStarts(const bool* m, int64_t n_in, int64_t n_out, int64_t capacity, int32_t* rowptr) {
+  std::vector<int32_t> per_unit(n_out, 0);
+  for (int64_t i = 0; i < n_in; ++i) {
+    const bool* row = m + i * n_out;
+    for (int64_t o = 0; o < n_out; ++o) per_unit[o] += row[o];
+  }
+  int64_t total = 0;
+  for (int64_t o = 0; o < n_out; ++o) {
+    rowptr[o] = static_cast<int32_t>(std::min(total, capacity));
+    total += per_unit[o];
+  }
+  rowptr[n_out] = static_cast<int32_t>(capacity);
+  return total;
+}
+
+// Calls put(slot, i, o) for every true entry (i, o) of the mask that has a slot, in row-major order:
+// each unit writes at its own cursor, from rowptr[o] up to rowptr[o + 1], so the slots come out in CSR
+// order (by unit, then input) while the dense arrays are read front to back. The last unit ends at the
+// capacity: a mask with more entries than slots keeps its first ones in CSR order.
+// Calls visit(o) for every true entry o of a row of bools, in order: 64 entries become one bit word (8 at a
+// time by a multiply that gathers each byte's low bit), so a sparse row costs a pass over its words, not a
+// mispredicted branch per entry.
+template <typename Visit>
+void ForEachTrue(const bool* row, int64_t n, Visit visit) {
+  for (int64_t start = 0; start < n; start += 64) {
+    const int64_t width = std::min<int64_t>(64, n - start);
+    uint64_t bits = 0;
+    int64_t k = 0;
+    for (; k + 8 <= width; k += 8) {
+      uint64_t bytes;
+      std::memcpy(&bytes, row + start + k, 8);   // eight bools, 0 or 1 each
+      bits |= ((bytes * 0x0102040810204080ULL) >> 56) << k;
+    }
+    for (; k < width; ++k) bits |= uint64_t{row[start + k]} << k;
+    while (bits) {
+      visit(start + __builtin_ctzll(bits));
+      bits &= bits - 1;
+    }
+  }
+}
+
+// Calls put(slot, i, o) for every true entry (i, o) of the mask that has a slot, in row-major order:
+// each unit writes at its own cursor, from rowptr[o] up to rowptr[o + 1], so the slots come out in CSR
+// order (by unit, then input) while the dense arrays are read front to back. The last unit ends at the
+// capacity: a mask with more entries than slots keeps its first ones in CSR order.
+template <typename Put>
+void ForEachSlot(const bool* m, int64_t n_in, int64_t n_out, const int32_t* rowptr, Put put) {
+  std::vector<int64_t> cursor(rowptr, rowptr + n_out);
+  for (int64_t i = 0; i < n_in; ++i) {
+    ForEachTrue(m + i * n_out, n_out, [&](int64_t o) {
+      if (cursor[o] < rowptr[o + 1]) put(cursor[o]++, i, o);
+    });
+  }
+}
+
+// A dense (n_in, n_out) mask's entries as slots in CSR order (dst.backends' compress): cols (the input
+// of each slot; 0 for padding), rowptr and count, the number of true entries (it may exceed the slots).
+ffi::Error SlotsByUnitImpl(ffi::Buffer<ffi::PRED> mask, ffi::ResultBuffer<ffi::S32> cols,
+                           ffi::ResultBuffer<ffi::S32> rowptr, ffi::ResultBuffer<ffi::S32> count) {
+  const auto dims = mask.dimensions();
+  if (dims.size() != 2 || rowptr->element_count() != dims[1] + 1)
+    return ffi::Error::InvalidArgument("dst_slots_by_unit: the mask must be [n_in, n_out] and rowptr [n_out + 1]");
+  const int64_t n_in = dims[0], n_out = dims[1], capacity = cols->element_count();
+  int32_t* c = cols->typed_data();
+  int32_t* rp = rowptr->typed_data();
+  const int64_t total = UnitStarts(mask.typed_data(), n_in, n_out, capacity, rp);
+  std::fill(c, c + capacity, 0);
+  ForEachSlot(mask.typed_data(), n_in, n_out, rp, [&](int64_t slot, int64_t i, int64_t) {
+    c[slot] = static_cast<int32_t>(i);
+  });
+  *count->typed_data() = static_cast<int32_t>(std::min<int64_t>(total, INT32_MAX));
+  return ffi::Error::Success();
+}
+
+template <typename T>
+void GatherByUnit(const bool* m, int64_t n_in, int64_t n_out, const int32_t* rowptr, const void* x, void* out,
+                  int64_t capacity) {
+  const T* in = static_cast<const T*>(x);
+  T* o = static_cast<T*>(out);
+  std::fill(o, o + capacity, T{});
+  ForEachSlot(m, n_in, n_out, rowptr, [&](int64_t slot, int64_t i, int64_t unit) { o[slot] = in[i * n_out + unit]; });
+}
+
+// A dense (n_in, n_out) array read at the slots of a mask (rowptr from dst_slots_by_unit): x[cols, units]
+// in CSR order, zero on padding, in one front-to-back pass over x and the mask. Any 1-, 2-, 4- or 8-byte
+// element type (values, moments, flags).
+ffi::Error GatherByUnitImpl(ffi::Buffer<ffi::PRED> mask, ffi::Buffer<ffi::S32> rowptr, ffi::AnyBuffer x,
+                            ffi::Result<ffi::AnyBuffer> out) {
+  const auto dims = mask.dimensions();
+  if (dims.size() != 2 || rowptr.element_count() != dims[1] + 1 ||
+      static_cast<int64_t>(x.element_count()) != dims[0] * dims[1] || x.element_type() != out->element_type())
+    return ffi::Error::InvalidArgument("dst_gather_by_unit: x must be the mask's [n_in, n_out] shape and out its type");
+  const int64_t n_in = dims[0], n_out = dims[1], capacity = out->element_count();
+  const bool* m = mask.typed_data();
+  const int32_t* rp = rowptr.typed_data();
+  switch (ffi::ByteWidth(x.element_type())) {
+    case 1: GatherByUnit<uint8_t>(m, n_in, n_out, rp, x.untyped_data(), out->untyped_data(), capacity); break;
+    case 2: GatherByUnit<uint16_t>(m, n_in, n_out, rp, x.untyped_data(), out->untyped_data(), capacity); break;
+    case 4: GatherByUnit<uint32_t>(m, n_in, n_out, rp, x.untyped_data(), out->untyped_data(), capacity); break;
+    case 8: GatherByUnit<uint64_t>(m, n_in, n_out, rp, x.untyped_data(), out->untyped_data(), capacity); break;
+    default: return ffi::Error::InvalidArgument("dst_gather_by_unit: elements of 1, 2, 4 or 8 bytes only");
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(DstMerge, MergeImpl,
@@ -190,5 +342,27 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(DstTopK, TopKImpl,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::U32>>()   // keys [n] (0: ineligible)
                                   .Arg<ffi::Buffer<ffi::U32>>()   // priorities [n]
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // k []
+                                  .Ret<ffi::Buffer<ffi::PRED>>()); // chosen [n]
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DstSlotsByUnit, SlotsByUnitImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::PRED>>()  // mask [n_in, n_out]
+                                  .Ret<ffi::Buffer<ffi::S32>>()   // cols [capacity]
+                                  .Ret<ffi::Buffer<ffi::S32>>()   // rowptr [n_out + 1]
+                                  .Ret<ffi::Buffer<ffi::S32>>()); // count []
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DstGatherByUnit, GatherByUnitImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::PRED>>()  // mask [n_in, n_out]
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // rowptr [n_out + 1]
+                                  .Arg<ffi::AnyBuffer>()          // x [n_in, n_out]
+                                  .Ret<ffi::AnyBuffer>());        // out [capacity]
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DstTopKHashed, TopKHashedImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::U32>>()   // keys [n] (0: ineligible)
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // positions [n] or [0] (the flat index)
+                                  .Arg<ffi::Buffer<ffi::U32>>()   // seeds [3]
                                   .Arg<ffi::Buffer<ffi::S32>>()   // k []
                                   .Ret<ffi::Buffer<ffi::PRED>>()); // chosen [n]

@@ -264,8 +264,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(DstSddmm, SddmmImpl,
 // The selection ops (selection.cc).
 XLA_FFI_DECLARE_HANDLER_SYMBOL(DstCompact);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(DstTopK);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(DstTopKHashed);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(DstMerge);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(DstTranspose);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(DstSlotsByUnit);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(DstGatherByUnit);
 
 template <typename T>
 nb::capsule Encapsulate(T* fn) {
@@ -284,8 +287,11 @@ NB_MODULE(_cpu, m) {
     out["dst_backward"] = Encapsulate(DstBackward);
     out["dst_compact"] = Encapsulate(DstCompact);
     out["dst_top_k"] = Encapsulate(DstTopK);
+    out["dst_top_k_hashed"] = Encapsulate(DstTopKHashed);
     out["dst_merge"] = Encapsulate(DstMerge);
     out["dst_transpose"] = Encapsulate(DstTranspose);
+    out["dst_slots_by_unit"] = Encapsulate(DstSlotsByUnit);
+    out["dst_gather_by_unit"] = Encapsulate(DstGatherByUnit);
     return out;
   });
   // The instruction sets this build can run on this CPU, best first; the one in use; and a switch to
