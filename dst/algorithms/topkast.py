@@ -89,8 +89,10 @@ def topkast(*, sparsity: float, backward_sparsity: float, update_every: int, end
             k = jax.random.fold_in(key, i)      # one key for both: equal priorities, so A is inside B
             everything = jnp.ones(w[n].shape, bool)
             if structure.name == "unstructured":
-                a[n] = top_k_mask(jnp.abs(w[n]), everything, fwd[n], k)
+                # A is the top of B under the same order (B is the top of everything and holds at least as
+                # many): ranked among B only, which the compiled selection passes over quickly.
                 b[n] = top_k_mask(jnp.abs(w[n]), everything, bwd[n], k)
+                a[n] = top_k_mask(jnp.abs(w[n]), b[n], fwd[n], k)
             else:   # A with the structure; B is A and the largest of the rest (B needs no structure)
                 a[n] = structure.keep(jnp.abs(w[n]), everything, fwd[n], k)
                 b[n] = a[n] | top_k_mask(jnp.abs(w[n]), ~a[n], max(bwd.get(n, 0) - fwd[n], 0), k)

@@ -6,8 +6,8 @@ outside ``B`` keep their values and may come back. On ``csr`` a stored layer's s
 algorithm's ``backward`` set, per slot: which slots hold a weight) and its slot flags (``state.masks``)
 mark ``A`` among them: every step's kernels, the optimizer and its moments see ``B`` only, the forward
 pass multiplies the values of ``A``. The weights outside ``B`` wait in the algorithm's state
-(``outside``: each stored layer's dense kernel, zero on ``B``), untouched between updates; at an update the
-layer's dense ``theta`` is formed from both, the algorithm's own ``update`` ranks it, and ``B`` is stored
+(``outside``: each stored layer's dense ``theta`` as of the last update, stale on ``B``), untouched between
+updates; at an update the slots' values are written over it to form the layer's dense ``theta``, the algorithm's own ``update`` ranks it, and ``B`` is stored
 again. So the topology decisions are the masked run's.
 
 One difference: a weight that leaves ``B`` leaves its optimizer moments behind and comes back with zero
@@ -38,10 +38,29 @@ def held_masks(algo: SparseAlgorithm, params, masks):
     return algo.trainable(algo.init(params, masks), masks)
 
 
-def _outside(storage, theta, held) -> dict:
-    """Each stored layer's dense weights outside the held set (zero on it)."""
-    w, b = named_leaves(theta), named_leaves(held)
-    return {n: jnp.where(b[n], 0, w[n]) for n in storage.layout_of}
+def _outside(storage, theta) -> dict:
+    """Each stored layer's dense ``theta`` as of the last update: right outside the held set, stale on it (the
+    slots hold those weights' current values). Kept whole, so an update overwrites the held positions in place
+    of adding two dense arrays, and stores the ranked ``theta`` as it is."""
+    w = named_leaves(theta)
+    return {n: w[n] for n in storage.layout_of}
+
+
+def _theta(backend, layout_of, outside, params, held, topologies) -> dict:
+    """Each stored layer's dense ``theta``: its slots' values written over the stale ones of ``outside``."""
+    p, h = named_leaves(params), named_leaves(held)
+    theta = {}
+    for n, lay in layout_of.items():
+        view = backend.slots(p[n], h[n], topologies[n], lay)
+        size = outside[n].size
+        if size < backends.FLAT_LIMIT:   # by flat index, padding dropped out of range
+            at = jnp.where(view.valid, view.cols * lay.shape[1] + view.units, size)
+            flat = outside[n].reshape(-1).at[at].set(view.values, unique_indices=True, mode="drop")
+            theta[n] = flat.reshape(lay.shape)
+        else:   # padding slots write their position's own value back
+            keep = outside[n][view.cols, view.units]
+            theta[n] = outside[n].at[view.cols, view.units].set(jnp.where(view.valid, view.values, keep))
+    return replace_named(params, theta)
 
 
 def init(algo: SparseAlgorithm, storage, params, masks, key):
@@ -51,7 +70,7 @@ def init(algo: SparseAlgorithm, storage, params, masks, key):
     values, held, topologies = backends.compress(storage.backend, storage.layout_of, params, backward)
     forward = backends.at_slots(storage.backend, storage.layout_of, masks, backward)
     state = state._replace(grown=backends.at_slots(storage.backend, storage.layout_of, state.grown, backward),
-                           extra={"backward": held, "outside": _outside(storage, params, backward)})
+                           extra={"backward": held, "outside": _outside(storage, params)})
     return values, forward, topologies, state
 
 
@@ -66,9 +85,8 @@ def update(algo: SparseAlgorithm, storage) -> Callable:
     def act(state, key, params, slots, topologies, opt_state, ever_active, grads, taps):
         del grads, taps     # the ranking reads |theta| only
         held = state.extra["backward"]
-        theta, backward = expand(params, held, topologies)
-        theta = replace_named(theta, {n: w + state.extra["outside"][n] for n, w in named_leaves(theta).items()
-                                      if n in layouts})
+        theta = _theta(backend, layouts, state.extra["outside"], params, held, topologies)
+        backward = expand(params, held, topologies)[1]
         forward = expand(params, slots, topologies)[1]
         inner = state._replace(grown=jax.tree_util.tree_map(lambda m: jnp.zeros(m.shape, bool), forward),
                                extra={"backward": backward})
@@ -83,7 +101,7 @@ def update(algo: SparseAlgorithm, storage) -> Callable:
         if ever_active is not None:
             ever_active = jax.tree_util.tree_map(jnp.logical_or, ever_active, forward)
         new = new._replace(grown=flags_at(new.grown),
-                           extra={"backward": new_held, "outside": _outside(storage, theta, backward)})
+                           extra={"backward": new_held, "outside": _outside(storage, theta)})
         return values, flags_at(forward), new_topologies, opt_state, ever_active, new
 
     return act
