@@ -78,7 +78,8 @@ def test_every_preset_is_tested():
 
 # The WRN and ResNet-50 presets compile deep conv nets (30-60 s each here), and set_tutorial's three
 # 1000-wide layers train for 30 s: `make test-slow`.
-WIDE = {"rigl_wrn22_cifar10", "snfs_wrn28_2_cifar10", "rigl_resnet50_imagenet", "set_tutorial", "srigl_resnet18_cifar10",
+WIDE = {"rigl_wrn22_cifar10", "snfs_wrn28_2_cifar10", "rigl_resnet50_imagenet", "set_tutorial",
+        "srigl_resnet18_cifar10",
         "srigl_resnet50_imagenet", "srste_resnet50_imagenet"}
 
 

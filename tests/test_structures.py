@@ -74,7 +74,8 @@ def test_initial_masks_have_the_structure_and_the_count(name):
 
 
 def test_structured_densities_name_and_exclude_undivided_layers():
-    params = {"a": {"kernel": jnp.zeros((12, 8))}, "b": {"kernel": jnp.zeros((10, 4))}, "c": {"kernel": jnp.zeros((8, 3))}}
+    params = {"a": {"kernel": jnp.zeros((12, 8))}, "b": {"kernel": jnp.zeros((10, 4))},
+              "c": {"kernel": jnp.zeros((8, 3))}}
     s = structures.n_m(1, 4)
     assert structures.undivided_layers(params, s, ["a/kernel", "b/kernel", "c/kernel"]) == {
         "b/kernel": "its reduction dimension 10 is not a multiple of M=4"}
@@ -209,7 +210,8 @@ def test_dynamic_algorithms_keep_the_structure_and_change_the_mask(name, structu
 
 @pytest.mark.parametrize("name", ["granet"])
 def test_algorithms_that_cannot_keep_a_structure_say_so(name):
-    with pytest.raises(ValueError, match=r"^structure=n_m cannot be kept by \w+(-\w+)?: .+; use structure=unstructured\.$"):
+    with pytest.raises(ValueError,
+                       match=r"^structure=n_m cannot be kept by \w+(-\w+)?: .+; use structure=unstructured\.$"):
         make_algorithm(name, structure=structures.n_m(2, 4))
 
 
@@ -238,7 +240,8 @@ def test_short_and_long_row_selections_agree(monkeypatch):
     monkeypatch.setattr(selection, "_PAIRWISE_GROUP", 0)
     searched = grouped_top_k_mask(scores, eligible, k, jax.random.key(4))
     np.testing.assert_array_equal(np.asarray(pairwise), np.asarray(searched))
-    assert np.asarray(pairwise).sum(axis=1).tolist() == np.minimum(np.asarray(k)[:, 0], np.asarray(eligible).sum(axis=1)).tolist()
+    assert np.asarray(pairwise).sum(axis=1).tolist() == np.minimum(np.asarray(k)[:, 0],
+                                                                   np.asarray(eligible).sum(axis=1)).tolist()
 
 
 @pytest.mark.parametrize("structure_name", sorted(STRUCTURES))

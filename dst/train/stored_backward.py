@@ -7,8 +7,8 @@ algorithm's ``backward`` set, per slot: which slots hold a weight) and its slot 
 mark ``A`` among them: every step's kernels, the optimizer and its moments see ``B`` only, the forward
 pass multiplies the values of ``A``. The weights outside ``B`` wait in the algorithm's state
 (``outside``: each stored layer's dense ``theta`` as of the last update, stale on ``B``), untouched between
-updates; at an update the slots' values are written over it to form the layer's dense ``theta``, the algorithm's own ``update`` ranks it, and ``B`` is stored
-again. So the topology decisions are the masked run's.
+updates; at an update the slots' values are written over it to form the layer's dense ``theta``, the
+algorithm's own ``update`` ranks it, and ``B`` is stored again. So the topology decisions are the masked run's.
 
 One difference: a weight that leaves ``B`` leaves its optimizer moments behind and comes back with zero
 moments, where the masked run lets them decay under zero gradients and resumes from what is left.
