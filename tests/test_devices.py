@@ -146,3 +146,29 @@ def test_four_devices_on_the_stored_backends_keep_the_masks_of_one_device():
     for name, r in results.items():
         assert r["masks_equal"] and r["updates"] == 3, (name, r)
         assert r["param_err"] < 1e-5 and r["loss_err"] < 1e-5, (name, r)
+
+
+@pytest.mark.slow   # two CLI runs, one with 4 forced host devices (about 30 s)
+def test_a_born_sparse_run_on_four_devices_records_what_one_device_does(tmp_path):
+    """Born-sparse layers (created in csr storage from their counts) with the batch split over four devices:
+    the same topology everywhere, so the records of a one-device run within the masked path's tolerances."""
+    data = write_dataset(tmp_path / "fashion_mnist")
+    common = [sys.executable, "-m", "dst.train", f"dataset.data_dir={data}", "trainer.epochs=2", "logger=none",
+              "trainer.batch_size=64", "sparsity=set", "sparsity.update_every=5", "sparsity.backend=csr",
+              "sparsity.born_sparse=true"]
+    records = {}
+    for devices, env in ((1, os.environ | {"JAX_PLATFORMS": "cpu"}), (4, FOUR)):
+        run = subprocess.run([*common, f"hydra.run.dir={tmp_path / str(devices)}"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert "born sparse in csr storage" in run.stdout
+        assert json.loads((tmp_path / str(devices) / "summary.json").read_text())["devices"] == devices
+        lines = (tmp_path / str(devices) / "metrics.jsonl").read_text().splitlines()
+        records[devices] = [json.loads(line) for line in lines]
+    assert len(records[1]) == len(records[4]) == 2
+    for one, four in zip(records[1], records[4]):
+        for key, value in one.items():
+            if key.startswith(("sparsity/", "dead_units/", "fan_in/")) or key in ("step", "epoch"):
+                assert four[key] == value, key      # the topology: equal
+            elif key.startswith(("train/", "test/")) and isinstance(value, float):
+                assert four[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key

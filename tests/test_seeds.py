@@ -39,12 +39,16 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.mark.slow   # three real runs (30 s); the common suite checks vmapped replicas of every algorithm
-@pytest.mark.parametrize("backend", ["masked", "csr"])   # csr: the kernels run once per replica, in one program
-def test_each_replica_matches_the_single_run_of_its_seed(tmp_path, data_dir, backend):
+# csr: the kernels run once per replica, in one program; born: each replica's layers created in storage from its seed
+@pytest.mark.parametrize("backend", ["masked", "csr", "csr born"])
+def test_each_replica_matches_the_single_run_of_its_seed(tmp_path, data_dir, backend, capsys):
     common = [f"dataset.data_dir={data_dir}", "trainer.epochs=3", "trainer.batch_size=64", "logger=none",
-              "dataset.val_fraction=0.1", "sparsity.update_every=5", f"sparsity.backend={backend}"]
+              "dataset.val_fraction=0.1", "sparsity.update_every=5", f"sparsity.backend={backend.split()[0]}"]
+    if backend == "csr born":
+        common.append("sparsity.born_sparse=true")
     summaries = run_seeds(composed(*common, "trainer.seeds=[0,2]"), tmp_path / "many", stream=QUIET)
     assert [s["status"] for s in summaries] == ["finished", "finished"]
+    assert ("born sparse in csr storage" in capsys.readouterr().out) == (backend == "csr born")
     for seed in (0, 2):
         single = run(composed(*common, f"trainer.seed={seed}"), tmp_path / f"one_{seed}", stream=QUIET)
         read = lambda d: [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
