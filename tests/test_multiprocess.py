@@ -158,12 +158,13 @@ def test_two_processes_on_an_image_folder_train_as_one_and_only_process_0_writes
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["masked", "csr"])   # csr: each device runs the kernels on its rows
+# csr: each device runs the kernels on its rows; born: the layers created in storage from their counts
+@pytest.mark.parametrize("backend", ["masked", "csr", "csr born"])
 def test_two_processes_of_two_devices_each_keep_the_masks_of_one_device(tmp_path, backend):
     data = write_dataset(tmp_path / "fashion_mnist")
     common = [f"dataset.data_dir={data}", "model=mlp", "model.hidden=[32]", "trainer.batch_size=64",
               "trainer.epochs=2", "sparsity=set", "sparsity.update_every=3", "logger=none",
-              f"sparsity.backend={backend}"]
+              f"sparsity.backend={backend.split()[0]}"] + (["sparsity.born_sparse=true"] if "born" in backend else [])
     port = free_port()
     two = {"XLA_FLAGS": forced_devices(2)["XLA_FLAGS"]}
     procs = [launch([*common, "trainer.distributed=on", f"trainer.coordinator=127.0.0.1:{port}",
@@ -173,6 +174,7 @@ def test_two_processes_of_two_devices_each_keep_the_masks_of_one_device(tmp_path
     (rc0, out0, err0), (rc1, _, err1), (rc, _, err) = (finish(p) for p in (*procs, alone))
     assert rc == 0 and rc0 == 0 and rc1 == 0, (err[-2000:], err0[-2000:], err1[-2000:])
     assert "2 of 4 devices here" in out0
+    assert ("born sparse in csr storage" in out0) == ("born" in backend)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["devices"] == 4 and summary["processes"] == 2
     assert_same_records(records(tmp_path / "alone"), records(tmp_path / "run"))
