@@ -182,11 +182,17 @@ def _priorities(key: jax.Array, size: int) -> jax.Array:
 class Priorities(NamedTuple):
     """The tie-break priorities of :func:`priorities_at` as a call: ``Priorities(key, positions)()`` (``positions``
     None: the flat indices ``0 .. size - 1``). A selection that breaks few ties (the compiled top-k) draws them
-    only for the elements it ranks, from ``seeds()``, and never computes the whole array."""
+    only for the elements it ranks, from ``seeds()``, and never computes the whole array.
+
+    ``tiebreak`` (int32, one per element; compiled top-k only): the last key among equal priorities. A layer of
+    2^32 positions or more gives its weights' 32-bit flat positions (``input * n_out + unit`` wrapped), whose
+    priorities repeat, and their inputs here: the pair is unique, so the selection stays exact. Below 2^32 the
+    priorities are unique and it never decides."""
 
     key: jax.Array
     positions: jax.Array | None
     size: int
+    tiebreak: jax.Array | None = None
 
     def seeds(self) -> jax.Array:
         """The hash's three ``uint32`` seeds (:func:`priorities_at`)."""

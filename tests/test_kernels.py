@@ -335,6 +335,24 @@ def test_top_k_of_hashed_priorities_breaks_ties_as_the_priority_array_does(at_po
                                       err_msg=f"k={k}")
 
 
+@pytest.mark.parametrize("n", [3000, 300_000], ids=["histogram", "sampled"])
+def test_a_tiebreak_settles_repeated_priorities_exactly(n):
+    """A layer of 2^32+ positions wraps its flat positions to 32 bits, so two weights can share a priority;
+    their inputs (the tiebreak) keep the ranking total: exactly k chosen, the largest by (key, priority, input)."""
+    rng = np.random.default_rng(9)
+    keys = rng.integers(1, 4, n).astype(np.uint32)                      # few keys: ties everywhere
+    positions = rng.integers(0, n // 4, n).astype(np.int32)             # each priority about four times
+    inputs = rng.permutation(n).astype(np.int32)                        # (position, input) pairs unique
+    hashed = kernels.ops.selection.Priorities(jax.random.key(3), jnp.asarray(positions), n, jnp.asarray(inputs))
+    prio = np.asarray(hashed()).astype(np.uint64)
+    order = np.lexsort((inputs, prio, keys))[::-1]                      # descending (key, priority, input)
+    for k in (1, 77, n // 3, n - 5):
+        want = np.zeros(n, bool)
+        want[order[:k]] = True
+        got = jax.jit(lambda keys, k: kernels.top_k_of_keys(keys, k, hashed))(jnp.asarray(keys), k)
+        np.testing.assert_array_equal(got, want, err_msg=f"k={k}")
+
+
 @pytest.mark.parametrize("use_kernels", [True, False], ids=["kernels", "xla"])
 def test_transpose_lists_each_inputs_slots_in_order_with_their_units(use_kernels, monkeypatch):
     monkeypatch.setattr(kernels.ops, "_use_kernels", lambda: use_kernels and kernels.available())

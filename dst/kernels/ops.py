@@ -163,10 +163,13 @@ def top_k_of_keys(keys: jax.Array, k, priorities) -> jax.Array:
     _loader.register()
     keys = jnp.reshape(keys, -1).astype(jnp.uint32)
     if isinstance(priorities, selection.Priorities):   # hashed in C++ for the few elements ranked by priority
-        positions = jnp.zeros(0, jnp.int32) if priorities.positions is None else priorities.positions
+        none = jnp.zeros(0, jnp.int32)
+        positions = none if priorities.positions is None else priorities.positions
+        tiebreak = none if priorities.tiebreak is None else priorities.tiebreak
         call = jax.ffi.ffi_call("dst_top_k_hashed", jax.ShapeDtypeStruct(keys.shape, jnp.bool_),
                                 vmap_method="sequential")
-        return call(keys, jnp.reshape(positions, -1).astype(jnp.int32), priorities.seeds(), jnp.asarray(k, jnp.int32))
+        return call(keys, jnp.reshape(positions, -1).astype(jnp.int32), priorities.seeds(),
+                    jnp.reshape(tiebreak, -1).astype(jnp.int32), jnp.asarray(k, jnp.int32))
     prio = jnp.reshape(priorities(), -1).astype(jnp.uint32)
     call = jax.ffi.ffi_call("dst_top_k", jax.ShapeDtypeStruct(keys.shape, jnp.bool_), vmap_method="sequential")
     return call(keys, prio, jnp.asarray(k, jnp.int32))

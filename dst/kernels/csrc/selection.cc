@@ -43,9 +43,15 @@ ffi::Error CompactImpl(ffi::Buffer<ffi::PRED> mask, ffi::ResultBuffer<ffi::S32> 
   return ffi::Error::Success();
 }
 
+// An element's rank: its key, then its priority, then a last tie-break word (0 unless the caller gives one:
+// the input of a weight whose 32-bit flat position, and so priority, another weight of a layer of 2^32+
+// positions shares). prio(i) returns the priority in its high and the tie-break in its low 32 bits.
+using Rank = unsigned __int128;
+inline Rank RankOf(uint32_t key, uint64_t prio) { return (Rank{key} << 64) | prio; }
+
 // TopK (below) when a sample does not bracket the k-th key: a histogram of the keys' top 16
 // bits finds the bin that holds it; only that bin's elements are ranked exactly (nth_element on
-// key:priority pairs), so the memory is the bin's, not the array's, and prio is called for them only.
+// their ranks), so the memory is the bin's, not the array's, and prio is called for them only.
 template <typename Priority>
 void TopKByHistogram(const uint32_t* key, int64_t n, int64_t want, Priority prio, bool* out) {
   std::vector<int32_t> histogram(1 << 16, 0);   // int32: 256 KiB stays in the L2 cache
@@ -63,24 +69,19 @@ void TopKByHistogram(const uint32_t* key, int64_t n, int64_t want, Priority prio
   }
   int64_t bin = (1 << 16) - 1, above = 0;     // elements in bins above `bin`
   while (above + histogram[bin] < want) above += histogram[bin--];
-  std::vector<uint64_t> ranked;
+  std::vector<Rank> ranked;
   ranked.reserve(histogram[bin]);
-  std::vector<uint32_t> bin_prio;              // each bin element's priority, in index order
-  bin_prio.reserve(histogram[bin]);
-  for (int64_t i = 0; i < n; ++i) {
-    if (key[i] != 0 && (key[i] >> 16) == bin) {
-      bin_prio.push_back(prio(i));
-      ranked.push_back((uint64_t{key[i]} << 32) | bin_prio.back());
-    }
-  }
+  for (int64_t i = 0; i < n; ++i)
+    if (key[i] != 0 && (key[i] >> 16) == bin) ranked.push_back(RankOf(key[i], prio(i)));
+  std::vector<Rank> order(ranked);            // ranked keeps the bin's elements in index order
   const int64_t need = want - above;          // 1 <= need <= the bin's count
-  std::nth_element(ranked.begin(), ranked.begin() + (need - 1), ranked.end(), std::greater<uint64_t>());
-  const uint64_t threshold = ranked[need - 1];
+  std::nth_element(order.begin(), order.begin() + (need - 1), order.end(), std::greater<Rank>());
+  const Rank threshold = order[need - 1];
   int64_t next = 0;                            // the next bin element
   for (int64_t i = 0; i < n; ++i) {
     const int64_t b = key[i] >> 16;
     bool take = key[i] != 0 && b > bin;
-    if (key[i] != 0 && b == bin) take = ((uint64_t{key[i]} << 32) | bin_prio[next++]) >= threshold;
+    if (key[i] != 0 && b == bin) take = ranked[next++] >= threshold;
     out[i] = take;
   }
 }
@@ -131,11 +132,11 @@ ffi::Error TopK(const uint32_t* key, int64_t n, int32_t k, Priority prio, bool* 
     TopKByHistogram(key, n, want, prio, out);
     return ffi::Error::Success();
   }
-  std::vector<uint64_t> ranked(inside.size());
-  for (size_t c = 0; c < inside.size(); ++c) ranked[c] = (uint64_t{key[inside[c]]} << 32) | prio(inside[c]);
-  std::vector<uint64_t> order(ranked);
-  std::nth_element(order.begin(), order.begin() + (need - 1), order.end(), std::greater<uint64_t>());
-  const uint64_t threshold = order[need - 1];
+  std::vector<Rank> ranked(inside.size());
+  for (size_t c = 0; c < inside.size(); ++c) ranked[c] = RankOf(key[inside[c]], prio(inside[c]));
+  std::vector<Rank> order(ranked);
+  std::nth_element(order.begin(), order.begin() + (need - 1), order.end(), std::greater<Rank>());
+  const Rank threshold = order[need - 1];
   for (size_t c = 0; c < inside.size(); ++c) out[inside[c]] = ranked[c] >= threshold;
   return ffi::Error::Success();
 }
@@ -146,7 +147,8 @@ ffi::Error TopKImpl(ffi::Buffer<ffi::U32> keys, ffi::Buffer<ffi::U32> priorities
   if (priorities.element_count() != n || chosen->element_count() != n)
     return ffi::Error::InvalidArgument("dst_top_k: keys, priorities and the result differ in size");
   const uint32_t* prio = priorities.typed_data();
-  return TopK(keys.typed_data(), n, *k.typed_data(), [prio](int64_t i) { return prio[i]; }, chosen->typed_data());
+  return TopK(keys.typed_data(), n, *k.typed_data(), [prio](int64_t i) { return uint64_t{prio[i]} << 32; },
+              chosen->typed_data());
 }
 
 // dst.selection.priorities_at's keyed hash of a position (change both or neither).
@@ -162,20 +164,22 @@ inline uint32_t Priority(uint32_t position, const uint32_t* seeds) {
 }
 
 // dst_top_k with the priorities of dst.selection.Priorities: the hash of each element's position
-// (positions[i], or i when positions is empty) under seeds, computed for the ranked bin only.
+// (positions[i], or i when positions is empty) under seeds, computed for the ranked elements only; then, where
+// tiebreak is given (not empty), tiebreak[i] among equal priorities.
 ffi::Error TopKHashedImpl(ffi::Buffer<ffi::U32> keys, ffi::Buffer<ffi::S32> positions, ffi::Buffer<ffi::U32> seeds,
-                          ffi::Buffer<ffi::S32> k, ffi::ResultBuffer<ffi::PRED> chosen) {
+                          ffi::Buffer<ffi::S32> tiebreak, ffi::Buffer<ffi::S32> k, ffi::ResultBuffer<ffi::PRED> chosen) {
   const int64_t n = keys.element_count();
-  const int64_t n_positions = positions.element_count();
-  if ((n_positions != 0 && n_positions != n) || chosen->element_count() != n || seeds.element_count() != 3)
-    return ffi::Error::InvalidArgument("dst_top_k_hashed: keys, positions and the result differ in size");
+  const int64_t n_positions = positions.element_count(), n_tiebreak = tiebreak.element_count();
+  if ((n_positions != 0 && n_positions != n) || (n_tiebreak != 0 && n_tiebreak != n) ||
+      chosen->element_count() != n || seeds.element_count() != 3)
+    return ffi::Error::InvalidArgument("dst_top_k_hashed: keys, positions, tiebreak and the result differ in size");
   const uint32_t* seed = seeds.typed_data();
   const int32_t* at = positions.typed_data();
-  if (n_positions == 0)
-    return TopK(keys.typed_data(), n, *k.typed_data(),
-                [seed](int64_t i) { return Priority(static_cast<uint32_t>(i), seed); }, chosen->typed_data());
+  const int32_t* last = tiebreak.typed_data();
+  const auto position = [&](int64_t i) { return static_cast<uint32_t>(n_positions == 0 ? i : at[i]); };
+  const auto word = [&](int64_t i) { return n_tiebreak == 0 ? 0u : static_cast<uint32_t>(last[i]); };
   return TopK(keys.typed_data(), n, *k.typed_data(),
-              [seed, at](int64_t i) { return Priority(static_cast<uint32_t>(at[i]), seed); }, chosen->typed_data());
+              [&](int64_t i) { return (uint64_t{Priority(position(i), seed)} << 32) | word(i); }, chosen->typed_data());
 }
 
 // The kept slots `a` (CSR order: by unit, then input; holes where a_live is false) and the grown weights
@@ -417,5 +421,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(DstTopKHashed, TopKHashedImpl,
                                   .Arg<ffi::Buffer<ffi::U32>>()   // keys [n] (0: ineligible)
                                   .Arg<ffi::Buffer<ffi::S32>>()   // positions [n] or [0] (the flat index)
                                   .Arg<ffi::Buffer<ffi::U32>>()   // seeds [3]
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // tiebreak [n] or [0] (none)
                                   .Arg<ffi::Buffer<ffi::S32>>()   // k []
                                   .Ret<ffi::Buffer<ffi::PRED>>()); // chosen [n]
