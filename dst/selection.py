@@ -252,7 +252,7 @@ def selecting_with(of_keys: Callable):
 
 
 def top_k_mask(scores: jax.Array, eligible: jax.Array, k, key: jax.Array, positions=None,
-               of_keys: Callable | None = None) -> jax.Array:
+               of_keys: Callable | None = None, tiebreak=None) -> jax.Array:
     """Bool mask of the ``k`` eligible elements with the largest ``scores``.
 
     Exactly ``min(k, count(eligible))`` elements are selected; ``k`` may be traced. Ties in score are
@@ -260,7 +260,8 @@ def top_k_mask(scores: jax.Array, eligible: jax.Array, k, key: jax.Array, positi
     given (the flat indices the elements have in a larger array: the stored weights of a layer select
     as the layer's dense view would). NaN scores rank below every number; unsigned integer scores
     (:func:`random_ranks`) rank as integers. ``of_keys``: the selection on keys, :func:`top_k_of_keys`
-    or one with its result (:func:`dst.kernels.top_k_of_keys`, one compiled call).
+    or one with its result (:func:`dst.kernels.top_k_of_keys`, one compiled call). ``tiebreak``: the last key
+    among equal priorities (:class:`Priorities`; the compiled selection only).
 
     Example::
 
@@ -268,7 +269,8 @@ def top_k_mask(scores: jax.Array, eligible: jax.Array, k, key: jax.Array, positi
     """
     shape = scores.shape
     keys = jnp.where(eligible, score_keys(scores), _U32(0)).reshape(-1)
-    priorities = Priorities(key, None if positions is None else jnp.reshape(positions, -1), keys.size)
+    priorities = Priorities(key, None if positions is None else jnp.reshape(positions, -1), keys.size,
+                            None if tiebreak is None else jnp.reshape(tiebreak, -1))
     return (of_keys or _SELECTION.get() or top_k_of_keys)(keys, k, priorities).reshape(shape)
 
 
@@ -360,9 +362,9 @@ def grouped_top_k_mask(scores: jax.Array, eligible: jax.Array, k, key: jax.Array
 
 
 def bottom_k_mask(scores: jax.Array, eligible: jax.Array, k, key: jax.Array, positions=None,
-                  of_keys: Callable | None = None) -> jax.Array:
+                  of_keys: Callable | None = None, tiebreak=None) -> jax.Array:
     """Bool mask of the ``k`` eligible elements with the smallest ``scores`` (see :func:`top_k_mask`)."""
-    return top_k_mask(-scores.astype(jnp.float32), eligible, k, key, positions, of_keys)
+    return top_k_mask(-scores.astype(jnp.float32), eligible, k, key, positions, of_keys, tiebreak)
 
 
 def global_top_k_masks(scores: dict, eligible: dict, k, key: jax.Array) -> dict:

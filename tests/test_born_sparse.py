@@ -212,6 +212,21 @@ def test_dst_train_runs_born_sparse_from_the_command_line(tmp_path, data_dir):
     assert summary["test/accuracy"] == record["test/accuracy"]
 
 
+@pytest.mark.slow   # one RigL update of a 65,536 x 65,537 layer: its gradient in 257 blocks (about 25 s here)
+def test_rigl_grows_by_gradient_on_a_layer_of_2_to_the_32_positions(tmp_path, data_dir):
+    """A layer of 2^32+ positions (4,295,032,832) born sparse, updated in the step by RigL's gradient growth:
+    its 32-bit positions wrap, and each weight's input breaks the ties their repeated priorities leave."""
+    cfg = composed("sparsity=rigl", "sparsity.distribution=er", "sparsity.epsilon=1", "sparsity.backend=csr",
+                   "sparsity.update_every=2", "model=mlp", "model.hidden=[65536,65537]", f"dataset.data_dir={data_dir}",
+                   "logger=none", "trainer.epochs=1", "trainer.max_steps=3", "trainer.batch_size=32")
+    run(cfg, tmp_path / "run")
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    count = 65536 + 65537                                              # ER, epsilon 1
+    assert record["topology/updates"] == 1
+    assert record["topology/grown/Dense_1/kernel"] == record["topology/dropped/Dense_1/kernel"] > count // 4
+    assert record["sparsity/Dense_1/kernel"] == pytest.approx(1 - count / (65536 * 65537))   # the count kept
+
+
 @pytest.mark.parametrize("overrides, sentence", [
     (("sparsity.born_sparse=true",), "sparsity.born_sparse=true creates the sparse layers in csr or condensed storage, "
                                      "and this run's sparsity.backend is masked; use csr or condensed."),

@@ -101,6 +101,29 @@ def test_a_stored_update_makes_the_dense_updates_decisions(which, layout_name, b
                                   np.asarray(out.values).reshape(-1)[kept])
 
 
+@pytest.mark.parametrize("block", [stored_update.GROW_BLOCK, 3 * N_IN])   # one selection; merged blocks
+def test_a_layer_taken_as_wide_makes_the_same_decisions(block, monkeypatch):
+    """A layer of 2^32+ positions ranks by wrapped 32-bit positions with each weight's input as the last
+    tie-break, and takes each grown weight's unit from the wrapped position and its input. Below 2^32 the
+    priorities never repeat, so a small layer taken as wide (the threshold lowered) decides as the dense
+    update: the wide path's plumbing, exactly (the tie-break itself: tests/test_kernels.py)."""
+    monkeypatch.setattr(stored_update, "WIDE", 1)
+    algo = dst.algorithms.make("rigl", update_every=10, end_step=1000, drop_fraction=0.4)   # grows by |grad|
+    assert stored_update.wide((N_IN, N_OUT)) and not stored_update.sampled(algo.rules, (N_IN, N_OUT))
+    w, mask, x, dy = layer(seed=5)
+    key, f = jax.random.key(2), jnp.float32(0.4)
+    new_w, new_mask, _ = algo.rules.update_layer(key, w, x.T @ dy, mask, f)
+    backend = backends.make("csr")
+    layout = backend.layout(mask)
+    values, valid, topology = backend.compress(w, mask, layout)
+    value_grads, _, _ = backend.compress(x.T @ dy, mask, layout)
+    out = jax.jit(lambda *a: stored_update.update_layer(algo.rules, key, f, *a, backend, layout, block))(
+        values, valid, topology, value_grads, x, dy)
+    got_w, got_mask = backend.expand(out.values, out.valid, out.topology, layout)
+    np.testing.assert_array_equal(got_mask, new_mask)
+    np.testing.assert_array_equal(got_w, new_w)
+
+
 @pytest.mark.parametrize("layout_name", ["unstructured-csr", pytest.param("fan_in-condensed", marks=pytest.mark.slow),
                                          pytest.param("2:4-condensed", marks=pytest.mark.slow)])
 def test_growth_breaks_ties_among_zero_gradients_by_the_dense_positions(layout_name):

@@ -76,23 +76,32 @@ def dense_positions(cols, units, n_out: int) -> jax.Array:
     return cols.astype(_U32) * _U32(n_out) + units.astype(_U32)
 
 
+WIDE = 2**32    # a layer of this many positions or more: its flat positions wrap at 32 bits
+
+
+def wide(shape) -> bool:
+    """Whether a layer of ``shape`` has 2^32 positions or more: its 32-bit flat positions (and so the tie-break
+    priorities drawn from them) repeat, and its selections break the remaining ties by each weight's input."""
+    return math.prod(shape) >= WIDE
+
+
 def sampled(rules, shape) -> bool:
     """Whether a layer of ``shape`` grows by sampling positions (:mod:`dst.train.sampled_growth`): one of
     2^32 positions or more, under a uniform random grow score (SET, MEST), unstructured."""
-    return (math.prod(shape) >= 2**32 and rules.grow_score is random_grow_score
-            and rules.structure.name == "unstructured")
+    return wide(shape) and rules.grow_score is random_grow_score and rules.structure.name == "unstructured"
 
 
 def _check_size(name, rules, shape):
-    """Refuse, at trace time, an update of a layer too large for 32-bit positions that cannot sample."""
-    if math.prod(shape) < 2**32 or sampled(rules, shape):
+    """Refuse, at trace time, an update of a layer of 2^32+ positions that the update cannot rank exactly."""
+    if not wide(shape) or sampled(rules, shape):
         return
     if not (kernels.available() and jax.default_backend() == "cpu"):
-        raise ValueError(f"layer {name} has {math.prod(shape):,} positions, and its in-step update merges "
-                         "positions as 32-bit keys without the compiled kernels; reinstall dst so they build.")
-    raise ValueError(f"layer {name} has {math.prod(shape):,} positions, and in-step growth by a grow score ranks "
-                     "positions by their 32-bit index (below 2^32 = 4,294,967,296); layers this large grow "
-                     "uniformly at random (sparsity=set or mest, sparsity.structure=unstructured).")
+        raise ValueError(f"layer {name} has {math.prod(shape):,} positions, and its in-step update ranks and "
+                         "merges them by 32-bit keys without the compiled kernels; reinstall dst so they build.")
+    if rules.structure.name != "unstructured":
+        raise ValueError(f"layer {name} has {math.prod(shape):,} positions, and structure={rules.structure.name} "
+                         "ranks the positions of a group by their 32-bit index (below 2^32 = 4,294,967,296); "
+                         "layers this large grow unstructured (sparsity.structure=unstructured).")
 
 
 def dense_gradients(storage, grads, taps):
@@ -153,14 +162,15 @@ def grow_candidates(rules, key, valid, kept, cols, units, x, dy, k, shape, capac
         here = lambda m: jnp.zeros((width, n_in), bool).at[local, cols].max(m, mode="drop")
         kept_here = here(kept)
         eligible = ~kept_here & (block_units >= b * width)[:, None]   # ... and skips the units it repeats
-        positions = inputs * _U32(n_out) + block_units.astype(_U32)[:, None]      # flat in the dense layer
+        positions = inputs * _U32(n_out) + block_units.astype(_U32)[:, None]      # flat, wrapped at 2^32
         if scores_of is None:
             grads = lax.dynamic_slice_in_dim(dy, start, width, axis=1).T @ x        # [width, n_in]
             scores = _call(rules.grow_score, key, None, grads, positions=positions)
         else:
             scores = scores_of(start, width)
         if group is None:
-            return jnp.where(eligible, score_keys(scores), _U32(0)).reshape(-1), positions.reshape(-1)
+            ins = jnp.broadcast_to(inputs, (width, n_in)).astype(jnp.int32).reshape(-1)
+            return jnp.where(eligible, score_keys(scores), _U32(0)).reshape(-1), positions.reshape(-1), ins
         view = lambda a: a.reshape(width, n_in // group, group)
         count = lambda m: jnp.sum(view(m), axis=2, keepdims=True, dtype=jnp.int32)
         if need is None:
@@ -170,15 +180,18 @@ def grow_candidates(rules, key, valid, kept, cols, units, x, dy, k, shape, capac
         chosen = grouped_top_k_mask(view(scores), view(eligible), wanted, key, 2, view(positions))
         return chosen.reshape(-1), positions.reshape(-1)
 
-    def best_of(keys, positions, qualify, count):
-        """The ``capacity`` slots of ``keys`` (0: empty) and ``positions`` that ``qualify`` (``count`` of
-        them, at most ``capacity``), in order."""
+    def priorities(positions, ins):   # a wide layer's wrapped positions repeat: their inputs settle it
+        return Priorities(key, positions, positions.size, ins if wide(shape) else None)
+
+    def best_of(keys, positions, ins, qualify, count):
+        """The ``capacity`` slots of ``keys`` (0: empty), ``positions`` and inputs ``ins`` that ``qualify``
+        (``count`` of them, at most ``capacity``), in order."""
         index, _ = kernels.compact(qualify, capacity)
-        return jnp.where(slot < count, keys[index], _U32(0)), positions[index]
+        return jnp.where(slot < count, keys[index], _U32(0)), positions[index], ins[index]
 
     def merge(b, best):
-        best_keys, best_positions, floor = best
-        keys, positions = candidates(b)
+        best_keys, best_positions, best_ins, floor = best
+        keys, positions, ins = candidates(b)
         # A candidate below `floor` (the k-th best key so far, once k are held) can never be chosen: the
         # block's others are few after the first blocks, and only they meet the best so far. A block with
         # more than fit is first cut to its own k best.
@@ -186,16 +199,18 @@ def grow_candidates(rules, key, valid, kept, cols, units, x, dy, k, shape, capac
         count = jnp.sum(qualify, dtype=jnp.int32)
 
         def own_best():
-            chosen = kernels.top_k_of_keys(keys, k, Priorities(key, positions, positions.size))
-            return best_of(keys, positions, chosen, jnp.sum(chosen, dtype=jnp.int32))
+            chosen = kernels.top_k_of_keys(keys, k, priorities(positions, ins))
+            return best_of(keys, positions, ins, chosen, jnp.sum(chosen, dtype=jnp.int32))
 
-        keys, positions = lax.cond(count <= capacity, lambda: best_of(keys, positions, qualify, count), own_best)
+        keys, positions, ins = lax.cond(count <= capacity, lambda: best_of(keys, positions, ins, qualify, count),
+                                        own_best)
         keys, positions = jnp.concatenate([best_keys, keys]), jnp.concatenate([best_positions, positions])
-        chosen = kernels.top_k_of_keys(keys, k, Priorities(key, positions, positions.size))
+        ins = jnp.concatenate([best_ins, ins])
+        chosen = kernels.top_k_of_keys(keys, k, priorities(positions, ins))
         held = jnp.sum(chosen, dtype=jnp.int32)
-        keys, positions = best_of(keys, positions, chosen, held)
+        keys, positions, ins = best_of(keys, positions, ins, chosen, held)
         floor = jnp.where(held >= k, jnp.min(jnp.where(slot < held, keys, _U32(0xFFFFFFFF))), _U32(1))
-        return keys, positions, floor
+        return keys, positions, ins, floor
 
     def append(b, found):
         count, found_positions = found
@@ -204,19 +219,20 @@ def grow_candidates(rules, key, valid, kept, cols, units, x, dy, k, shape, capac
         at = jnp.where(slot < new, count + slot, capacity)            # capacity: dropped
         return count + new, found_positions.at[at].set(positions[index], mode="drop")
 
-    if group is None and blocks == 1:    # the whole layer in one block: one selection, nothing to merge
-        keys, positions = candidates(0)
-        chosen = kernels.top_k_of_keys(keys, k, Priorities(key, positions, positions.size))
-        index, count = kernels.compact(chosen, capacity)
-        positions, chosen = positions[index], slot < count
-    elif group is None:
-        empty = (jnp.zeros(capacity, _U32), jnp.zeros(capacity, _U32), _U32(1))
-        best_keys, positions, _ = lax.fori_loop(0, blocks, merge, empty)
-        chosen = best_keys > 0
-    else:
+    if group is not None:
         count, positions = lax.fori_loop(0, blocks, append, (jnp.int32(0), jnp.zeros(capacity, _U32)))
-        chosen = slot < count
-    return (positions // _U32(n_out)).astype(jnp.int32), (positions % _U32(n_out)).astype(jnp.int32), chosen
+        return (positions // _U32(n_out)).astype(jnp.int32), (positions % _U32(n_out)).astype(jnp.int32), slot < count
+    if blocks == 1:    # the whole layer in one block: one selection, nothing to merge
+        keys, positions, ins = candidates(0)
+        chosen = kernels.top_k_of_keys(keys, k, priorities(positions, ins))
+        index, count = kernels.compact(chosen, capacity)
+        positions, ins, chosen = positions[index], ins[index], slot < count
+    else:
+        empty = (jnp.zeros(capacity, _U32), jnp.zeros(capacity, _U32), jnp.zeros(capacity, jnp.int32), _U32(1))
+        best_keys, positions, ins, _ = lax.fori_loop(0, blocks, merge, empty)
+        chosen = best_keys > 0
+    # The unit from the wrapped position and the input: exact at any size (both below 2^32).
+    return ins, (positions - ins.astype(_U32) * _U32(n_out)).astype(jnp.int32), chosen
 
 
 def update_slots(rules, key, f, values, valid, cols, units, value_grads, x, dy, shape, block: int = GROW_BLOCK,
@@ -231,8 +247,10 @@ def update_slots(rules, key, f, values, valid, cols, units, value_grads, x, dy, 
     capacity = values.shape[0]
     k_drop, k_grow, _ = jax.random.split(key, 3)     # as the dense update splits it
     positions = dense_positions(cols, units, n_out)
+    tiebreak = cols if wide(shape) else None
+
     def select(scores, eligible, k, key):
-        return bottom_k_mask(scores, eligible, k, key, positions, kernels.top_k_of_keys)
+        return bottom_k_mask(scores, eligible, k, key, positions, kernels.top_k_of_keys, tiebreak)
 
     excess = jnp.asarray(excess, jnp.int32)
     dropped = _call(rules.drop_rule, k_drop, values, value_grads, valid, f, excess, select=select,
