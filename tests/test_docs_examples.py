@@ -113,6 +113,41 @@ def test_registered_algorithm_drops_by_saliency_and_grows_by_gradient(examples):
     assert changed == [2, 4]
 
 
+def test_the_users_rules_make_the_masked_runs_decisions_on_csr(examples):
+    """The example's drop and grow rules, written once, update stored layers from their slots (the
+    saliency drop through the trainer's `select`): the masks after each of three updates are the masked
+    run's, the params within 1e-5."""
+    from dst.models import MLP
+    from dst.train import stored
+
+    examples("my_algorithm")
+    algo = dst.algorithms.make("saliency_rigl", update_every=3, end_step=1000, drop_fraction=0.3)
+    model = MLP(hidden=(48, 24), num_classes=8)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 32)))["params"]
+    layers = dst.sparsifiable_layers(params)
+    masks = dst.init_masks(jax.random.key(1), params, dst.layer_densities(params, 0.75, "erk"))
+    x = jax.random.normal(jax.random.key(2), (9, 16, 32))
+    # Half the inputs zero in every batch: half the first layer's saliencies tie at zero, more than it drops.
+    x = jnp.where(jnp.arange(32) % 2 == 1, 0.0, x)
+    y = jax.random.randint(jax.random.key(3), (9, 16), 0, 8)
+    tx = optax.sgd(0.05, momentum=0.9)
+    storage = stored.make_storage(model, "csr", masks, layers)
+    assert stored.update_path(algo, storage)[0] == "from storage"
+    masked_step = jax.jit(dst.make_train_step(dst.flax_apply(model), tx, algo).full)
+    stored_step = jax.jit(dst.make_train_step(None, tx, algo, storage=storage).full)
+    a = dst.create_train_state(jax.random.key(4), params, masks, tx, algo)
+    b = dst.create_train_state(jax.random.key(4), params, masks, tx, algo, storage=storage)
+    for i in range(9):
+        a, ma = masked_step(a, (x[i], y[i]))
+        b, mb = stored_step(b, (x[i], y[i]))
+        assert bool(mb["updated"]) == bool(ma["updated"]) == (i % 3 == 0)
+        dense_p, dense_m = stored.expand_state(storage, b.params, b.masks, b.topologies)
+        jax.tree_util.tree_map(np.testing.assert_array_equal, dense_m, a.masks)
+        jax.tree_util.tree_map(lambda p, q: np.testing.assert_allclose(p, q, atol=1e-5), dense_p, a.params)
+    assert not np.array_equal(np.asarray(dst.masks.named_leaves(a.masks)[layers[0]]),
+                              np.asarray(dst.masks.named_leaves(masks)[layers[0]]))
+
+
 def test_registered_algorithm_is_logged_by_its_own_accounting(examples):
     examples("my_algorithm")
     from dst import metrics

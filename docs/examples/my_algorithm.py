@@ -13,10 +13,13 @@ from dst.algorithms.base import prune_and_regrow
 from dst.selection import bottom_k_mask
 
 
-def saliency_drop(key, w, g, mask, f, excess=0):
-    """Drop the ``int(f * n) + excess`` active weights of smallest ``|w * g|`` (first-order saliency)."""
+def saliency_drop(key, w, g, mask, f, excess=0, select=bottom_k_mask):
+    """Drop the ``int(f * n) + excess`` active weights of smallest ``|w * g|`` (first-order saliency).
+
+    ``select`` is the trainer's bottom-k: whole blocks under a block structure, and on a stored layer
+    (``sparsity.backend=csr``) the selection over its slots that breaks ties as the dense one would."""
     n = jnp.sum(mask, dtype=jnp.int32)
-    return bottom_k_mask(jnp.abs(w * g), mask, drop_count(f, n) + excess, key)
+    return select(jnp.abs(w * g), mask, drop_count(f, n) + excess, key)
 
 
 def gradient_grow(key, w, g):
