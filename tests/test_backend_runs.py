@@ -52,6 +52,24 @@ def test_a_stored_run_makes_the_masked_runs_topology_decisions(tmp_path, data_di
         assert abs(a["train/loss"] - b["train/loss"]) <= 1e-3
 
 
+@pytest.mark.slow   # two real runs each
+@pytest.mark.parametrize("name", ["snip", "grasp"])
+def test_pruning_at_init_on_csr_stores_the_masked_runs_masks(tmp_path, data_dir, name):
+    """SNIP and GraSP prune the dense model from training batches before the first step; on csr the layers are
+    then stored with the pruned masks and train as the masked run does (same sparsities and dead units,
+    losses within float tolerance)."""
+    common = (f"sparsity={name}", "sparsity.sparsity=0.8")
+    masked_dir, masked = _train(tmp_path, data_dir, "masked", *common)
+    stored_dir, out = _train(tmp_path, data_dir, "csr", *common, "sparsity.backend=csr")
+    assert masked.returncode == 0 and out.returncode == 0, out.stderr[-2000:]
+    assert "sparsity: backend csr stores Dense_0/kernel, Dense_1/kernel, Dense_2/kernel." in out.stdout
+    for a, b in zip(_records(stored_dir), _records(masked_dir), strict=True):
+        for key in [k for k in b if k.startswith(("sparsity/", "dead_units/"))]:
+            assert a[key] == b[key], key
+        assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-4)
+        assert abs(a["test/accuracy"] - b["test/accuracy"]) <= 0.01
+
+
 @pytest.mark.slow   # two real runs
 def test_top_kast_on_csr_makes_the_masked_runs_decisions(tmp_path, data_dir):
     # Plain SGD: a weight that leaves the backward set and comes back restarts its moments on csr.
