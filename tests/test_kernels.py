@@ -292,16 +292,19 @@ def _top_k_by_definition(keys, priorities, k):
     return chosen
 
 
-@pytest.mark.parametrize("case", ["spread", "one_bin", "all_equal", "large", "sampled", "sampled_ties"])
+@pytest.mark.parametrize("case", ["spread", "one_bin", "all_equal", "large", "sampled", "sampled_ties", "misled"])
 def test_top_k_of_keys_takes_the_largest_by_key_then_priority(case, monkeypatch):
     """Small arrays take the histogram way; from 2^18 elements a sample brackets the k-th key first (with
     many ties at it, or all equal keys, it cannot, and the histogram way decides)."""
     rng = np.random.default_rng(3)
-    n = {"large": 70_000, "sampled": 300_000, "sampled_ties": 300_000}.get(case, 3000)
+    n = {"large": 70_000, "sampled": 300_000, "sampled_ties": 300_000, "misled": 300_000}.get(case, 3000)
     if case == "one_bin":       # every key shares its top 16 bits: the exact ranking decides all
         keys = (np.uint32(0x3F80) << 16) + rng.integers(0, 50, n).astype(np.uint32)
     elif case == "sampled_ties":   # few distinct keys: the bracket holds whole tied groups
         keys = rng.integers(1, 30, n).astype(np.uint32)
+    elif case == "misled":         # the strided sample sees only the lowest key: its bracket misses the k-th
+        keys = rng.integers(1000, 2000, n).astype(np.uint32)
+        keys[::n // 2**16] = 1
     elif case == "all_equal":   # the priorities alone decide
         keys = np.full(n, 7, np.uint32)
     else:                       # floats' keys, with repeats, across many bins
