@@ -15,7 +15,6 @@ from dst.masks import apply_masks
 from dst.masks import named_leaves
 from dst.train import one_off
 from dst.train import stored
-from dst.train import stored_backward
 from dst.train.moments import map_param_like  # noqa: F401 (re-exported by dst.train)
 from dst.train.moments import reset_moments
 
@@ -54,13 +53,9 @@ def create_train_state(key, params, masks, tx: optax.GradientTransformation, alg
         topologies, ever_active = None, masks
         if storage is None or storage.backend is None:   # masked, or dense (nothing stored)
             algo_state = algo.init(params, masks, algo_key)
-        elif algo.trainable is not None:   # the backward set stored, the forward set flagged among its slots
-            ever_active = masks if storage.dense_metrics else None
-            params, masks, topologies, algo_state = stored_backward.init(algo, storage, params, masks, algo_key)
         else:
             ever_active = masks if storage.dense_metrics else None
-            params, masks, topologies = stored.compress_state(storage, params, masks)
-            algo_state = stored.init_algorithm(algo, storage, params, masks, topologies, algo_key)
+            params, masks, topologies, algo_state = stored.initial_state(algo, storage, params, masks, algo_key)
         return TrainState(params=params, masks=masks, model_state=model_state, opt_state=tx.init(params),
                           algo_state=algo_state, ever_active=ever_active, active=counts(masks),
                           step=jnp.zeros((), jnp.int32), rng=key, topologies=topologies)

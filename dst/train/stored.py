@@ -120,11 +120,15 @@ def at_slots(storage: Storage, flags, masks):
     return backends.at_slots(storage.backend, storage.layout_of, flags, masks)
 
 
-def init_algorithm(algo: SparseAlgorithm, storage: Storage, params, slots, topologies, key):
-    """``algo.init`` on the dense view, with ``grown`` stored by slot."""
-    dense_p, dense_m = expand_state(storage, params, slots, topologies)
-    state = algo.init(dense_p, dense_m, key)
-    return state._replace(grown=at_slots(storage, state.grown, dense_m))
+def initial_state(algo: SparseAlgorithm, storage: Storage, params, masks, key):
+    """``(values, slots, topologies, algo state)`` of a run's dense starting ``params`` and ``masks``: the
+    layers stored, ``algo.init`` on the dense form (``grown`` then stored by slot); an algorithm that trains
+    outside its forward mask stores its backward set (:func:`dst.train.stored_backward.init`)."""
+    if algo.trainable is not None:
+        return stored_backward.init(algo, storage, params, masks, key)
+    state = algo.init(params, masks, key)
+    values, slots, topologies = compress_state(storage, params, masks)
+    return values, slots, topologies, state._replace(grown=at_slots(storage, state.grown, masks))
 
 
 def update_path(algo: SparseAlgorithm, storage: Storage) -> tuple[str, str | None]:
