@@ -31,7 +31,6 @@ from dst.masks import named_leaves
 from dst.masks import replace_named
 from dst.selection import bottom_k_mask
 from dst.train import stored_update
-from dst.train.moments import map_param_trees
 
 
 def unsupported(algo: SparseAlgorithm) -> str | None:
@@ -125,23 +124,16 @@ def _topology(rules, backend, layouts, block, step, key, momentum, params, slots
             rules, kg, view.valid, kept[n], view.cols, view.units, None, None, budget[i], layout.shape, capacity,
             block, scores_of=scores_of)
         g_chosen = g_chosen & (jnp.arange(capacity) < capacity - kept_count)   # past capacity: overflow stops the run
-        merged = kernels.merge_slots(view.cols, view.units, kept[n], g_inputs, g_units, g_chosen, n_in, n_out)
-        live = merged.units < n_out
-        values = jnp.where(merged.source >= 0, view.values[jnp.maximum(merged.source, 0)], 0).astype(w[n].dtype)
-        values, live, topologies[n] = backend.rebuild(values, live, merged.cols, merged.rowptr, layout)
+        values, live, cols, units, sources[n], fresh, rowptr = stored_update.merge_kept_and_grown(
+            view.values.astype(w[n].dtype), view.cols, view.units, kept[n], g_inputs, g_units, g_chosen, layout.shape)
+        values, live, topologies[n] = backend.rebuild(values, live, cols, rowptr, layout)
         new_w[n], new_m[n] = values, live
-        grown[n] = (live.reshape(-1) & (merged.source < 0)).reshape(live.shape)
-        sources[n] = merged.source
+        grown[n] = fresh.reshape(live.shape)
         done = (values, live)
         if ever is not None:
-            ever_out[n] = ever[n].at[merged.cols, merged.units].max(live.reshape(-1), mode="drop")
+            ever_out[n] = ever[n].at[cols, units].max(live.reshape(-1), mode="drop")
 
-    def move(moments):   # to each weight's new slot (a grown weight's moments are reset by the step)
-        leaves = named_leaves(moments)
-        return replace_named(moments, {n: jnp.where(src >= 0, leaves[n].reshape(-1)[jnp.maximum(src, 0)],
-                                                    0).reshape(leaves[n].shape) for n, src in sources.items()})
-
-    opt_state = map_param_trees(move, opt_state, params)
+    opt_state = stored_update.move_moments(opt_state, params, sources)
     grown_tree = replace_named(jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, bool), slots), grown)
     return (replace_named(params, new_w), replace_named(slots, new_m), topologies, opt_state,
             None if ever is None else replace_named(ever_active, ever_out), grown_tree, overflow)

@@ -92,11 +92,9 @@ def srigl_slots(key, f, view, x, dy, shape, budget, gamma, ablatable, block):
     grown_inputs, grown_units, grown = stored_update.grow_candidates(
         _BY_GRADIENT_PER_UNIT, k_grow, view.valid, keep, view.cols, units, x, dy, None, shape, capacity, block,
         need=need)
-    merged = kernels.merge_slots(view.cols, units, keep, grown_inputs, grown_units, grown, n_in, n_out)
-    source = merged.source
-    live_slots = merged.units < n_out
-    values = jnp.where(source >= 0, view.values[jnp.maximum(source, 0)], 0).astype(view.values.dtype)
-    return values, live_slots, merged.cols, merged.units, source, live_slots & (source < 0), merged.rowptr, ablated
+    merged = stored_update.merge_kept_and_grown(view.values, view.cols, units, keep, grown_inputs, grown_units,
+                                                grown, shape)
+    return (*merged, ablated)
 
 
 def update_stored(algo, storage, block: int = stored_update.GROW_BLOCK):

@@ -40,6 +40,7 @@ from dst import backends
 from dst import kernels
 from dst.algorithms.base import SparseAlgorithm
 from dst.algorithms.set import random_grow_score
+from dst.masks import named_leaves
 from dst.masks import path_name
 from dst.masks import replace_named
 from dst.selection import Priorities
@@ -267,12 +268,32 @@ def update_slots(rules, key, f, values, valid, cols, units, value_grads, x, dy, 
     else:
         grown_inputs, grown_units, grown = grow_candidates(rules, k_grow, valid, kept, cols, units, x, dy, k, shape,
                                                            capacity, block)
-    # Kept and grown weights merged in CSR order (unit, then input); unused slots stay at the end.
+    return merge_kept_and_grown(values, cols, units, kept, grown_inputs, grown_units, grown, shape)
+
+
+def merge_kept_and_grown(values, cols, units, kept, grown_inputs, grown_units, grown, shape):
+    """``(values, live, cols, units, source, grown, rowptr)`` of a layer's new slots: its ``kept`` slots (with
+    their values) and the ``grown`` weights (value 0) merged in CSR order (unit, then input), unused slots at
+    the end (unit ``n_out``); ``source`` is each new slot's old slot (-1: grown or unused). The last step of
+    every stored prune-and-regrow (:func:`update_slots`, SNFS's and SRigL's updates)."""
+    n_in, n_out = shape
     merged = kernels.merge_slots(cols, units, kept, grown_inputs, grown_units, grown, n_in, n_out)
     source = merged.source
     live = merged.units < n_out
     new_values = jnp.where(source >= 0, values[jnp.maximum(source, 0)], 0).astype(values.dtype)
     return new_values, live, merged.cols, merged.units, source, live & (source < 0), merged.rowptr
+
+
+def move_moments(opt_state, params, sources: dict):
+    """The optimizer's per-weight moments moved with their weights: each stored layer's to its new slots
+    (``sources``: ``{layer: the old slot of each new slot, -1 where grown or unused}``, whose moments start at
+    zero until the step resets a grown weight's anyway)."""
+    def move(moments):
+        leaves = named_leaves(moments)
+        return replace_named(moments, {n: jnp.where(src >= 0, leaves[n].reshape(-1)[jnp.maximum(src, 0)],
+                                                    0).reshape(leaves[n].shape) for n, src in sources.items()})
+
+    return map_param_trees(move, opt_state, params)
 
 
 def update_layer(rules, key, f, values, valid, topology, value_grads, x, dy, backend: backends.Backend,
@@ -332,16 +353,7 @@ def update_layers(storage, rules, key, params, slots, topologies, opt_state, eve
         out_s.append(m)
         out_g.append(grown)
 
-    def move(moments):   # to each weight's new slot (a grown weight's moments are reset by the step)
-        leaves = treedef.flatten_up_to(moments)
-        for i, (path, _) in enumerate(flat):
-            src = sources.get(path_name(path))
-            if src is not None:
-                old = leaves[i]
-                leaves[i] = jnp.where(src >= 0, old.reshape(-1)[jnp.maximum(src, 0)], 0).reshape(old.shape)
-        return treedef.unflatten(leaves)
-
-    opt_state = map_param_trees(move, opt_state, params)
+    opt_state = move_moments(opt_state, params, sources)
     ever_active = None if ever is None else treedef.unflatten(ever)
     return (treedef.unflatten(out_p), treedef.unflatten(out_s), topologies, opt_state, ever_active,
             treedef.unflatten(out_g))
