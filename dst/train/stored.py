@@ -127,6 +127,8 @@ def initial_state(algo: SparseAlgorithm, storage: Storage, params, masks, key):
     if algo.trainable is not None:
         return stored_backward.init(algo, storage, params, masks, key)
     state = algo.init(params, masks, key)
+    if update_path(algo, storage)[0] == "momentum, then from storage":   # SNFS: its momentum by output unit
+        state = stored_momentum.by_unit(storage, state)
     values, slots, topologies = compress_state(storage, params, masks)
     return values, slots, topologies, state._replace(grown=at_slots(storage, state.grown, masks))
 

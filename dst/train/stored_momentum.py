@@ -1,17 +1,18 @@
 """SNFS (sparse momentum) on a storage backend: its momentum every step, its updates from storage.
 
-SNFS (:func:`dst.algorithms.snfs`) keeps the momentum of every weight's dense gradient, active or not,
-and at its updates moves weights between layers by it (:class:`dst.algorithms.snfs.MomentumRules`). On
-``csr`` each step forms a stored layer's dense weight gradient ``inputs^T @ output gradient`` from the
-step's own forward and backward pass and folds it into the momentum (a dense kernel per layer: what the
-rule reads); the stored values, slots and topology are not expanded. At an update each stored layer
-drops among its stored values, the budget is shared by the algorithm's own :func:`allocate` from
-per-layer statistics of the slots (mean ``|m|`` over the active weights, room), and each layer grows its
-share at the largest ``|m|`` outside what it kept (:func:`dst.train.stored_update.grow_candidates`, the
-score read from the momentum in blocks of units), merged into its slots in CSR order. Every selection
-ranks by (score, keyed priority of the dense position), as the dense rule does, so the decisions are the
-masked run's (``tests/test_stored_runs.py``). A layer whose share exceeds its capacity reports it
-(``overflow``) and the run stops. Layers that stay masked in a stored run update as the dense rule does.
+SNFS (:func:`dst.algorithms.snfs`) keeps the momentum of every weight's dense gradient, active or not, and at
+its updates moves weights between layers by it (:class:`dst.algorithms.snfs.MomentumRules`). On ``csr`` each
+step forms a stored layer's dense weight gradient from the step's own forward and backward pass, ``output
+gradient^T @ inputs`` (``[n_out, n_in]``: by output unit, as the slots lie), and folds it into the momentum,
+kept in that layout (:func:`by_unit`; a dense array per layer: what the rule reads); the stored values, slots
+and topology are not expanded. At an update each stored layer drops among its stored values, the budget is
+shared by the algorithm's own :func:`allocate` from per-layer statistics of the slots (mean ``|m|`` over the
+active weights, room), and each layer grows its share at the largest ``|m|`` outside what it kept
+(:func:`dst.train.stored_update.grow_candidates`, the score read from the momentum in blocks of units), merged
+into its slots in CSR order. Every selection ranks by (score, keyed priority of the dense position), as the
+dense rule does, so the decisions are the masked run's (``tests/test_stored_runs.py``). A layer whose share
+exceeds its capacity reports it (``overflow``) and the run stops. Layers that stay masked in a stored run
+update as the dense rule does.
 """
 
 from __future__ import annotations
@@ -31,6 +32,16 @@ from dst.masks import named_leaves
 from dst.masks import replace_named
 from dst.selection import bottom_k_mask
 from dst.train import stored_update
+
+
+def by_unit(storage, algo_state):
+    """``algo_state`` with each stored layer's momentum laid out by output unit, ``[n_out, n_in]`` (the
+    transpose of the dense kernel's): the layout this path keeps, in which a unit's momentum is one row, so
+    the grow score of a block of units and the statistics at the slots (CSR order) read it front to back."""
+    momentum = named_leaves(algo_state.extra["momentum"])
+    by_unit = {n: momentum[n].T for n in storage.layout_of}
+    return algo_state._replace(extra={**algo_state.extra,
+                                      "momentum": replace_named(algo_state.extra["momentum"], by_unit)})
 
 
 def unsupported(algo: SparseAlgorithm) -> str | None:
@@ -54,7 +65,7 @@ def update(algo: SparseAlgorithm, storage, block: int = stored_update.GROW_BLOCK
     beta = rules.momentum
 
     def act(state, key, params, slots, topologies, opt_state, ever_active, grads, taps):
-        dense_grads = stored_update.dense_gradients(storage, grads, taps)
+        dense_grads = stored_update.dense_gradients(storage, grads, taps, by_unit=True)
         momentum = jax.tree_util.tree_map(lambda m, g: beta * m + (1.0 - beta) * g, state.extra["momentum"],
                                           dense_grads)
         due = rules.due(state.step)
@@ -85,7 +96,7 @@ def _topology(rules, backend, layouts, block, step, key, momentum, params, slots
             positions = stored_update.dense_positions(view.cols, view.units, layouts[n].shape[1])
             select = lambda s, e, k, kk, positions=positions: bottom_k_mask(s, e, k, kk, positions,
                                                                             kernels.top_k_of_keys)
-            magnitude = jnp.abs(mo[n])[view.cols, view.units]
+            magnitude = jnp.abs(mo[n])[view.units, view.cols]     # by unit: read front to back
         else:
             valid, values, select, magnitude = m[n], w[n], rules.structure.drop, jnp.abs(mo[n])
         active = jnp.sum(valid, dtype=jnp.int32)
@@ -119,7 +130,7 @@ def _topology(rules, backend, layouts, block, step, key, momentum, params, slots
         capacity = view.values.shape[0]
         kept_count = jnp.sum(kept[n], dtype=jnp.int32)
         overflow[n] = jnp.maximum(kept_count + budget[i] - capacity, 0)
-        scores_of = lambda start, width, mom=mo[n]: jnp.abs(lax.dynamic_slice_in_dim(mom, start, width, axis=1)).T
+        scores_of = lambda start, width, mom=mo[n]: jnp.abs(lax.dynamic_slice_in_dim(mom, start, width, axis=0))
         g_inputs, g_units, g_chosen = stored_update.grow_candidates(
             rules, kg, view.valid, kept[n], view.cols, view.units, None, None, budget[i], layout.shape, capacity,
             block, scores_of=scores_of)

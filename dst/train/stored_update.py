@@ -105,15 +105,17 @@ def _check_size(name, rules, shape):
                          "layers this large grow unstructured (sparsity.structure=unstructured).")
 
 
-def dense_gradients(storage, grads, taps):
+def dense_gradients(storage, grads, taps, by_unit: bool = False):
     """``grads`` with each stored layer's value gradient replaced by its dense weight gradient
-    ``inputs^T @ output gradient`` (``taps = (inputs, output gradients)``, per layer)."""
+    ``inputs^T @ output gradient`` (``taps = (inputs, output gradients)``, per layer); ``by_unit``: its
+    transpose ``[n_out, n_in]``, output unit by output unit as the slots are laid out (the same products)."""
     inputs, cotangents = taps
     dense = {}
     for name, layout in storage.layout_of.items():
         n_in, n_out = layout.shape
         x = inputs[name].reshape(-1, n_in).astype(jnp.float32)
-        dense[name] = x.T @ cotangents[name].reshape(-1, n_out).astype(jnp.float32)
+        dy = cotangents[name].reshape(-1, n_out).astype(jnp.float32)
+        dense[name] = dy.T @ x if by_unit else x.T @ dy
     return replace_named(grads, dense)
 
 
