@@ -154,22 +154,27 @@ def _stored_slots(w: jax.Array, mask: jax.Array, capacity: int):
     order) in ``capacity`` slots. Slots past the active count are padding (``valid`` False, input 0, value 0);
     a mask with more weights than slots (an algorithm that moved weights past a layer's capacity, which the
     run reports and stops on) keeps a valid structure of its first weights. Both read the dense arrays front
-    to back (:func:`dst.kernels.slots_by_unit`: 2-3x the transposed compaction and CSR-order gather)."""
+    to back (:func:`dst.kernels.slots_by_unit`), where a compaction of the transposed mask and a gather in CSR
+    order stride across rows."""
     cols, rowptr, count = kernels.slots_by_unit(mask, capacity)
     values = kernels.gather_by_unit(w, mask, cols, rowptr, count)
     return values, jnp.arange(capacity) < count, cols, rowptr
 
 
+def write_slots(base: jax.Array, values, valid, cols, units) -> jax.Array:
+    """The dense ``[n_in, n_out]`` ``base`` with each valid slot's value written at its position (a position
+    holds one slot; padding slots write nothing)."""
+    n_in, n_out = base.shape
+    if base.size < FLAT_LIMIT:   # by flat index, padding dropped out of range: 1.3x the 2-D scatter
+        at = jnp.where(valid, cols * n_out + units, base.size)
+        return base.reshape(-1).at[at].set(values, unique_indices=True, mode="drop").reshape(base.shape)
+    return base.at[cols, jnp.where(valid, units, n_out)].set(values, mode="drop")
+
+
 def _scatter(values, valid, inputs, units, shape):
-    """The dense kernel and mask of stored slots (padding slots add nothing; a position holds one slot)."""
-    size = math.prod(shape)
-    if size < FLAT_LIMIT:   # by flat index, padding dropped out of range: 1.3x the 2-D scatter-add
-        at = jnp.where(valid, inputs * shape[1] + units, size)
-        put = lambda base, v: base.at[at].set(v, unique_indices=True, mode="drop").reshape(shape)
-        return put(jnp.zeros(size, values.dtype), values), put(jnp.zeros(size, bool), True)
-    w = jnp.zeros(shape, values.dtype).at[inputs, units].add(jnp.where(valid, values, 0))
-    mask = jnp.zeros(shape, bool).at[inputs, units].max(valid)
-    return w, mask
+    """The dense kernel and mask of stored slots."""
+    return (write_slots(jnp.zeros(shape, values.dtype), values, valid, inputs, units),
+            write_slots(jnp.zeros(shape, bool), jnp.ones(values.shape, bool), valid, inputs, units))
 
 
 def csr_slots(size: int, count: int, capacity: float = 1.0) -> int:

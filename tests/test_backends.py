@@ -108,3 +108,16 @@ def test_a_conv_kernel_is_not_a_stored_layer():
 def test_an_unknown_backend_names_the_allowed_ones():
     with pytest.raises(ValueError, match="sparsity.backend must be one of masked, csr, condensed, dense; got 'coo'"):
         backends.make("coo")
+
+
+def test_write_slots_writes_valid_slots_only_by_flat_or_two_dimensional_index(monkeypatch):
+    """A valid slot at the padding's position (input 0, the last unit) keeps its value: padding writes nothing,
+    through the flat index and through the 2-D one that layers of 2^31+ positions take."""
+    base = jnp.arange(12.0).reshape(3, 4)
+    cols, units = jnp.array([0, 2, 0, 0]), jnp.array([3, 1, 3, 3])
+    values, valid = jnp.array([-1.0, -2.0, 7.0, 8.0]), jnp.array([True, True, False, False])
+    want = np.asarray(base).copy()
+    want[0, 3], want[2, 1] = -1.0, -2.0
+    np.testing.assert_array_equal(backends.write_slots(base, values, valid, cols, units), want)
+    monkeypatch.setattr(backends, "FLAT_LIMIT", 4)
+    np.testing.assert_array_equal(backends.write_slots(base, values, valid, cols, units), want)

@@ -52,14 +52,7 @@ def _theta(backend, layout_of, outside, params, held, topologies) -> dict:
     theta = {}
     for n, lay in layout_of.items():
         view = backend.slots(p[n], h[n], topologies[n], lay)
-        size = outside[n].size
-        if size < backends.FLAT_LIMIT:   # by flat index, padding dropped out of range
-            at = jnp.where(view.valid, view.cols * lay.shape[1] + view.units, size)
-            flat = outside[n].reshape(-1).at[at].set(view.values, unique_indices=True, mode="drop")
-            theta[n] = flat.reshape(lay.shape)
-        else:   # padding slots write their position's own value back
-            keep = outside[n][view.cols, view.units]
-            theta[n] = outside[n].at[view.cols, view.units].set(jnp.where(view.valid, view.values, keep))
+        theta[n] = backends.write_slots(outside[n], view.values, view.valid, view.cols, view.units)
     return replace_named(params, theta)
 
 
