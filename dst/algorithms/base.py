@@ -27,6 +27,8 @@ from jax import lax
 
 from dst import schedules
 from dst.algorithms.accounting import windowed
+from dst.algorithms.layer_view import LayerView
+from dst.algorithms.layer_view import prune_regrow
 from dst.distributions import SparsifiableFilter
 from dst.distributions import default_sparsifiable
 from dst.masks import path_name
@@ -230,31 +232,35 @@ def grow_values(key, w, kept, grow_init, grow_std=None):
     return sigma * jax.random.normal(key, w.shape, w.dtype)
 
 
+def dense_view(w, g, mask, grow_score, grow_init, grow_std=None, structure: Structure = UNSTRUCTURED) -> LayerView:
+    """A dense layer and its mask as the :class:`dst.algorithms.layer_view.LayerView` of
+    :func:`dst.algorithms.layer_view.prune_regrow`: the drop selects through the structure (whole blocks
+    under ``block``), the grow refills it by ``grow_score`` over the whole layer, and grown weights take
+    ``grow_init`` values. The view's result is ``(w, mask, grown)``."""
+    def grow(key, kept, k):
+        return structure.refill(grow_score(key, w, g), mask, kept, k, key)
+
+    def place(key, kept, grown):
+        new_mask = kept | grown
+        return jnp.where(grown, grow_values(key, w, kept, grow_init, grow_std), jnp.where(new_mask, w, 0.0)), \
+            new_mask, grown
+
+    # The unstructured call is the one every rule took before structures: the same trace.
+    options = {} if structure.name == "unstructured" else {"select": structure.drop}
+    return LayerView(w, g, mask, mask.size, options, grow, place)
+
+
 def prune_regrow_layer(key, w, g, mask, f, excess, drop_rule, grow_score, grow_init, grow_std=None,
-                  structure: Structure = UNSTRUCTURED):
-    k_drop, k_grow, k_init = jax.random.split(key, 3)
-    if structure.name == "unstructured":   # the call every rule took before structures: same trace
-        dropped = drop_rule(k_drop, w, g, mask, f, excess)
-    else:
-        dropped = drop_rule(k_drop, w, g, mask, f, excess, **_select_kwarg(drop_rule, structure))
-    # A layer with no inactive weight (dense by its distribution) has nowhere to explore: leave it.
-    dropped = dropped & (jnp.sum(mask, dtype=jnp.int32) < mask.size)
-    kept = mask & ~dropped
-    k = jnp.maximum(jnp.sum(dropped, dtype=jnp.int32) - excess, 0)
-    grown = structure.refill(grow_score(k_grow, w, g), mask, kept, k, k_grow)
-    new_mask = kept | grown
-    new_w = jnp.where(grown, grow_values(k_init, w, kept, grow_init, grow_std), jnp.where(new_mask, w, 0.0))
-    return new_w, new_mask, grown
-
-
-def _select_kwarg(drop_rule, structure: Structure) -> dict:
-    return {"select": structure.drop} if "select" in inspect.signature(drop_rule).parameters else {}
+                       structure: Structure = UNSTRUCTURED):
+    """One dense layer's prune-and-regrow, ``(w, mask, grown)``: :func:`prune_regrow` on its
+    :func:`dense_view`."""
+    return prune_regrow(drop_rule, key, dense_view(w, g, mask, grow_score, grow_init, grow_std, structure), f, excess)
 
 
 def check_structure(structure: Structure | None, drop_rule=None, *, decay: bool = False) -> Structure:
     """The structure to use (``None``: unstructured), or one sentence on why these rules cannot keep it."""
     structure = structure or UNSTRUCTURED
-    if structure.name == "block" and drop_rule is not None and not _select_kwarg(drop_rule, structure):
+    if structure.name == "block" and drop_rule is not None and "select" not in inspect.signature(drop_rule).parameters:
         raise ValueError(f"structure=block cannot be kept by the drop rule {drop_rule.__name__}, which picks single "
                          "weights rather than whole blocks; use structure unstructured, n_m or fan_in.")
     if decay and structure.name != "unstructured":

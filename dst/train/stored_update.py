@@ -1,7 +1,8 @@
 """Prune-and-regrow on stored layers (``csr``, ``condensed``), one layer at a time, without their dense form.
 
 At an update step of a :func:`dst.algorithms.base.prune_and_regrow` algorithm (SET, RigL, MEST, with or
-without its decay), each stored layer is updated from its stored values:
+without its decay), each stored layer is updated from its stored values, by the one prune-and-regrow of every
+storage (:func:`dst.algorithms.layer_view.prune_regrow`) over the layer's :func:`slot_view`:
 
 * **drop** selects among the stored values with the algorithm's own drop rule (``|w|``, Mocanu's
   sign split, MEST's ``|w| + lambda |g|`` with ``g`` the value gradient the step already has);
@@ -28,7 +29,6 @@ alike and a stored run keeps the masked run's masks (``tests/test_stored_runs.py
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import NamedTuple
 
@@ -39,6 +39,9 @@ from jax import lax
 from dst import backends
 from dst import kernels
 from dst.algorithms.base import SparseAlgorithm
+from dst.algorithms.layer_view import LayerView
+from dst.algorithms.layer_view import call_with
+from dst.algorithms.layer_view import prune_regrow
 from dst.algorithms.set import random_grow_score
 from dst.masks import named_leaves
 from dst.masks import path_name
@@ -133,12 +136,6 @@ class LayerUpdate(NamedTuple):
     cols: jax.Array
 
 
-def _call(rule, *args, **kwargs):
-    """``rule(*args, **kwargs)`` with only the keyword arguments the rule takes."""
-    names = inspect.signature(rule).parameters
-    return rule(*args, **{k: v for k, v in kwargs.items() if k in names})
-
-
 def grow_candidates(rules, key, valid, kept, cols, units, x, dy, k, shape, capacity: int, block: int = GROW_BLOCK,
                     need=None, scores_of=None):
     """``(inputs, units, chosen)``: the weights to grow outside ``kept``, of largest grow score (ties by
@@ -168,7 +165,7 @@ def grow_candidates(rules, key, valid, kept, cols, units, x, dy, k, shape, capac
         positions = inputs * _U32(n_out) + block_units.astype(_U32)[:, None]      # flat, wrapped at 2^32
         if scores_of is None:
             grads = lax.dynamic_slice_in_dim(dy, start, width, axis=1).T @ x        # [width, n_in]
-            scores = _call(rules.grow_score, key, None, grads, positions=positions)
+            scores = call_with(rules.grow_score, key, None, grads, positions=positions)
         else:
             scores = scores_of(start, width)
         if group is None:
@@ -238,39 +235,45 @@ def grow_candidates(rules, key, valid, kept, cols, units, x, dy, k, shape, capac
     return ins, (positions - ins.astype(_U32) * _U32(n_out)).astype(jnp.int32), chosen
 
 
-def update_slots(rules, key, f, values, valid, cols, units, value_grads, x, dy, shape, block: int = GROW_BLOCK,
-                 excess=0):
-    """One stored layer's update by ``rules`` (a :class:`dst.algorithms.base.PruneRegrowRules`), on its
-    slots in CSR order (flat: ``cols`` and ``units`` of each slot): ``(values, live, cols, units, source,
-    grown, rowptr)`` of the new slots, in CSR order, unused slots last (unit ``n_out``). The dense
-    update's decisions, from storage; ``excess`` more weights are dropped than grown (MEST's decay: the
-    freed slots join the unused ones). The selections, the merge and the transposes are compiled calls
-    where the kernels are built (:mod:`dst.kernels`), XLA programs with the same results elsewhere."""
+def slot_view(rules, values, valid, cols, units, value_grads, x, dy, shape, block: int = GROW_BLOCK) -> LayerView:
+    """A stored layer's slots in CSR order (flat: ``cols`` and ``units`` of each slot) as the
+    :class:`dst.algorithms.layer_view.LayerView` of :func:`dst.algorithms.layer_view.prune_regrow`: the drop
+    selects among the slots (ties by the keyed priority of each slot's dense position, as the dense view
+    breaks them; the compiled top-k where built), the grow streams over blocks of units
+    (:func:`grow_candidates`; sampled positions on a layer too large to rank, :mod:`dst.train.sampled_growth`),
+    and the kept and grown weights are merged into new slots (:func:`merge_kept_and_grown`, whose result is
+    the view's)."""
     n_in, n_out = shape
     capacity = values.shape[0]
-    k_drop, k_grow, _ = jax.random.split(key, 3)     # as the dense update splits it
     positions = dense_positions(cols, units, n_out)
     tiebreak = cols if wide(shape) else None
 
     def select(scores, eligible, k, key):
         return bottom_k_mask(scores, eligible, k, key, positions, kernels.top_k_of_keys, tiebreak)
 
-    excess = jnp.asarray(excess, jnp.int32)
-    dropped = _call(rules.drop_rule, k_drop, values, value_grads, valid, f, excess, select=select,
-                    positions=positions)
-    n = jnp.sum(valid, dtype=jnp.int32)
-    dropped = dropped & valid
-    if n_in * n_out <= capacity:      # a dense layer has nowhere to explore
-        dropped = dropped & (n < n_in * n_out)
-    kept = valid & ~dropped
-    k = jnp.maximum(jnp.sum(dropped, dtype=jnp.int32) - excess, 0)
-    if sampled(rules, shape):     # too large to rank: positions drawn (the same law as uniform ranks)
-        grown_inputs, grown_units, grown = sampled_growth.sample_growth(k_grow, valid, kept, cols, units, k, shape,
-                                                                        capacity)
-    else:
-        grown_inputs, grown_units, grown = grow_candidates(rules, k_grow, valid, kept, cols, units, x, dy, k, shape,
-                                                           capacity, block)
-    return merge_kept_and_grown(values, cols, units, kept, grown_inputs, grown_units, grown, shape)
+    def grow(key, kept, k):
+        if sampled(rules, shape):     # too large to rank: positions drawn (the same law as uniform ranks)
+            return sampled_growth.sample_growth(key, valid, kept, cols, units, k, shape, capacity)
+        return grow_candidates(rules, key, valid, kept, cols, units, x, dy, k, shape, capacity, block)
+
+    def place(key, kept, grown):
+        del key   # grown weights start at zero (grow_init=zeros: a normal draw is over the dense layer)
+        return merge_kept_and_grown(values, cols, units, kept, *grown, shape)
+
+    return LayerView(values, value_grads, valid, n_in * n_out, {"select": select, "positions": positions}, grow,
+                     place)
+
+
+def update_slots(rules, key, f, values, valid, cols, units, value_grads, x, dy, shape, block: int = GROW_BLOCK,
+                 excess=0):
+    """One stored layer's update by ``rules`` (a :class:`dst.algorithms.base.PruneRegrowRules`):
+    :func:`dst.algorithms.layer_view.prune_regrow` on its :func:`slot_view`, ``(values, live, cols, units,
+    source, grown, rowptr)`` of the new slots, in CSR order, unused slots last (unit ``n_out``). The dense
+    update's decisions, from storage; ``excess`` more weights are dropped than grown (MEST's decay: the
+    freed slots join the unused ones). The selections, the merge and the transposes are compiled calls
+    where the kernels are built (:mod:`dst.kernels`), XLA programs with the same results elsewhere."""
+    view = slot_view(rules, values, valid, cols, units, value_grads, x, dy, shape, block)
+    return prune_regrow(rules.drop_rule, key, view, f, excess)
 
 
 def merge_kept_and_grown(values, cols, units, kept, grown_inputs, grown_units, grown, shape):
