@@ -23,11 +23,14 @@ from omegaconf import OmegaConf
 import dst
 from dst import backends
 from dst import metrics
+from dst import structures
 from dst.algorithms import make
 from dst.app import records
 from dst.app.run import initialise
 from dst.app.run import prepare
 from dst.app.run import run
+from dst.app.sparse_setup import check_born_structure
+from dst.app.validate import ConfigError
 from dst.masks import named_leaves
 from dst.models import MLP
 from dst.train import born_sparse
@@ -37,6 +40,7 @@ from dst.train import stored
 
 CONF = pathlib.Path(__file__).resolve().parents[1] / "conf"
 SAMPLE = jnp.zeros((1, 12))
+STRUCTURES = {"unstructured": structures.unstructured(), "fan_in": structures.fan_in(), "n_m": structures.n_m(1, 4)}
 
 
 def composed(*overrides):
@@ -66,22 +70,35 @@ def test_er_count_is_epsilon_times_fan_in_plus_fan_out():
     assert born_sparse.er_count((784, 1000), 20) == 35680 and born_sparse.er_count((1000, 10), 20) == 10000
 
 
-@pytest.mark.parametrize("structure", ["unstructured", "fan_in"])
+@pytest.mark.parametrize("structure", [structures.unstructured(), structures.fan_in(), structures.n_m(2, 4)],
+                         ids=lambda s: s.name)
 def test_positions_are_distinct_in_csr_order_and_uniform(structure):
-    shape, count, trials = (9, 4), 12, 3000
+    shape, count, trials = (8, 4), 16, 3000
     rng = np.random.default_rng(1)
     hits = np.zeros(shape[::-1])
     for _ in range(trials):
         cols, units = born_sparse.draw_positions(rng, shape, count, structure)
         keys = units.astype(np.int64) * shape[0] + cols
         assert keys.size == count and np.all(np.diff(keys) > 0)          # distinct, by unit then input
-        if structure == "fan_in":
-            assert np.bincount(units, minlength=shape[1]).tolist() == [3] * 4
+        if structure.name != "unstructured":
+            assert np.bincount(units, minlength=shape[1]).tolist() == [4] * 4
+        if structure.name == "n_m":                                       # 2 of each unit's inputs 0-3 and 4-7
+            assert np.bincount(units * 2 + cols // 4, minlength=8).tolist() == [2] * 8
         hits[units, cols] += 1
     expected = trials * count / hits.size                                # every position equally often
     assert np.all(np.abs(hits - expected) < 5 * np.sqrt(expected)), hits
-    with pytest.raises(ValueError, match="n_m"):
-        born_sparse.draw_positions(rng, shape, count, "n_m")
+    with pytest.raises(ValueError, match="block"):
+        born_sparse.draw_positions(rng, shape, count, structures.block(2, 2))
+    with pytest.raises(ValueError, match="2:4"):
+        born_sparse.draw_positions(rng, (6, 4), 12, structures.n_m(2, 4))   # 6 inputs: not whole groups of 4
+
+
+def test_n_m_positions_are_drawn_a_block_of_units_at_a_time(monkeypatch):
+    """Units drawn in several blocks take the same law: every unit's groups hold N each, and units differ."""
+    monkeypatch.setattr(born_sparse, "DRAW_BLOCK", 24)       # 3 units of 8 inputs per block
+    cols, units = born_sparse.draw_positions(np.random.default_rng(0), (8, 10), 40, structures.n_m(1, 2))
+    assert np.bincount(units * 4 + cols // 2, minlength=40).tolist() == [1] * 40
+    assert len({tuple(cols[units == u]) for u in range(10)}) > 1
 
 
 def test_init_values_follow_the_fan_in_law():
@@ -100,10 +117,10 @@ def test_kernel_initializers_are_read_from_the_model():
 def born(model, densities, layers, algo, tx, backend="csr", structure="unstructured"):
     keys = tuple(jax.random.split(jax.random.key(0), 3))
     return born_sparse.init_state(keys, 0, model, SAMPLE, densities, layers, backend=backends.make(backend), tx=tx,
-                                  algo=algo, structure=structure)
+                                  algo=algo, structure=STRUCTURES[structure])
 
 
-def _born_algorithm(name):
+def _born_algorithm(name, structure="unstructured"):
     """``name`` updating at least twice in 4 steps: GMP and GraNet pruning from 75% towards 90%, MEST decaying."""
     if name in ("gmp", "granet"):
         return make(name, sparsity=0.9, initial_sparsity=0.75, update_every=1, start_step=1, end_step=4,
@@ -113,7 +130,8 @@ def _born_algorithm(name):
                     decay_end_step=4, drop_fraction=0.3)
     if name == "srigl":
         return make(name, update_every=2, start_step=1, end_step=100, min_salient_fraction=0.9)
-    return make(name, **({} if name == "static" else {"update_every": 2, "start_step": 1, "end_step": 100}))
+    kept = {} if structure == "unstructured" else {"structure": STRUCTURES[structure]}
+    return make(name, **({} if name == "static" else {"update_every": 2, "start_step": 1, "end_step": 100}), **kept)
 
 
 @pytest.mark.parametrize("backend, structure, name", [
@@ -123,13 +141,15 @@ def _born_algorithm(name):
     pytest.param("csr", "unstructured", "gmp", marks=pytest.mark.slow), ("csr", "unstructured", "granet"),
     pytest.param("csr", "unstructured", "mest_decay", marks=pytest.mark.slow),
     # SRigL from storage, its neurons ablated (gamma 0.9) on fan-in layers born sparse.
-    ("csr", "fan_in", "srigl")])
+    ("csr", "fan_in", "srigl"),
+    # N:M drawn per group and kept by RigL's updates from storage, on both backends.
+    ("condensed", "n_m", "rigl"), pytest.param("csr", "n_m", "set", marks=pytest.mark.slow)])
 def test_a_born_sparse_model_trains_as_the_masked_model_with_its_weights(backend, structure, name):
     model = MLP(hidden=(24, 16), num_classes=5)
     x = jax.random.normal(jax.random.key(1), (8, 12))
     y = jnp.arange(8) % 5
     tx = optax.sgd(0.1, momentum=0.9)
-    static = _born_algorithm(name)
+    static = _born_algorithm(name, structure)
     densities = {"Dense_0/kernel": 0.25, "Dense_1/kernel": 0.25}
     storage, state = born(model, densities, list(densities), static, tx, backend, structure)
     params, masks = stored.expand_state(storage, state.params, state.masks, state.topologies)
@@ -238,10 +258,10 @@ def test_rigl_grows_by_gradient_on_a_layer_of_2_to_the_32_positions(tmp_path, da
      "state of every weight"),
     (("sparsity=imp", "sparsity.backend=csr", "sparsity.born_sparse=true"),
      "a born-sparse run's layers never exist dense, and sparsity.algorithm=imp cannot run so: its levels rewind"),
-    (("sparsity=set", "sparsity.backend=csr", "sparsity.born_sparse=true", "sparsity.structure=n_m",
-      "sparsity.n_m=[2,4]", "sparsity.sparsity=0.5"),
-     "sparsity.structure=n_m cannot be drawn without a layer's dense size; born-sparse layers take unstructured "
-     "or fan_in."),
+    (("sparsity=set", "sparsity.backend=csr", "sparsity.born_sparse=true", "sparsity.structure=block",
+      "sparsity.block=[2,2]"),
+     "sparsity.structure=block ranks whole blocks across output units on a layer's dense form, which a born-sparse "
+     "layer never has; born-sparse layers take unstructured, fan_in, n_m"),
     (("sparsity.born_sparse=maybe",), "sparsity.born_sparse must be one of auto, true, false; got 'maybe'."),
 ])
 def test_bad_born_sparse_settings_are_one_sentence(tmp_path, data_dir, overrides, sentence):
@@ -249,3 +269,17 @@ def test_bad_born_sparse_settings_are_one_sentence(tmp_path, data_dir, overrides
                          "logger=none", cwd=tmp_path)
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert out.returncode == 2 and len(lines) == 1 and sentence in lines[0], out.stderr
+
+
+def test_a_born_sparse_layer_the_structure_leaves_dense_is_refused_where_its_dense_form_does_not_fit():
+    sp = {"structure": "n_m", "n_m": [2, 4]}
+    undivided = {"Dense_1/kernel": "its reduction dimension 333334 is not a multiple of M=4"}
+    shapes = {"Dense_0/kernel": (784, 333334), "Dense_1/kernel": (333334, 333334)}
+    sentence = (r"^born sparse, layer Dense_1/kernel cannot take sparsity.structure=n_m: its reduction "
+                r"dimension 333334 is not a multiple of M=4, so the structure leaves it dense, "
+                r"and its dense form \(111,111,555,556 weights\) does not fit; use a shape "
+                r"the structure divides or sparsity.structure=unstructured.$")
+    with pytest.raises(ConfigError, match=sentence):
+        check_born_structure(sp, undivided, shapes, budget=2**30)
+    small = {"Dense_1/kernel": (334, 10)}        # a small layer left dense fits: it stays a masked dense kernel
+    check_born_structure(sp, {"Dense_1/kernel": "its reduction dimension 334 is not a multiple of M=4"}, small, 2**30)

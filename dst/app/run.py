@@ -70,6 +70,7 @@ from dst.logging import Progress
 from dst.logging import RunLogger
 from dst.logging import StepProgress
 from dst.masks import named_leaves
+from dst.structures import UNSTRUCTURED
 from dst.train import born_sparse
 from dst.train import distributed
 from dst.train import stored
@@ -172,7 +173,7 @@ def initialise(plan: Plan, auto_choice_file=None, stream=None) -> Run:
     if born:   # created in storage from their counts, never dense
         storage, state = born_sparse.init_state(
             (k_init, k_mask, k_state), trainer["seed"], model, sample, densities, born,
-            backend=backends.make(sp["backend"]), tx=tx, algo=algo, structure=sp.get("structure") or "unstructured",
+            backend=backends.make(sp["backend"]), tx=tx, algo=algo, structure=plan.structure or UNSTRUCTURED,
             capacity=sp.get("capacity") or stored.default_capacity(algo),
             mesh=None if plan.parallel is None else plan.parallel.mesh)
         params, model_state, timings = shapes, state.model_state, {}

@@ -130,6 +130,25 @@ def explicit_densities(params, given: dict) -> dict[str, float]:
 STORED_BYTES_PER_WEIGHT = 4 * 3 + 4 * 3 + 1
 
 
+def check_born_structure(sp: dict, undivided: dict, shapes: dict, budget: int | None) -> None:
+    """One sentence where a born-sparse run's structure needs a dense layer: a structure whose groups span
+    output units (``block``: its updates rank blocks on the dense view), or a layer the structure does not
+    divide (``undivided``: ``{layer: why}``; it stays dense) whose dense form does not fit ``budget``."""
+    structure = sp.get("structure") or "unstructured"
+    if structure not in born_sparse.STRUCTURES:
+        raise ConfigError(f"sparsity.structure={structure} ranks whole blocks across output units on a layer's dense "
+                          f"form, which a born-sparse layer never has; born-sparse layers take "
+                          f"{', '.join(born_sparse.STRUCTURES)} (or sparsity.born_sparse=false where the dense form "
+                          "fits).")
+    dense = {n: shapes[n] for n in undivided}
+    if dense and (not memory.dense_fits(dense, budget) or any(math.prod(s) >= 2**32 for s in dense.values())):
+        name = max(dense, key=lambda n: math.prod(dense[n]))
+        raise ConfigError(f"born sparse, layer {name} cannot take sparsity.structure={structure}: "
+                          f"{undivided[name]}, so the structure leaves it dense, and its dense form "
+                          f"({math.prod(dense[name]):,} weights) does not fit; use a shape the structure divides or "
+                          "sparsity.structure=unstructured.")
+
+
 def born_sparse_layers(plan, shapes: dict[str, tuple[int, ...]], densities: dict[str, float]) -> list[str]:
     """The layers born sparse (:mod:`dst.train.born_sparse`), or ``[]`` where the run starts from its
     dense form. ``sparsity.born_sparse``: ``true`` on csr/condensed; ``auto`` (default) there where the
@@ -147,6 +166,7 @@ def born_sparse_layers(plan, shapes: dict[str, tuple[int, ...]], densities: dict
         memory.check_dense_fits(shapes, budget, backend)
         return []
     layers = [n for n, d in densities.items() if len(shapes[n]) == 2 and d < 1]
+    check_born_structure(sp, plan.undivided, shapes, budget)
     name = f"sparsity.algorithm={sp['algorithm']}"
     why = None
     path = stored.update_path(algo, stored.Storage(backends.make(backend), {}, None))[0] if algo.dynamic else None
@@ -169,10 +189,6 @@ def born_sparse_layers(plan, shapes: dict[str, tuple[int, ...]], densities: dict
                               "algorithm that prunes) or sparsity.born_sparse=auto.")
         memory.check_dense_fits(shapes, budget, backend)   # nothing to be born sparse: the dense form must fit
         return []
-    structure = sp.get("structure") or "unstructured"
-    if structure not in born_sparse.STRUCTURES:
-        raise ConfigError(f"sparsity.structure={structure} cannot be drawn without a layer's dense size; born-sparse "
-                          f"layers take {' or '.join(born_sparse.STRUCTURES)}.")
     stored_weights = sum(math.prod(shapes[n]) * densities[n] for n in layers)
     if budget is not None and stored_weights * STORED_BYTES_PER_WEIGHT > budget:
         big = max(layers, key=lambda n: math.prod(shapes[n]) * densities[n])

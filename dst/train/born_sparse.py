@@ -4,8 +4,9 @@ A 333,334 x 333,334 kernel has 1.1e11 weights (444 GB as float32), so such a lay
 initialised by ``model.init`` nor masked. Here each stored layer starts from its count alone:
 
 * :func:`draw_positions`: the count's positions, drawn per the structure (unstructured: uniformly among
-  all positions, the Erdős–Rényi topology of SET; ``fan_in``: uniformly within each unit), by rejection
-  sampling on the host, O(count log count), never O(n_in n_out);
+  all positions, the Erdős–Rényi topology of SET; ``fan_in``: uniformly within each unit; ``n_m``: N of
+  each group of M inputs of each unit), on the host, O(count log count) (N:M: O(count M / N)), never
+  O(n_in n_out) for a sparse structure;
 * :func:`init_values`: the layer's own initial weights at those positions, from its kernel initialiser
   (read from the model, :func:`kernel_initializers`);
 * the backend stores the slots (``Backend.rebuild``), as after any topology update.
@@ -40,6 +41,7 @@ from dst.masks import active_count
 from dst.masks import init_masks
 from dst.masks import named_leaves
 from dst.masks import replace_named
+from dst.structures import UNSTRUCTURED
 from dst.train.apply import init_model
 from dst.train.apply import model_state_shapes
 from dst.train.state import ALGO_INIT_STREAM
@@ -50,8 +52,12 @@ from dst.train.stored import Storage
 # Folded into the init key for the stored layers' values.
 BORN_VALUES_STREAM = 0x626F726E
 
-# The structures a born-sparse layer can be drawn in without its dense size.
-STRUCTURES = ("unstructured", "fan_in")
+# The structures a born-sparse layer can be drawn in and updated in without its dense form (a block
+# structure's groups span output units: its updates rank blocks on the dense view).
+STRUCTURES = ("unstructured", "fan_in", "n_m")
+
+# Elements of the random keys N:M draws at once (a block of units' groups).
+DRAW_BLOCK = 2**22
 
 
 def er_count(shape: tuple[int, int], epsilon: float) -> int:
@@ -108,20 +114,49 @@ def _per_unit(rng: np.random.Generator, n_in: int, n_out: int, fan: int) -> np.n
     return out
 
 
-def draw_positions(rng: np.random.Generator, shape: tuple[int, int], count: int, structure: str = "unstructured"):
+def _n_of_m(rng: np.random.Generator, n_in: int, n_out: int, n: int, m: int) -> np.ndarray:
+    """``[n_out, n_in n / m]`` inputs: in each group of ``m`` consecutive inputs of each unit, ``n`` drawn
+    uniformly, sorted. Drawn a block of units at a time (:data:`DRAW_BLOCK` keys)."""
+    groups = n_in // m
+    out = np.empty((n_out, groups * n), np.int64)
+    offsets = (np.arange(groups, dtype=np.int64) * m)[:, None]
+    step = max(1, DRAW_BLOCK // max(n_in, 1))
+    for start in range(0, n_out, step):
+        units = min(step, n_out - start)
+        picked = np.argsort(rng.random((units, groups, m)), axis=2)[..., :n]      # a uniform n-set per group
+        out[start:start + units] = (np.sort(picked, axis=2) + offsets).reshape(units, -1)
+    return out
+
+
+def _n_m_of(structure, shape) -> tuple[int, int]:
+    """``(N, M)`` of an N:M :class:`dst.structures.Structure`: its group, and its density ``N / M`` times it."""
+    m = structure.unit_group(shape[0])
+    return round(structure.round_density(shape, 1.0) * m), m
+
+
+def draw_positions(rng: np.random.Generator, shape: tuple[int, int], count: int, structure=UNSTRUCTURED):
     """``(cols, units)`` (int32) of ``count`` distinct positions of a ``[n_in, n_out]`` kernel in CSR order
-    (by unit, then input), drawn uniformly under ``structure`` (``fan_in``: ``count / n_out`` per unit),
-    without a dense mask."""
+    (by unit, then input), drawn uniformly under ``structure`` (a :class:`dst.structures.Structure`;
+    ``fan_in``: ``count / n_out`` per unit; ``n_m``: N of each group of M inputs of each unit, ``count`` the
+    layer's ``n_in n_out N / M``), without a dense mask."""
     n_in, n_out = shape
-    if structure == "fan_in":
+    name = structure.name
+    if name == "fan_in":
         if count % n_out:
             raise ValueError(f"a fan-in layer's count must be a multiple of its {n_out} units; got {count}")
         cols = _per_unit(rng, n_in, n_out, count // n_out).reshape(-1)
-        units = np.repeat(np.arange(n_out, dtype=np.int64), count // n_out)
-    elif structure == "unstructured":
+    elif name == "n_m":
+        n, m = _n_m_of(structure, shape)
+        if n_in % m or count != n_in // m * n * n_out:
+            raise ValueError(f"an {n}:{m} layer of shape {shape} holds n_in / M * N * n_out weights and needs n_in "
+                             f"a multiple of M; got count {count}")
+        cols = _n_of_m(rng, n_in, n_out, n, m).reshape(-1)
+    elif name == "unstructured":
         units, cols = np.divmod(sample_absent(rng, np.empty(0, np.int64), n_in * n_out, count), n_in)
+        return cols.astype(np.int32), units.astype(np.int32)
     else:
-        raise ValueError(f"born-sparse layers are drawn in structure {' or '.join(STRUCTURES)}; got {structure}")
+        raise ValueError(f"born-sparse layers are drawn in structure {' or '.join(STRUCTURES)}; got {name}")
+    units = np.repeat(np.arange(n_out, dtype=np.int64), count // n_out)
     return cols.astype(np.int32), units.astype(np.int32)
 
 
@@ -150,7 +185,7 @@ def kernel_initializers(model: nn.Module, sample) -> dict[str, Callable]:
 
 
 def born_layer(key, rng, backend: backends.Backend, layout: backends.Layout, count: int, kernel_init,
-               structure: str = "unstructured"):
+               structure=UNSTRUCTURED):
     """``(values, valid, topology)`` of one layer born in ``backend``'s storage: ``count`` weights at
     positions from :func:`draw_positions`, values from :func:`init_values`, in ``layout.count`` slots
     (the rest padding: zero values at the last unit, which the algorithms may fill)."""
@@ -170,7 +205,7 @@ def born_layer(key, rng, backend: backends.Backend, layout: backends.Layout, cou
 
 
 def init_state(keys, seed: int, model: nn.Module, sample, densities: dict[str, float], stored_layers: list[str], *,
-               backend: backends.Backend, tx, algo, structure: str = "unstructured", capacity: float = 1.0,
+               backend: backends.Backend, tx, algo, structure=UNSTRUCTURED, capacity: float = 1.0,
                mesh=None) -> tuple[Storage, TrainState]:
     """``(storage, state)`` of ``model`` with ``stored_layers`` (2-D kernels) born sparse in ``backend`` at
     ``densities`` (``round(d n_in n_out)`` weights each; room for ``capacity`` times as many). ``keys =
@@ -201,7 +236,8 @@ def init_state(keys, seed: int, model: nn.Module, sample, densities: dict[str, f
     leaves, model_state = jax.jit(rest)(k_init)
     params = replace_named(abstract, {**leaves, **{n: v for n, (v, _) in stored.items()}})
     masked = {n: d for n, d in densities.items() if n not in layout_of}
-    masks = replace_named(init_masks(k_mask, params, masked), slots)
+    kept_structure = None if structure.name == "unstructured" else structure
+    masks = replace_named(init_masks(k_mask, params, masked, structure=kept_structure), slots)
     storage = Storage(backend, layout_of, backends.stored_apply(model, backend, layout_of, mesh),
                       dense_metrics=False, born_sparse=True)
     # The algorithm's init reads the stored layers' dense shapes (GMP's and MEST's target counts), never values.
