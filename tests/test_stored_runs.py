@@ -19,6 +19,7 @@ from dst import structures
 from dst.masks import named_leaves
 from dst.models import MLP
 from dst.train import stored
+from dst.train import stored_backward
 from dst.train.checkpoint import RunCheckpoints
 
 STEPS, UPDATE_EVERY = 9, 3
@@ -130,13 +131,17 @@ def test_a_stored_run_makes_the_masked_runs_decisions(name, structure, backend):
         jax.tree_util.tree_map(np.testing.assert_array_equal, b.topologies, start)
 
 
-def test_top_kast_on_csr_makes_the_masked_runs_decisions():
+@pytest.mark.parametrize("structure", [None, pytest.param(structures.n_m(1, 4), marks=slow)],
+                         ids=["unstructured", "n_m"])
+def test_top_kast_on_csr_makes_the_masked_runs_decisions(structure):
     """Top-KAST's backward set in the slots, its forward set flagged among them, the rest dense between updates:
     the same forward and backward sets, losses and weights as the masked run, update after update. (Plain SGD:
-    a weight that leaves B and comes back restarts its moments on csr, where the masked run's have decayed.)"""
-    model, params, masks, layers, x, y = problem(None)
+    a weight that leaves B and comes back restarts its moments on csr, where the masked run's have decayed.)
+    Unstructured, A is ranked among B's slots; under N:M (A kept by the structure) the sets come from the dense
+    view."""
+    model, params, masks, layers, x, y = problem(structure)
     algo = dst.algorithms.make("topkast", sparsity=0.75, backward_sparsity=0.5, update_every=UPDATE_EVERY,
-                               end_step=1000, penalty=1e-2)
+                               end_step=1000, penalty=1e-2, structure=structure)
     tx = optax.sgd(0.3)
     storage = stored.make_storage(model, "csr", stored.held_masks(algo, params, masks), layers)
     for name in layers:   # the capacity is the backward set's count (ERK at 50%), not the forward set's
@@ -144,6 +149,8 @@ def test_top_kast_on_csr_makes_the_masked_runs_decisions():
         assert storage.layout_of[name].count == backward_count > int(np.sum(named_leaves(masks)[name]))
     assert storage.layout_of[layers[0]].count < named_leaves(params)[layers[0]].size   # weights wait outside B
     assert stored.update_path(algo, storage)[0] == "dense view"
+    path = "ranked_in_slots" if structure is None else "on_dense_view"     # the way this case takes
+    assert stored_backward.update(algo, storage).__qualname__.startswith(path)
     masked_step = jax.jit(dst.make_train_step(dst.flax_apply(model), tx, algo).full)
     stored_step = jax.jit(dst.make_train_step(None, tx, algo, storage=storage).full)
     a = dst.create_train_state(jax.random.key(4), params, masks, tx, algo)

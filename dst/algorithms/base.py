@@ -80,6 +80,8 @@ class SparseAlgorithm(NamedTuple):
       :mod:`dst.backends`) holds a fixed capacity of slots: kept counts fill it, fallen ones leave padding.
     * ``momentum_rules``: what SNFS's update does (:class:`dst.algorithms.snfs.MomentumRules`), so that
       stored layers update from storage.
+    * ``nested_rules``: what Top-KAST's update does (:class:`dst.algorithms.topkast.NestedRules`), so that
+      stored layers rank their forward set among their slots.
     """
 
     init: Callable[..., Any]
@@ -101,6 +103,7 @@ class SparseAlgorithm(NamedTuple):
     rules: PruneRegrowRules | None = None
     prune: PruneRule | None = None
     momentum_rules: Any = None
+    nested_rules: Any = None
 
 
 class PruneRule(NamedTuple):

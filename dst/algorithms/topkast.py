@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +24,32 @@ from dst.masks import named_leaves
 from dst.masks import replace_named
 from dst.selection import top_k_mask
 from dst.structures import UNSTRUCTURED
+from dst.structures import Structure
 from dst.structures import structured_densities
+
+
+class NestedRules(NamedTuple):
+    """What Top-KAST's update does, for storages that hold its backward set as slots
+    (:mod:`dst.train.stored_backward`): at an update, for layer ``i`` of ``forward_counts(params)`` (in that
+    order; ``params``: dense shapes are enough), with ``k = fold_in(key, i)``, ``B`` is the
+    ``backward_counts(params)[name]`` largest ``|theta|`` of the layer and ``A`` the ``forward_counts`` largest
+    of ``B`` under the same order (ties by ``k``'s priorities of each weight's dense position, :func:`nested_sets`).
+    ``structure``: ``A``'s (a structured ``A`` is kept by the structure and ``B`` is ``A`` and the largest
+    of the rest: such layers update on their dense view)."""
+
+    forward_counts: Callable
+    backward_counts: Callable
+    structure: Structure
+
+
+def nested_sets(scores, eligible, backward_count, forward_count, key, within=None):
+    """``(B, A)``: ``B`` the ``backward_count`` eligible elements of largest ``scores`` and ``A`` the
+    ``forward_count`` largest of ``B``, ties broken by ``key``'s priorities (so ``A`` is the top of ``B`` under
+    one order). ``within(B) -> A`` ranks ``A`` elsewhere (a stored layer: among ``B``'s slots) with the same
+    scores and priorities; by default among ``B`` in place."""
+    b = top_k_mask(scores, eligible, backward_count, key)
+    a = top_k_mask(scores, b, forward_count, key) if within is None else within(b)
+    return b, a
 
 
 def topkast(*, sparsity: float, backward_sparsity: float, update_every: int, end_step: int,
@@ -91,8 +118,7 @@ def topkast(*, sparsity: float, backward_sparsity: float, update_every: int, end
             if structure.name == "unstructured":
                 # A is the top of B under the same order (B is the top of everything and holds at least as
                 # many): ranked among B only, which the compiled selection passes over quickly.
-                b[n] = top_k_mask(jnp.abs(w[n]), everything, bwd[n], k)
-                a[n] = top_k_mask(jnp.abs(w[n]), b[n], fwd[n], k)
+                b[n], a[n] = nested_sets(jnp.abs(w[n]), everything, bwd[n], fwd[n], k)
             else:   # A with the structure; B is A and the largest of the rest (B needs no structure)
                 a[n] = structure.keep(jnp.abs(w[n]), everything, fwd[n], k)
                 b[n] = a[n] | top_k_mask(jnp.abs(w[n]), ~a[n], max(bwd.get(n, 0) - fwd[n], 0), k)
@@ -148,5 +174,7 @@ def topkast(*, sparsity: float, backward_sparsity: float, update_every: int, end
         return schedules.steps_until_update(state.step, update_every, start_step, end_step)
 
     # counts="keep": A and B keep their sizes at every update.
+    nested = NestedRules(forward_counts, lambda params: counts(params, backward_sparsity), structure)
     return SparseAlgorithm(init=init, update=update, trainable=trainable, penalty=exploration_penalty,
-                           quiet=quiet, skip=skip_calls, counts="keep", train_flops=backward_set_gradient)
+                           quiet=quiet, skip=skip_calls, counts="keep", train_flops=backward_set_gradient,
+                           nested_rules=nested)
