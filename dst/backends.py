@@ -86,17 +86,6 @@ def condensed_topology(indices, n_in: int) -> Condensed:
                                                  n_in))
 
 
-# The fields that say where the values sit; the rest of a topology is derived from them (an exported
-# model holds only these).
-STRUCTURE_FIELDS = {"csr": ("cols", "rowptr"), "condensed": ("indices",)}
-
-
-def rebuild_topology(fmt: str, fields: dict, n_in: int) -> CSR | Condensed:
-    """The topology of format ``fmt`` from its :data:`STRUCTURE_FIELDS`."""
-    return csr_topology(fields["cols"], fields["rowptr"], n_in) if fmt == "csr" else \
-        condensed_topology(fields["indices"], n_in)
-
-
 class Layout(NamedTuple):
     """Static facts of one stored layer: its dense kernel shape and its capacity, the slots it stores (nnz
     capacity, or k): the starting count, or more where the run's algorithm moves weights between layers
@@ -132,7 +121,14 @@ class Backend(NamedTuple):
       read;
     * ``rebuild(values, valid, cols, rowptr, layout) -> (values, valid, topology)``: the stored form of
       slots in CSR order (``rowptr``: each unit's first slot), the inverse of ``slots``;
-    * ``fixed_fan_in``: every unit holds the same number of slots, so a layer's count cannot fall or move.
+    * ``fixed_fan_in``: every unit holds the same number of slots, so a layer's count cannot fall or move;
+    * ``stores``: the layer is held as slots (``csr``, ``condensed``), or as its dense kernel and mask
+      (``masked``, ``dense``: the model runs on the dense params, nothing is converted);
+    * ``fields``: the topology's fields an exported model keeps, and ``topology_from(fields, n_in)`` the
+      topology rebuilt from them (the transposes are derived);
+    * ``count_of(values) -> int``: the ``layout.count`` that stored ``values`` have (slots, or a fan-in);
+    * ``matmul_xla(x, values, topology)``: the product by XLA's gathers alone, without the compiled kernels
+      (an exported model's batch of one).
     """
 
     name: str
@@ -143,6 +139,11 @@ class Backend(NamedTuple):
     slots: Callable
     rebuild: Callable
     fixed_fan_in: bool
+    stores: bool
+    fields: tuple
+    topology_from: Callable
+    count_of: Callable
+    matmul_xla: Callable
 
 
 # Up to this many positions a layer's flat index fits int32: its slots are scattered by flat index.
@@ -243,29 +244,72 @@ def _condensed_rebuild(values, valid, cols, rowptr, layout):
     return values.reshape(shape), valid.reshape(shape), condensed_topology(cols.reshape(shape), layout.shape[0])
 
 
+def _dense_layout(mask, capacity: float = 1.0) -> Layout:
+    del capacity   # every position is a place
+    return Layout(tuple(np.shape(mask)), int(np.size(mask)))
+
+
+def _dense_slots(values, valid, topology, layout) -> SlotView:
+    """Every position of a dense ``[n_in, n_out]`` kernel as a slot, in CSR order (unit by unit, then input)."""
+    del topology
+    n_in, n_out = layout.shape
+    return SlotView(values.T.reshape(-1), valid.T.reshape(-1), jnp.tile(jnp.arange(n_in, dtype=jnp.int32), n_out),
+                    jnp.repeat(jnp.arange(n_out, dtype=jnp.int32), n_in))
+
+
+def _dense_rebuild(values, valid, cols, rowptr, layout):
+    units = kernels.row_ids(rowptr, values.shape[0]).astype(jnp.int32)
+    w, mask = _scatter(values, valid, cols, units, layout.shape)
+    return w, mask, None
+
+
+def _dense_backend(name: str) -> Backend:
+    return Backend(name, _dense_layout, lambda w, mask, layout: (w, mask, None),
+                   lambda values, slots, topology, layout: (values, slots),
+                   lambda x, values, topology: x @ values, _dense_slots, _dense_rebuild, fixed_fan_in=False,
+                   stores=False, fields=(), topology_from=lambda fields, n_in: None,
+                   count_of=lambda values: int(np.size(values)), matmul_xla=lambda x, values, topology: x @ values)
+
+
+def masked() -> Backend:
+    """The dense kernel and its mask, as everywhere else in dst: nothing is converted, and the step runs the model
+    on its dense params with XLA's matmul. Its slot view is every position of the layer."""
+    return _dense_backend("masked")
+
+
+def dense() -> Backend:
+    """A plain dense model (``sparsity=dense``): the masked backend's storage, with no mask in the train step."""
+    return _dense_backend("dense")
+
+
 def csr() -> Backend:
     """Compressed rows over output units at a fixed nnz; products by :func:`dst.kernels.csr_matmul`."""
     return Backend("csr", _csr_layout, _csr_compress, _csr_expand,
                    lambda x, values, t: kernels.csr_matmul(x, values, t.cols, t.rowptr, t.transposed),
-                   _csr_slots, _csr_rebuild, fixed_fan_in=False)
+                   _csr_slots, _csr_rebuild, fixed_fan_in=False, stores=True, fields=("cols", "rowptr"),
+                   topology_from=lambda fields, n_in: csr_topology(fields["cols"], fields["rowptr"], n_in),
+                   count_of=lambda values: int(np.size(values)),
+                   matmul_xla=lambda x, values, t: kernels.csr_matmul_xla(x, values, t.cols, t.rowptr))
 
 
 def condensed() -> Backend:
     """Constant fan-in ``[n_out, k]`` values and indices; products by :func:`dst.kernels.condensed_matmul`."""
     return Backend("condensed", _condensed_layout, _condensed_compress, _condensed_expand,
                    lambda x, values, t: kernels.condensed_matmul(x, values, t.indices, t.transposed),
-                   _condensed_slots, _condensed_rebuild, fixed_fan_in=True)
+                   _condensed_slots, _condensed_rebuild, fixed_fan_in=True, stores=True, fields=("indices",),
+                   topology_from=lambda fields, n_in: condensed_topology(fields["indices"], n_in),
+                   count_of=lambda values: int(np.shape(values)[1]),
+                   matmul_xla=lambda x, values, t: kernels.condensed_matmul_gather(x, values, t.indices))
 
 
-def make(name: str) -> Backend | None:
-    """The backend called ``name`` (``None`` for ``masked`` and ``dense``: nothing is converted)."""
-    if name in ("masked", "dense"):
-        return None
-    if name == "csr":
-        return csr()
-    if name == "condensed":
-        return condensed()
-    raise ValueError(f"sparsity.backend must be one of {', '.join(BACKENDS)}; got {name!r}")
+_MAKERS = {"masked": masked, "csr": csr, "condensed": condensed, "dense": dense}
+
+
+def make(name: str) -> Backend:
+    """The backend called ``name``."""
+    if name not in _MAKERS:
+        raise ValueError(f"sparsity.backend must be one of {', '.join(BACKENDS)}; got {name!r}")
+    return _MAKERS[name]()
 
 
 def layouts(backend: Backend, masks, layers, capacity: float = 1.0) -> dict[str, Layout]:

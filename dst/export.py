@@ -65,7 +65,7 @@ def export_model(path, fmt: str, model_config: dict, num_classes: int, params, m
             raise ValueError(f"--format {fmt}: layer {name} {err}") from None
         values, _, topology = backend.compress(jnp.asarray(leaf), jnp.asarray(m[name]), layout)
         arrays[f"stored/{name}/values"] = np.asarray(values)
-        for field in backends.STRUCTURE_FIELDS[fmt]:   # the transposes are rebuilt on loading
+        for field in backend.fields:   # the transposes are rebuilt on loading
             arrays[f"stored/{name}/{field}"] = np.asarray(getattr(topology, field))
         counts[name] = layout.count
     for name, leaf in named_leaves(model_state).items():
@@ -114,9 +114,9 @@ def load_exported(path) -> Callable:
         params = _nest(dense)
         apply = _dense_apply(model)
         return _predict(lambda x: apply(params, state, x), meta)
-    fields = backends.STRUCTURE_FIELDS[meta["format"]]
-    topologies = {n: backends.rebuild_topology(meta["format"], {f: arrays[f"stored/{n}/{f}"] for f in fields},
-                                               shape[0]) for n, (shape, _) in stored.items()}
+    backend = backends.make(meta["format"])
+    topologies = {n: backend.topology_from({f: arrays[f"stored/{n}/{f}"] for f in backend.fields}, shape[0])
+                  for n, (shape, _) in stored.items()}
     values = {n: jnp.asarray(arrays[f"stored/{n}/values"]) for n in stored}
     params = _nest({**dense, **values})
     layout_of = {n: backends.Layout(tuple(shape), count) for n, (shape, count) in stored.items()}
@@ -163,9 +163,7 @@ def _read_export(path) -> tuple[dict, dict]:
 def _gather_backend(fmt: str) -> backends.Backend:
     """The batch-of-one path: one XLA gather (condensed) or gather + segment_sum (csr)."""
     base = backends.make(fmt)
-    if fmt == "condensed":
-        return base._replace(matmul=lambda x, v, t: kernels.condensed_matmul_gather(x, v, t.indices))
-    return base._replace(matmul=lambda x, v, t: kernels.csr_matmul_xla(x, v, t.cols, t.rowptr))
+    return base._replace(matmul=base.matmul_xla)
 
 
 def _dense_apply(model):

@@ -121,3 +121,38 @@ def test_write_slots_writes_valid_slots_only_by_flat_or_two_dimensional_index(mo
     np.testing.assert_array_equal(backends.write_slots(base, values, valid, cols, units), want)
     monkeypatch.setattr(backends, "FLAT_LIMIT", 4)
     np.testing.assert_array_equal(backends.write_slots(base, values, valid, cols, units), want)
+
+
+@pytest.mark.parametrize("name", backends.BACKENDS)
+def test_every_backend_implements_the_one_protocol(name):
+    """masked, dense, csr and condensed alike: compress and expand are inverses, the slot view lists every active
+    weight at its (input, unit) in CSR order and rebuilds the same storage, and the product is the masked one."""
+    _, params, masks, layers = mlp_with_masks(structures.fan_in())
+    w, mask = named_leaves(params)[layers[0]], named_leaves(masks)[layers[0]]
+    backend = backends.make(name)
+    assert backend.name == name and backend.stores == (name in ("csr", "condensed"))
+    layout = backend.layout(mask)
+    values, valid, topology = backend.compress(w, mask, layout)
+    back_w, back_mask = backend.expand(values, valid, topology, layout)
+    np.testing.assert_array_equal(back_w, w)
+    np.testing.assert_array_equal(back_mask, mask)
+    view = backend.slots(values, valid, topology, layout)
+    live = np.asarray(view.valid)
+    inputs, units = np.nonzero(np.asarray(mask))
+    order = np.lexsort((inputs, units))                                  # by unit, then input
+    np.testing.assert_array_equal(np.asarray(view.cols)[live], inputs[order])
+    np.testing.assert_array_equal(np.asarray(view.units)[live], units[order])
+    np.testing.assert_array_equal(np.asarray(view.values)[live], np.asarray(w)[inputs, units][order])
+    rowptr = jnp.searchsorted(view.units, jnp.arange(layout.shape[1] + 1), side="left").astype(jnp.int32)
+    rebuilt = backend.rebuild(view.values, view.valid, view.cols, rowptr, layout)
+    for got, want in zip(jax.tree_util.tree_leaves(rebuilt), jax.tree_util.tree_leaves((values, valid, topology))):
+        np.testing.assert_array_equal(got, want)
+    x = jax.random.normal(jax.random.key(3), (5, layout.shape[0]))
+    np.testing.assert_allclose(backend.matmul(x, values, topology), x @ jnp.where(mask, w, 0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(backend.matmul_xla(x, values, topology), x @ jnp.where(mask, w, 0), rtol=1e-5,
+                               atol=1e-5)
+    assert backend.count_of(values) == layout.count
+    fields = {f: getattr(topology, f) for f in backend.fields}
+    for got, want in zip(jax.tree_util.tree_leaves(backend.topology_from(fields, layout.shape[0])),
+                         jax.tree_util.tree_leaves(topology)):
+        np.testing.assert_array_equal(got, want)

@@ -27,7 +27,7 @@ def abstract_run(backend_name, algo_name, wide=WIDE, program="plain"):
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64))))["params"]
     layers = dst.sparsifiable_layers(shapes)
     backend = backends.make(backend_name)
-    if backend is None:   # masked: the dense program, for contrast
+    if not backend.stores:   # masked: the dense program, for contrast
         return masked_memory(model, shapes, x, algo_name)
     layout_of = {}
     for name in layers:

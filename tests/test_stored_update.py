@@ -154,3 +154,29 @@ def test_the_stored_update_serves_what_it_can_and_leaves_the_rest_to_the_dense_v
     assert stored_update.unsupported(make("srigl", structure=structures.fan_in()), condensed) is None   # stored_srigl
     assert stored_update.unsupported(make("set", grow_init="normal"), csr)
     assert stored_update.unsupported(make("rigl", structure=structures.block(2, 2)), csr)
+
+
+@pytest.mark.parametrize("which", ["rigl", "mest"])
+def test_the_masked_backends_slot_view_makes_the_dense_updates_decisions(which):
+    """``masked`` is one more implementation of the storage protocol: its slot view is every position of the dense
+    kernel in CSR order, and the stored update run on it (slots, the one prune-and-regrow, rebuild) gives the dense
+    update's kernel, mask and grown weights (MEST's drop reads the gradient through the same view)."""
+    settings = dict(ALGORITHMS[which])
+    algo = dst.algorithms.make(settings.pop("name"), update_every=10, end_step=1000, drop_fraction=0.4, **settings)
+    w, mask, x, dy = layer()
+    g = x.T @ dy
+    key, f = jax.random.key(7), jnp.float32(0.4)
+    new_w, new_mask, grown = algo.rules.update_layer(key, w, g, mask, f)
+    backend = backends.make("masked")
+    assert not backend.stores and backend.layout(mask) == backends.Layout((N_IN, N_OUT), N_IN * N_OUT)
+    values, valid, topology = backend.compress(w, mask, backend.layout(mask))
+    view = backend.slots(values, valid, topology, backend.layout(mask))
+    np.testing.assert_array_equal(np.asarray(view.values), np.asarray(w).T.reshape(-1))      # unit by unit
+    np.testing.assert_array_equal(np.asarray(view.cols[:N_IN]), np.arange(N_IN))
+    out = jax.jit(lambda *a: stored_update.update_layer(algo.rules, key, f, *a, backend, backend.layout(mask),
+                                                        3 * N_IN))(values, valid, topology, g, x, dy)
+    assert out.topology is None
+    np.testing.assert_array_equal(out.valid, new_mask)
+    np.testing.assert_array_equal(out.values, new_w)
+    np.testing.assert_array_equal(out.grown, grown)
+    assert int(grown.sum()) > 0

@@ -54,14 +54,13 @@ def _dense_view(state: dict, shapes: dict, backend_name: str):
         return params, masks
     backend_name = auto.SPARSE_BACKEND if backend_name == "auto" else backend_name   # auto stores on csr
     backend = backends.make(backend_name)
-    kind = backends.CSR if backend_name == "csr" else backends.Condensed
     p, m = named_leaves(params), named_leaves(masks)
     dense_p, dense_m = {}, {}
     for name, raw in topologies.items():
-        topology = kind(**{f: jnp.asarray(raw[f]) for f in kind._fields})
+        topology = backend.topology_from({f: jnp.asarray(raw[f]) for f in backend.fields}, shapes[name][0])
         values = jnp.asarray(p[name])
-        count = values.shape[1] if backend_name == "condensed" else values.size
-        w, mask = backend.expand(values, jnp.asarray(m[name]), topology, backends.Layout(shapes[name], count))
+        layout = backends.Layout(shapes[name], backend.count_of(values))
+        w, mask = backend.expand(values, jnp.asarray(m[name]), topology, layout)
         dense_p[name], dense_m[name] = np.asarray(w), np.asarray(mask)
     return replace_named(params, dense_p), replace_named(masks, dense_m)
 

@@ -50,7 +50,7 @@ class Track:
 def stop_on_overflow(storage, metrics) -> None:
     """:class:`ConfigError` (before the epoch is logged or saved) when an update grew a stored layer past
     its capacity (``sparsity.capacity``)."""
-    if storage is not None and storage.backend is not None:
+    if storage is not None and storage.stores:
         overflow = stored.capacity_overflow(metrics, storage.layout_of)
         if overflow is not None:
             raise ConfigError(overflow)

@@ -199,7 +199,7 @@ def initialise(plan: Plan, auto_choice_file=None, stream=None) -> Run:
     if plan.parallel is not None:
         state = plan.parallel.replicate(state)
     step = dst.make_train_step(apply_fn, tx, algo, make_loss(trainer), storage=storage)
-    if storage is not None and storage.backend is not None:   # evaluation takes the stored params too
+    if storage is not None and storage.stores:   # evaluation takes the stored params too
         apply_fn = storage.apply_fn
     every = trainer.get("progress_every_steps")
     loop = epoch_loop(trainer.get("epoch_loop", "auto"), graph.convolutional)

@@ -67,7 +67,7 @@ def storage_for(plan, params, model_state, masks, densities, layers, auto_choice
     # The slots hold the masks' weights, or Top-KAST's backward set around them.
     storage = make_run_storage(sp, model, stored.held_masks(algo, params, masks), sparse_layers,
                                None if plan.parallel is None else plan.parallel.mesh, capacity)
-    if storage is not None and storage.backend is not None and algo.dynamic:
+    if storage is not None and storage.stores and algo.dynamic:
         path, why = stored.update_path(algo, storage)
         how = {"from storage": "updates the stored layers from storage, one layer at a time.",
                "in place": "prunes the stored layers in place, from storage.",
@@ -95,7 +95,7 @@ def make_run_storage(sp: dict, model, masks, sparse_layers, mesh=None, capacity:
         storage = stored.make_storage(model, backend, masks, sparse_layers, mesh, capacity)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    if storage is not None and storage.backend is None:
+    if storage is not None and not storage.stores:
         print("sparsity: backend dense: a plain dense model, with no mask in the train step.")
     elif storage is not None:
         kept = [n for n in sparse_layers if n not in storage.layout_of]

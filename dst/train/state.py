@@ -51,7 +51,7 @@ def create_train_state(key, params, masks, tx: optax.GradientTransformation, alg
             params = apply_masks(params, masks)
         algo_key = jax.random.fold_in(key, ALGO_INIT_STREAM)
         topologies, ever_active = None, masks
-        if storage is None or storage.backend is None:   # masked, or dense (nothing stored)
+        if storage is None or not storage.stores:   # masked, or dense (nothing stored)
             algo_state = algo.init(params, masks, algo_key)
         else:
             ever_active = masks if storage.dense_metrics else None

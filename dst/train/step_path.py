@@ -52,7 +52,7 @@ def step_path(apply_fn, algo: SparseAlgorithm, loss_fn: Callable, storage=None) 
     """The :class:`StepPath` of ``storage``: masked (``None``), dense (a storage without a backend) or stored."""
     if storage is None:
         return masked_path(apply_fn, algo, loss_fn)
-    if storage.backend is None:
+    if not storage.stores:
         return dense_path(apply_fn, algo, loss_fn)
     return stored_path(storage, algo, loss_fn)
 

@@ -70,6 +70,11 @@ class Storage(NamedTuple):
     dense_metrics: bool = True
     born_sparse: bool = False
 
+    @property
+    def stores(self) -> bool:
+        """Whether the layers are held as slots (``csr``, ``condensed``); ``dense`` holds the kernels as they are."""
+        return self.backend.stores
+
 
 def make_storage(model, backend: str, masks, layers, mesh=None, capacity: float = 1.0) -> Storage | None:
     """The :class:`Storage` of ``model`` under ``backend`` (``None`` for ``masked``). Every 2-D
@@ -82,9 +87,9 @@ def make_storage(model, backend: str, masks, layers, mesh=None, capacity: float 
         if not all(np.all(m) for m in jax.tree_util.tree_leaves(masks)):
             raise ValueError("sparsity.backend=dense trains every weight, and these masks are sparse; use it with "
                              "sparsity=dense.")
-        return Storage(None, {}, None, dense_metrics=True)
+        return Storage(backends.dense(), {}, None, dense_metrics=True)
     chosen = backends.make(backend)
-    if chosen is None:
+    if not chosen.stores:
         return None
     shapes = {name: np.shape(leaf) for name, leaf in named_leaves(masks).items()}
     stored = [name for name in layers if len(shapes[name]) == 2]
@@ -310,7 +315,7 @@ def record_view(storage: Storage | None, state):
 def dense_view(storage: Storage | None, state):
     """``state`` with dense params and masks for what a record reads (densities, dead units, an
     algorithm's report): itself when masked; the stored layers expanded otherwise."""
-    if storage is None or storage.backend is None:
+    if storage is None or not storage.stores:
         return state
     expand = _expander(storage.backend, tuple(storage.layout_of.items()))
     params, masks = expand(state.params, state.masks, state.topologies)

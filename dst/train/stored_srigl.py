@@ -121,9 +121,9 @@ def update_stored(algo, storage, block: int = stored_update.GROW_BLOCK):
                     topology_rowptr(view, n_out), old_ablated[name])
             new_values, live, cols, units, source, grown, rowptr, ablated[name] = (
                 jnp.where(dense, a, b) for a, b in zip(same, out))
+            grown = storage.backend.rebuild(grown, live, cols, rowptr, layout)[0]    # laid out as the values are
             new_values, live, new_topology = storage.backend.rebuild(new_values, live, cols, rowptr, layout)
-            return stored_update.LayerUpdate(new_values, live, new_topology, source, grown.reshape(live.shape),
-                                             units, cols)
+            return stored_update.LayerUpdate(new_values, live, new_topology, source, grown, units, cols)
 
         def dense_layer(name, layer_key, w, g, m):
             w, m, grown, ablated[name] = ablation.layer(layer_key, name, w, g, m, f, budget[name], old_ablated[name])

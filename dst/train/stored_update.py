@@ -306,11 +306,12 @@ def update_layer(rules, key, f, values, valid, topology, value_grads, x, dy, bac
     """One stored layer's update by ``rules``: :func:`update_slots` on the ``backend``'s slot view of the
     layer, stored again by the backend in the same capacity (``layout``)."""
     view = backend.slots(values, valid, topology, layout)
+    grads = backend.slots(value_grads, valid, topology, layout).values     # in the slots' order
     new_values, live, new_cols, new_units, source, grown, rowptr = update_slots(
-        rules, key, f, view.values, view.valid, view.cols, view.units, value_grads.reshape(-1), x, dy,
-        layout.shape, block, excess)
+        rules, key, f, view.values, view.valid, view.cols, view.units, grads, x, dy, layout.shape, block, excess)
+    grown = backend.rebuild(grown, live, new_cols, rowptr, layout)[0]     # laid out as the values are
     new_values, live, new_topology = backend.rebuild(new_values, live, new_cols, rowptr, layout)
-    return LayerUpdate(new_values, live, new_topology, source, grown.reshape(live.shape), new_units, new_cols)
+    return LayerUpdate(new_values, live, new_topology, source, grown, new_units, new_cols)
 
 
 def update_layers(storage, rules, key, params, slots, topologies, opt_state, ever_active, grads, taps, *,
@@ -347,7 +348,7 @@ def update_layers(storage, rules, key, params, slots, topologies, opt_state, eve
             w, m, grown = new.values, new.valid, new.grown
             topologies[name], sources[name] = new.topology, new.source
             if ever is not None:
-                ever[i] = ever[i].at[new.cols, new.units].max(m.reshape(-1), mode="drop")
+                ever[i] = ever[i].at[new.cols, new.units].max(new.units < n_out, mode="drop")   # unused: n_out
         elif take:
             w, m, grown = dense_layer(name, layer_key, w, g, m)
             if ever is not None:
