@@ -78,8 +78,9 @@ def test_top_kast_on_csr_makes_the_masked_runs_decisions(tmp_path, data_dir):
     masked_dir, masked = _train(tmp_path, data_dir, "masked", *common)
     stored_dir, out = _train(tmp_path, data_dir, "csr", *common, "sparsity.backend=csr")
     assert masked.returncode == 0 and out.returncode == 0, out.stderr[-2000:]
-    assert ("sparsity: topkast updates the stored layers on their dense view (the algorithm ranks every weight, its "
-            "backward set's and the rest's)." in out.stdout.splitlines()[:5])
+    assert ("sparsity: topkast ranks each stored layer's dense theta (its backward set's values written over the "
+            "weights outside it), stores the new backward set and ranks the forward set among its slots."
+            in out.stdout.splitlines()[:5])
     for a, b in zip(_records(stored_dir), _records(masked_dir), strict=True):
         assert a["topology/updates"] > 0
         for key in a:

@@ -77,6 +77,9 @@ def storage_for(plan, params, model_state, masks, densities, layers, auto_choice
                "momentum, then from storage": "keeps its momentum at every step (each stored layer's dense weight "
                                               "gradient formed from the step's inputs and output gradients) and "
                                               "updates the stored layers from storage, one layer at a time.",
+               "theta, then from storage": "ranks each stored layer's dense theta (its backward set's values written "
+                                           "over the weights outside it), stores the new backward set and ranks "
+                                           "the forward set among its slots.",
                "dense view": f"updates the stored layers on their dense view ({why})."}[path]
         print(f"sparsity: {sp['algorithm']} {how}")
         if any(densities[n] == 1 for n in storage.layout_of):

@@ -143,14 +143,19 @@ def update_path(algo: SparseAlgorithm, storage: Storage) -> tuple[str, str | Non
     ``"from storage"`` (prune-and-regrow one layer at a time, :mod:`dst.train.stored_update`),
     ``"in place"`` (pruning only, :mod:`dst.train.stored_prune`), ``"in place, then from storage"`` (GraNet:
     its global pruning, then its regrowth), ``"every step"`` (on the dense view at every step: an algorithm
-    without the quiet/skip hooks) or ``"dense view"`` (at its update steps)."""
+    without the quiet/skip hooks), ``"theta, then from storage"`` (Top-KAST: its dense ``theta`` ranked, its sets
+    then stored and ranked among the slots, :mod:`dst.train.stored_backward`) or ``"dense view"`` (at its update
+    steps)."""
     if algo.dynamic and algo.quiet is None:
         if algo.momentum_rules is not None and stored_momentum.unsupported(algo) is None:
             return "momentum, then from storage", None
         why = "the algorithm reads every step's dense gradient"
         return "every step", why if algo.momentum_rules is None else f"{why}, and {stored_momentum.unsupported(algo)}"
     if algo.trainable is not None:
-        return "dense view", "the algorithm ranks every weight, its backward set's and the rest's"
+        nested = algo.nested_rules
+        if nested is not None and nested.structure.name == "unstructured":
+            return "theta, then from storage", None
+        return "dense view", "the algorithm ranks every weight, its backward set's and the rest's, under a structure"
     if not algo.dynamic:
         return "dense view", "the algorithm never changes the topology"
     regrow = "the algorithm has its own update" if algo.rules is None else stored_update.unsupported(algo, storage)
@@ -232,7 +237,8 @@ def update_algorithm(algo: SparseAlgorithm, storage: Storage) -> Callable:
             pruned = in_place(state, k_prune, params, slots, topologies, opt_state, ever_active, grads, taps)[:5]
             return (*from_storage(state, k_regrow, *pruned, grads, taps), no_overflow())
     elif algo.trainable is not None:    # Top-KAST: its backward set stored, the rest kept dense until updates
-        backward_set = stored_backward.update(algo, storage)
+        backward_set = stored_backward.ranked_in_slots(algo.nested_rules, storage) \
+            if path == "theta, then from storage" else stored_backward.on_dense_view(algo, storage)
         act = lambda *args: (*backward_set(*args), no_overflow())
     else:
         act = act_dense

@@ -71,18 +71,6 @@ def init(algo: SparseAlgorithm, storage, params, masks, key):
     return values, forward, topologies, state
 
 
-def update(algo: SparseAlgorithm, storage) -> Callable:
-    """``act(state, key, params, slots, topologies, opt_state, ever_active, grads, taps) -> (params, slots,
-    topologies, opt_state, ever_active, state)`` at an update step: the layers' dense ``theta`` (stored ``B``
-    and the weights outside it) ranked, ``B`` stored again, the moments moved with their weights, ``A``
-    flagged among the new slots. Unstructured (:func:`ranked_in_slots`): ``A`` is ranked among ``B``'s slots;
-    under a structure (``A`` kept by it): ``algo.update`` on the dense views (:func:`on_dense_view`)."""
-    rules = algo.nested_rules
-    if rules is not None and rules.structure.name == "unstructured":
-        return ranked_in_slots(rules, storage)
-    return on_dense_view(algo, storage)
-
-
 def ranked_in_slots(rules, storage) -> Callable:
     """Top-KAST's update (:class:`dst.algorithms.topkast.NestedRules`) with ``A`` ranked among ``B``'s new slots:
     per stored layer, ``B`` is the top of the dense ``theta`` (the one dense selection), stored; ``A`` the top of
