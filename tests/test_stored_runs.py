@@ -65,7 +65,7 @@ def problem(structure, seed=0):
 
 def algorithm(name, structure):
     kwargs = dict(update_every=UPDATE_EVERY, end_step=1000, drop_fraction=0.3)
-    if name == "set_normal":      # grown weights drawn over the dense layer
+    if name == "set_normal":      # grown weights: the dense layer's normal draw at their positions, from storage
         return dst.algorithms.make("set", **kwargs, grow_init="normal", structure=structure)
     if name.startswith("gmp"):    # from the problem's 75% towards 90%, pruning at every update
         return dst.algorithms.make("gmp", sparsity=0.9, initial_sparsity=0.75, update_every=UPDATE_EVERY,
@@ -114,7 +114,7 @@ def test_a_stored_run_makes_the_masked_runs_decisions(name, structure, backend):
     expected = jax.tree_util.tree_map(lambda t, m: np.where(m, t, 0), a.opt_state[0].trace, a.masks)
     got, _ = stored.expand_state(storage, b.opt_state[0].trace, b.masks, b.topologies)
     jax.tree_util.tree_map(lambda p, q: np.testing.assert_allclose(p, q, atol=1e-5), got, expected)
-    paths = {"rigl": "from storage", "mest_decay": "from storage", "gmp": "in place", "gmp_global": "in place",
+    paths = {"rigl": "from storage", "mest_decay": "from storage", "set_normal": "from storage", "gmp": "in place", "gmp_global": "in place",
              "snfs": "momentum, then from storage", "granet": "in place, then from storage"}
     if structure is not None:   # among the structured cases, SRigL updates from storage; the rest are above
         paths = {"srigl": "from storage", "srigl_ablating": "from storage"}

@@ -180,3 +180,50 @@ def test_the_masked_backends_slot_view_makes_the_dense_updates_decisions(which):
     np.testing.assert_array_equal(out.values, new_w)
     np.testing.assert_array_equal(out.grown, grown)
     assert int(grown.sum()) > 0
+
+
+@pytest.mark.parametrize("grow_std", [None, 0.1], ids=["rms", "fixed"])
+def test_grown_weights_under_grow_init_normal_take_the_dense_draw_at_their_positions(grow_std):
+    """``grow_init=normal`` from storage: the same masks as the dense update, and each grown weight the dense
+    layer's draw at its position times the dense rule's scale (the survivors' RMS, or ``grow_std``)."""
+    algo = dst.algorithms.make("set", update_every=10, end_step=1000, drop_fraction=0.4, grow_init="normal",
+                               grow_std=grow_std)
+    assert stored_update.unsupported(algo, None) is None
+    w, mask, x, dy = layer()
+    key, f = jax.random.key(7), jnp.float32(0.4)
+    new_w, new_mask, grown = algo.rules.update_layer(key, w, x.T @ dy, mask, f)
+    backend = backends.make("csr")
+    layout = backend.layout(mask)._replace(count=int(mask.sum()) + 9)
+    values, valid, topology = backend.compress(w, mask, layout)
+    out = jax.jit(lambda *a: stored_update.update_layer(algo.rules, key, f, *a, backend, layout))(
+        values, valid, topology, jnp.zeros_like(values), x, dy)
+    got_w, got_mask = backend.expand(out.values, out.valid, out.topology, layout)
+    np.testing.assert_array_equal(got_mask, new_mask)
+    np.testing.assert_allclose(got_w, new_w, rtol=1e-6, atol=1e-7)     # the RMS summed in another order
+    # By the rule itself: the grown weights are scale x normal(k_init, shape) at their positions.
+    kept = np.asarray(mask & new_mask & ~grown)
+    scale = grow_std if grow_std is not None else np.sqrt(np.sum(np.where(kept, np.asarray(w) ** 2, 0)) / kept.sum())
+    draw = np.asarray(jax.random.normal(jax.random.split(key, 3)[2], mask.shape))
+    np.testing.assert_allclose(np.asarray(got_w)[np.asarray(grown)], scale * draw[np.asarray(grown)], rtol=1e-5)
+    assert int(grown.sum()) > 0
+
+
+def test_above_the_dense_draw_limit_grown_weights_take_one_draw_per_slot(monkeypatch):
+    """A layer above ``NORMAL_DRAW_LIMIT`` positions (lowered here) draws one normal per slot, never the dense layer:
+    the masks are still the dense update's, and the grown weights are ``grow_std`` times the slots' draws."""
+    monkeypatch.setattr(stored_update, "NORMAL_DRAW_LIMIT", 1)
+    algo = dst.algorithms.make("set", update_every=10, end_step=1000, drop_fraction=0.4, grow_init="normal",
+                               grow_std=0.1)
+    w, mask, x, dy = layer()
+    key, f = jax.random.key(7), jnp.float32(0.4)
+    _, new_mask, grown = algo.rules.update_layer(key, w, x.T @ dy, mask, f)
+    backend = backends.make("csr")
+    layout = backend.layout(mask)
+    values, valid, topology = backend.compress(w, mask, layout)
+    out = stored_update.update_layer(algo.rules, key, f, values, valid, topology, jnp.zeros_like(values), x, dy,
+                                     backend, layout)
+    np.testing.assert_array_equal(backend.expand(out.values, out.valid, out.topology, layout)[1], new_mask)
+    per_slot = np.asarray(jax.random.normal(jax.random.split(key, 3)[2], (layout.count,)))
+    at = np.asarray(out.grown)
+    assert at.sum() == int(grown.sum()) > 0
+    np.testing.assert_allclose(np.asarray(out.values)[at], 0.1 * per_slot[at], rtol=1e-6)

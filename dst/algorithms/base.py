@@ -223,16 +223,21 @@ def check_schedule(update_every, start_step, end_step, drop_fraction_, drop_sche
         raise ValueError(f"drop_schedule must be one of {allowed}; got {drop_schedule!r}.")
 
 
+def grow_scale(w, kept, grow_std=None):
+    """The standard deviation of weights grown under ``grow_init=normal``: ``grow_std`` where given (a fixed scale;
+    SET's reference code: N(0, 1) / 10), else the RMS of the layer's surviving weights (``w`` where ``kept``), so
+    regrown weights match the scale the layer has now rather than its scale at initialisation."""
+    if grow_std is not None:
+        return grow_std
+    n = jnp.maximum(jnp.sum(kept), 1).astype(w.dtype)
+    return jnp.sqrt(jnp.sum(jnp.where(kept, w * w, 0.0)) / n)
+
+
 def grow_values(key, w, kept, grow_init, grow_std=None):
+    """Values for weights grown in a dense layer ``w``: zeros, or N(0, :func:`grow_scale`^2) drawn over the layer."""
     if grow_init == "zeros":
         return jnp.zeros_like(w)
-    if grow_std is not None:     # a fixed scale (SET's reference code: N(0, 1) / 10)
-        return grow_std * jax.random.normal(key, w.shape, w.dtype)
-    # "normal": N(0, sigma^2) with sigma the RMS of the layer's surviving weights, so regrown weights
-    # match the scale the layer has now rather than its scale at initialisation.
-    n = jnp.maximum(jnp.sum(kept), 1).astype(w.dtype)
-    sigma = jnp.sqrt(jnp.sum(jnp.where(kept, w * w, 0.0)) / n)
-    return sigma * jax.random.normal(key, w.shape, w.dtype)
+    return grow_scale(w, kept, grow_std) * jax.random.normal(key, w.shape, w.dtype)
 
 
 def dense_view(w, g, mask, grow_score, grow_init, grow_std=None, structure: Structure = UNSTRUCTURED) -> LayerView:

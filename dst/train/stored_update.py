@@ -22,8 +22,9 @@ update of a network holds one layer's block at a time, at update steps only.
 The selection is the dense algorithm's, decision for decision: both sides rank by (score, keyed
 priority of the weight's flat index in the layer), :func:`dst.selection.priorities_at`, so ties break
 alike and a stored run keeps the masked run's masks (``tests/test_stored_runs.py``,
-``tests/test_stored_update.py``). What this path does not cover (SRigL, block structure,
-``grow_init=normal``, whose values are drawn over the dense layer) updates on the dense view instead
+``tests/test_stored_update.py``). Under ``grow_init=normal`` the grown weights take the dense layer's normal draw
+at their positions (:func:`grown_normals`) times the scale the dense rule computes. What this path does not cover
+(block structure; SRigL's ``grow_init=normal``) updates on the dense view instead
 (:func:`dst.train.stored.update_algorithm`).
 """
 
@@ -39,6 +40,7 @@ from jax import lax
 from dst import backends
 from dst import kernels
 from dst.algorithms.base import SparseAlgorithm
+from dst.algorithms.base import grow_scale
 from dst.algorithms.layer_view import LayerView
 from dst.algorithms.layer_view import call_with
 from dst.algorithms.layer_view import prune_regrow
@@ -69,8 +71,8 @@ def unsupported(algo: SparseAlgorithm, storage) -> str | None:
     structure = rules.structure
     if structure.name != "unstructured" and (structure.unit_group is None or structure.drop is not bottom_k_mask):
         return f"structure={structure.name} has groups across output units"
-    if rules.grow_init != "zeros":
-        return "grow_init=normal draws its values over the dense layer"
+    if rules.grow_init != "zeros" and rules.ablation is not None:
+        return "SRigL's grow_init=normal draws its values over the dense layer"
     return None
 
 
@@ -257,11 +259,29 @@ def slot_view(rules, values, valid, cols, units, value_grads, x, dy, shape, bloc
         return grow_candidates(rules, key, valid, kept, cols, units, x, dy, k, shape, capacity, block)
 
     def place(key, kept, grown):
-        del key   # grown weights start at zero (grow_init=zeros: a normal draw is over the dense layer)
-        return merge_kept_and_grown(values, cols, units, kept, *grown, shape)
+        merged = merge_kept_and_grown(values, cols, units, kept, *grown, shape)
+        if rules.grow_init == "zeros":
+            return merged
+        new_values, _, new_cols, new_units, _, new_grown, _ = merged
+        draw = grown_normals(key, new_cols, new_units, shape, values.dtype)
+        return (jnp.where(new_grown, grow_scale(values, kept, rules.grow_std) * draw, new_values), *merged[1:])
 
     return LayerView(values, value_grads, valid, n_in * n_out, {"select": select, "positions": positions}, grow,
                      place)
+
+
+# Up to this many positions, grown values under grow_init=normal are the dense layer's draw at their positions
+# (the masked run's values); above it, one draw per slot (the same law).
+NORMAL_DRAW_LIMIT = 2**26
+
+
+def grown_normals(key, cols, units, shape, dtype) -> jax.Array:
+    """A standard normal per slot (``cols``, ``units``): the dense layer's draw ``normal(key, shape)`` at each slot's
+    position, as :func:`dst.algorithms.base.grow_values` draws it, on a layer of at most :data:`NORMAL_DRAW_LIMIT`
+    positions (a dense temporary at update steps); one draw per slot above, where the dense draw would not fit."""
+    if math.prod(shape) <= NORMAL_DRAW_LIMIT:
+        return jax.random.normal(key, shape, dtype)[cols, jnp.minimum(units, shape[1] - 1)]
+    return jax.random.normal(key, cols.shape, dtype)
 
 
 def update_slots(rules, key, f, values, valid, cols, units, value_grads, x, dy, shape, block: int = GROW_BLOCK,
