@@ -24,7 +24,8 @@ ALGO_INIT_STREAM = 0x616C67
 
 class TrainState(NamedTuple):
     params: Any        # stored with exact zeros at inactive positions
-    masks: Any         # bool pytree of the params' structure
+    masks: Any         # bool pytree of the params' structure: whether each place holds an active weight (a
+                       # position of a dense kernel; a slot of a stored layer, whose params are its slots' values)
     model_state: Any   # the model's non-parameter collections ({"batch_stats": ...}; {} for MLPs)
     opt_state: Any
     algo_state: Any
