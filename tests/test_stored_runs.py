@@ -114,7 +114,8 @@ def test_a_stored_run_makes_the_masked_runs_decisions(name, structure, backend):
     expected = jax.tree_util.tree_map(lambda t, m: np.where(m, t, 0), a.opt_state[0].trace, a.masks)
     got, _ = stored.expand_state(storage, b.opt_state[0].trace, b.masks, b.topologies)
     jax.tree_util.tree_map(lambda p, q: np.testing.assert_allclose(p, q, atol=1e-5), got, expected)
-    paths = {"rigl": "from storage", "mest_decay": "from storage", "set_normal": "from storage", "gmp": "in place", "gmp_global": "in place",
+    paths = {"rigl": "from storage", "mest_decay": "from storage", "set_normal": "from storage", "gmp": "in place",
+             "gmp_global": "in place",
              "snfs": "momentum, then from storage", "granet": "in place, then from storage"}
     if structure is not None:   # among the structured cases, SRigL updates from storage; the rest are above
         paths = {"srigl": "from storage", "srigl_ablating": "from storage"}
