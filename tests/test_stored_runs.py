@@ -36,8 +36,9 @@ CASES = [
     ("srigl_ablating", structures.fan_in(), "csr"),
     pytest.param("rigl", structures.fan_in(), "condensed", marks=slow),
     pytest.param("set", structures.n_m(2, 4), "condensed", marks=slow),
-    # Updated one layer's dense view at a time (dst.train.stored._layerwise_dense), not from storage:
+    # Block structure: updated on the dense view (blocks span output units), not from storage.
     pytest.param("rigl", structures.block(2, 2), "csr", marks=slow),
+    # grow_init=normal from storage: the dense draw at the grown weights' positions.
     pytest.param("set_normal", None, "csr", marks=slow),
     # Counts that fall: the freed slots become padding inside the layer's capacity.
     ("gmp", None, "csr"),
