@@ -47,6 +47,8 @@ CASES = [
     pytest.param("granet", None, "csr", marks=slow),
     # Counts that move between layers: spare slots (capacity 2), the dense view at every step.
     ("snfs", None, "csr"),
+    # SNFS's grown weights drawn normal from storage (the dense draw at their positions).
+    pytest.param("snfs_normal", None, "csr", marks=slow),
 ]
 
 
@@ -74,6 +76,8 @@ def algorithm(name, structure):
     if name == "granet":          # global pruning from 75% towards 90%, then regeneration in each layer
         return dst.algorithms.make("granet", sparsity=0.9, initial_sparsity=0.75, update_every=UPDATE_EVERY,
                                    end_step=STEPS, drop_fraction=0.3)
+    if name == "snfs_normal":
+        return dst.algorithms.make("snfs", **kwargs, grow_init="normal")
     if name == "srigl_ablating":
         return dst.algorithms.make("srigl", **kwargs, min_salient_fraction=0.9, structure=structure)
     if name == "mest_decay":      # MEST's decay: each update drops more than it grows
@@ -116,8 +120,8 @@ def test_a_stored_run_makes_the_masked_runs_decisions(name, structure, backend):
     got, _ = stored.expand_state(storage, b.opt_state[0].trace, b.masks, b.topologies)
     jax.tree_util.tree_map(lambda p, q: np.testing.assert_allclose(p, q, atol=1e-5), got, expected)
     paths = {"rigl": "from storage", "mest_decay": "from storage", "set_normal": "from storage", "gmp": "in place",
-             "gmp_global": "in place",
-             "snfs": "momentum, then from storage", "granet": "in place, then from storage"}
+             "gmp_global": "in place", "snfs": "momentum, then from storage",
+             "snfs_normal": "momentum, then from storage", "granet": "in place, then from storage"}
     if structure is not None:   # among the structured cases, SRigL updates from storage; the rest are above
         paths = {"srigl": "from storage", "srigl_ablating": "from storage"}
     if name in paths:

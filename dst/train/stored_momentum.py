@@ -25,6 +25,7 @@ from jax import lax
 
 from dst import kernels
 from dst.algorithms.base import SparseAlgorithm
+from dst.algorithms.base import grow_scale
 from dst.algorithms.base import grow_values
 from dst.algorithms.base import magnitude_drop
 from dst.algorithms.snfs import allocate
@@ -51,8 +52,6 @@ def unsupported(algo: SparseAlgorithm) -> str | None:
         return "the algorithm has its own update"
     if rules.structure.name != "unstructured":
         return f"structure={rules.structure.name} drops and grows whole blocks"
-    if rules.grow_init != "zeros":
-        return "grow_init=normal draws its values over the dense layer"
     return None
 
 
@@ -137,6 +136,9 @@ def _topology(rules, backend, layouts, block, step, key, momentum, params, slots
         g_chosen = g_chosen & (jnp.arange(capacity) < capacity - kept_count)   # past capacity: overflow stops the run
         values, live, cols, units, sources[n], fresh, rowptr = stored_update.merge_kept_and_grown(
             view.values.astype(w[n].dtype), view.cols, view.units, kept[n], g_inputs, g_units, g_chosen, layout.shape)
+        if rules.grow_init != "zeros":   # the dense rule's values: its scale times the dense draw at each position
+            draw = stored_update.grown_normals(ki, cols, units, layout.shape, values.dtype)
+            values = jnp.where(fresh, grow_scale(view.values, kept[n]) * draw, values)
         values, live, topologies[n] = backend.rebuild(values, live, cols, rowptr, layout)
         new_w[n], new_m[n] = values, live
         grown[n] = fresh.reshape(live.shape)
