@@ -213,22 +213,28 @@ def data_dir(tmp_path_factory):
     return write_dataset(tmp_path_factory.mktemp("idx") / "fashion_mnist", n_train=256)
 
 
-def test_dst_train_runs_born_sparse_from_the_command_line(tmp_path, data_dir):
+def test_dst_train_runs_born_sparse_from_the_command_line(tmp_path, data_dir, capsys):
     said = []
     cfg = composed("sparsity=set", "sparsity.distribution=er", "sparsity.epsilon=4", "sparsity.backend=csr",
                    "sparsity.born_sparse=true", "sparsity.update_every=2", "model=mlp", "model.hidden=[64,32]",
                    f"dataset.data_dir={data_dir}", "logger=none", "trainer.epochs=1", "trainer.batch_size=32")
     plan = prepare(cfg, said.append)
     parts = initialise(plan)
-    assert parts.storage.born_sparse and parts.state.ever_active is None
+    assert parts.storage.born_sparse and parts.storage.dense_metrics       # ITOP where it fits: 10^5 positions
+    _, born_masks = stored.expand_state(parts.storage, parts.state.params, parts.state.masks, parts.state.topologies)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, parts.state.ever_active, born_masks)   # the born positions
     counts = {n: lay.count for n, lay in parts.storage.layout_of.items()}
     assert counts == {"Dense_0/kernel": 4 * (784 + 64), "Dense_1/kernel": 4 * (64 + 32),
                       "Dense_2/kernel": 4 * (32 + 10)}
+    capsys.readouterr()
     summary = run(cfg, tmp_path / "run")
+    assert "sparsity: set updates the stored layers from storage, one layer at a time." in capsys.readouterr().out
     record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["topology/updates"] >= 2 and record["topology/grown/Dense_1/kernel"] > 0
     assert record["sparsity/Dense_1/kernel"] == pytest.approx(1 - 4 * 96 / (64 * 32))     # the count kept
-    assert "dead_units/Dense_0/kernel" in record and "itop_rate" not in record
+    assert "dead_units/Dense_0/kernel" in record
+    # Regrowth explores: more positions were ever active than any one topology holds (ER's counts in 784-64-32-10).
+    assert record["itop_rate"] > 4 * (784 + 64 + 64 + 32 + 32 + 10) / (784 * 64 + 64 * 32 + 32 * 10)
     assert summary["test/accuracy"] == record["test/accuracy"]
 
 
@@ -245,6 +251,7 @@ def test_rigl_grows_by_gradient_on_a_layer_of_2_to_the_32_positions(tmp_path, da
     assert record["topology/updates"] == 1
     assert record["topology/grown/Dense_1/kernel"] == record["topology/dropped/Dense_1/kernel"] > count // 4
     assert record["sparsity/Dense_1/kernel"] == pytest.approx(1 - count / (65536 * 65537))   # the count kept
+    assert "itop_rate" not in record          # 4.3e9 positions: no ever-active set above DENSE_METRICS_LIMIT
 
 
 @pytest.mark.parametrize("overrides, sentence", [

@@ -53,6 +53,7 @@ from dst.app.resume import start_point
 from dst.app.resume import stop_on_sigterm
 from dst.app.sparse_setup import born_sparse_layers
 from dst.app.sparse_setup import initial_densities
+from dst.app.sparse_setup import say_update_path
 from dst.app.sparse_setup import storage_for
 from dst.app.summary import Outcome
 from dst.app.summary import finish_run
@@ -177,6 +178,7 @@ def initialise(plan: Plan, auto_choice_file=None, stream=None) -> Run:
             capacity=sp.get("capacity") or stored.default_capacity(algo),
             mesh=None if plan.parallel is None else plan.parallel.mesh)
         params, model_state, timings = shapes, state.model_state, {}
+        say_update_path(sp, algo, storage, densities)
     else:
         params, model_state = dst.init_model(model, k_init, sample)
     graph = kernel_graph(lambda p: apply_fn(p, model_state, sample, False, None)[0], params, layers)

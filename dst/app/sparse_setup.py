@@ -67,6 +67,13 @@ def storage_for(plan, params, model_state, masks, densities, layers, auto_choice
     # The slots hold the masks' weights, or Top-KAST's backward set around them.
     storage = make_run_storage(sp, model, stored.held_masks(algo, params, masks), sparse_layers,
                                None if plan.parallel is None else plan.parallel.mesh, capacity)
+    say_update_path(sp, algo, storage, densities)
+    return storage, timings
+
+
+def say_update_path(sp: dict, algo, storage, densities: dict) -> None:
+    """The run's line on how ``algo``'s updates reach the stored layers (:func:`dst.train.stored.update_path`), and
+    a word where a stored layer starts dense; nothing for a masked or static run."""
     if storage is not None and storage.stores and algo.dynamic:
         path, why = stored.update_path(algo, storage)
         how = {"from storage": "updates the stored layers from storage, one layer at a time.",
@@ -86,7 +93,6 @@ def storage_for(plan, params, model_state, masks, densities, layers, auto_choice
             print(f"sparsity: {sp['algorithm']} starts some stored layers dense, and a layer keeps its starting "
                   "capacity as it is pruned (freed slots pad it): the kernels pay only at low density, so "
                   "sparsity.backend=masked trains such a run faster.")
-    return storage, timings
 
 
 def make_run_storage(sp: dict, model, masks, sparse_layers, mesh=None, capacity: float = 1.0):

@@ -47,6 +47,7 @@ from dst.train.apply import model_state_shapes
 from dst.train.state import ALGO_INIT_STREAM
 from dst.train.state import TrainState
 from dst.train.state import counts as count_masks
+from dst.train.stored import DENSE_METRICS_LIMIT
 from dst.train.stored import Storage
 
 # Folded into the init key for the stored layers' values.
@@ -204,6 +205,12 @@ def born_layer(key, rng, backend: backends.Backend, layout: backends.Layout, cou
     return backend.rebuild(values, valid, jnp.asarray(cols), jnp.asarray(rowptr), layout)
 
 
+def _positions_of(backend, stored, valid, layout) -> jax.Array:
+    """The dense ``[n_in, n_out]`` bool set of a stored layer's active positions (its starting ever-active set)."""
+    view = backend.slots(stored[0], valid, stored[1], layout)
+    return backends.write_slots(jnp.zeros(layout.shape, bool), view.valid, view.valid, view.cols, view.units)
+
+
 def init_state(keys, seed: int, model: nn.Module, sample, densities: dict[str, float], stored_layers: list[str], *,
                backend: backends.Backend, tx, algo, structure=UNSTRUCTURED, capacity: float = 1.0,
                mesh=None) -> tuple[Storage, TrainState]:
@@ -238,13 +245,18 @@ def init_state(keys, seed: int, model: nn.Module, sample, densities: dict[str, f
     masked = {n: d for n, d in densities.items() if n not in layout_of}
     kept_structure = None if structure.name == "unstructured" else structure
     masks = replace_named(init_masks(k_mask, params, masked, structure=kept_structure), slots)
+    # ITOP where it fits: the ever-active set is one bool per position, kept only up to DENSE_METRICS_LIMIT of them.
+    dense_metrics = sum(math.prod(lay.shape) for lay in layout_of.values()) <= DENSE_METRICS_LIMIT
     storage = Storage(backend, layout_of, backends.stored_apply(model, backend, layout_of, mesh),
-                      dense_metrics=False, born_sparse=True)
+                      dense_metrics=dense_metrics, born_sparse=True)
+    ever_active = replace_named(masks, {n: _positions_of(backend, stored[n], slots[n], lay)
+                                        for n, lay in layout_of.items()}) if dense_metrics else None
     # The algorithm's init reads the stored layers' dense shapes (GMP's and MEST's target counts), never values.
     dense_shapes = {n: jax.ShapeDtypeStruct(lay.shape, stored[n][0].dtype) for n, lay in layout_of.items()}
     algo_state = algo.init(replace_named(params, dense_shapes), masks, jax.random.fold_in(k_state, ALGO_INIT_STREAM))
     state = TrainState(params=params, masks=masks, model_state=model_state,
-                       opt_state=tx.init(params), algo_state=algo_state, ever_active=None, active=count_masks(masks),
+                       opt_state=tx.init(params), algo_state=algo_state, ever_active=ever_active,
+                       active=count_masks(masks),
                        step=jnp.zeros((), jnp.int32), rng=k_state,
                        topologies={n: t for n, (_, t) in stored.items()})
     return storage, state
