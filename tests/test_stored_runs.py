@@ -34,6 +34,8 @@ CASES = [
     pytest.param("srigl", structures.fan_in(), "csr", marks=slow),
     # SRigL from storage with units ablated (gamma 0.9 ablates 22, 9 and 2 units of the three layers).
     ("srigl_ablating", structures.fan_in(), "csr"),
+    # ... and its grown weights drawn normal (the dense draw at their slots, the kept weights' RMS).
+    pytest.param("srigl_normal", structures.fan_in(), "csr", marks=slow),
     pytest.param("rigl", structures.fan_in(), "condensed", marks=slow),
     pytest.param("set", structures.n_m(2, 4), "condensed", marks=slow),
     # Block structure: updated on the dense view (blocks span output units), not from storage.
@@ -76,6 +78,8 @@ def algorithm(name, structure):
     if name == "granet":          # global pruning from 75% towards 90%, then regeneration in each layer
         return dst.algorithms.make("granet", sparsity=0.9, initial_sparsity=0.75, update_every=UPDATE_EVERY,
                                    end_step=STEPS, drop_fraction=0.3)
+    if name == "srigl_normal":
+        return dst.algorithms.make("srigl", **kwargs, min_salient_fraction=0.9, structure=structure, grow_init="normal")
     if name == "snfs_normal":
         return dst.algorithms.make("snfs", **kwargs, grow_init="normal")
     if name == "srigl_ablating":
@@ -123,7 +127,7 @@ def test_a_stored_run_makes_the_masked_runs_decisions(name, structure, backend):
              "gmp_global": "in place", "snfs": "momentum, then from storage",
              "snfs_normal": "momentum, then from storage", "granet": "in place, then from storage"}
     if structure is not None:   # among the structured cases, SRigL updates from storage; the rest are above
-        paths = {"srigl": "from storage", "srigl_ablating": "from storage"}
+        paths = {"srigl": "from storage", "srigl_ablating": "from storage", "srigl_normal": "from storage"}
     if name in paths:
         assert stored.update_path(algo, storage)[0] == paths[name]
     if name.startswith("srigl"):   # the ablated units too

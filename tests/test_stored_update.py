@@ -153,7 +153,8 @@ def test_the_stored_update_serves_what_it_can_and_leaves_the_rest_to_the_dense_v
     assert stored_update.unsupported(make("rigl", structure=structures.fan_in()), condensed) is None
     assert stored_update.unsupported(make("srigl", structure=structures.fan_in()), condensed) is None   # stored_srigl
     assert stored_update.unsupported(make("set", grow_init="normal"), csr) is None     # the dense draw at the slots
-    assert stored_update.unsupported(make("srigl", structure=structures.fan_in(), grow_init="normal"), condensed)
+    assert stored_update.unsupported(make("srigl", structure=structures.fan_in(), grow_init="normal"), condensed) \
+        is None                                                        # the dense draw at the grown slots, too
     assert stored_update.unsupported(make("rigl", structure=structures.block(2, 2)), csr)
 
 

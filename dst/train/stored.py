@@ -17,8 +17,8 @@ only dense temporary is one block of it. GMP prunes the stored layers in place
 updates from storage (:mod:`dst.train.stored_momentum`), with spare slots per layer since it moves weights
 between layers (:func:`default_capacity`; :func:`capacity_overflow` stops a run that outgrows them).
 Top-KAST stores its backward set (:mod:`dst.train.stored_backward`), ranking its dense ``theta``. The dense
-view (a layer's dense size at update steps) serves the rest: block structure, SRigL's ``grow_init=normal``,
-Top-KAST under a structure, SNFS under a structure.
+view (a layer's dense size at update steps) serves the rest: block structure, Top-KAST
+under a structure, SNFS under a structure.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from dst import kernels
 from dst.algorithms.base import drop_count
+from dst.algorithms.base import grow_scale
 from dst.algorithms.rigl import gradient_grow_score
 from dst.selection import bottom_k_mask
 from dst.selection import priorities_at
@@ -121,6 +122,10 @@ def update_stored(algo, storage, block: int = stored_update.GROW_BLOCK):
                     topology_rowptr(view, n_out), old_ablated[name])
             new_values, live, cols, units, source, grown, rowptr, ablated[name] = (
                 jnp.where(dense, a, b) for a, b in zip(same, out))
+            if rules.grow_init != "zeros":   # the dense rule's values: the kept RMS times the dense draw at each slot
+                draw = stored_update.grown_normals(jax.random.fold_in(layer_key, 7), cols, units, layout.shape,
+                                                   new_values.dtype)
+                new_values = jnp.where(grown, grow_scale(new_values, live & ~grown) * draw, new_values)
             grown = storage.backend.rebuild(grown, live, cols, rowptr, layout)[0]    # laid out as the values are
             new_values, live, new_topology = storage.backend.rebuild(new_values, live, cols, rowptr, layout)
             return stored_update.LayerUpdate(new_values, live, new_topology, source, grown, units, cols)

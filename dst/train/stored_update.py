@@ -24,7 +24,7 @@ priority of the weight's flat index in the layer), :func:`dst.selection.prioriti
 alike and a stored run keeps the masked run's masks (``tests/test_stored_runs.py``,
 ``tests/test_stored_update.py``). Under ``grow_init=normal`` the grown weights take the dense layer's normal draw
 at their positions (:func:`grown_normals`) times the scale the dense rule computes. What this path does not cover
-(block structure; SRigL's ``grow_init=normal``) updates on the dense view instead
+(block structure) updates on the dense view instead
 (:func:`dst.train.stored.update_algorithm`).
 """
 
@@ -71,8 +71,6 @@ def unsupported(algo: SparseAlgorithm, storage) -> str | None:
     structure = rules.structure
     if structure.name != "unstructured" and (structure.unit_group is None or structure.drop is not bottom_k_mask):
         return f"structure={structure.name} has groups across output units"
-    if rules.grow_init != "zeros" and rules.ablation is not None:
-        return "SRigL's grow_init=normal draws its values over the dense layer"
     return None
 
 
