@@ -165,3 +165,29 @@ def test_a_layer_grown_past_its_capacity_stops_the_run_and_keeps_the_last_checkp
     assert lines[0].startswith("error: layer Dense_")
     assert [r["epoch"] for r in _records(run_dir)] == [1]          # the epoch before is logged ...
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == ["1"]   # ... and kept
+
+
+@pytest.mark.slow   # two real runs each
+@pytest.mark.parametrize("algorithm", ["rigl", "topkast"])
+def test_a_conv_net_stores_its_dense_layers_and_keeps_its_convolutions_masked(tmp_path, data_dir, algorithm):
+    """LeNet-5 on csr: its fully connected layers stored, its convolutions masked in the same run; both kinds
+    updated in the same step (RigL from storage and masked; Top-KAST's sets ranked among the slots and dense)
+    make the masked run's decisions."""
+    common = (f"sparsity={algorithm}", "sparsity.sparsity=0.8", "sparsity.update_every=5", "optimizer.momentum=0",
+              *(("sparsity.backward_sparsity=0.6",) if algorithm == "topkast" else ()))
+    runs = {}
+    for backend in ("masked", "csr"):
+        run_dir = tmp_path / backend
+        out = dst_train_here("model=lenet5", "dataset=fashion_mnist", f"dataset.data_dir={data_dir}",
+                             "trainer.epochs=2", "trainer.batch_size=64", "logger.name=none", *common,
+                             f"sparsity.backend={backend}", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+        assert out.returncode == 0, out.stderr[-2000:]
+        runs[backend] = (run_dir, out)
+    first_lines = runs["csr"][1].stdout.splitlines()[:3]
+    assert "sparsity: backend csr stores Dense_0/kernel, Dense_1/kernel; Conv_1/kernel stay masked (convolutions)." \
+        in first_lines                     # the first convolution and the output layer are dense by default
+    for a, b in zip(_records(runs["csr"][0]), _records(runs["masked"][0]), strict=True):
+        assert a["topology/updates"] > 0
+        for key in ("sparsity/global", "topology/dropped", "topology/grown", "itop_rate", "dead_units/total"):
+            assert a[key] == b[key], key
+        assert abs(a["train/loss"] - b["train/loss"]) <= 1e-3
