@@ -107,6 +107,12 @@ def test_top_kast_on_csr_makes_the_masked_runs_decisions(tmp_path, data_dir):
      "sparsity.backend=condensed keeps every unit's fan-in, and sparsity.algorithm=gmp changes layers' counts"),
     (("sparsity=topkast", "sparsity.backend=condensed", "sparsity.structure=fan_in"),
      "sparsity.backend=condensed keeps every unit's fan-in, and sparsity.algorithm=topkast trains a backward set"),
+    (("sparsity=dense", "sparsity.backend=csr"),
+     "sparsity.backend=csr stores sparse layers, and sparsity=dense trains every weight; use sparsity.backend=dense "
+     "(a plain dense model) or masked."),
+    (("sparsity=static", "sparsity.sparsity=0", "sparsity.backend=csr"),
+     "sparsity.backend=csr stores the sparse fully connected layers, and this run starts every one of them dense "
+     "(none to store); use sparsity.backend=masked, or a sparsity above 0."),
 ])
 def test_what_a_backend_cannot_take_is_one_sentence(tmp_path, data_dir, overrides, sentence):
     run_dir, out = _train(tmp_path, data_dir, "bad", *(() if any(o.startswith("sparsity=") for o in overrides)
