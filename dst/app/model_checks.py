@@ -95,9 +95,6 @@ def check_backend_fits(sp: dict, algo, params) -> None:
     backend = sp.get("backend") or "masked"
     if backend in ("masked", "dense", "auto"):   # auto: see auto_fallback
         return
-    if sp["algorithm"] == "dense":
-        raise ConfigError(f"sparsity.backend={backend} stores sparse layers, and sparsity=dense trains every weight; "
-                          "use sparsity.backend=dense (a plain dense model) or masked.")
     try:
         stored.check_algorithm(algo, backend, f"sparsity.algorithm={sp['algorithm']}")
     except ValueError as err:

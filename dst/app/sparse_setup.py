@@ -106,10 +106,10 @@ def make_run_storage(sp: dict, model, masks, sparse_layers, mesh=None, capacity:
         raise ConfigError(str(err)) from None
     if storage is not None and not storage.stores:
         print("sparsity: backend dense: a plain dense model, with no mask in the train step.")
-    elif storage is not None and not storage.layout_of:
-        raise ConfigError(f"sparsity.backend={backend} stores the sparse fully connected layers, and this run starts "
-                          "every one of them dense (none to store); use sparsity.backend=masked, or a sparsity "
-                          "above 0.")
+    elif storage is not None and not storage.layout_of:   # nothing sparse to store: the masked run it is
+        print(f"sparsity: backend {backend} stores no layer: every sparse layer starts dense (sparsity=dense, or a "
+              "sparsity of 0), so the run trains them masked, as sparsity.backend=masked would.")
+        return None
     elif storage is not None:
         kept = [n for n in sparse_layers if n not in storage.layout_of]
         print(f"sparsity: backend {backend} stores {layer_list(storage.layout_of)}"
