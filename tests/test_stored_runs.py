@@ -146,8 +146,8 @@ def test_top_kast_on_csr_makes_the_masked_runs_decisions(structure):
     """Top-KAST's backward set in the slots, its forward set flagged among them, the rest dense between updates:
     the same forward and backward sets, losses and weights as the masked run, update after update. (Plain SGD:
     a weight that leaves B and comes back restarts its moments on csr, where the masked run's have decayed.)
-    Unstructured, A is ranked among B's slots; under N:M (A kept by the structure) the sets come from the dense
-    view."""
+    Unstructured, A is ranked among B's slots; under N:M, A is kept by the structure over the dense theta and read
+    at B's slots."""
     model, params, masks, layers, x, y = problem(structure)
     algo = dst.algorithms.make("topkast", sparsity=0.75, backward_sparsity=0.5, update_every=UPDATE_EVERY,
                                end_step=1000, penalty=1e-2, structure=structure)
@@ -157,8 +157,7 @@ def test_top_kast_on_csr_makes_the_masked_runs_decisions(structure):
         backward_count = int(np.sum(named_leaves(stored.held_masks(algo, params, masks))[name]))
         assert storage.layout_of[name].count == backward_count > int(np.sum(named_leaves(masks)[name]))
     assert storage.layout_of[layers[0]].count < named_leaves(params)[layers[0]].size   # weights wait outside B
-    # The way this case takes: A among the slots (stored_backward.ranked_in_slots), or on the dense view.
-    assert stored.update_path(algo, storage)[0] == ("theta, then from storage" if structure is None else "dense view")
+    assert stored.update_path(algo, storage)[0] == "theta, then from storage"     # stored_backward.ranked_in_slots
     masked_step = jax.jit(dst.make_train_step(dst.flax_apply(model), tx, algo).full)
     stored_step = jax.jit(dst.make_train_step(None, tx, algo, storage=storage).full)
     a = dst.create_train_state(jax.random.key(4), params, masks, tx, algo)
@@ -229,3 +228,11 @@ def test_a_stored_state_round_trips_through_a_checkpoint_and_trains_on_identical
         state, _ = step(state, (x[i], y[i]))
         restored, _ = step(restored, (x[i], y[i]))
     same(restored._replace(rng=None), state._replace(rng=None))
+
+
+def test_an_algorithm_that_trains_outside_its_mask_needs_nested_rules_to_be_stored():
+    """A backward set is stored through the algorithm's nested rules (Top-KAST's); one without them is refused."""
+    algo = make_algorithm("topkast")._replace(nested_rules=None)
+    with pytest.raises(ValueError, match=r"sparsity\.backend=csr stores a backward set through an algorithm's "
+                                         r"nested_rules .*use sparsity\.backend=masked\.$"):
+        stored.check_algorithm(algo, "csr", "my_algorithm")

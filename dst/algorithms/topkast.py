@@ -35,7 +35,7 @@ class NestedRules(NamedTuple):
     ``backward_counts(params)[name]`` largest ``|theta|`` of the layer and ``A`` the ``forward_counts`` largest
     of ``B`` under the same order (ties by ``k``'s priorities of each weight's dense position, :func:`nested_sets`).
     ``structure``: ``A``'s (a structured ``A`` is kept by the structure and ``B`` is ``A`` and the largest
-    of the rest: such layers update on their dense view)."""
+    of the rest; :func:`layer_sets` says both)."""
 
     forward_counts: Callable
     backward_counts: Callable
@@ -50,6 +50,21 @@ def nested_sets(scores, eligible, backward_count, forward_count, key, within=Non
     b = top_k_mask(scores, eligible, backward_count, key)
     a = top_k_mask(scores, b, forward_count, key) if within is None else within(b)
     return b, a
+
+
+def layer_sets(structure: Structure, scores, backward_count, forward_count, key, within=None):
+    """``(B, A)`` of one layer at an update: unstructured, :func:`nested_sets` (``within(B)`` ranks ``A``
+    elsewhere); under a ``structure``, ``A`` the ``forward_count`` kept by it and ``B`` is ``A`` and the
+    largest of the rest (``B`` needs no structure), with ``within(B, A)`` where given: ``A`` read elsewhere (a
+    stored layer: at ``B``'s slots). One key for both sets: equal priorities, so ``A`` is inside ``B``."""
+    everything = jnp.ones(scores.shape, bool)
+    if structure.name == "unstructured":
+        # A is the top of B under the same order (B is the top of everything and holds at least as many):
+        # ranked among B only, which the compiled selection passes over quickly.
+        return nested_sets(scores, everything, backward_count, forward_count, key, within)
+    a = structure.keep(scores, everything, forward_count, key)
+    b = a | top_k_mask(scores, ~a, max(backward_count - forward_count, 0), key)
+    return b, (a if within is None else within(b, a))
 
 
 def topkast(*, sparsity: float, backward_sparsity: float, update_every: int, end_step: int,
@@ -113,15 +128,7 @@ def topkast(*, sparsity: float, backward_sparsity: float, update_every: int, end
         fwd, bwd = forward_counts(params), counts(params, backward_sparsity)
         a, b = {}, {}
         for i, n in enumerate(fwd):
-            k = jax.random.fold_in(key, i)      # one key for both: equal priorities, so A is inside B
-            everything = jnp.ones(w[n].shape, bool)
-            if structure.name == "unstructured":
-                # A is the top of B under the same order (B is the top of everything and holds at least as
-                # many): ranked among B only, which the compiled selection passes over quickly.
-                b[n], a[n] = nested_sets(jnp.abs(w[n]), everything, bwd[n], fwd[n], k)
-            else:   # A with the structure; B is A and the largest of the rest (B needs no structure)
-                a[n] = structure.keep(jnp.abs(w[n]), everything, fwd[n], k)
-                b[n] = a[n] | top_k_mask(jnp.abs(w[n]), ~a[n], max(bwd.get(n, 0) - fwd[n], 0), k)
+            b[n], a[n] = layer_sets(structure, jnp.abs(w[n]), bwd.get(n, 0), fwd[n], jax.random.fold_in(key, i))
         return a, b
 
     def init(params, masks, key=None):

@@ -17,8 +17,7 @@ only dense temporary is one block of it. GMP prunes the stored layers in place
 updates from storage (:mod:`dst.train.stored_momentum`), with spare slots per layer since it moves weights
 between layers (:func:`default_capacity`; :func:`capacity_overflow` stops a run that outgrows them).
 Top-KAST stores its backward set (:mod:`dst.train.stored_backward`), ranking its dense ``theta``. The dense
-view (a layer's dense size at update steps) serves the rest: block structure, Top-KAST
-under a structure, SNFS under a structure.
+view (a layer's dense size at update steps) serves the rest: block structure, SNFS under a structure.
 """
 
 from __future__ import annotations
@@ -102,6 +101,10 @@ def make_storage(model, backend: str, masks, layers, mesh=None, capacity: float 
 
 def check_algorithm(algo: SparseAlgorithm, backend: str, name: str = "this algorithm") -> None:
     """One sentence when ``algo`` (called ``name`` in the sentence) cannot run on a fixed-capacity backend."""
+    if algo.trainable is not None and algo.nested_rules is None and backend in ("csr", "condensed"):
+        raise ValueError(f"sparsity.backend={backend} stores a backward set through an algorithm's nested_rules "
+                         f"(Top-KAST's, dst.algorithms.topkast.NestedRules), and {name} trains outside its forward "
+                         "mask without them; use sparsity.backend=masked.")
     if algo.trainable is not None and backend == "condensed":
         raise ValueError(f"sparsity.backend=condensed keeps every unit's fan-in, and {name} trains a backward set "
                          "around its forward mask that has none (Top-KAST); use sparsity.backend=csr or masked.")
@@ -152,11 +155,8 @@ def update_path(algo: SparseAlgorithm, storage: Storage) -> tuple[str, str | Non
             return "momentum, then from storage", None
         why = "the algorithm reads every step's dense gradient"
         return "every step", why if algo.momentum_rules is None else f"{why}, and {stored_momentum.unsupported(algo)}"
-    if algo.trainable is not None:
-        nested = algo.nested_rules
-        if nested is not None and nested.structure.name == "unstructured":
-            return "theta, then from storage", None
-        return "dense view", "the algorithm ranks every weight, its backward set's and the rest's, under a structure"
+    if algo.trainable is not None:   # (check_algorithm: only with its nested rules, as Top-KAST)
+        return "theta, then from storage", None
     if not algo.dynamic:
         return "dense view", "the algorithm never changes the topology"
     regrow = "the algorithm has its own update" if algo.rules is None else stored_update.unsupported(algo, storage)
@@ -237,9 +237,8 @@ def update_algorithm(algo: SparseAlgorithm, storage: Storage) -> Callable:
             k_prune, k_regrow = jax.random.split(key)
             pruned = in_place(state, k_prune, params, slots, topologies, opt_state, ever_active, grads, taps)[:5]
             return (*from_storage(state, k_regrow, *pruned, grads, taps), no_overflow())
-    elif algo.trainable is not None:    # Top-KAST: its backward set stored, the rest kept dense until updates
-        backward_set = stored_backward.ranked_in_slots(algo.nested_rules, storage) \
-            if path == "theta, then from storage" else stored_backward.on_dense_view(algo, storage)
+    elif path == "theta, then from storage":    # Top-KAST: its backward set stored, the rest dense until updates
+        backward_set = stored_backward.ranked_in_slots(algo.nested_rules, storage)
         act = lambda *args: (*backward_set(*args), no_overflow())
     else:
         act = act_dense

@@ -27,11 +27,10 @@ from dst import backends
 from dst import kernels
 from dst import selection
 from dst.algorithms.base import SparseAlgorithm
-from dst.algorithms.topkast import nested_sets
+from dst.algorithms.topkast import layer_sets
 from dst.masks import named_leaves
 from dst.masks import replace_named
 from dst.train import stored_update
-from dst.train.moments import map_param_trees
 
 
 def held_masks(algo: SparseAlgorithm, params, masks):
@@ -74,9 +73,11 @@ def init(algo: SparseAlgorithm, storage, params, masks, key):
 def ranked_in_slots(rules, storage) -> Callable:
     """Top-KAST's update (:class:`dst.algorithms.topkast.NestedRules`) with ``A`` ranked among ``B``'s new slots:
     per stored layer, ``B`` is the top of the dense ``theta`` (the one dense selection), stored; ``A`` the top of
-    its slots by the same scores and priorities (:func:`dst.algorithms.topkast.nested_sets`), so the masked run's
-    sets; the moments and ``A``'s old flags move to the new slots through each new slot's old slot (a dense map of
-    slot indices, read at the new slots as the values are), so no dense set, moment or mask is formed."""
+    its slots by the same scores and priorities (:func:`dst.algorithms.topkast.nested_sets`; under a structure,
+    ``A`` kept by it over the dense ``theta`` and read at ``B``'s slots, :func:`dst.algorithms.topkast.layer_sets`),
+    so the masked run's sets; the moments and ``A``'s old flags move to the new slots through each new slot's old
+    slot (a dense map of slot indices, read at the new slots as the values are), so no dense moment or mask is
+    formed."""
     backend, layouts = storage.backend, storage.layout_of
 
     def act(state, key, params, slots, topologies, opt_state, ever_active, grads, taps):
@@ -89,10 +90,10 @@ def ranked_in_slots(rules, storage) -> Callable:
         values, forward, backward, grown, sources, new_topologies = {}, {}, {}, {}, {}, dict(topologies)
         for i, n in enumerate(fwd):
             k = jax.random.fold_in(key, i)
-            scores, everything = jnp.abs(w[n]), jnp.ones(w[n].shape, bool)
+            scores = jnp.abs(w[n])
             if n not in layouts:    # a sparse layer kept masked (a convolution): its dense sets
                 with selection.selecting_with(kernels.top_k_of_keys):
-                    backward[n], forward[n] = nested_sets(scores, everything, bwd[n], fwd[n], k)
+                    backward[n], forward[n] = layer_sets(rules.structure, scores, bwd.get(n, 0), fwd[n], k)
                 grown[n] = forward[n] & ~s[n]
                 values[n] = w[n]
                 if ever is not None:
@@ -102,17 +103,19 @@ def ranked_in_slots(rules, storage) -> Callable:
             old = backend.slots(p[n], held[n], topologies[n], lay)
             new = {}
 
-            def within(b, n=n, lay=lay, k=k, new=new):   # A among B's slots: the same scores and priorities
+            def within(b, a=None, n=n, lay=lay, k=k, new=new):   # A at B's slots
                 new["b"] = b
                 new["values"], new["held"], new["topology"] = backend.compress(w[n], b, lay)
                 view = backend.slots(new["values"], new["held"], new["topology"], lay)
                 new["view"] = view
+                if a is not None:   # kept by the structure over the dense layer: read at the slots
+                    return backend.compress(a, b, lay)[0] & new["held"]
                 positions = stored_update.dense_positions(view.cols, view.units, lay.shape[1])
                 return selection.top_k_mask(jnp.abs(view.values), view.valid, fwd[n], k, positions,
-                                            kernels.top_k_of_keys)
+                                            kernels.top_k_of_keys)   # the same scores and priorities
 
             with selection.selecting_with(kernels.top_k_of_keys):
-                _, forward[n] = nested_sets(scores, everything, bwd[n], fwd[n], k, within)
+                _, forward[n] = layer_sets(rules.structure, scores, bwd.get(n, 0), fwd[n], k, within)
             # Each new slot's old slot (-1: it entered B), from a dense map of the old slots' indices.
             index = backends.write_slots(jnp.full(lay.shape, -1, jnp.int32), jnp.arange(lay.count, dtype=jnp.int32),
                                          old.valid, old.cols, old.units)
@@ -131,36 +134,5 @@ def ranked_in_slots(rules, storage) -> Callable:
         ever_active = None if ever is None else replace_named(ever_active, ever)
         return (replace_named(params, values), replace_named(slots, forward), new_topologies, opt_state, ever_active,
                 new_state)
-
-    return act
-
-
-def on_dense_view(algo: SparseAlgorithm, storage) -> Callable:
-    """Top-KAST's update by ``algo.update`` on the stored layers' dense ``theta`` and dense sets (a structured
-    forward set), ``B`` stored again, the moments moved with their weights, ``A`` flagged among the new slots."""
-    backend, layouts = storage.backend, storage.layout_of
-    expand = lambda tree, held, topologies: backends.expand(backend, layouts, tree, held, topologies)
-
-    def act(state, key, params, slots, topologies, opt_state, ever_active, grads, taps):
-        del grads, taps     # the ranking reads |theta| only
-        held = state.extra["backward"]
-        theta = _theta(backend, layouts, state.extra["outside"], params, held, topologies)
-        backward = expand(params, held, topologies)[1]
-        forward = expand(params, slots, topologies)[1]
-        inner = state._replace(grown=jax.tree_util.tree_map(lambda m: jnp.zeros(m.shape, bool), forward),
-                               extra={"backward": backward})
-        with selection.selecting_with(kernels.top_k_of_keys):   # the same sets, ranked in one compiled pass
-            theta, forward, new = algo.update(inner, key, theta, forward, None)
-        backward = new.extra["backward"]
-        values, new_held, new_topologies = backends.compress(backend, layouts, theta, backward)
-        # Every other dense array is read at the new slots as the values were: front to back, one pass each.
-        read = lambda tree: backends.compress(backend, layouts, tree, backward)[0]
-        flags_at = lambda tree: backends.at_slots(backend, layouts, tree, backward)
-        opt_state = map_param_trees(lambda m: read(expand(m, held, topologies)[0]), opt_state, params)
-        if ever_active is not None:
-            ever_active = jax.tree_util.tree_map(jnp.logical_or, ever_active, forward)
-        new = new._replace(grown=flags_at(new.grown),
-                           extra={"backward": new_held, "outside": _outside(storage, theta)})
-        return values, flags_at(forward), new_topologies, opt_state, ever_active, new
 
     return act
