@@ -137,8 +137,8 @@ def _topology(rules, backend, layouts, block, step, key, momentum, params, slots
         values, live, cols, units, sources[n], fresh, rowptr = stored_update.merge_kept_and_grown(
             view.values.astype(w[n].dtype), view.cols, view.units, kept[n], g_inputs, g_units, g_chosen, layout.shape)
         if rules.grow_init != "zeros":   # the dense rule's values: its scale times the dense draw at each position
-            draw = stored_update.grown_normals(ki, cols, units, layout.shape, values.dtype)
-            values = jnp.where(fresh, grow_scale(view.values, kept[n]) * draw, values)
+            values = stored_update.with_normal_growth(values, fresh, grow_scale(view.values, kept[n]), ki, cols, units,
+                                                     layout.shape)
         values, live, topologies[n] = backend.rebuild(values, live, cols, rowptr, layout)
         new_w[n], new_m[n] = values, live
         grown[n] = fresh.reshape(live.shape)

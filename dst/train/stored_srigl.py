@@ -123,9 +123,9 @@ def update_stored(algo, storage, block: int = stored_update.GROW_BLOCK):
             new_values, live, cols, units, source, grown, rowptr, ablated[name] = (
                 jnp.where(dense, a, b) for a, b in zip(same, out))
             if rules.grow_init != "zeros":   # the dense rule's values: the kept RMS times the dense draw at each slot
-                draw = stored_update.grown_normals(jax.random.fold_in(layer_key, 7), cols, units, layout.shape,
-                                                   new_values.dtype)
-                new_values = jnp.where(grown, grow_scale(new_values, live & ~grown) * draw, new_values)
+                new_values = stored_update.with_normal_growth(new_values, grown, grow_scale(new_values, live & ~grown),
+                                                              jax.random.fold_in(layer_key, 7), cols, units,
+                                                              layout.shape)
             grown = storage.backend.rebuild(grown, live, cols, rowptr, layout)[0]    # laid out as the values are
             new_values, live, new_topology = storage.backend.rebuild(new_values, live, cols, rowptr, layout)
             return stored_update.LayerUpdate(new_values, live, new_topology, source, grown, units, cols)

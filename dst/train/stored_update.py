@@ -261,8 +261,9 @@ def slot_view(rules, values, valid, cols, units, value_grads, x, dy, shape, bloc
         if rules.grow_init == "zeros":
             return merged
         new_values, _, new_cols, new_units, _, new_grown, _ = merged
-        draw = grown_normals(key, new_cols, new_units, shape, values.dtype)
-        return (jnp.where(new_grown, grow_scale(values, kept, rules.grow_std) * draw, new_values), *merged[1:])
+        new_values = with_normal_growth(new_values, new_grown, grow_scale(values, kept, rules.grow_std), key, new_cols,
+                                        new_units, shape)
+        return (new_values, *merged[1:])
 
     return LayerView(values, value_grads, valid, n_in * n_out, {"select": select, "positions": positions}, grow,
                      place)
@@ -271,6 +272,12 @@ def slot_view(rules, values, valid, cols, units, value_grads, x, dy, shape, bloc
 # Up to this many positions, grown values under grow_init=normal are the dense layer's draw at their positions
 # (the masked run's values); above it, one draw per slot (the same law).
 NORMAL_DRAW_LIMIT = 2**26
+
+
+def with_normal_growth(values, grown, scale, key, cols, units, shape) -> jax.Array:
+    """``values`` with each ``grown`` slot set to ``scale`` times its :func:`grown_normals` draw: the values a dense
+    layer's ``grow_init=normal`` gives the weights grown at those positions (every stored update's last step)."""
+    return jnp.where(grown, scale * grown_normals(key, cols, units, shape, values.dtype), values)
 
 
 def grown_normals(key, cols, units, shape, dtype) -> jax.Array:
