@@ -152,7 +152,7 @@ def test_a_born_sparse_model_trains_as_the_masked_model_with_its_weights(backend
     static = _born_algorithm(name, structure)
     densities = {"Dense_0/kernel": 0.25, "Dense_1/kernel": 0.25}
     storage, state = born(model, densities, list(densities), static, tx, backend, structure)
-    params, masks = stored.expand_state(storage, state.params, state.masks, state.topologies)
+    params, masks = stored.expand_state(storage, state.params, state.live, state.topologies)
     counts = {n: int(m.sum()) for n, m in named_leaves(masks).items() if n in densities}
     assert counts == {"Dense_0/kernel": 72, "Dense_1/kernel": 96}
     # The other leaves are the model's own init from the same key.
@@ -170,7 +170,7 @@ def test_a_born_sparse_model_trains_as_the_masked_model_with_its_weights(backend
         state, mb = stored_step(state, (x, y))
         updates += int(ma["updated"])
         assert bool(mb["updated"]) == bool(ma["updated"])
-    got, got_masks = stored.expand_state(storage, state.params, state.masks, state.topologies)
+    got, got_masks = stored.expand_state(storage, state.params, state.live, state.topologies)
     jax.tree_util.tree_map(np.testing.assert_array_equal, got_masks, masked.masks)
     for leaf, want in named_leaves(masked.params).items():
         np.testing.assert_allclose(named_leaves(got)[leaf], want, rtol=1e-5, atol=1e-6)
@@ -182,7 +182,7 @@ def test_a_born_sparse_model_trains_as_the_masked_model_with_its_weights(backend
                                masked.algo_state.extra["ablated"])
         assert any(int(np.sum(u)) > 0 for u in masked.algo_state.extra["ablated"].values())
         _, units = stored.record_view(storage, state)
-        assert static.report(state.algo_state, state.masks, units) == static.report(masked.algo_state, masked.masks)
+        assert static.report(state.algo_state, state.live, units) == static.report(masked.algo_state, masked.masks)
     if name in ("gmp", "granet", "mest_decay"):   # the counts fell, into padding
         assert int(named_leaves(got_masks)["Dense_0/kernel"].sum()) < counts["Dense_0/kernel"]
 
@@ -193,18 +193,18 @@ def test_records_from_the_topologies_equal_those_of_the_dense_view():
     model = MLP(hidden=(10, 8), num_classes=3)
     densities = {"Dense_0/kernel": 0.2, "Dense_1/kernel": 0.15}
     storage, state = born(model, densities, list(densities), make("static"), optax.sgd(0.1))
-    slots = named_leaves(state.masks)
+    slots = named_leaves(state.live)
     view = storage.backend.slots(named_leaves(state.params)["Dense_0/kernel"], slots["Dense_0/kernel"],
                                  state.topologies["Dense_0/kernel"], storage.layout_of["Dense_0/kernel"])
     cut = slots["Dense_0/kernel"] & (view.units != view.units[0])       # the first unit loses every input
-    state = state._replace(masks=dst.masks.replace_named(state.masks, {"Dense_0/kernel": cut}))
+    state = state._replace(live=dst.masks.replace_named(state.live, {"Dense_0/kernel": cut}))
     pairs = [("Dense_0/kernel", "Dense_1/kernel"), ("Dense_1/kernel", "Dense_2/kernel")]
     layers = ["Dense_0/kernel", "Dense_1/kernel", "Dense_2/kernel"]
     _, counts = stored.record_view(storage, state)
     dense = stored.dense_view(storage, state)
-    assert records.density_report(state.masks, layers, counts) == pytest.approx(dst.density_report(dense.masks,
+    assert records.density_report(state.live, layers, counts) == pytest.approx(dst.density_report(dense.masks,
                                                                                                    layers))
-    by_counts = metrics.dead_units(state.masks, pairs, counts)
+    by_counts = metrics.dead_units(state.live, pairs, counts)
     assert by_counts == metrics.dead_units(dense.masks, pairs) and by_counts["Dense_0/kernel"] >= 1
 
 
@@ -221,7 +221,7 @@ def test_dst_train_runs_born_sparse_from_the_command_line(tmp_path, data_dir, ca
     plan = prepare(cfg, said.append)
     parts = initialise(plan)
     assert parts.storage.born_sparse and parts.storage.dense_metrics       # ITOP where it fits: 10^5 positions
-    _, born_masks = stored.expand_state(parts.storage, parts.state.params, parts.state.masks, parts.state.topologies)
+    _, born_masks = stored.expand_state(parts.storage, parts.state.params, parts.state.live, parts.state.topologies)
     jax.tree_util.tree_map(np.testing.assert_array_equal, parts.state.ever_active, born_masks)   # the born positions
     counts = {n: lay.count for n, lay in parts.storage.layout_of.items()}
     assert counts == {"Dense_0/kernel": 4 * (784 + 64), "Dense_1/kernel": 4 * (64 + 32),

@@ -119,7 +119,7 @@ STORED_SCRIPT = textwrap.dedent("""
             state = put(state)
             for e in range(2):
                 state, m = epoch(state, put(x), put(y), jax.random.key(e))
-            runs.append((stored.expand_state(storage, state.params, state.masks, state.topologies), m))
+            runs.append((stored.expand_state(storage, state.params, state.live, state.topologies), m))
         ((p1, m1), a), ((p4, m4), b) = runs
         out[f"{{name}}/{{backend}}"] = dict(
             masks_equal=all(np.array_equal(np.asarray(u), np.asarray(v))

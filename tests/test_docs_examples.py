@@ -141,7 +141,7 @@ def test_the_users_rules_make_the_masked_runs_decisions_on_csr(examples):
         a, ma = masked_step(a, (x[i], y[i]))
         b, mb = stored_step(b, (x[i], y[i]))
         assert bool(mb["updated"]) == bool(ma["updated"]) == (i % 3 == 0)
-        dense_p, dense_m = stored.expand_state(storage, b.params, b.masks, b.topologies)
+        dense_p, dense_m = stored.expand_state(storage, b.params, b.live, b.topologies)
         jax.tree_util.tree_map(np.testing.assert_array_equal, dense_m, a.masks)
         jax.tree_util.tree_map(lambda p, q: np.testing.assert_allclose(p, q, atol=1e-5), dense_p, a.params)
     assert not np.array_equal(np.asarray(dst.masks.named_leaves(a.masks)[layers[0]]),

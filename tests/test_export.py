@@ -41,7 +41,7 @@ def masked_logits(run_dir, x):
     state = manager.restore(manager.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     manager.close()
     state = state["state"]["state"]
-    params = jax.tree_util.tree_map(lambda p, m: np.where(m, p, 0), state["params"], state["masks"])
+    params = jax.tree_util.tree_map(lambda p, m: np.where(m, p, 0), state["params"], state["live"])
     return MLP(hidden=(24, 16), num_classes=10).apply({"params": params}, x)
 
 

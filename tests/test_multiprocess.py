@@ -90,7 +90,7 @@ def final_masks(run_dir):
         tree = manager.restore(manager.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     state = tree["state"]["state"]
     # A stored run's masks are slot flags: where the weights sit is its topologies.
-    leaves = jax.tree_util.tree_leaves_with_path({"masks": state["masks"], "topologies": state.get("topologies")})
+    leaves = jax.tree_util.tree_leaves_with_path({"live": state["live"], "topologies": state.get("topologies")})
     return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
 
 

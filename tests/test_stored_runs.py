@@ -108,7 +108,7 @@ def test_a_stored_run_makes_the_masked_runs_decisions(name, structure, backend):
         assert bool(mb["updated"]) == bool(ma["updated"])
         assert all(int(excess) == 0 for excess in mb.get("overflow", {}).values())
         np.testing.assert_allclose(mb["loss"], ma["loss"], rtol=1e-5)
-        dense_p, dense_m = stored.expand_state(storage, b.params, b.masks, b.topologies)
+        dense_p, dense_m = stored.expand_state(storage, b.params, b.live, b.topologies)
         jax.tree_util.tree_map(np.testing.assert_array_equal, dense_m, a.masks)
         jax.tree_util.tree_map(lambda p, q: np.testing.assert_allclose(p, q, atol=1e-5), dense_p, a.params)
     if algo.dynamic:
@@ -121,7 +121,7 @@ def test_a_stored_run_makes_the_masked_runs_decisions(name, structure, backend):
     jax.tree_util.tree_map(np.testing.assert_array_equal, b.ever_active, settled.ever_active)
     # Momentum per stored weight: the stored run's, laid out densely, is the masked run's at the active weights.
     expected = jax.tree_util.tree_map(lambda t, m: np.where(m, t, 0), a.opt_state[0].trace, a.masks)
-    got, _ = stored.expand_state(storage, b.opt_state[0].trace, b.masks, b.topologies)
+    got, _ = stored.expand_state(storage, b.opt_state[0].trace, b.live, b.topologies)
     jax.tree_util.tree_map(lambda p, q: np.testing.assert_allclose(p, q, atol=1e-5), got, expected)
     paths = {"rigl": "from storage", "mest_decay": "from storage", "set_normal": "from storage", "gmp": "in place",
              "gmp_global": "in place", "snfs": "momentum, then from storage",
@@ -173,7 +173,7 @@ def test_top_kast_on_csr_makes_the_masked_runs_decisions(structure):
         held_dense = named_leaves(backward)
         theta = {n: np.where(held_dense[n], w, b.algo_state.extra["outside"][n]) if n in layers else np.asarray(w)
                  for n, w in named_leaves(theta).items()}
-        _, forward = stored.expand_state(storage, b.params, b.masks, b.topologies)
+        _, forward = stored.expand_state(storage, b.params, b.live, b.topologies)
         jax.tree_util.tree_map(np.testing.assert_array_equal, forward, a.masks)
         jax.tree_util.tree_map(np.testing.assert_array_equal, backward, a.algo_state.extra["backward"])
         for name, w in named_leaves(a.params).items():   # outside B: the outside store is the masked run's
@@ -236,3 +236,27 @@ def test_an_algorithm_that_trains_outside_its_mask_needs_nested_rules_to_be_stor
     with pytest.raises(ValueError, match=r"sparsity\.backend=csr stores a backward set through an algorithm's "
                                          r"nested_rules .*use sparsity\.backend=masked\.$"):
         stored.check_algorithm(algo, "csr", "my_algorithm")
+
+
+def test_a_stored_states_slot_flags_are_not_called_masks():
+    """A stored layer's ``live`` leaf flags its slots (padding False), so ``state.masks`` refuses on a stored run
+    and reads the masks on a masked one; the dense view has the masked run's masks."""
+    model, params, masks, layers, x, y = problem(None)
+    algo = algorithm("gmp", None)     # its counts fall: padding slots appear
+    tx = optax.sgd(0.05)
+    storage = stored.make_storage(model, "csr", masks, layers)
+    a = dst.create_train_state(jax.random.key(4), params, masks, tx, algo)
+    b = dst.create_train_state(jax.random.key(4), params, masks, tx, algo, storage=storage)
+    assert a.masks is a.live
+    masked_step = jax.jit(dst.make_train_step(dst.flax_apply(model), tx, algo).full)
+    stored_step = jax.jit(dst.make_train_step(None, tx, algo, storage=storage).full)
+    for i in range(STEPS):
+        a, _ = masked_step(a, (x[i], y[i]))
+        b, _ = stored_step(b, (x[i], y[i]))
+    with pytest.raises(AttributeError, match="slot flags in .live, not masks"):
+        _ = b.masks
+    for name in layers:
+        flags = np.asarray(named_leaves(b.live)[name])
+        assert flags.shape == (storage.layout_of[name].count,)    # one flag per slot, not per position
+        assert flags.sum() == np.asarray(named_leaves(a.masks)[name]).sum() < flags.size   # padding is False
+    jax.tree_util.tree_map(np.testing.assert_array_equal, stored.dense_view(storage, b).masks, a.masks)

@@ -47,8 +47,9 @@ def _latest_state(run_dir: pathlib.Path) -> dict:
 
 
 def _dense_view(state: dict, shapes: dict, backend_name: str):
-    """Dense ``(params, masks)`` from a checkpoint's raw state (stored layers expanded)."""
-    params, masks = state["params"], state["masks"]
+    """Dense ``(params, masks)`` from a checkpoint's raw state (stored layers expanded from their slot flags,
+    ``live``; checkpoints written before that name hold them as ``masks``)."""
+    params, masks = state["params"], state["live"] if "live" in state else state["masks"]
     topologies = state.get("topologies") or {}
     if not topologies:
         return params, masks

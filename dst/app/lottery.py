@@ -69,16 +69,16 @@ def next_level_state(plan, run, state, level: int):
     params, masks, algo_state = algo.next_level(state.algo_state, key, view.params, view.masks, fresh_init)
     ever_active = None if state.ever_active is None else \
         jax.tree_util.tree_map(jnp.logical_or, state.ever_active, masks)
-    topologies = None
+    topologies, live = None, masks
     if state.topologies is not None:                # stored again, in the same capacity: the freed slots pad
         algo_state = algo_state._replace(grown=stored.at_slots(run.storage, algo_state.grown, masks))
-        params, masks, topologies = stored.compress_state(run.storage, params, masks)
+        params, live, topologies = stored.compress_state(run.storage, params, masks)
     tx = make_tx(cfg, plan.total_steps, say=lambda *_: None)
     # Built op by op rather than by create_train_state's jit: a new program per level would cost seconds.
-    new = TrainState(params=params, masks=masks,
+    new = TrainState(params=params, live=live,
                      model_state=run.state.model_state if algo.rewind_step == 0 else state.model_state,
                      opt_state=_restart_count(tx.init(params), algo.rewind_step), algo_state=algo_state,
-                     ever_active=ever_active, active=counts(masks), step=jnp.asarray(algo.rewind_step, jnp.int32),
+                     ever_active=ever_active, active=counts(live), step=jnp.asarray(algo.rewind_step, jnp.int32),
                      rng=state.rng, topologies=topologies)
     return new if plan.parallel is None else plan.parallel.replicate(new)
 

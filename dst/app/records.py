@@ -34,11 +34,11 @@ class Interval:
         else:
             self.steps = jax.tree_util.tree_map(lambda a, b: np.concatenate([a, b]), self.steps, m)
         self.seconds += seconds
-        report = density_report(state.masks, self.layers, counts)
+        report = density_report(state.live, self.layers, counts)
         f_sparse = metrics.sparse_forward_flops(self.flops, report)
         f_backward = f_sparse
         if self.algo.trainable is not None:
-            backward = dst.density_report(self.algo.trainable(state.algo_state, state.masks), self.layers)
+            backward = dst.density_report(self.algo.trainable(state.algo_state, state.live), self.layers)
             f_backward = metrics.sparse_forward_flops(self.flops, backward)
         step = int(state.step)
         self.cumulative_flops += sum(metrics.train_step_flops(self.algo, t, f_sparse, self.f_dense, f_backward)
@@ -96,7 +96,7 @@ def record_for(epoch: int, state, interval: Interval, evaluations: dict, pairs, 
               "train/loss": float(np.mean(steps["loss"])), "train/accuracy": float(np.mean(steps["accuracy"]))}
     for split, values in evaluations.items():
         record.update({f"{split}/{k}": float(v) for k, v in values.items()})
-    report = density_report(state.masks, layers, counts)
+    report = density_report(state.live, layers, counts)
     record["sparsity/global"] = 1.0 - report["global"]
     record.update({f"sparsity/{n}": 1.0 - report[n] for n in layers})
     if state.ever_active is not None:
@@ -104,8 +104,8 @@ def record_for(epoch: int, state, interval: Interval, evaluations: dict, pairs, 
     record["drop_fraction"] = float(algo.drop_fraction_at(step)) if algo.drop_fraction_at else 0.0
     record.update(_topology(steps, layers))
     if algo.report is not None:
-        record.update(algo.report(state.algo_state, state.masks, **({"counts": counts} if counts else {})))
-    dead = metrics.dead_units(state.masks, pairs, counts)
+        record.update(algo.report(state.algo_state, state.live, **({"counts": counts} if counts else {})))
+    dead = metrics.dead_units(state.live, pairs, counts)
     record["dead_units/total"] = sum(dead.values())
     record.update({f"dead_units/{n}": c for n, c in dead.items()})
     record["flops/train_relative"] = interval.cumulative_flops / (step * 3.0 * interval.f_dense)

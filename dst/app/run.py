@@ -238,7 +238,7 @@ def train(plan: Plan, run: Run, logger: RunLogger, progress: Progress, start: St
 
     def level_change(state, level):
         state = next_level_state(plan, run, state, level)
-        say(f"level {level}: density {dst.density_report(state.masks, run.layers)['global']:.4f}")
+        say(f"level {level}: density {dst.density_report(state.live, run.layers)['global']:.4f}")
         return state
 
     track = Track(logger, progress, start.records, start.interval, feed.evaluate)

@@ -244,19 +244,20 @@ def init_state(keys, seed: int, model: nn.Module, sample, densities: dict[str, f
     params = replace_named(abstract, {**leaves, **{n: v for n, (v, _) in stored.items()}})
     masked = {n: d for n, d in densities.items() if n not in layout_of}
     kept_structure = None if structure.name == "unstructured" else structure
-    masks = replace_named(init_masks(k_mask, params, masked, structure=kept_structure), slots)
+    # The masked layers' masks, and the stored layers' slot flags.
+    live = replace_named(init_masks(k_mask, params, masked, structure=kept_structure), slots)
     # ITOP where it fits: the ever-active set is one bool per position, kept only up to DENSE_METRICS_LIMIT of them.
     dense_metrics = sum(math.prod(lay.shape) for lay in layout_of.values()) <= DENSE_METRICS_LIMIT
     storage = Storage(backend, layout_of, backends.stored_apply(model, backend, layout_of, mesh),
                       dense_metrics=dense_metrics, born_sparse=True)
-    ever_active = replace_named(masks, {n: _positions_of(backend, stored[n], slots[n], lay)
+    ever_active = replace_named(live, {n: _positions_of(backend, stored[n], slots[n], lay)
                                         for n, lay in layout_of.items()}) if dense_metrics else None
     # The algorithm's init reads the stored layers' dense shapes (GMP's and MEST's target counts), never values.
     dense_shapes = {n: jax.ShapeDtypeStruct(lay.shape, stored[n][0].dtype) for n, lay in layout_of.items()}
-    algo_state = algo.init(replace_named(params, dense_shapes), masks, jax.random.fold_in(k_state, ALGO_INIT_STREAM))
-    state = TrainState(params=params, masks=masks, model_state=model_state,
+    algo_state = algo.init(replace_named(params, dense_shapes), live, jax.random.fold_in(k_state, ALGO_INIT_STREAM))
+    state = TrainState(params=params, live=live, model_state=model_state,
                        opt_state=tx.init(params), algo_state=algo_state, ever_active=ever_active,
-                       active=count_masks(masks),
+                       active=count_masks(live),
                        step=jnp.zeros((), jnp.int32), rng=k_state,
                        topologies={n: t for n, (_, t) in stored.items()})
     return storage, state

@@ -3,7 +3,7 @@ clock and its logs, so that a resumed run ends exactly where an uninterrupted on
 
 A checkpoint ``<directory>/<epoch>/`` holds two items:
 
-* ``state``: every array of the :class:`~dst.train.TrainState` (params, masks, model state, optimizer
+* ``state``: every array of the :class:`~dst.train.TrainState` (params, live flags, model state, optimizer
   and algorithm state, ever-active weights, counts, step, the step key) and the data-order key;
 * ``meta``: JSON the caller fills (the epoch, the records logged so far, running totals) plus a
   fingerprint of the settings the state depends on (model, data set, algorithm, sparsity), checked

@@ -23,9 +23,15 @@ ALGO_INIT_STREAM = 0x616C67
 
 
 class TrainState(NamedTuple):
+    """A run's state. ``live`` says which entries of ``params`` hold an active weight: on a masked run
+    (``topologies is None``) it is the mask pytree beside the params (also read as ``masks``); on a
+    stored run a stored layer's params are its slots' values, and its ``live`` leaf says which slots
+    hold a weight and which are padding (a slot flag, not a mask: ``masks`` refuses to read it, and
+    :func:`dst.train.stored.dense_view` gives the dense masks)."""
+
     params: Any        # stored with exact zeros at inactive positions
-    masks: Any         # bool pytree of the params' structure: whether each place holds an active weight (a
-                       # position of a dense kernel; a slot of a stored layer, whose params are its slots' values)
+    live: Any          # bool pytree of the params' structure: whether each entry holds an active weight (a
+                       # dense kernel's mask; a stored layer's slot flags, False at padding)
     model_state: Any   # the model's non-parameter collections ({"batch_stats": ...}; {} for MLPs)
     opt_state: Any
     algo_state: Any
@@ -36,6 +42,15 @@ class TrainState(NamedTuple):
     rng: jax.Array
     topologies: Any = None   # stored runs ({layer: CSR | Condensed}, dst.backends); None when masked
 
+    @property
+    def masks(self):
+        """The mask pytree of a masked run (its ``live`` flags). A stored run has no dense masks in its
+        state: ``live`` holds its slot flags, and :func:`dst.train.stored.dense_view` expands them."""
+        if self.topologies is not None:
+            raise AttributeError("a stored run's TrainState holds slot flags in .live, not masks; "
+                                 "dst.train.stored.dense_view(storage, state).masks gives the dense masks.")
+        return self.live
+
 
 def create_train_state(key, params, masks, tx: optax.GradientTransformation, algo: SparseAlgorithm,
                        model_state=None, storage=None) -> TrainState:
@@ -44,21 +59,21 @@ def create_train_state(key, params, masks, tx: optax.GradientTransformation, alg
     ``key`` starts the chain of per-step keys (dropout, the algorithm's updates); the algorithm's
     ``init`` gets a key folded from it (Top-KAST breaks the ties of its first backward set with it).
     With a ``storage`` (:func:`dst.train.stored.make_storage`) the state holds the stored layers'
-    values, slot masks and topologies instead of dense kernels and masks; the optimizer's moments are
+    values, slot flags (``live``) and topologies instead of dense kernels and masks; the optimizer's moments are
     then per stored weight.
     """
     def create(key, params, masks, model_state):
         if algo.trainable is None:  # dense storage (Top-KAST) keeps the weights outside the mask
             params = apply_masks(params, masks)
         algo_key = jax.random.fold_in(key, ALGO_INIT_STREAM)
-        topologies, ever_active = None, masks
+        topologies, ever_active, live = None, masks, masks
         if storage is None or not storage.stores:   # masked, or dense (nothing stored)
             algo_state = algo.init(params, masks, algo_key)
         else:
             ever_active = masks if storage.dense_metrics else None
-            params, masks, topologies, algo_state = stored.initial_state(algo, storage, params, masks, algo_key)
-        return TrainState(params=params, masks=masks, model_state=model_state, opt_state=tx.init(params),
-                          algo_state=algo_state, ever_active=ever_active, active=counts(masks),
+            params, live, topologies, algo_state = stored.initial_state(algo, storage, params, masks, algo_key)
+        return TrainState(params=params, live=live, model_state=model_state, opt_state=tx.init(params),
+                          algo_state=algo_state, ever_active=ever_active, active=counts(live),
                           step=jnp.zeros((), jnp.int32), rng=key, topologies=topologies)
 
     # One compiled program: op by op, each of the dozens of small operations compiles on its own.
@@ -84,7 +99,7 @@ def settle_topology(state: TrainState):
     def settle(ops):
         opt_state, ever_active, active = ops
         grown = counts(algo_state.grown)
-        now = counts(state.masks)
+        now = counts(state.live)
         dropped = {n: active[n] - now[n] + grown[n] for n in grown}
         if state.topologies is None:   # a stored run's grown weights are slots: its update keeps ever_active
             ever_active = jax.tree_util.tree_map(jnp.logical_or, ever_active, algo_state.grown)

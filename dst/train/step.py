@@ -107,24 +107,24 @@ def _build_step(apply_fn, tx, algo, loss_fn, storage=None):
             zeros = {name: jnp.int32(0) for name in state.active}
             topology = {"grown": zeros, "dropped": zeros}
         # `grads` is the dense gradient with respect to the effective weights (on a storage backend: at the
-        # stored slots, where a Top-KAST layer's slots hold its backward set and its mask the forward set).
-        weights = apply_masks(state.params, state.masks) if dense_storage else state.params
+        # stored slots, where a Top-KAST layer's slots hold its backward set and its live flags the forward set).
+        weights = apply_masks(state.params, state.live) if dense_storage else state.params
         loss, logits, model_state, grads, taps = path.gradients(state, weights, x, y, k_dropout)
-        train_set = algo.trainable(state.algo_state, state.masks) if dense_storage else state.masks
+        train_set = algo.trainable(state.algo_state, state.live) if dense_storage else state.live
         opt_grads = grads
         if algo.penalty is not None:
-            pen = jax.grad(lambda p: algo.penalty(state.algo_state, p, state.masks, **held))(state.params)
+            pen = jax.grad(lambda p: algo.penalty(state.algo_state, p, state.live, **held))(state.params)
             opt_grads = jax.tree_util.tree_map(jnp.add, grads, pen)
         updates, opt_state = tx.update(path.restrict(opt_grads, train_set), state.opt_state, state.params)
         params = path.apply(state.params, updates, train_set, dense_storage)
-        params, masks, topologies, opt_state, ever_active, algo_state, overflow = path.topology(
-            state.algo_state, k_algo, params, state.masks, state.topologies, grads, taps, opt_state,
+        params, live, topologies, opt_state, ever_active, algo_state, overflow = path.topology(
+            state.algo_state, k_algo, params, state.live, state.topologies, grads, taps, opt_state,
             state.ever_active)
         metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == y),
                    "updated": algo_state.updated, **topology}
         if overflow is not None:   # weights beyond a stored layer's capacity (SNFS): the host stops the run
             metrics["overflow"] = overflow
-        new_state = state._replace(params=params, masks=masks, model_state=model_state, opt_state=opt_state,
+        new_state = state._replace(params=params, live=live, model_state=model_state, opt_state=opt_state,
                                    algo_state=algo_state, ever_active=ever_active, step=state.step + 1, rng=rng,
                                    topologies=topologies)
         return new_state, metrics

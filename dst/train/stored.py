@@ -1,7 +1,7 @@
 """Training on a storage backend (``csr``, ``condensed``): the run's storage, and the algorithms on it.
 
-A stored run keeps, for each stored layer, its values in ``state.params``, its slot mask (which slots
-hold an active weight) in ``state.masks`` and where the values sit in ``state.topologies`` (see
+A stored run keeps, for each stored layer, its values in ``state.params``, its slot flags (which slots
+hold an active weight, which are padding) in ``state.live`` and where the values sit in ``state.topologies`` (see
 :mod:`dst.backends`). The optimizer, its moments and the plain step see only the stored slots.
 
 The algorithms keep their own rules: at a step where an algorithm may change the topology, its
@@ -298,7 +298,7 @@ class UnitCounts(NamedTuple):
 
 def unit_counts(storage: Storage, state) -> dict[str, UnitCounts]:
     """:class:`UnitCounts` of each stored layer, from the backend's slot view (no dense form)."""
-    values, slots = named_leaves(state.params), named_leaves(state.masks)
+    values, slots = named_leaves(state.params), named_leaves(state.live)
     out = {}
     for name, layout in storage.layout_of.items():
         view = storage.backend.slots(values[name], slots[name], state.topologies[name], layout)
@@ -324,8 +324,8 @@ def dense_view(storage: Storage | None, state):
     if storage is None or not storage.stores:
         return state
     expand = _expander(storage.backend, tuple(storage.layout_of.items()))
-    params, masks = expand(state.params, state.masks, state.topologies)
-    return state._replace(params=params, masks=masks, topologies=None)
+    params, masks = expand(state.params, state.live, state.topologies)
+    return state._replace(params=params, live=masks, topologies=None)
 
 
 @functools.lru_cache(maxsize=16)

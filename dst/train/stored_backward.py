@@ -3,7 +3,7 @@
 Top-KAST (:func:`dst.algorithms.topkast`) trains a backward set ``B`` and runs the forward pass on a
 smaller set ``A`` inside it, both recomputed from ``|theta|`` of every weight at its updates; the weights
 outside ``B`` keep their values and may come back. On ``csr`` a stored layer's slots hold ``B`` (the
-algorithm's ``backward`` set, per slot: which slots hold a weight) and its slot flags (``state.masks``)
+algorithm's ``backward`` set, per slot: which slots hold a weight) and its slot flags (``state.live``)
 mark ``A`` among them: every step's kernels, the optimizer and its moments see ``B`` only, the forward
 pass multiplies the values of ``A``. The weights outside ``B`` wait in the algorithm's state
 (``outside``: each stored layer's dense ``theta`` as of the last update, stale on ``B``), untouched between
