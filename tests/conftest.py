@@ -34,10 +34,22 @@ import jax.numpy as jnp  # noqa: E402
 import pytest  # noqa: E402
 
 import dst  # noqa: E402
+from dst import kernels  # noqa: E402
 from dst.models import MLP  # noqa: E402
 from dst.models import LeNet5  # noqa: E402
 from dst.models import lenet300  # noqa: E402
 from dst.models import set_mlp  # noqa: E402
+
+# Every instruction set this CPU runs (the AVX2 loops are tested on an AVX-512 machine too).
+ISAS = kernels.runnable_isas() if kernels.available() else ()
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    """Run the test's kernels on one instruction set, then restore the one chosen at load."""
+    before = kernels.use_isa(request.param)
+    yield request.param
+    kernels.use_isa(before)
 
 
 def init_params(model, shape=(1, 784), seed=0):

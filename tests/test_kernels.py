@@ -17,17 +17,6 @@ import pytest
 
 from dst import kernels
 
-# Every instruction set this CPU runs (the AVX2 loops are tested on an AVX-512 machine too).
-ISAS = kernels.runnable_isas() if kernels.available() else ()
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    """Run the test's kernels on one instruction set, then restore the one chosen at load."""
-    before = kernels.use_isa(request.param)
-    yield request.param
-    kernels.use_isa(before)
-
 
 def random_csr(rng, n_in, n_out, density, *, empty_rows=(), empty_cols=()):
     """A random W [n_in, n_out] and its CSR over output units (values, cols, rowptr)."""

@@ -20,6 +20,9 @@ scikit-build-core) against the XLA FFI headers of the installed jax. Its handler
 * ``dst_transpose``: a topology's structure by input (:func:`transpose`), built with every new topology;
 * ``dst_slots_by_unit`` and ``dst_gather_by_unit``: a dense mask's entries as slots in CSR order and any
   dense array read at them, front to back (:func:`slots_by_unit`, :func:`gather_by_unit`): storing a layer.
+* ``dst_conv``, ``dst_conv_dx`` and ``dst_conv_dw``: a stored convolution (its kernel's matrix view in CSR over
+  the output channels), its input gradient and its value gradient, batch-last and without im2col
+  (:func:`csr_conv`, :mod:`dst.kernels.conv`).
 
 The loops are compiled once per instruction set (AVX-512, AVX2 with FMA, and the compiler's portable
 baseline) and the best one the CPU runs is chosen when the module loads: :func:`isa` names it,
@@ -39,6 +42,8 @@ from dst.kernels._loader import require
 from dst.kernels._loader import runnable_isas
 from dst.kernels._loader import status
 from dst.kernels._loader import use_isa
+from dst.kernels.conv import conv_transpose
+from dst.kernels.conv import csr_conv
 from dst.kernels.ops import Merged
 from dst.kernels.ops import Transposed
 from dst.kernels.ops import compact
@@ -59,8 +64,10 @@ __all__ = [
     "compact",
     "condensed_matmul",
     "condensed_matmul_gather",
+    "conv_transpose",
     "csr_matmul",
     "csr_matmul_xla",
+    "csr_conv",
     "fused_backward_pays",
     "gather_by_unit",
     "isa",

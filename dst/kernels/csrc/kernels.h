@@ -13,6 +13,14 @@
 
 namespace dst {
 
+// A convolution's shape for the conv loops: batch-last, VALID over an input the caller has padded, x [c_in,
+// hp, wp, batch] and y [n_out, oh, ow, batch]. The weights are compressed rows over the output channels of
+// the kernel's matrix view: a weight at col = (i * kw + j) * c_in + c joins input channel c at kernel
+// offset (i, j), the memory order of a [kh, kw, c_in, n_out] kernel.
+struct ConvShape {
+  int64_t c_in, hp, wp, batch, kh, kw, sh, sw, n_out, oh, ow;
+};
+
 struct KernelTable {
   const char* isa;   // "avx512", "avx2" or "generic"
   // yT[o, :] = sum over row o's nonzeros j of values[j] * xT[cols[j], :] (any column order; fastest with
@@ -34,6 +42,17 @@ struct KernelTable {
   // Whether the fused backward's loop holds x's chunk in registers (32 of them), or reads it again per
   // nonzero (16): the choice between it and spmm_t + sddmm depends on it (FusedBackwardPays).
   bool fused_backward_holds_x;
+  // y[o] = sum over output channel o's nonzeros (c, i, j) of value * x[c] shifted by (i, j), strided
+  // (offsets: nnz int64 of scratch, each weight's place in x)
+  void (*conv)(const float* values, const int32_t* cols, const int32_t* rowptr, const float* x, float* y,
+               const ConvShape& s, int64_t* offsets);
+  // dx[c] = sum over input channel c's nonzeros (o, i, j) of value * dy[o] scattered back to (i, j); the
+  // transposed structure is keyed by (c * kw + j) * kh + i, so each thread owns an input channel
+  void (*conv_dx)(const float* values, const int32_t* tptr, const int32_t* trows, const int32_t* tslots,
+                  const float* dy, float* dx, const ConvShape& s);
+  // dvalues[t] = <dy[o], x[c] shifted by (i, j)> for each nonzero t of output channel o
+  void (*conv_dw)(const int32_t* cols, const int32_t* rowptr, const float* dy, const float* x, float* dvalues,
+                  const ConvShape& s);
   // every a[j] in [lo, hi); and a[j - 1] <= a[j] throughout (the checks of the handlers' arguments)
   bool (*all_in_range)(const int32_t* a, int64_t n, int32_t lo, int32_t hi);
   bool (*nondecreasing)(const int32_t* a, int64_t n);
@@ -46,5 +65,8 @@ extern const KernelTable kAvx2Kernels;
 #ifdef DST_HAVE_AVX512
 extern const KernelTable kAvx512Kernels;
 #endif
+
+// The table in use (sparse_matmul.cc: the best this CPU runs, or the one dst.kernels.use_isa chose).
+const KernelTable& ActiveKernels();
 
 }  // namespace dst

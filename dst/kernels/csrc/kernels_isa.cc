@@ -362,6 +362,94 @@ void SpmmTransposedSddmm(const float* v, const int32_t* tp, const int32_t* tr, c
   }
 }
 
+// Convolutions (SparseProp's layout, Nikdan et al. 2023, without im2col): activations batch-last, each
+// weight one shifted multiply-add of the batch. With a stride of 1 along the width, an output row
+// y[o, oh, :, :] is one contiguous run of ow * batch floats, and so is what each weight reads of x
+// (x[c, oh * sh + i, j : j + ow, :]): the row is one AxpyRow over the channel's weights, its accumulators in
+// registers across all of them. With a wider stride each output position is its own run of batch floats.
+struct ConvRuns {
+  int64_t length, count;   // floats per run, runs per output row
+};
+inline ConvRuns RunsOf(const dst::ConvShape& s) {
+  return s.sw == 1 ? ConvRuns{s.ow * s.batch, 1} : ConvRuns{s.batch, s.ow};
+}
+
+// Kernel offset (i, j) and input channel of the weight at matrix-view column k.
+struct ConvTap {
+  int64_t c, i, j;
+};
+inline ConvTap TapOf(int64_t k, const dst::ConvShape& s) {
+  const int64_t ij = k / s.c_in;
+  return {k % s.c_in, ij / s.kw, ij % s.kw};
+}
+
+void Conv(const float* v, const int32_t* c, const int32_t* p, const float* x, float* y, const dst::ConvShape& s,
+          int64_t* offsets) {
+  const int64_t nnz = p[s.n_out];
+#pragma omp parallel for schedule(static) if (nnz >= (int64_t{1} << 16))
+  for (int64_t t = 0; t < nnz; ++t) {   // where each weight reads x for output position (0, 0)
+    const ConvTap tap = TapOf(c[t], s);
+    offsets[t] = ((tap.c * s.hp + tap.i) * s.wp + tap.j) * s.batch;
+  }
+  const ConvRuns runs = RunsOf(s);
+#pragma omp parallel for collapse(2) schedule(dynamic, 4)
+  for (int64_t o = 0; o < s.n_out; ++o)
+    for (int64_t oh = 0; oh < s.oh; ++oh)
+      for (int64_t r = 0; r < runs.count; ++r) {
+        const int64_t shift = (oh * s.sh * s.wp + r * s.sw) * s.batch;
+        AxpyRow(y + ((o * s.oh + oh) * s.ow + r) * s.batch, runs.length, p[o], p[o + 1], Direct{v},
+                [x, offsets, shift](int64_t t) { return x + (offsets[t] + shift); });
+      }
+}
+
+// The input gradient, one input channel per thread: each padded input row h gathers, for every kernel
+// offset (i, j) that reaches it from an output row, that offset's weights times their output channels'
+// gradient rows (the transposed structure lists them by (c, j, i)).
+void ConvDx(const float* v, const int32_t* tp, const int32_t* tr, const int32_t* ts, const float* dy, float* dx,
+            const dst::ConvShape& s) {
+  const ConvRuns runs = RunsOf(s);
+  const int64_t nnz = tp[s.c_in * s.kw * s.kh];
+  const int64_t plane = s.hp * s.wp * s.batch, out_plane = s.oh * s.ow * s.batch;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t c = 0; c < s.c_in; ++c) {
+    float* dxc = dx + c * plane;
+    for (int64_t k = 0; k < plane; ++k) dxc[k] = 0.0f;
+    for (int64_t h = 0; h < s.hp; ++h)
+      for (int64_t i = 0; i < s.kh && i <= h; ++i) {
+        if ((h - i) % s.sh != 0 || (h - i) / s.sh >= s.oh) continue;
+        const int64_t oh = (h - i) / s.sh;
+        for (int64_t j = 0; j < s.kw; ++j) {
+          const int64_t key = (c * s.kw + j) * s.kh + i;
+          if (tp[key] == tp[key + 1]) continue;
+          for (int64_t r = 0; r < runs.count; ++r) {
+            const int64_t at = (oh * s.ow + r) * s.batch;
+            AxpyRow(dxc + (h * s.wp + r * s.sw + j) * s.batch, runs.length, tp[key], tp[key + 1],
+                    Indirect{v, ts, nnz}, [dy, tr, out_plane, at](int64_t t) { return dy + (tr[t] * out_plane + at); },
+                    true);
+          }
+        }
+      }
+  }
+}
+
+// The value gradient at the nonzeros: each weight's dot product of its output channel's gradient with the
+// input it read, over every output row.
+void ConvDw(const int32_t* c, const int32_t* p, const float* dy, const float* x, float* dv,
+            const dst::ConvShape& s) {
+  const ConvRuns runs = RunsOf(s);
+#pragma omp parallel for schedule(dynamic, 16)
+  for (int64_t o = 0; o < s.n_out; ++o)
+    for (int64_t t = p[o]; t < p[o + 1]; ++t) {
+      const ConvTap tap = TapOf(c[t], s);
+      float sum = 0.0f;
+      for (int64_t oh = 0; oh < s.oh; ++oh)
+        for (int64_t r = 0; r < runs.count; ++r)
+          sum += Dot(dy + ((o * s.oh + oh) * s.ow + r) * s.batch,
+                     x + ((tap.c * s.hp + oh * s.sh + tap.i) * s.wp + r * s.sw + tap.j) * s.batch, runs.length);
+      dv[t] = sum;
+    }
+}
+
 // The argument checks of every call, vectorised (a min/max reduction) and, for long arrays, on every
 // core: a serial loop with an early exit cost as much as a batch-of-one product.
 bool AllInRange(const int32_t* a, int64_t n, int32_t lo, int32_t hi) {
@@ -385,5 +473,5 @@ bool NonDecreasing(const int32_t* a, int64_t n) {
 
 namespace dst {
 extern const KernelTable DST_ISA_TABLE = {DST_ISA_NAME, Spmm, Spmv, SpmmTransposed, Sddmm, SpmmTransposedSddmm,
-                                         kFusedHoldsX, AllInRange, NonDecreasing};
+                                         kFusedHoldsX, Conv, ConvDx, ConvDw, AllInRange, NonDecreasing};
 }  // namespace dst

@@ -212,6 +212,8 @@ ffi::Error BackwardImpl(ffi::Buffer<ffi::F32> values, ffi::Buffer<ffi::S32> cols
 
 }  // namespace
 
+const dst::KernelTable& dst::ActiveKernels() { return Kernels(); }
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(DstSpmm, SpmmImpl,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()   // values [nnz]
@@ -269,6 +271,10 @@ XLA_FFI_DECLARE_HANDLER_SYMBOL(DstMerge);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(DstTranspose);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(DstSlotsByUnit);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(DstGatherByUnit);
+// The convolution ops (conv.cc).
+XLA_FFI_DECLARE_HANDLER_SYMBOL(DstConv);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(DstConvDx);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(DstConvDw);
 
 template <typename T>
 nb::capsule Encapsulate(T* fn) {
@@ -292,6 +298,9 @@ NB_MODULE(_cpu, m) {
     out["dst_transpose"] = Encapsulate(DstTranspose);
     out["dst_slots_by_unit"] = Encapsulate(DstSlotsByUnit);
     out["dst_gather_by_unit"] = Encapsulate(DstGatherByUnit);
+    out["dst_conv"] = Encapsulate(DstConv);
+    out["dst_conv_dx"] = Encapsulate(DstConvDx);
+    out["dst_conv_dw"] = Encapsulate(DstConvDw);
     return out;
   });
   // The instruction sets this build can run on this CPU, best first; the one in use; and a switch to

@@ -1,0 +1,155 @@
+"""Sparse convolutions on the compiled kernels, without im2col.
+
+A convolution kernel ``[kh, kw, c_in, n_out]`` is stored over the matrix view the structures already use
+(:mod:`dst.structures`: ``kh·kw·c_in`` inputs per output channel, in memory order): compressed rows over the
+output channels, ``values [nnz]``, ``cols [nnz]`` (the matrix-view input ``(i * kw + j) * c_in + c`` of
+each weight) and ``rowptr [n_out + 1]``, the CSR layout of a stored dense layer. :func:`csr_conv` runs it on
+an NHWC input as ``jax.lax.conv_general_dilated`` would run the dense kernel (``HWIO``, no dilation, no
+groups), under one custom VJP:
+
+* the input goes batch-last, ``[c_in, height, width, batch]``, and is padded (SAME, or explicit pads), so
+  the loops compute VALID convolutions: each weight is one shifted multiply-add of the batch over an output
+  row (a contiguous run of ``width * batch`` floats at stride 1), its output channel's accumulators held in
+  registers across the channel's weights;
+* ``dx`` walks the weights by input channel (:func:`conv_transpose`, keyed by ``(c, j, i)``; a stored
+  layer builds it once per topology), one input channel per thread;
+* the value gradient is each weight's dot product of its output channel's gradient with the input it read:
+  no dense kernel gradient exists.
+
+The loops are compiled per instruction set with the dense-layer kernels (:mod:`dst.kernels`). Without the
+kernels (or on an accelerator) the same function scatters the values into a dense kernel and calls XLA's
+convolution, with the same results to rounding.
+
+References:
+  Nikdan, Pegolotti, Iofinova, Kurtic, Alistarh. "SparseProp: Efficient Sparse Backpropagation for
+  Faster Training of Neural Networks", ICML 2023 (batch-last activations; each nonzero one shifted
+  multiply-add over the output plane; no im2col).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dst.kernels import _loader
+from dst.kernels.ops import Transposed
+from dst.kernels.ops import _use_kernels
+from dst.kernels.ops import row_ids
+from dst.kernels.ops import transpose
+
+
+def conv_transpose(cols: jax.Array, rowptr: jax.Array, kernel_shape: Sequence[int]) -> Transposed:
+    """The weights of a stored convolution by input channel and kernel offset: the :class:`Transposed`
+    structure keyed by ``(c * kw + j) * kh + i`` (``c_in * kw * kh`` keys), which :func:`csr_conv`'s input
+    gradient walks (jit-able)."""
+    kh, kw, c_in, _ = kernel_shape
+    cols = jnp.asarray(cols, jnp.int32)
+    c, ij = cols % c_in, cols // c_in
+    return transpose((c * kw + ij % kw) * kh + ij // kw, jnp.asarray(rowptr, jnp.int32), c_in * kw * kh)
+
+
+def _pads(spatial: Sequence[int], kernel_shape, strides, padding) -> tuple[tuple[int, int], ...]:
+    if isinstance(padding, str):
+        return tuple(jax.lax.padtype_to_pads(tuple(spatial), tuple(kernel_shape[:2]), tuple(strides), padding))
+    pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+    if len(pads) != 2 or min(min(p) for p in pads) < 0:
+        raise ValueError(f"csr_conv padding must be SAME, VALID or two (low, high) pairs of pads >= 0; "
+                         f"got {padding!r}.")
+    return pads
+
+
+def csr_conv(x: jax.Array, values: jax.Array, cols: jax.Array, rowptr: jax.Array, kernel_shape: Sequence[int],
+             strides: Sequence[int] = (1, 1), padding="SAME", transposed: Transposed | None = None) -> jax.Array:
+    """``lax.conv_general_dilated(x, W, strides, padding)`` for ``x [B, H, W, c_in]`` (NHWC) and a stored kernel
+    ``W [kh, kw, c_in, n_out]`` (HWIO; see the module doc); ``[B, OH, OW, n_out]``.
+
+    ``padding``: ``"SAME"``, ``"VALID"`` or ``((top, bottom), (left, right))``. Differentiable in ``x`` and
+    ``values``. ``transposed`` is :func:`conv_transpose` of the structure, built here when not given."""
+    kh, kw, c_in, n_out = (int(d) for d in kernel_shape)
+    if x.ndim != 4 or x.shape[-1] != c_in:
+        raise ValueError(f"csr_conv takes x [batch, height, width, {c_in}] (NHWC); got shape {x.shape}.")
+    strides = tuple(int(s) for s in strides)
+    pads = _pads(x.shape[1:3], (kh, kw), strides, padding)
+    if not _use_kernels():
+        return _dense_conv(x, values, cols, rowptr, (kh, kw, c_in, n_out), strides, pads)
+    if transposed is None:
+        transposed = conv_transpose(cols, rowptr, (kh, kw, c_in, n_out))
+    geometry = (kh, kw, strides, pads)
+    return _conv_kernel(geometry, values.astype(jnp.float32), jnp.asarray(cols, jnp.int32),
+                        jnp.asarray(rowptr, jnp.int32), transposed, x)
+
+
+def dense_kernel(values, cols, rowptr, kernel_shape) -> jax.Array:
+    """The dense ``[kh, kw, c_in, n_out]`` kernel of a stored convolution (zero off its weights)."""
+    kh, kw, c_in, n_out = kernel_shape
+    units = row_ids(jnp.asarray(rowptr, jnp.int32), values.shape[0])
+    flat = jnp.zeros((kh * kw * c_in, n_out + 1), values.dtype).at[cols, units].add(values)
+    return flat[:, :n_out].reshape(kh, kw, c_in, n_out)   # column n_out: padding slots past the last row
+
+
+def _dense_conv(x, values, cols, rowptr, kernel_shape, strides, pads):
+    w = dense_kernel(values, cols, rowptr, kernel_shape)
+    return jax.lax.conv_general_dilated(x, w.astype(x.dtype), strides, pads,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _batch_last_padded(x, pads):
+    """``x [B, H, W, C]`` as ``[C, H + pads, W + pads, B]``."""
+    (top, bottom), (left, right) = pads
+    return jnp.pad(jnp.transpose(x.astype(jnp.float32), (3, 1, 2, 0)), ((0, 0), (top, bottom), (left, right), (0, 0)))
+
+
+def _attrs(geometry) -> dict:
+    kh, kw, (sh, sw), _ = geometry
+    return {"kh": np.int64(kh), "kw": np.int64(kw), "sh": np.int64(sh), "sw": np.int64(sw)}
+
+
+def _forward(geometry, values, cols, rowptr, x):
+    kh, kw, (sh, sw), pads = geometry
+    _loader.register()
+    xp = _batch_last_padded(x, pads)
+    _, hp, wp, batch = xp.shape
+    out = jax.ShapeDtypeStruct((rowptr.shape[0] - 1, (hp - kh) // sh + 1, (wp - kw) // sw + 1, batch), jnp.float32)
+    y = jax.ffi.ffi_call("dst_conv", out, vmap_method="sequential")(values, cols, rowptr, xp, **_attrs(geometry))
+    return jnp.transpose(y, (3, 1, 2, 0)), xp
+
+
+def _conv_kernel_impl(geometry, values, cols, rowptr, transposed, x):
+    return _forward(geometry, values, cols, rowptr, x)[0]
+
+
+_conv_kernel = jax.custom_vjp(_conv_kernel_impl, nondiff_argnums=(0,))
+
+
+def _conv_fwd(geometry, values, cols, rowptr, transposed, x):
+    values, cols, rowptr, transposed, primal_x = jax.tree.map(
+        lambda a: a.value, (values, cols, rowptr, transposed, x),
+        is_leaf=lambda a: isinstance(a, jax.custom_derivatives.CustomVJPPrimal))
+    y, xp = _forward(geometry, values, cols, rowptr, primal_x)
+    return y, (values, cols, rowptr, transposed, xp, () if x.perturbed else None)
+
+
+def _conv_bwd(geometry, residuals, dy):
+    """The value gradient at the weights; the input gradient where the input is differentiated (the padded
+    input's gradient, its border cut off)."""
+    values, cols, rowptr, transposed, xp, x_perturbed = residuals
+    if isinstance(dy, jax.custom_derivatives.SymbolicZero):
+        return None, None, None, None, None
+    dyT = jnp.transpose(dy.astype(jnp.float32), (3, 1, 2, 0))
+    attrs = _attrs(geometry)
+    dvalues = jax.ffi.ffi_call("dst_conv_dw", jax.ShapeDtypeStruct(values.shape, jnp.float32),
+                               vmap_method="sequential")(cols, rowptr, dyT, xp, **attrs)
+    if x_perturbed is None:
+        return dvalues, None, None, None, None
+    dxp = jax.ffi.ffi_call("dst_conv_dx", jax.ShapeDtypeStruct(xp.shape, jnp.float32), vmap_method="sequential")(
+        values, *transposed, dyT, **attrs)
+    (top, bottom), (left, right) = geometry[3]
+    _, hp, wp, _ = xp.shape
+    dx = dxp[:, top:hp - bottom, left:wp - right, :]
+    return dvalues, None, None, None, jnp.transpose(dx, (3, 1, 2, 0))
+
+
+_conv_kernel.defvjp(_conv_fwd, _conv_bwd, symbolic_zeros=True)
