@@ -48,6 +48,8 @@ def test_a_stored_run_makes_the_masked_runs_topology_decisions(tmp_path, data_di
         assert a["topology/updates"] > 0
         for key in ("sparsity/global", "topology/dropped", "topology/grown", "itop_rate", "dead_units/total"):
             assert a[key] == b[key], key
+        first_input = "activations/zero_fraction/Dense_0/kernel"     # the images: the same on both backends
+        assert a[first_input] == pytest.approx(b[first_input])
         assert abs(a["test/accuracy"] - b["test/accuracy"]) <= 0.01
         assert abs(a["train/loss"] - b["train/loss"]) <= 1e-3
 

@@ -70,6 +70,8 @@ def test_metrics_have_every_key_and_densities_stay_on_target(rigl_run):
             assert r[f"sparsity/{n}"] == pytest.approx(expected, abs=1e-12)
         assert r["sparsity/global"] == pytest.approx(0.9, abs=3 / sum(sizes[n] for n in LAYERS))
         assert r["topology/dropped"] == r["topology/grown"]
+        assert all(0 <= r[f"activations/zero_fraction/{n}"] <= 1 for n in LAYERS)   # activation sparsity, test set
+        assert not any(k.startswith("test/zero_fraction") for k in r)
         if r["topology/updates"]:
             assert r["topology/grown_per_update"] == r["topology/grown"] / r["topology/updates"]
     assert records[0]["topology/updates"] > 0 and records[0]["topology/grown"] > 0

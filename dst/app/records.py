@@ -95,7 +95,10 @@ def record_for(epoch: int, state, interval: Interval, evaluations: dict, pairs, 
     record = {"step": step, "epoch": epoch,
               "train/loss": float(np.mean(steps["loss"])), "train/accuracy": float(np.mean(steps["accuracy"]))}
     for split, values in evaluations.items():
-        record.update({f"{split}/{k}": float(v) for k, v in values.items()})
+        record.update({f"{split}/{k}": float(v) for k, v in values.items() if not k.startswith("zero_fraction/")})
+    # Activation sparsity (dst.train.evaluate.zero_fractions), measured on the test set.
+    record.update({f"activations/{k}": float(v) for k, v in evaluations.get("test", {}).items()
+                   if k.startswith("zero_fraction/")})
     report = density_report(state.live, layers, counts)
     record["sparsity/global"] = 1.0 - report["global"]
     record.update({f"sparsity/{n}": 1.0 - report[n] for n in layers})

@@ -208,7 +208,8 @@ def initialise(plan: Plan, auto_choice_file=None, stream=None) -> Run:
     sharding = None if plan.parallel is None else plan.parallel.batch
     if streaming:    # augmentation happens on the host; one epoch function serves every length
         epoch_fns = {0: StreamEpoch(step, loop, sharding)}
-        evaluate = stream_evaluate_fn(apply_fn, min(trainer["eval_batch_size"], len(data.test_y)), sharding)
+        evaluate = stream_evaluate_fn(apply_fn, min(trainer["eval_batch_size"], len(data.test_y)), sharding,
+                                      layers)
     else:
         augment = make_augment(cfg["dataset"].get("augment", "none"), **augment_options(cfg["dataset"], data))
         lengths = {s.steps for s in segments(plan)}   # whole epochs, and a level's first and last
@@ -216,7 +217,7 @@ def initialise(plan: Plan, auto_choice_file=None, stream=None) -> Run:
                                            max_steps=None if n == plan.steps_per_epoch else n, loop=loop,
                                            batch_sharding=sharding, progress=every and StepProgress(every, stream))
                      for n in lengths}
-        evaluate = dst.evaluate_fn(apply_fn, trainer["eval_batch_size"], sharding)
+        evaluate = dst.evaluate_fn(apply_fn, trainer["eval_batch_size"], sharding, layers)
     return Run(state=state, layers=layers, densities=densities, flops=graph.flops, pairs=graph.pairs, step=step,
                epoch_fns=epoch_fns, evaluate=evaluate, undivided=plan.undivided, storage=storage, auto=timings)
 
