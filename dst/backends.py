@@ -86,13 +86,30 @@ def condensed_topology(indices, n_in: int) -> Condensed:
                                                  n_in))
 
 
+class ConvGeometry(NamedTuple):
+    """What a stored convolution runs with besides its weights: its dense kernel shape ``[kh, kw, c_in,
+    n_out]``, its strides and its padding (``"SAME"``, ``"VALID"`` or ``((top, bottom), (left, right))``), as
+    its flax ``nn.Conv`` has them (:func:`convolutions`)."""
+
+    kernel: tuple[int, int, int, int]
+    strides: tuple[int, int]
+    padding: str | tuple
+
+
 class Layout(NamedTuple):
-    """Static facts of one stored layer: its dense kernel shape and its capacity, the slots it stores (nnz
+    """Static facts of one stored layer: its kernel's matrix view ``(n_in, n_out)`` (a convolution's is
+    ``(kh * kw * c_in, n_out)``, the view the structures use), its capacity, the slots it stores (nnz
     capacity, or k): the starting count, or more where the run's algorithm moves weights between layers
-    (``sparsity.capacity``)."""
+    (``sparsity.capacity``); and for a convolution its :class:`ConvGeometry` (``None``: fully connected)."""
 
     shape: tuple[int, int]
     count: int
+    conv: ConvGeometry | None = None
+
+    @property
+    def dense_shape(self) -> tuple[int, ...]:
+        """The shape of the layer's dense kernel: the matrix view, or a convolution's 4-D kernel."""
+        return self.shape if self.conv is None else self.conv.kernel
 
 
 class SlotView(NamedTuple):
@@ -128,7 +145,9 @@ class Backend(NamedTuple):
       topology rebuilt from them (the transposes are derived);
     * ``count_of(values) -> int``: the ``layout.count`` that stored ``values`` have (slots, or a fan-in);
     * ``matmul_xla(x, values, topology)``: the product by XLA's gathers alone, without the compiled kernels
-      (an exported model's batch of one).
+      (an exported model's batch of one);
+    * ``conv(x, values, topology, geometry) -> y``: a stored convolution on an NHWC batch (``None``: the
+      backend stores no convolution).
     """
 
     name: str
@@ -144,6 +163,7 @@ class Backend(NamedTuple):
     topology_from: Callable
     count_of: Callable
     matmul_xla: Callable
+    conv: Callable | None = None
 
 
 # Up to this many positions a layer's flat index fits int32: its slots are scattered by flat index.
@@ -185,15 +205,30 @@ def csr_slots(size: int, count: int, capacity: float = 1.0) -> int:
     return min(size, math.ceil(round(capacity * count, 6)))
 
 
-def _csr_layout(mask, capacity: float = 1.0) -> Layout:
+def _matrix(mask) -> np.ndarray:
+    """A concrete kernel's matrix view ``[inputs, n_out]`` (a convolution's ``kh * kw * c_in`` inputs)."""
     mask = np.asarray(mask)
+    return mask.reshape(-1, mask.shape[-1])
+
+
+def _layout_topology(cols, rowptr, layout):
+    """The :class:`CSR` of ``cols`` and ``rowptr``; a convolution's transpose is keyed by input channel and
+    kernel offset, as its input gradient walks it (:func:`dst.kernels.conv_transpose`)."""
+    if layout.conv is None:
+        return csr_topology(cols, rowptr, layout.shape[0])
+    cols, rowptr = jnp.asarray(cols, jnp.int32), jnp.asarray(rowptr, jnp.int32)
+    return CSR(cols, rowptr, *kernels.conv_transpose(cols, rowptr, layout.conv.kernel))
+
+
+def _csr_layout(mask, capacity: float = 1.0) -> Layout:
+    mask = _matrix(mask)
     return Layout(tuple(mask.shape), csr_slots(mask.size, int(mask.sum()), capacity))
 
 
 def _csr_compress(w, mask, layout):
     # Padding slots belong to the last unit, where they multiply a zero value.
-    values, valid, cols, rowptr = _stored_slots(w, mask, layout.count)
-    return values, valid, csr_topology(cols, rowptr, layout.shape[0])
+    values, valid, cols, rowptr = _stored_slots(w.reshape(layout.shape), mask.reshape(layout.shape), layout.count)
+    return values, valid, _layout_topology(cols, rowptr, layout)
 
 
 def _csr_slots(values, valid, topology, layout) -> SlotView:
@@ -203,29 +238,48 @@ def _csr_slots(values, valid, topology, layout) -> SlotView:
 
 def _csr_expand(values, valid, topology, layout):
     view = _csr_slots(values, valid, topology, layout)
-    return _scatter(view.values, view.valid, view.cols, view.units, layout.shape)
+    return _dense_form(_scatter(view.values, view.valid, view.cols, view.units, layout.shape), layout)
+
+
+def _dense_form(pair, layout):
+    """A layer's dense ``(w, mask)`` from its matrix view (a convolution's 4-D kernel)."""
+    return tuple(a.reshape(layout.dense_shape) for a in pair)
 
 
 def _csr_rebuild(values, valid, cols, rowptr, layout):
-    return values, valid, csr_topology(cols, rowptr, layout.shape[0])
+    return values, valid, _layout_topology(cols, rowptr, layout)
+
+
+def _csr_conv(x, values, t, conv: ConvGeometry):
+    return kernels.csr_conv(x, values, t.cols, t.rowptr, conv.kernel, conv.strides, conv.padding, t.transposed)
 
 
 def _condensed_layout(mask, capacity: float = 1.0) -> Layout:
     if capacity != 1:
         raise ValueError(f"keeps one fan-in per unit and has no spare slots; sparsity.capacity={capacity} needs "
                          "sparsity.backend=csr")
-    fan_in = np.asarray(mask).sum(axis=0)
+    mask = _matrix(mask)
+    fan_in = mask.sum(axis=0)
     if fan_in.size and fan_in.min() != fan_in.max():
         raise ValueError(f"has fan-ins from {fan_in.min()} to {fan_in.max()}; the condensed backend needs one "
                          "constant fan-in per layer (sparsity.structure=fan_in or n_m)")
-    return Layout(tuple(np.shape(mask)), int(fan_in[0]) if fan_in.size else 0)
+    return Layout(tuple(mask.shape), int(fan_in[0]) if fan_in.size else 0)
+
+
+def _condensed_topology(indices, layout):
+    """:func:`condensed_topology`; a convolution's transpose keyed as :func:`_layout_topology` keys it."""
+    if layout.conv is None:
+        return condensed_topology(indices, layout.shape[0])
+    n_out, k = indices.shape
+    rowptr = jnp.arange(n_out + 1, dtype=jnp.int32) * k
+    return Condensed(indices, *kernels.conv_transpose(indices.reshape(-1), rowptr, layout.conv.kernel))
 
 
 def _condensed_compress(w, mask, layout):
     n_out, k = layout.shape[1], layout.count
-    values, valid, cols, _ = _stored_slots(w, mask, n_out * k)
+    values, valid, cols, _ = _stored_slots(w.reshape(layout.shape), mask.reshape(layout.shape), n_out * k)
     shape = (n_out, k)
-    return values.reshape(shape), valid.reshape(shape), condensed_topology(cols.reshape(shape), layout.shape[0])
+    return values.reshape(shape), valid.reshape(shape), _condensed_topology(cols.reshape(shape), layout)
 
 
 def _condensed_slots(values, valid, topology, layout) -> SlotView:
@@ -235,13 +289,20 @@ def _condensed_slots(values, valid, topology, layout) -> SlotView:
 
 def _condensed_expand(values, valid, topology, layout):
     view = _condensed_slots(values, valid, topology, layout)
-    return _scatter(view.values, view.valid, view.cols, view.units, layout.shape)
+    return _dense_form(_scatter(view.values, view.valid, view.cols, view.units, layout.shape), layout)
 
 
 def _condensed_rebuild(values, valid, cols, rowptr, layout):
     del rowptr     # every unit holds `layout.count` slots
     shape = (layout.shape[1], layout.count)
-    return values.reshape(shape), valid.reshape(shape), condensed_topology(cols.reshape(shape), layout.shape[0])
+    return values.reshape(shape), valid.reshape(shape), _condensed_topology(cols.reshape(shape), layout)
+
+
+def _condensed_conv(x, values, t, conv: ConvGeometry):
+    n_out, k = values.shape
+    rowptr = np.arange(n_out + 1, dtype=np.int32) * k
+    return kernels.csr_conv(x, values.reshape(-1), t.indices.reshape(-1), rowptr, conv.kernel, conv.strides,
+                            conv.padding, t.transposed)
 
 
 def _dense_layout(mask, capacity: float = 1.0) -> Layout:
@@ -289,7 +350,8 @@ def csr() -> Backend:
                    _csr_slots, _csr_rebuild, fixed_fan_in=False, stores=True, fields=("cols", "rowptr"),
                    topology_from=lambda fields, n_in: csr_topology(fields["cols"], fields["rowptr"], n_in),
                    count_of=lambda values: int(np.size(values)),
-                   matmul_xla=lambda x, values, t: kernels.csr_matmul_xla(x, values, t.cols, t.rowptr))
+                   matmul_xla=lambda x, values, t: kernels.csr_matmul_xla(x, values, t.cols, t.rowptr),
+                   conv=_csr_conv)
 
 
 def condensed() -> Backend:
@@ -299,7 +361,8 @@ def condensed() -> Backend:
                    _condensed_slots, _condensed_rebuild, fixed_fan_in=True, stores=True, fields=("indices",),
                    topology_from=lambda fields, n_in: condensed_topology(fields["indices"], n_in),
                    count_of=lambda values: int(np.shape(values)[1]),
-                   matmul_xla=lambda x, values, t: kernels.condensed_matmul_gather(x, values, t.indices))
+                   matmul_xla=lambda x, values, t: kernels.condensed_matmul_gather(x, values, t.indices),
+                   conv=_condensed_conv)
 
 
 _MAKERS = {"masked": masked, "csr": csr, "condensed": condensed, "dense": dense}
@@ -312,17 +375,18 @@ def make(name: str) -> Backend:
     return _MAKERS[name]()
 
 
-def layouts(backend: Backend, masks, layers, capacity: float = 1.0) -> dict[str, Layout]:
+def layouts(backend: Backend, masks, layers, capacity: float = 1.0, convolutions=None) -> dict[str, Layout]:
     """The static :class:`Layout` of each stored layer, from concrete masks, with room for ``capacity``
-    times each layer's active count (``ValueError`` naming the layer when the backend cannot hold its mask)."""
-    leaves = named_leaves(masks)
+    times each layer's active count (``ValueError`` naming the layer when the backend cannot hold its mask).
+    ``convolutions``: the :class:`ConvGeometry` of each convolution among ``layers`` (:func:`convolutions`)."""
+    leaves, convolutions = named_leaves(masks), convolutions or {}
     out = {}
     for name in layers:
-        if np.ndim(leaves[name]) != 2:
-            raise ValueError(f"sparsity.backend={backend.name} stores fully connected kernels only; {name} has "
-                             f"shape {tuple(np.shape(leaves[name]))}")
+        if np.ndim(leaves[name]) != 2 and name not in convolutions:
+            raise ValueError(f"sparsity.backend={backend.name} stores fully connected kernels and the convolutions "
+                             f"it is given; {name} has shape {tuple(np.shape(leaves[name]))}")
         try:
-            out[name] = backend.layout(leaves[name], capacity)
+            out[name] = backend.layout(leaves[name], capacity)._replace(conv=convolutions.get(name))
         except ValueError as err:
             raise ValueError(f"sparsity.backend={backend.name}: layer {name} {err}") from None
     return out
@@ -366,19 +430,86 @@ def sharded_matmul(backend: Backend, mesh, axis: str = "data") -> Callable:
     """``backend.matmul`` for a batch split over ``mesh``'s ``axis`` (data parallelism): each device runs
     the kernels on its rows (``jax.shard_map``) with the whole topology and values, which every device
     holds; the value gradient's per-device sums are added over the devices by the map's transpose."""
+    return sharded(backend.matmul, mesh, axis)
+
+
+def sharded(product: Callable, mesh, axis: str = "data") -> Callable:
+    """``product(x, values, topology)`` on each device's rows of ``x`` (see :func:`sharded_matmul`)."""
     from jax.sharding import PartitionSpec
 
     rows, whole = PartitionSpec(axis), PartitionSpec()
     # check_vma=False: the kernels' custom VJP returns plain cotangents, without the manual-axis types that
     # the check wants; the map's transpose still sums the replicated inputs' cotangents over the devices.
-    return jax.shard_map(backend.matmul, mesh=mesh, in_specs=(rows, whole, whole), out_specs=rows,
-                         check_vma=False)
+    return jax.shard_map(product, mesh=mesh, in_specs=(rows, whole, whole), out_specs=rows, check_vma=False)
+
+
+def _conv_padding(padding):
+    """An ``nn.Conv``'s padding as :func:`dst.kernels.csr_conv` takes it, or ``None`` (CIRCULAR, CAUSAL)."""
+    if isinstance(padding, str):
+        return padding.upper() if padding.upper() in ("SAME", "VALID") else None
+    if isinstance(padding, int):
+        return ((padding, padding), (padding, padding))
+    pairs = tuple((p, p) if isinstance(p, int) else tuple(int(v) for v in p) for p in padding)
+    return pairs if len(pairs) == 2 and all(len(p) == 2 for p in pairs) else None
+
+
+def _unstorable(module: nn.Conv, x) -> str | None:
+    """Why the kernels cannot run this call of ``module`` (``None``: they can)."""
+    dims = (module.kernel_size,) if isinstance(module.kernel_size, int) else tuple(module.kernel_size)
+    ones = lambda v: v is None or all(d == 1 for d in ((v,) if isinstance(v, int) else v))
+    if len(dims) != 2 or np.ndim(x) != 4:
+        return f"a {len(dims)}-D convolution on inputs of rank {np.ndim(x)} (the kernels take 2-D, batched)"
+    if module.feature_group_count != 1:
+        return f"grouped ({module.feature_group_count} groups)"
+    if not ones(module.kernel_dilation) or not ones(module.input_dilation):
+        return "dilated"
+    if _conv_padding(module.padding) is None:
+        return f"padding {module.padding}"
+    return None
+
+
+def convolutions(model: nn.Module, example, layers) -> tuple[dict, dict]:
+    """``(geometries, kept)`` of the ``nn.Conv`` kernels among ``layers`` (kernel leaf names): the
+    :class:`ConvGeometry` of each one the kernels can run, and for the others why not (grouped, dilated,
+    CIRCULAR padding, not 2-D), from one abstract call of ``model`` on ``example`` (a batch of inputs)."""
+    geometries, kept = {}, {}
+
+    def record(next_fun, args, kwargs, context):
+        module = context.module
+        name = "/".join(module.path) + "/kernel"
+        if context.method_name == "__call__" and isinstance(module, nn.Conv) and name in layers:
+            why = _unstorable(module, args[0])
+            if why is not None:
+                kept[name] = why
+            else:
+                c_in = np.shape(args[0])[-1]
+                kh, kw = module.kernel_size
+                strides = (1, 1) if module.strides is None else (
+                    (module.strides,) * 2 if isinstance(module.strides, int) else tuple(module.strides))
+                geometries[name] = ConvGeometry((kh, kw, c_in, module.features), strides,
+                                                _conv_padding(module.padding))
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        jax.eval_shape(lambda x: model.init(jax.random.key(0), x), jax.ShapeDtypeStruct(np.shape(example), jnp.float32))
+    return geometries, kept
+
+
+def output_shape(layout: Layout, input_shape: tuple) -> tuple:
+    """The shape of a stored layer's output for an input of ``input_shape``."""
+    if layout.conv is None:
+        return tuple(input_shape[:-1]) + (layout.shape[1],)
+    g = layout.conv
+    run = lambda x: jax.lax.conv_general_dilated(x, jnp.zeros(g.kernel, x.dtype), g.strides, g.padding,
+                                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jax.eval_shape(run, jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)).shape
 
 
 def stored_apply(model: nn.Module, backend: Backend, layout_of: dict[str, Layout], mesh=None):
     """The trainer's ``apply_fn`` (:mod:`dst.train.apply`) for a model stored by ``backend``: it takes a
     :class:`Stored` where the masked model takes params, and computes every stored ``nn.Dense`` as
-    ``backend.matmul(x, values, topology) + bias``; other modules run as they are.
+    ``backend.matmul(x, values, topology) + bias`` and every stored ``nn.Conv`` as ``backend.conv`` of its
+    layout's :class:`ConvGeometry` (plus bias); other modules run as they are.
 
     ``apply_fn.with_taps(stored, model_state, x, train, rng, probes)`` also adds ``probes[layer]`` to
     each stored layer's output and returns its inputs, ``(logits, model_state, inputs)``: the gradient
@@ -391,6 +522,10 @@ def stored_apply(model: nn.Module, backend: Backend, layout_of: dict[str, Layout
     modules = {name.rsplit("/", 1)[0]: name for name in layout_of}
     masked = flax_apply(model)
     matmul = backend.matmul if mesh is None else sharded_matmul(backend, mesh)
+    convs = {name: (lambda x, v, t, g=lay.conv: backend.conv(x, v, t, g)) for name, lay in layout_of.items()
+             if lay.conv is not None}
+    if mesh is not None:
+        convs = {name: sharded(conv, mesh) for name, conv in convs.items()}
 
     def run(stored: Stored, model_state, x, train, rng, probes):
         inputs = {}
@@ -398,12 +533,14 @@ def stored_apply(model: nn.Module, backend: Backend, layout_of: dict[str, Layout
         def interceptor(next_fun, args, kw, context):
             module = context.module
             name = modules.get("/".join(module.path))
-            if context.method_name != "__call__" or name is None or not isinstance(module, nn.Dense):
+            kind = nn.Dense if name not in convs else nn.Conv
+            if context.method_name != "__call__" or name is None or not isinstance(module, kind):
                 return next_fun(*args, **kw)
             params = module.variables["params"]
             (x_in,) = args
             inputs[name] = x_in
-            y = matmul(x_in, params["kernel"], stored.topologies[name])
+            product = matmul if name not in convs else convs[name]
+            y = product(x_in, params["kernel"], stored.topologies[name])
             y = y + params["bias"] if module.use_bias else y
             return y if probes is None else y + probes[name]
 

@@ -99,10 +99,17 @@ def test_condensed_refuses_a_mask_without_constant_fan_in():
         backends.layouts(backends.condensed(), masks, layers)
 
 
-def test_a_conv_kernel_is_not_a_stored_layer():
+def test_a_conv_kernel_is_stored_only_with_its_geometry():
+    """A 4-D kernel is a stored layer when its convolution's geometry is given (its matrix view the layout's
+    shape), and refused in one sentence otherwise."""
     masks = {"Conv_0": {"kernel": np.ones((3, 3, 4, 8), bool)}}
-    with pytest.raises(ValueError, match="fully connected kernels only; Conv_0/kernel has shape"):
+    with pytest.raises(ValueError, match="stores fully connected kernels and the convolutions it is given; "
+                                         "Conv_0/kernel has shape"):
         backends.layouts(backends.csr(), masks, ["Conv_0/kernel"])
+    geometry = backends.ConvGeometry((3, 3, 4, 8), (1, 1), "SAME")
+    layout = backends.layouts(backends.csr(), masks, ["Conv_0/kernel"], convolutions={"Conv_0/kernel": geometry})
+    assert layout["Conv_0/kernel"] == backends.Layout((36, 8), 288, geometry)
+    assert layout["Conv_0/kernel"].dense_shape == (3, 3, 4, 8)
 
 
 def test_an_unknown_backend_names_the_allowed_ones():

@@ -100,9 +100,10 @@ def check_backend_fits(sp: dict, algo, params) -> None:
     except ValueError as err:
         raise ConfigError(str(err)) from None
     layers = dst.sparsifiable_layers(params, dense_layers=sp.get("dense_layers") or ())
-    if not any(len(leaf.shape) == 2 for n, leaf in named_leaves(params).items() if n in layers):
-        raise ConfigError(f"sparsity.backend={backend} stores fully connected layers, and this model has no sparse "
-                          "one (its convolutions stay masked); use sparsity.backend=masked.")
+    storable = (2,) if algo.trainable is not None else (2, 4)     # a backward set: fully connected layers
+    if not any(len(leaf.shape) in storable for n, leaf in named_leaves(params).items() if n in layers):
+        raise ConfigError(f"sparsity.backend={backend} stores fully connected layers and convolutions, and this model "
+                          "has no sparse one it can store; use sparsity.backend=masked.")
 
 
 def check_epsilon(sp: dict, algo, params, say) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 
+import jax
+
 import dst
 from dst import backends
 from dst import kernels
@@ -65,8 +67,9 @@ def storage_for(plan, params, model_state, masks, densities, layers, auto_choice
         sp = {**sp, "backend": backend}
     capacity = sp.get("capacity") or stored.default_capacity(algo)
     # The slots hold the masks' weights, or Top-KAST's backward set around them.
+    convolutions, kept = stored_convolutions(plan, sp, params, sparse_layers)
     storage = make_run_storage(sp, model, stored.held_masks(algo, params, masks), sparse_layers,
-                               None if plan.parallel is None else plan.parallel.mesh, capacity)
+                               None if plan.parallel is None else plan.parallel.mesh, capacity, convolutions, kept)
     say_update_path(sp, algo, storage, densities)
     return storage, timings
 
@@ -95,25 +98,42 @@ def say_update_path(sp: dict, algo, storage, densities: dict) -> None:
                   "sparsity.backend=masked trains such a run faster.")
 
 
-def make_run_storage(sp: dict, model, masks, sparse_layers, mesh=None, capacity: float = 1.0):
+def stored_convolutions(plan, sp: dict, params, sparse_layers) -> tuple[dict, dict]:
+    """``(geometries, kept)``: the convolutions among ``sparse_layers`` that ``sparsity.backend`` stores
+    (:func:`dst.backends.convolutions`), and why each other one stays masked."""
+    convs = [n for n, leaf in named_leaves(params).items() if n in sparse_layers and len(leaf.shape) == 4]
+    if not convs or sp.get("backend") not in ("csr", "condensed"):
+        return {}, {n: "sparsity.backend=auto times fully connected layers" for n in convs}
+    if plan.algo.trainable is not None:
+        return {}, {n: "a backward set is stored for fully connected layers only" for n in convs}
+    sample = jax.numpy.zeros((1, *plan.data.example_shape), jax.numpy.float32)
+    return backends.convolutions(plan.model, sample, sparse_layers)
+
+
+def make_run_storage(sp: dict, model, masks, sparse_layers, mesh=None, capacity: float = 1.0, convolutions=None,
+                     kept=None):
     """The run's :class:`dst.train.stored.Storage` (None when masked) over its ``sparse_layers``, what it
     stores and what stays masked named on the console; ``mesh``: the data-parallel devices' (each runs the
-    kernels on its rows); ``capacity``: each stored layer's slots per starting weight."""
-    backend = sp.get("backend") or "masked"
+    kernels on its rows); ``capacity``: each stored layer's slots per starting weight; ``convolutions``: the
+    geometry of each convolution it stores, and ``kept``: why each other one stays masked."""
+    backend, kept = sp.get("backend") or "masked", kept or {}
     try:
-        storage = stored.make_storage(model, backend, masks, sparse_layers, mesh, capacity)
+        storage = stored.make_storage(model, backend, masks, sparse_layers, mesh, capacity, convolutions)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     if storage is not None and not storage.stores:
         print("sparsity: backend dense: a plain dense model, with no mask in the train step.")
     elif storage is not None and not storage.layout_of:   # nothing sparse to store: the masked run it is
-        print(f"sparsity: backend {backend} stores no layer: every sparse layer starts dense (sparsity=dense, or a "
-              "sparsity of 0), so the run trains them masked, as sparsity.backend=masked would.")
+        why = "; ".join(f"{n} {w}" for n, w in kept.items() if n in sparse_layers) or \
+            "every sparse layer starts dense (sparsity=dense, or a sparsity of 0)"
+        print(f"sparsity: backend {backend} stores no layer: {why}, so the run trains them masked, as "
+              "sparsity.backend=masked would.")
         return None
     elif storage is not None:
-        kept = [n for n in sparse_layers if n not in storage.layout_of]
+        masked_here = [f"{n} ({kept.get(n, 'not a fully connected layer or convolution')})" for n in sparse_layers
+                       if n not in storage.layout_of]
         print(f"sparsity: backend {backend} stores {layer_list(storage.layout_of)}"
-              + (f"; {layer_list(kept)} stay masked (convolutions)" if kept else "") + ".")
+              + (f"; stay masked: {', '.join(masked_here)}" if masked_here else "") + ".")
         if capacity != 1:
             print(f"sparsity: capacity {capacity:g}: each stored layer has {capacity:g} slots per starting weight "
                   "(at most its dense size), room for the algorithm to move weights between layers.")

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from dst import backends
 from dst.algorithms.base import SparseAlgorithm
 from dst.backends import Stored
 from dst.train import stored
@@ -121,7 +122,7 @@ def _stored_gradients(storage, state, x, y, k_dropout, loss_fn, taps: bool):
     probes = None
     if taps:
         seen = jax.eval_shape(lambda v: objective(v, None)[1][2], state.params)
-        probes = {n: jnp.zeros(seen[n].shape[:-1] + (lay.shape[1],), jnp.float32)
+        probes = {n: jnp.zeros(backends.output_shape(lay, seen[n].shape), jnp.float32)
                   for n, lay in storage.layout_of.items()}
     argnums = (0, 1) if taps else 0
     (loss, (logits, model_state, inputs)), grads = jax.value_and_grad(objective, argnums, has_aux=True)(

@@ -76,9 +76,11 @@ class Storage(NamedTuple):
         return self.backend.stores
 
 
-def make_storage(model, backend: str, masks, layers, mesh=None, capacity: float = 1.0) -> Storage | None:
+def make_storage(model, backend: str, masks, layers, mesh=None, capacity: float = 1.0,
+                 convolutions=None) -> Storage | None:
     """The :class:`Storage` of ``model`` under ``backend`` (``None`` for ``masked``). Every 2-D
-    (fully connected) kernel among ``layers`` is stored; other layers stay masked. With a ``mesh`` (data
+    (fully connected) kernel among ``layers`` is stored, and every convolution of ``convolutions``
+    (``{layer: ConvGeometry}``, :func:`dst.backends.convolutions`); other layers stay masked. With a ``mesh`` (data
     parallelism, :class:`dst.train.devices.DataParallel`) each device multiplies its rows of the batch. Each
     stored layer has room for ``capacity`` times its starting count (:data:`MOVING_CAPACITY` suits an
     algorithm that moves weights between layers). ``dense`` is a
@@ -92,8 +94,9 @@ def make_storage(model, backend: str, masks, layers, mesh=None, capacity: float 
     if not chosen.stores:
         return None
     shapes = {name: np.shape(leaf) for name, leaf in named_leaves(masks).items()}
-    stored = [name for name in layers if len(shapes[name]) == 2]
-    layout_of = backends.layouts(chosen, masks, stored, capacity)
+    convolutions = {n: g for n, g in (convolutions or {}).items() if n in layers}
+    stored = [name for name in layers if len(shapes[name]) == 2 or name in convolutions]
+    layout_of = backends.layouts(chosen, masks, stored, capacity, convolutions)
     dense_size = sum(int(np.prod(lay.shape)) for lay in layout_of.values())
     return Storage(chosen, layout_of, backends.stored_apply(model, chosen, layout_of, mesh),
                    dense_metrics=dense_size <= DENSE_METRICS_LIMIT)
@@ -150,6 +153,10 @@ def update_path(algo: SparseAlgorithm, storage: Storage) -> tuple[str, str | Non
     without the quiet/skip hooks), ``"theta, then from storage"`` (Top-KAST: its dense ``theta`` ranked, its sets
     then stored and ranked among the slots, :mod:`dst.train.stored_backward`) or ``"dense view"`` (at its update
     steps)."""
+    convolutions = [n for n, lay in storage.layout_of.items() if lay.conv is not None]
+    if convolutions and algo.dynamic:    # their grow scores read a convolution's dense weight gradient
+        why = f"the grow scores of the stored convolutions {', '.join(convolutions)} read their dense kernel gradient"
+        return ("every step", why) if algo.quiet is None else ("dense view", why)
     if algo.dynamic and algo.quiet is None:
         if algo.momentum_rules is not None and stored_momentum.unsupported(algo) is None:
             return "momentum, then from storage", None

@@ -116,6 +116,14 @@ def dense_gradients(storage, grads, taps, by_unit: bool = False):
     dense = {}
     for name, layout in storage.layout_of.items():
         n_in, n_out = layout.shape
+        if layout.conv is not None:   # a convolution's kernel gradient, from the same two arrays
+            g = layout.conv
+            x, dy = inputs[name].astype(jnp.float32), cotangents[name].astype(jnp.float32)
+            run = lambda w, x=x, g=g: jax.lax.conv_general_dilated(x, w, g.strides, g.padding,
+                                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            (w_grad,) = jax.vjp(run, jnp.zeros(g.kernel, jnp.float32))[1](dy)
+            dense[name] = w_grad.reshape(n_in, n_out).T if by_unit else w_grad
+            continue
         x = inputs[name].reshape(-1, n_in).astype(jnp.float32)
         dy = cotangents[name].reshape(-1, n_out).astype(jnp.float32)
         dense[name] = dy.T @ x if by_unit else x.T @ dy

@@ -1,0 +1,83 @@
+"""Convolutions stored on csr (issue "Sparse convolutions on the kernels"): a stored conv net makes the masked
+run's topology decisions.
+
+A small WRN (BatchNorm, a stride-2 convolution and a 1x1 shortcut convolution per group) trains on random
+CIFAR-shaped batches, once masked and once with every convolution and the classifier stored; after every
+step the stored run's dense view must hold exactly the masked run's masks and params within 1e-5, over at
+least three topology updates for the dynamic algorithms.
+"""
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+import dst
+from dst import backends
+from dst.masks import named_leaves
+from dst.models.wide_resnet import WideResNet
+from dst.train import stored
+
+STEPS, UPDATE_EVERY = 10, 3
+
+
+def problem():
+    model = WideResNet(depth=10, widen_factor=1, num_classes=5)
+    x = jax.random.normal(jax.random.key(2), (STEPS, 8, 8, 8, 3))
+    y = jax.random.randint(jax.random.key(3), (STEPS, 8), 0, 5)
+    variables = model.init(jax.random.key(0), x[0])
+    params, model_state = variables["params"], {"batch_stats": variables["batch_stats"]}
+    layers = dst.sparsifiable_layers(params)
+    masks = dst.init_masks(jax.random.key(1), params, dst.layer_densities(params, 0.75, "erk"))
+    return model, params, model_state, masks, layers, x, y
+
+
+def algorithm(name):
+    if name == "gmp":
+        return dst.algorithms.make("gmp", sparsity=0.9, initial_sparsity=0.75, update_every=UPDATE_EVERY,
+                                   end_step=STEPS)
+    kwargs = {} if name == "static" else dict(update_every=UPDATE_EVERY, end_step=1000, drop_fraction=0.3)
+    return dst.algorithms.make(name, **kwargs)
+
+
+def test_the_convolutions_the_kernels_can_run_are_found_with_their_geometry():
+    model, params, _, masks, layers, x, _ = problem()
+    geometries, kept = backends.convolutions(model, x[0], layers)
+    convs = [n for n in layers if np.ndim(named_leaves(params)[n]) == 4]
+    assert set(geometries) == set(convs) and not kept
+    assert geometries["stem_conv/kernel"] == backends.ConvGeometry((3, 3, 3, 16), (1, 1), ((1, 1), (1, 1)))
+    strided = [n for n, g in geometries.items() if g.strides == (2, 2)]
+    assert any(geometries[n].kernel[:2] == (1, 1) for n in strided)        # a 1x1 downsampling shortcut
+
+
+@pytest.mark.parametrize("name", ["static", "set", "rigl", "gmp"])
+def test_a_conv_net_stored_on_csr_makes_the_masked_runs_decisions(name):
+    model, params, model_state, masks, layers, x, y = problem()
+    algo = algorithm(name)
+    tx = optax.sgd(0.05, momentum=0.9)
+    geometries, _ = backends.convolutions(model, x[0], layers)
+    storage = stored.make_storage(model, "csr", masks, layers, convolutions=geometries)
+    assert set(storage.layout_of) == set(layers)
+    masked_step = jax.jit(dst.make_train_step(dst.flax_apply(model), tx, algo).full)
+    stored_step = jax.jit(dst.make_train_step(None, tx, algo, storage=storage).full)
+    a = dst.create_train_state(jax.random.key(4), params, masks, tx, algo, model_state)
+    b = dst.create_train_state(jax.random.key(4), params, masks, tx, algo, model_state, storage=storage)
+    updates = 0
+    for i in range(STEPS):
+        a, ma = masked_step(a, (x[i], y[i]))
+        b, mb = stored_step(b, (x[i], y[i]))
+        updates += int(ma["updated"])
+        assert bool(mb["updated"]) == bool(ma["updated"])
+        np.testing.assert_allclose(mb["loss"], ma["loss"], rtol=1e-5)
+        dense_p, dense_m = stored.expand_state(storage, b.params, b.live, b.topologies)
+        jax.tree_util.tree_map(np.testing.assert_array_equal, dense_m, a.masks)
+        jax.tree_util.tree_map(lambda p, q: np.testing.assert_allclose(p, q, atol=1e-5), dense_p, a.params)
+        jax.tree_util.tree_map(lambda p, q: np.testing.assert_allclose(p, q, atol=1e-5), b.model_state,
+                               a.model_state)
+    if algo.dynamic:
+        assert updates >= 3
+        assert not np.array_equal(named_leaves(a.masks)["layer1_0/conv1/kernel"],
+                                  named_leaves(masks)["layer1_0/conv1/kernel"])
+    # The step runs the compiled convolution, not XLA's.
+    text = jax.jit(dst.make_train_step(None, tx, algo, storage=storage).full).lower(b, (x[0], y[0])).as_text()
+    assert "dst_conv" in text and "dst_conv_dx" in text and "dst_conv_dw" in text
