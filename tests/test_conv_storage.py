@@ -1,5 +1,7 @@
 """Convolutions stored on csr (issue "Sparse convolutions on the kernels"): a stored conv net makes the masked
-run's topology decisions.
+run's topology decisions, under every kind of update path (static; SET, RigL and SRigL from storage, their
+convolutions by the dense rule on each one's dense view; GMP in place; GraNet in place and then from storage; SNFS
+on the dense view at every step).
 
 A small WRN (BatchNorm, a stride-2 convolution and a 1x1 shortcut convolution per group) trains on random
 CIFAR-shaped batches, once masked and once with every convolution and the classifier stored; after every
@@ -14,25 +16,36 @@ import pytest
 
 import dst
 from dst import backends
+from dst import structures
 from dst.masks import named_leaves
 from dst.models.wide_resnet import WideResNet
 from dst.train import stored
 
-STEPS, UPDATE_EVERY = 10, 3
+STEPS, UPDATE_EVERY, BATCH = 10, 3, 16   # batch 16: SRigL's decisions at 8 flip under a 1e-6 change of the weights
 
 
-def problem():
+def problem(structure=None):
     model = WideResNet(depth=10, widen_factor=1, num_classes=5)
-    x = jax.random.normal(jax.random.key(2), (STEPS, 8, 8, 8, 3))
-    y = jax.random.randint(jax.random.key(3), (STEPS, 8), 0, 5)
+    x = jax.random.normal(jax.random.key(2), (STEPS, BATCH, 8, 8, 3))
+    y = jax.random.randint(jax.random.key(3), (STEPS, BATCH), 0, 5)
     variables = model.init(jax.random.key(0), x[0])
     params, model_state = variables["params"], {"batch_stats": variables["batch_stats"]}
     layers = dst.sparsifiable_layers(params)
-    masks = dst.init_masks(jax.random.key(1), params, dst.layer_densities(params, 0.75, "erk"))
+    if structure is None:
+        masks = dst.init_masks(jax.random.key(1), params, dst.layer_densities(params, 0.75, "erk"))
+    else:
+        densities = structures.structured_densities(params, 0.75, "uniform", structure)
+        masks = dst.init_masks(jax.random.key(1), params, densities, structure=structure)
     return model, params, model_state, masks, layers, x, y
 
 
 def algorithm(name):
+    if name == "granet":
+        return dst.algorithms.make("granet", sparsity=0.9, initial_sparsity=0.75, update_every=UPDATE_EVERY,
+                                   end_step=STEPS, drop_fraction=0.3)
+    if name == "srigl":
+        return dst.algorithms.make("srigl", update_every=UPDATE_EVERY, end_step=1000, drop_fraction=0.3,
+                                   structure=structures.fan_in(), min_salient_fraction=0.9)
     if name == "gmp":
         return dst.algorithms.make("gmp", sparsity=0.9, initial_sparsity=0.75, update_every=UPDATE_EVERY,
                                    end_step=STEPS)
@@ -50,13 +63,21 @@ def test_the_convolutions_the_kernels_can_run_are_found_with_their_geometry():
     assert any(geometries[n].kernel[:2] == (1, 1) for n in strided)        # a 1x1 downsampling shortcut
 
 
-@pytest.mark.parametrize("name", ["static", "set", "rigl", "gmp"])
+# `make test` runs RigL (its fully connected layers from storage, its convolutions by the dense rule) and GMP (in
+# place); `make test-slow` the rest.
+slow = pytest.mark.slow
+
+
+@pytest.mark.parametrize("name", [pytest.param("static", marks=slow), pytest.param("set", marks=slow), "rigl", "gmp",
+                                  pytest.param("snfs", marks=slow), pytest.param("granet", marks=slow),
+                                  pytest.param("srigl", marks=slow)])
 def test_a_conv_net_stored_on_csr_makes_the_masked_runs_decisions(name):
-    model, params, model_state, masks, layers, x, y = problem()
+    model, params, model_state, masks, layers, x, y = problem(structures.fan_in() if name == "srigl" else None)
     algo = algorithm(name)
     tx = optax.sgd(0.05, momentum=0.9)
     geometries, _ = backends.convolutions(model, x[0], layers)
-    storage = stored.make_storage(model, "csr", masks, layers, convolutions=geometries)
+    storage = stored.make_storage(model, "csr", masks, layers, capacity=stored.default_capacity(algo),
+                                  convolutions=geometries)
     assert set(storage.layout_of) == set(layers)
     masked_step = jax.jit(dst.make_train_step(dst.flax_apply(model), tx, algo).full)
     stored_step = jax.jit(dst.make_train_step(None, tx, algo, storage=storage).full)
@@ -74,6 +95,10 @@ def test_a_conv_net_stored_on_csr_makes_the_masked_runs_decisions(name):
         jax.tree_util.tree_map(lambda p, q: np.testing.assert_allclose(p, q, atol=1e-5), dense_p, a.params)
         jax.tree_util.tree_map(lambda p, q: np.testing.assert_allclose(p, q, atol=1e-5), b.model_state,
                                a.model_state)
+    paths = {"set": "from storage", "rigl": "from storage", "gmp": "in place", "snfs": "every step",
+             "granet": "in place, then from storage", "srigl": "from storage"}
+    if name in paths:   # the fully connected layers from storage, the convolutions on their own dense view
+        assert stored.update_path(algo, storage)[0] == paths[name]
     if algo.dynamic:
         assert updates >= 3
         assert not np.array_equal(named_leaves(a.masks)["layer1_0/conv1/kernel"],

@@ -16,8 +16,11 @@ only dense temporary is one block of it. GMP prunes the stored layers in place
 (:mod:`dst.train.stored_prune`), and GraNet does both in turn. SNFS keeps its momentum at every step and
 updates from storage (:mod:`dst.train.stored_momentum`), with spare slots per layer since it moves weights
 between layers (:func:`default_capacity`; :func:`capacity_overflow` stops a run that outgrows them).
-Top-KAST stores its backward set (:mod:`dst.train.stored_backward`), ranking its dense ``theta``. The dense
-view (a layer's dense size at update steps) serves the rest: block structure, SNFS under a structure.
+Top-KAST stores its backward set (:mod:`dst.train.stored_backward`), ranking its dense ``theta``. A stored
+convolution (:class:`dst.backends.ConvGeometry`) is updated by the algorithm's dense rule on its own dense
+view, inside the same per-layer loop (:func:`dst.train.stored_update.conv_layer_update`). The dense view (a
+layer's dense size at update steps) serves the rest: block structure, SNFS under a structure, SNFS beside
+stored convolutions.
 """
 
 from __future__ import annotations
@@ -154,9 +157,9 @@ def update_path(algo: SparseAlgorithm, storage: Storage) -> tuple[str, str | Non
     then stored and ranked among the slots, :mod:`dst.train.stored_backward`) or ``"dense view"`` (at its update
     steps)."""
     convolutions = [n for n, lay in storage.layout_of.items() if lay.conv is not None]
-    if convolutions and algo.dynamic:    # their grow scores read a convolution's dense weight gradient
-        why = f"the grow scores of the stored convolutions {', '.join(convolutions)} read their dense kernel gradient"
-        return ("every step", why) if algo.quiet is None else ("dense view", why)
+    if convolutions and algo.dynamic and algo.quiet is None:   # SNFS's momentum: a dense gradient every step
+        return "every step", (f"the algorithm reads every step's dense gradient, which the stored convolutions "
+                              f"{', '.join(convolutions)} form on their dense view")
     if algo.dynamic and algo.quiet is None:
         if algo.momentum_rules is not None and stored_momentum.unsupported(algo) is None:
             return "momentum, then from storage", None

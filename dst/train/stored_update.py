@@ -108,6 +108,13 @@ def _check_size(name, rules, shape):
                          "layers this large grow unstructured (sparsity.structure=unstructured).")
 
 
+def conv_kernel_gradient(geometry: backends.ConvGeometry, x, dy) -> jax.Array:
+    """A convolution's dense kernel gradient ``[kh, kw, c_in, n_out]`` from its inputs and output gradients."""
+    run = lambda w: jax.lax.conv_general_dilated(x.astype(jnp.float32), w, geometry.strides, geometry.padding,
+                                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jax.vjp(run, jnp.zeros(geometry.kernel, jnp.float32))[1](dy.astype(jnp.float32))[0]
+
+
 def dense_gradients(storage, grads, taps, by_unit: bool = False):
     """``grads`` with each stored layer's value gradient replaced by its dense weight gradient
     ``inputs^T @ output gradient`` (``taps = (inputs, output gradients)``, per layer); ``by_unit``: its
@@ -117,11 +124,7 @@ def dense_gradients(storage, grads, taps, by_unit: bool = False):
     for name, layout in storage.layout_of.items():
         n_in, n_out = layout.shape
         if layout.conv is not None:   # a convolution's kernel gradient, from the same two arrays
-            g = layout.conv
-            x, dy = inputs[name].astype(jnp.float32), cotangents[name].astype(jnp.float32)
-            run = lambda w, x=x, g=g: jax.lax.conv_general_dilated(x, w, g.strides, g.padding,
-                                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
-            (w_grad,) = jax.vjp(run, jnp.zeros(g.kernel, jnp.float32))[1](dy)
+            w_grad = conv_kernel_gradient(layout.conv, inputs[name], cotangents[name])
             dense[name] = w_grad.reshape(n_in, n_out).T if by_unit else w_grad
             continue
         x = inputs[name].reshape(-1, n_in).astype(jnp.float32)
@@ -353,7 +356,8 @@ def update_layers(storage, rules, key, params, slots, topologies, opt_state, eve
     params' leaves, one stored layer after another. A leaf that ``rules.updates(name, dense shape)`` takes
     is updated by ``stored_layer(name, key, operands, layout) -> LayerUpdate``
     where it is stored (``operands``: values, slots, topology, value gradients, inputs, output gradients)
-    and by ``dense_layer(name, key, w, g, mask) -> (w, mask, grown)`` where it stays masked; its key folds
+    and by ``dense_layer(name, key, w, g, mask) -> (w, mask, grown)`` where it stays masked, or where it is a
+    stored convolution (on its own dense view, :func:`conv_layer_update`); its key folds
     in its place among all leaves (``rules.keys_by="leaf"``) or among the leaves taken (``"layer"``). The
     optimizer's moments move to their weights' new slots and ``ever_active`` gains the new weights.
     Returns ``(params, slots, topologies, opt_state, ever_active, grown)``."""
@@ -369,7 +373,16 @@ def update_layers(storage, rules, key, params, slots, topologies, opt_state, eve
         take = rules.updates(name, layout.shape if layout is not None else tuple(w.shape))
         layer_key = jax.random.fold_in(key, taken if rules.keys_by == "layer" else i)
         taken += take
-        if take and layout is not None:
+        if take and layout is not None and layout.conv is not None:   # a stored convolution: its dense rule
+            if done is not None:
+                done, operands = lax.optimization_barrier((done, (w, m, g)))
+            w, m, grown, topologies[name], sources[name], dense_m = conv_layer_update(
+                storage.backend, layout, dense_layer, name, layer_key, w, m, topologies[name], inputs[name],
+                cotangents[name])
+            done = w
+            if ever is not None:
+                ever[i] = ever[i] | dense_m
+        elif take and layout is not None:
             n_in, n_out = layout.shape
             _check_size(name, rules, layout.shape)
             operands = (w, m, topologies[name], g, inputs[name].reshape(-1, n_in).astype(jnp.float32),
@@ -396,6 +409,21 @@ def update_layers(storage, rules, key, params, slots, topologies, opt_state, eve
     ever_active = None if ever is None else treedef.unflatten(ever)
     return (treedef.unflatten(out_p), treedef.unflatten(out_s), topologies, opt_state, ever_active,
             treedef.unflatten(out_g))
+
+
+def conv_layer_update(backend, layout, dense_layer, name, key, values, valid, topology, x, dy):
+    """A stored convolution updated by the algorithm's dense rule (``dense_layer``) on its own dense view (a
+    convolution's kernel is small beside its activations), stored again in the same capacity. Returns
+    ``(values, valid, grown, topology, source, dense mask)``: ``source`` each new slot's old slot (``-1``:
+    grown or padding), as the stored layers' moves give it."""
+    w, mask = backend.expand(values, valid, topology, layout)
+    new_w, new_mask, grown = dense_layer(name, key, w, conv_kernel_gradient(layout.conv, x, dy), mask)
+    new_values, new_valid, new_topology = backend.compress(new_w, new_mask, layout)
+    slot_ids = jnp.arange(1, new_values.size + 1, dtype=jnp.int32).reshape(values.shape)
+    old_slot = backend.expand(slot_ids, valid, topology, layout)[0]              # 0 where no weight was
+    source = backend.compress(old_slot, new_mask, layout)[0].reshape(-1) - 1
+    grown_slots = backend.compress(grown, new_mask, layout)[0] & new_valid
+    return new_values, new_valid, grown_slots, new_topology, source, new_mask
 
 
 def update_stored(algo: SparseAlgorithm, storage, block: int = GROW_BLOCK):
