@@ -239,7 +239,7 @@ def test_compact_lists_the_true_positions_in_order_as_nonzero_does(size, monkeyp
     index, count = jax.jit(lambda m: kernels.compact(m, size))(mask)
     np.testing.assert_array_equal(index, expected)
     assert int(count) == want.size
-    monkeypatch.setattr(kernels.ops, "_use_kernels", lambda: False)   # the XLA fallback says the same
+    monkeypatch.setattr(kernels.ops, "use_kernels", lambda: False)   # the XLA fallback says the same
     index, count = jax.jit(lambda m: kernels.compact(m, size))(mask)
     np.testing.assert_array_equal(index, expected)
     assert int(count) == want.size
@@ -250,7 +250,7 @@ def test_compact_lists_the_true_positions_in_order_as_nonzero_does(size, monkeyp
 def test_slots_by_unit_store_a_dense_mask_in_csr_order_and_read_arrays_there(capacity, use_kernels, monkeypatch):
     """By definition: the true entries ordered by (unit, input), the first `capacity` of them kept (61 is the
     mask's count: no padding; 50 cuts a unit's entries short), padding after them (input 0, value 0)."""
-    monkeypatch.setattr(kernels.ops, "_use_kernels", lambda: use_kernels and kernels.available())
+    monkeypatch.setattr(kernels.ops, "use_kernels", lambda: use_kernels and kernels.available())
     rng = np.random.default_rng(8)
     n_in, n_out = 23, 17
     mask = rng.random((n_in, n_out)) < 0.15
@@ -307,7 +307,7 @@ def test_top_k_of_keys_takes_the_largest_by_key_then_priority(case, monkeypatch)
         np.testing.assert_array_equal(select(keys, k), want, err_msg=f"k={k}")
         xla = kernels.ops.selection.top_k_of_keys(jnp.asarray(keys), k, lambda: jnp.asarray(priorities))
         np.testing.assert_array_equal(xla, want, err_msg=f"XLA, k={k}")
-    monkeypatch.setattr(kernels.ops, "_use_kernels", lambda: False)   # the fallback is the XLA selection
+    monkeypatch.setattr(kernels.ops, "use_kernels", lambda: False)   # the fallback is the XLA selection
     fallback = jax.jit(lambda keys: kernels.top_k_of_keys(keys, 9, lambda: jnp.asarray(priorities)))
     np.testing.assert_array_equal(fallback(keys), _top_k_by_definition(keys, priorities, 9))
 
@@ -347,7 +347,7 @@ def test_a_tiebreak_settles_repeated_priorities_exactly(n):
 
 @pytest.mark.parametrize("use_kernels", [True, False], ids=["kernels", "xla"])
 def test_transpose_lists_each_inputs_slots_in_order_with_their_units(use_kernels, monkeypatch):
-    monkeypatch.setattr(kernels.ops, "_use_kernels", lambda: use_kernels and kernels.available())
+    monkeypatch.setattr(kernels.ops, "use_kernels", lambda: use_kernels and kernels.available())
     rng = np.random.default_rng(5)
     n_in, n_out = 40, 30
     _, _, cols, rowptr, (inputs, units) = random_csr(rng, n_in, n_out, 0.2, empty_rows=(0, 7), empty_cols=(3,))
@@ -364,7 +364,7 @@ def test_transpose_lists_each_inputs_slots_in_order_with_their_units(use_kernels
 
 @pytest.mark.parametrize("use_kernels", [True, False], ids=["kernels", "xla"])
 def test_merge_slots_interleaves_kept_and_grown_weights_in_csr_order(use_kernels, monkeypatch):
-    monkeypatch.setattr(kernels.ops, "_use_kernels", lambda: use_kernels and kernels.available())
+    monkeypatch.setattr(kernels.ops, "use_kernels", lambda: use_kernels and kernels.available())
     rng = np.random.default_rng(6)
     n_in, n_out, capacity = 12, 9, 40
     positions = rng.choice(n_in * n_out, capacity - 4, replace=False)   # distinct (unit, input) pairs

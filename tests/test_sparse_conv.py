@@ -88,8 +88,8 @@ def test_without_the_kernels_the_same_function_runs_xla_with_the_same_results(mo
     x = rng.normal(size=(6, 7, 7, 5)).astype(np.float32)
     f = lambda x, v: jnp.sum(kconv.csr_conv(x, v, cols, rowptr, kernel_shape, (2, 2), "SAME") ** 2)
     with_kernels = jax.grad(f, argnums=(0, 1))(x, values) if ISAS else None
-    monkeypatch.setattr(ops, "_use_kernels", lambda: False)
-    monkeypatch.setattr(kconv, "_use_kernels", lambda: False)
+    monkeypatch.setattr(ops, "use_kernels", lambda: False)
+    monkeypatch.setattr(kconv, "use_kernels", lambda: False)
     jaxpr = str(jax.make_jaxpr(f)(x, values))
     assert "dst_conv" not in jaxpr and "conv_general_dilated" in jaxpr
     fallback = jax.grad(f, argnums=(0, 1))(x, values)

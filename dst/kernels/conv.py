@@ -36,9 +36,9 @@ import numpy as np
 
 from dst.kernels import _loader
 from dst.kernels.ops import Transposed
-from dst.kernels.ops import _use_kernels
 from dst.kernels.ops import row_ids
 from dst.kernels.ops import transpose
+from dst.kernels.ops import use_kernels
 
 
 def conv_transpose(cols: jax.Array, rowptr: jax.Array, kernel_shape: Sequence[int]) -> Transposed:
@@ -73,7 +73,7 @@ def csr_conv(x: jax.Array, values: jax.Array, cols: jax.Array, rowptr: jax.Array
         raise ValueError(f"csr_conv takes x [batch, height, width, {c_in}] (NHWC); got shape {x.shape}.")
     strides = tuple(int(s) for s in strides)
     pads = _pads(x.shape[1:3], (kh, kw), strides, padding)
-    if not _use_kernels():
+    if not use_kernels():
         return _dense_conv(x, values, cols, rowptr, (kh, kw, c_in, n_out), strides, pads)
     if transposed is None:
         transposed = conv_transpose(cols, rowptr, (kh, kw, c_in, n_out))

@@ -45,7 +45,7 @@ def transpose(cols: jax.Array, rowptr: jax.Array, n_in: int) -> Transposed:
     input, its nonzeros keep their output order); jit-able. One counting pass in C++ where the kernels are
     built (XLA compiles its sort anew in every program that rebuilds a topology); one sort elsewhere."""
     nnz = cols.shape[0]
-    if _use_kernels():
+    if use_kernels():
         _loader.register()
         shapes = (_int32(n_in + 1), _int32(nnz), _int32(nnz))
         return Transposed(*jax.ffi.ffi_call("dst_transpose", shapes, vmap_method="sequential")(
@@ -71,7 +71,7 @@ def merge_slots(a_cols, a_units, a_live, b_cols, b_units, b_live, n_in: int, n_o
     """Merge two CSR-ordered (by unit, then input) lists of distinct weights into ``a``'s capacity: ``a``
     (the kept slots) may have holes (``a_live`` False), ``b``'s (the grown weights) live entries are a
     prefix. One pass in C++ where the kernels are built; searches in XLA elsewhere, with the same result."""
-    if _use_kernels():
+    if use_kernels():
         _loader.register()
         capacity = a_cols.shape[0]
         shapes = (_int32(capacity), _int32(capacity), _int32(capacity), _int32(n_out + 1))
@@ -114,7 +114,7 @@ def compact(mask: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
     true entries of the flat ``mask`` (which may exceed ``size``). One pass in C++ where the kernels are
     built (XLA's cumsum costs about 10 ns per element on the CPU); XLA elsewhere."""
     mask = jnp.reshape(mask, -1)
-    if not _use_kernels():
+    if not use_kernels():
         return (jnp.nonzero(mask, size=size, fill_value=0)[0].astype(jnp.int32), jnp.sum(mask, dtype=jnp.int32))
     _loader.register()
     shapes = (jax.ShapeDtypeStruct((size,), jnp.int32), jax.ShapeDtypeStruct((), jnp.int32))
@@ -128,7 +128,7 @@ def slots_by_unit(mask: jax.Array, capacity: int) -> tuple[jax.Array, jax.Array,
     and the number of true entries. Two row-major passes in C++ where the kernels are built (reading the
     mask by unit misses the cache at every entry: the XLA way transposes it first); XLA elsewhere."""
     n_in, n_out = mask.shape
-    if not _use_kernels():
+    if not use_kernels():
         units, cols = jnp.nonzero(mask.T, size=capacity, fill_value=0)
         per_unit = jnp.minimum(jnp.cumsum(jnp.sum(mask, 0, dtype=jnp.int32)), capacity)
         rowptr = jnp.concatenate([jnp.zeros(1, jnp.int32), per_unit[:-1], jnp.full(1, capacity, jnp.int32)])
@@ -143,7 +143,7 @@ def gather_by_unit(x: jax.Array, mask: jax.Array, cols: jax.Array, rowptr: jax.A
     zero on padding): one front-to-back pass over ``x`` in C++ where the kernels are built (in CSR order the
     reads stride across rows and miss the cache); an XLA gather elsewhere."""
     capacity = cols.shape[0]
-    if not _use_kernels():
+    if not use_kernels():
         units = row_ids(rowptr, capacity)
         valid = jnp.arange(capacity) < count
         return jnp.where(valid, x[cols, jnp.minimum(units, x.shape[1] - 1)], jnp.zeros((), x.dtype))
@@ -158,7 +158,7 @@ def top_k_of_keys(keys: jax.Array, k, priorities) -> jax.Array:
     priority), 0 marking an ineligible key; ``priorities()`` unique) with the same result: one pass in
     C++ where the kernels are built, which saves XLA compiling a loop of counting passes for every
     selection of a stored update; the XLA selection elsewhere."""
-    if not _use_kernels():
+    if not use_kernels():
         return selection.top_k_of_keys(keys, k, priorities)
     _loader.register()
     keys = jnp.reshape(keys, -1).astype(jnp.uint32)
@@ -175,7 +175,9 @@ def top_k_of_keys(keys: jax.Array, k, priorities) -> jax.Array:
     return call(keys, prio, jnp.asarray(k, jnp.int32))
 
 
-def _use_kernels() -> bool:
+def use_kernels() -> bool:
+    """Whether the compiled kernels run these products here: built by the install, and on the CPU (elsewhere
+    the same functions run their XLA fallbacks)."""
     return _loader.available() and jax.default_backend() == "cpu"
 
 
@@ -257,7 +259,7 @@ def csr_matmul(x: jax.Array, values: jax.Array, cols: jax.Array, rowptr: jax.Arr
     ``transposed`` is ``transpose(cols, rowptr, n_in)``, built here when not given (a sort per call:
     a layer that trains keeps it with its topology).
     """
-    if not _use_kernels():
+    if not use_kernels():
         return csr_matmul_xla(x, values, cols.astype(jnp.int32), rowptr.astype(jnp.int32))
     if transposed is None:
         transposed = _transpose_of(cols, rowptr, x.shape[-1])
