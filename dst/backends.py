@@ -205,6 +205,16 @@ def csr_slots(size: int, count: int, capacity: float = 1.0) -> int:
     return min(size, math.ceil(round(capacity * count, 6)))
 
 
+def kernel_layout(shape: tuple, count: int) -> Layout:
+    """The :class:`Layout` of a stored kernel of dense ``shape`` holding ``count`` slots (or a fan-in), enough
+    to expand it: a 4-D kernel is a convolution over its matrix view (its strides and padding, which expanding
+    does not read, are taken as 1 and VALID)."""
+    shape = tuple(int(d) for d in shape)
+    if len(shape) == 2:
+        return Layout(shape, count)
+    return Layout((math.prod(shape[:-1]), shape[-1]), count, ConvGeometry(shape, (1, 1), "VALID"))
+
+
 def _matrix(mask) -> np.ndarray:
     """A concrete kernel's matrix view ``[inputs, n_out]`` (a convolution's ``kh * kw * c_in`` inputs)."""
     mask = np.asarray(mask)

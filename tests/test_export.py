@@ -102,3 +102,24 @@ def test_a_truncated_or_foreign_file_is_one_sentence_not_a_zip_traceback(runs, t
     with pytest.raises(FileNotFoundError):
         dst.load_exported(tmp_path / "missing.npz")
     assert dst.load_exported(good).meta["format"] == "csr"
+
+
+@pytest.mark.slow   # a real LeNet-5 run on csr
+def test_a_run_with_stored_convolutions_exports_and_predicts_as_it_evaluated(tmp_path):
+    """LeNet-5 on csr stores a convolution beside its fully connected layers; its checkpoint exports (the
+    convolution expanded from its slots over its 4-D kernel) and the exported model's test accuracy is the
+    run's own last evaluation, which ran the stored convolution."""
+    data_dir = write_dataset(tmp_path / "fashion_mnist")
+    run_dir = tmp_path / "lenet5"
+    done = dst_train_here("model=lenet5", "dataset=fashion_mnist", f"dataset.data_dir={data_dir}", "trainer.epochs=1",
+                          "trainer.batch_size=64", "logger.name=none", "sparsity=rigl", "sparsity.sparsity=0.8",
+                          "sparsity.update_every=5", "sparsity.backend=csr", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Conv_1/kernel" in done.stdout.splitlines()[0]          # "... stores Conv_1/kernel, Dense_0/kernel, ..."
+    data = dst.data.load("fashion_mnist", data_dir)
+    path = tmp_path / "lenet5.npz"
+    assert dst_export([str(run_dir), "--format", "csr", "--out", str(path)]) == 0
+    predict = dst.load_exported(path)
+    accuracy = float(np.mean(np.argmax(predict(data.test_x), -1) == data.test_y))
+    summary = __import__("json").loads((run_dir / "summary.json").read_text())
+    assert accuracy == pytest.approx(summary["test/accuracy"], abs=1 / len(data.test_y))

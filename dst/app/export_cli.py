@@ -58,9 +58,9 @@ def _dense_view(state: dict, shapes: dict, backend_name: str):
     p, m = named_leaves(params), named_leaves(masks)
     dense_p, dense_m = {}, {}
     for name, raw in topologies.items():
-        topology = backend.topology_from({f: jnp.asarray(raw[f]) for f in backend.fields}, shapes[name][0])
         values = jnp.asarray(p[name])
-        layout = backends.Layout(shapes[name], backend.count_of(values))
+        layout = backends.kernel_layout(shapes[name], backend.count_of(values))
+        topology = backend.topology_from({f: jnp.asarray(raw[f]) for f in backend.fields}, layout.shape[0])
         w, mask = backend.expand(values, jnp.asarray(m[name]), topology, layout)
         dense_p[name], dense_m[name] = np.asarray(w), np.asarray(mask)
     return replace_named(params, dense_p), replace_named(masks, dense_m)
