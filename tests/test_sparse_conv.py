@@ -99,13 +99,13 @@ def test_without_the_kernels_the_same_function_runs_xla_with_the_same_results(mo
 
 
 def test_the_transposed_structure_lists_each_input_channel_and_offset_in_output_order():
-    """``conv_transpose`` keys each weight by (c * kw + j) * kh + i, within a key in output-channel order."""
+    """``conv_transpose`` keys each weight by (c * kh + i) * kw + j, within a key in output-channel order."""
     rng = np.random.default_rng(3)
     kh, kw, c_in, n_out = kernel_shape = (3, 2, 4, 5)
     _, _, cols, rowptr, (at_in, at_out) = random_conv(rng, kernel_shape, 0.5)
     t = kconv.conv_transpose(cols, rowptr, kernel_shape)
     i, j, c = at_in // (kw * c_in), at_in // c_in % kw, at_in % c_in
-    keys = (c * kw + j) * kh + i
+    keys = (c * kh + i) * kw + j
     order = np.lexsort((at_out, keys))
     np.testing.assert_array_equal(t.slots, order)
     np.testing.assert_array_equal(t.rows, at_out[order])

@@ -7,12 +7,13 @@ each weight) and ``rowptr [n_out + 1]``, the CSR layout of a stored dense layer.
 an NHWC input as ``jax.lax.conv_general_dilated`` would run the dense kernel (``HWIO``, no dilation, no
 groups), under one custom VJP:
 
-* the input goes batch-last, ``[c_in, height, width, batch]``, and is padded (SAME, or explicit pads), so
+* the input goes batch-last, ``[c_in, height, width, batch]``, and is padded (SAME, or explicit pads) in one
+  compiled pass (so is the output gradient; the output and the input gradient come back by XLA), so
   the loops compute VALID convolutions: each weight is one shifted multiply-add of the batch over an output
   row (a contiguous run of ``width * batch`` floats at stride 1), its output channel's accumulators held in
   registers across the channel's weights;
-* ``dx`` walks the weights by input channel (:func:`conv_transpose`, keyed by ``(c, j, i)``; a stored
-  layer builds it once per topology), one input channel per thread;
+* ``dx`` walks the weights by input channel (:func:`conv_transpose`, keyed by ``(c, i, j)``; a stored
+  layer builds it once per topology), one input channel per thread, each input row written once (at stride 1);
 * the value gradient is each weight's dot product of its output channel's gradient with the input it read:
   no dense kernel gradient exists.
 
@@ -43,12 +44,12 @@ from dst.kernels.ops import use_kernels
 
 def conv_transpose(cols: jax.Array, rowptr: jax.Array, kernel_shape: Sequence[int]) -> Transposed:
     """The weights of a stored convolution by input channel and kernel offset: the :class:`Transposed`
-    structure keyed by ``(c * kw + j) * kh + i`` (``c_in * kw * kh`` keys), which :func:`csr_conv`'s input
-    gradient walks (jit-able)."""
+    structure keyed by ``(c * kh + i) * kw + j`` (``c_in * kh * kw`` keys), which :func:`csr_conv`'s input
+    gradient walks: an input row's weights, kernel row by kernel row, are one contiguous range (jit-able)."""
     kh, kw, c_in, _ = kernel_shape
     cols = jnp.asarray(cols, jnp.int32)
     c, ij = cols % c_in, cols // c_in
-    return transpose((c * kw + ij % kw) * kh + ij // kw, jnp.asarray(rowptr, jnp.int32), c_in * kw * kh)
+    return transpose((c * kh + ij // kw) * kw + ij % kw, jnp.asarray(rowptr, jnp.int32), c_in * kh * kw)
 
 
 def _pads(spatial: Sequence[int], kernel_shape, strides, padding) -> tuple[tuple[int, int], ...]:
@@ -96,10 +97,23 @@ def _dense_conv(x, values, cols, rowptr, kernel_shape, strides, pads):
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def _batch_last_padded(x, pads):
-    """``x [B, H, W, C]`` as ``[C, H + pads, W + pads, B]``."""
+def _to_batch_last(x, pads=((0, 0), (0, 0))):
+    """``x [B, H, W, C]`` as ``[C, H + pads, W + pads, B]`` with a zero border, in one compiled pass (a WRN-22-2
+    activation, 128 x 32 x 32 x 32: 3.2-4.9 ms, where XLA's transpose and pad took 11.5-12.0;
+    ``benchmarks/conv_parts_time.py``)."""
     (top, bottom), (left, right) = pads
-    return jnp.pad(jnp.transpose(x.astype(jnp.float32), (3, 1, 2, 0)), ((0, 0), (top, bottom), (left, right), (0, 0)))
+    batch, height, width, channels = x.shape
+    out = jax.ShapeDtypeStruct((channels, top + height + bottom, left + width + right, batch), jnp.float32)
+    return jax.ffi.ffi_call("dst_to_batch_last", out, vmap_method="sequential")(
+        x.astype(jnp.float32), top=np.int64(top), left=np.int64(left))
+
+
+def _from_batch_last(y, pads=((0, 0), (0, 0))):
+    """``y [C, Hp, Wp, B]`` without its border ``pads``, as ``[B, H, W, C]`` (XLA's slice and transpose: a compiled
+    tile transpose, its writes strided, took twice XLA's time on a WRN-22-2 activation)."""
+    (top, bottom), (left, right) = pads
+    _, hp, wp, _ = y.shape
+    return jnp.transpose(y[:, top:hp - bottom, left:wp - right, :], (3, 1, 2, 0))
 
 
 def _attrs(geometry) -> dict:
@@ -110,11 +124,11 @@ def _attrs(geometry) -> dict:
 def _forward(geometry, values, cols, rowptr, x):
     kh, kw, (sh, sw), pads = geometry
     _loader.register()
-    xp = _batch_last_padded(x, pads)
+    xp = _to_batch_last(x, pads)
     _, hp, wp, batch = xp.shape
     out = jax.ShapeDtypeStruct((rowptr.shape[0] - 1, (hp - kh) // sh + 1, (wp - kw) // sw + 1, batch), jnp.float32)
     y = jax.ffi.ffi_call("dst_conv", out, vmap_method="sequential")(values, cols, rowptr, xp, **_attrs(geometry))
-    return jnp.transpose(y, (3, 1, 2, 0)), xp
+    return _from_batch_last(y), xp
 
 
 def _conv_kernel_impl(geometry, values, cols, rowptr, transposed, x):
@@ -138,7 +152,7 @@ def _conv_bwd(geometry, residuals, dy):
     values, cols, rowptr, transposed, xp, x_perturbed = residuals
     if isinstance(dy, jax.custom_derivatives.SymbolicZero):
         return None, None, None, None, None
-    dyT = jnp.transpose(dy.astype(jnp.float32), (3, 1, 2, 0))
+    dyT = _to_batch_last(dy)
     attrs = _attrs(geometry)
     dvalues = jax.ffi.ffi_call("dst_conv_dw", jax.ShapeDtypeStruct(values.shape, jnp.float32),
                                vmap_method="sequential")(cols, rowptr, dyT, xp, **attrs)
@@ -146,10 +160,7 @@ def _conv_bwd(geometry, residuals, dy):
         return dvalues, None, None, None, None
     dxp = jax.ffi.ffi_call("dst_conv_dx", jax.ShapeDtypeStruct(xp.shape, jnp.float32), vmap_method="sequential")(
         values, *transposed, dyT, **attrs)
-    (top, bottom), (left, right) = geometry[3]
-    _, hp, wp, _ = xp.shape
-    dx = dxp[:, top:hp - bottom, left:wp - right, :]
-    return dvalues, None, None, None, jnp.transpose(dx, (3, 1, 2, 0))
+    return dvalues, None, None, None, _from_batch_last(dxp, geometry[3])
 
 
 _conv_kernel.defvjp(_conv_fwd, _conv_bwd, symbolic_zeros=True)

@@ -47,9 +47,10 @@ struct KernelTable {
   void (*conv)(const float* values, const int32_t* cols, const int32_t* rowptr, const float* x, float* y,
                const ConvShape& s, int64_t* offsets);
   // dx[c] = sum over input channel c's nonzeros (o, i, j) of value * dy[o] scattered back to (i, j); the
-  // transposed structure is keyed by (c * kw + j) * kh + i, so each thread owns an input channel
+  // transposed structure is keyed by (c * kh + i) * kw + j, so each thread owns an input channel (scratch:
+  // n_out * oh * (ow + 2 (kw - 1)) * batch floats and nnz int64, for the stride-1 path)
   void (*conv_dx)(const float* values, const int32_t* tptr, const int32_t* trows, const int32_t* tslots,
-                  const float* dy, float* dx, const ConvShape& s);
+                  const float* dy, float* dx, const ConvShape& s, float* padded_dy, int64_t* offsets);
   // dvalues[t] = <dy[o], x[c] shifted by (i, j)> for each nonzero t of output channel o
   void (*conv_dw)(const int32_t* cols, const int32_t* rowptr, const float* dy, const float* x, float* dvalues,
                   const ConvShape& s);

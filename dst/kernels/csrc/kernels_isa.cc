@@ -402,13 +402,15 @@ void Conv(const float* v, const int32_t* c, const int32_t* p, const float* x, fl
       }
 }
 
-// The input gradient, one input channel per thread: each padded input row h gathers, for every kernel
-// offset (i, j) that reaches it from an output row, that offset's weights times their output channels'
-// gradient rows (the transposed structure lists them by (c, j, i)).
-void ConvDx(const float* v, const int32_t* tp, const int32_t* tr, const int32_t* ts, const float* dy, float* dx,
-            const dst::ConvShape& s) {
-  const ConvRuns runs = RunsOf(s);
-  const int64_t nnz = tp[s.c_in * s.kw * s.kh];
+// The input gradient, one input channel per thread. At stride 1 each padded input row (c, h) is one
+// AxpyRow over the channel's weights whose kernel row i reaches it from an output row (a contiguous range of
+// the transposed structure, keyed (c, i, j)): weight (o, i, j) adds dy[o, h - i] shifted right by j, which
+// reads a copy of dy padded by kw - 1 zeros on both sides of each row, so every weight covers the whole input
+// row and the row's accumulators stay in registers across all of its weights (written once, not once per
+// kernel offset). At wider strides each (row, offset, output position) is its own run of the batch.
+void ConvDxStrided(const float* v, const int32_t* tp, const int32_t* tr, const int32_t* ts, const float* dy,
+                   float* dx, const dst::ConvShape& s) {
+  const int64_t nnz = tp[s.c_in * s.kh * s.kw];
   const int64_t plane = s.hp * s.wp * s.batch, out_plane = s.oh * s.ow * s.batch;
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t c = 0; c < s.c_in; ++c) {
@@ -419,11 +421,11 @@ void ConvDx(const float* v, const int32_t* tp, const int32_t* tr, const int32_t*
         if ((h - i) % s.sh != 0 || (h - i) / s.sh >= s.oh) continue;
         const int64_t oh = (h - i) / s.sh;
         for (int64_t j = 0; j < s.kw; ++j) {
-          const int64_t key = (c * s.kw + j) * s.kh + i;
+          const int64_t key = (c * s.kh + i) * s.kw + j;
           if (tp[key] == tp[key + 1]) continue;
-          for (int64_t r = 0; r < runs.count; ++r) {
-            const int64_t at = (oh * s.ow + r) * s.batch;
-            AxpyRow(dxc + (h * s.wp + r * s.sw + j) * s.batch, runs.length, tp[key], tp[key + 1],
+          for (int64_t ow = 0; ow < s.ow; ++ow) {
+            const int64_t at = (oh * s.ow + ow) * s.batch;
+            AxpyRow(dxc + (h * s.wp + ow * s.sw + j) * s.batch, s.batch, tp[key], tp[key + 1],
                     Indirect{v, ts, nnz}, [dy, tr, out_plane, at](int64_t t) { return dy + (tr[t] * out_plane + at); },
                     true);
           }
@@ -432,22 +434,63 @@ void ConvDx(const float* v, const int32_t* tp, const int32_t* tr, const int32_t*
   }
 }
 
+void ConvDx(const float* v, const int32_t* tp, const int32_t* tr, const int32_t* ts, const float* dy, float* dx,
+            const dst::ConvShape& s, float* padded, int64_t* offsets) {
+  if (s.sh != 1 || s.sw != 1) return ConvDxStrided(v, tp, tr, ts, dy, dx, s);
+  const int64_t pad = s.kw - 1, owp = s.ow + 2 * pad, b = s.batch;
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < s.n_out * s.oh; ++r) {   // dy's rows with kw - 1 zero columns on each side
+    float* out = padded + r * owp * b;
+    for (int64_t k = 0; k < pad * b; ++k) out[k] = out[(pad + s.ow) * b + k] = 0.0f;
+    const float* in = dy + r * s.ow * b;
+    for (int64_t k = 0; k < s.ow * b; ++k) out[pad * b + k] = in[k];
+  }
+  const int64_t keys = s.c_in * s.kh * s.kw;
+#pragma omp parallel for schedule(static)
+  for (int64_t key = 0; key < keys; ++key) {   // where each weight reads the padded dy for input row 0
+    const int64_t i = key / s.kw % s.kh, j = key % s.kw;
+    for (int64_t t = tp[key]; t < tp[key + 1]; ++t) offsets[t] = ((tr[t] * s.oh - i) * owp + (pad - j)) * b;
+  }
+  const int64_t nnz = tp[keys], row = owp * b;
+#pragma omp parallel for collapse(2) schedule(dynamic, 4)
+  for (int64_t c = 0; c < s.c_in; ++c)
+    for (int64_t h = 0; h < s.hp; ++h) {
+      const int64_t i_lo = h - s.oh + 1 > 0 ? h - s.oh + 1 : 0, i_hi = h < s.kh - 1 ? h : s.kh - 1;
+      const int64_t begin = i_lo <= i_hi ? tp[(c * s.kh + i_lo) * s.kw] : 0;
+      const int64_t end = i_lo <= i_hi ? tp[(c * s.kh + i_hi + 1) * s.kw] : 0;
+      const int64_t shift = h * row;
+      AxpyRow(dx + (c * s.hp + h) * s.wp * b, s.wp * b, begin, end, Indirect{v, ts, nnz},
+              [padded, offsets, shift](int64_t t) { return padded + (offsets[t] + shift); });
+    }
+}
+
 // The value gradient at the nonzeros: each weight's dot product of its output channel's gradient with the
-// input it read, over every output row.
+// input it read, over every output row. Output row by output row, the channel's weights four at a time share
+// each load of the gradient row (Dot4), which stays in L1 across all of them.
 void ConvDw(const int32_t* c, const int32_t* p, const float* dy, const float* x, float* dv,
             const dst::ConvShape& s) {
   const ConvRuns runs = RunsOf(s);
-#pragma omp parallel for schedule(dynamic, 16)
-  for (int64_t o = 0; o < s.n_out; ++o)
-    for (int64_t t = p[o]; t < p[o + 1]; ++t) {
-      const ConvTap tap = TapOf(c[t], s);
-      float sum = 0.0f;
-      for (int64_t oh = 0; oh < s.oh; ++oh)
-        for (int64_t r = 0; r < runs.count; ++r)
-          sum += Dot(dy + ((o * s.oh + oh) * s.ow + r) * s.batch,
-                     x + ((tap.c * s.hp + oh * s.sh + tap.i) * s.wp + r * s.sw + tap.j) * s.batch, runs.length);
-      dv[t] = sum;
-    }
+  auto input = [c, x, &s](int64_t t, int64_t oh, int64_t r) {
+    const ConvTap tap = TapOf(c[t], s);
+    return x + ((tap.c * s.hp + oh * s.sh + tap.i) * s.wp + r * s.sw + tap.j) * s.batch;
+  };
+#pragma omp parallel for schedule(dynamic, 4)
+  for (int64_t o = 0; o < s.n_out; ++o) {
+    const int64_t begin = p[o], end = p[o + 1];
+    for (int64_t t = begin; t < end; ++t) dv[t] = 0.0f;
+    for (int64_t oh = 0; oh < s.oh; ++oh)
+      for (int64_t r = 0; r < runs.count; ++r) {
+        const float* d = dy + ((o * s.oh + oh) * s.ow + r) * s.batch;
+        int64_t t = begin;
+        float four[4];
+        for (; t + 4 <= end; t += 4) {
+          Dot4(d, input(t, oh, r), input(t + 1, oh, r), input(t + 2, oh, r), input(t + 3, oh, r), runs.length,
+               four);
+          for (int k = 0; k < 4; ++k) dv[t + k] += four[k];
+        }
+        for (; t < end; ++t) dv[t] += Dot(d, input(t, oh, r), runs.length);
+      }
+  }
 }
 
 // The argument checks of every call, vectorised (a min/max reduction) and, for long arrays, on every

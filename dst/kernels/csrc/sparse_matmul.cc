@@ -275,6 +275,7 @@ XLA_FFI_DECLARE_HANDLER_SYMBOL(DstGatherByUnit);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(DstConv);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(DstConvDx);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(DstConvDw);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(DstToBatchLast);
 
 template <typename T>
 nb::capsule Encapsulate(T* fn) {
@@ -301,6 +302,7 @@ NB_MODULE(_cpu, m) {
     out["dst_conv"] = Encapsulate(DstConv);
     out["dst_conv_dx"] = Encapsulate(DstConvDx);
     out["dst_conv_dw"] = Encapsulate(DstConvDw);
+    out["dst_to_batch_last"] = Encapsulate(DstToBatchLast);
     return out;
   });
   // The instruction sets this build can run on this CPU, best first; the one in use; and a switch to
