@@ -63,6 +63,14 @@ def tiny_problem(seed=0, n=256, dim=64):
     return model, params, x, y
 
 
+def masks_for(params, sparsity, structure=None, seed=1):
+    """ERK masks at ``sparsity``, or uniform ones kept by ``structure`` (the stored-run equivalence problems)."""
+    if structure is None:
+        return dst.init_masks(jax.random.key(seed), params, dst.layer_densities(params, sparsity, "erk"))
+    densities = dst.structures.structured_densities(params, sparsity, "uniform", structure)
+    return dst.init_masks(jax.random.key(seed), params, densities, structure=structure)
+
+
 def initial_masks(name, params, sparsity=SPARSITY, seed=0):
     start = INITIAL_SPARSITY.get(name, sparsity)
     if start == 0:

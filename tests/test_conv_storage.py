@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import optax
 import pytest
+from algo_helpers import masks_for
 
 import dst
 from dst import backends
@@ -31,11 +32,7 @@ def problem(structure=None):
     variables = model.init(jax.random.key(0), x[0])
     params, model_state = variables["params"], {"batch_stats": variables["batch_stats"]}
     layers = dst.sparsifiable_layers(params)
-    if structure is None:
-        masks = dst.init_masks(jax.random.key(1), params, dst.layer_densities(params, 0.75, "erk"))
-    else:
-        densities = structures.structured_densities(params, 0.75, "uniform", structure)
-        masks = dst.init_masks(jax.random.key(1), params, densities, structure=structure)
+    masks = masks_for(params, 0.75, structure)
     return model, params, model_state, masks, layers, x, y
 
 

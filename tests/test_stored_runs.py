@@ -13,6 +13,7 @@ import numpy as np
 import optax
 import pytest
 from algo_helpers import make_algorithm
+from algo_helpers import masks_for
 
 import dst
 from dst import structures
@@ -58,11 +59,7 @@ def problem(structure, seed=0):
     model = MLP(hidden=(48, 24), num_classes=8)
     params = model.init(jax.random.key(seed), jnp.zeros((1, 32)))["params"]
     layers = dst.sparsifiable_layers(params)
-    if structure is None:
-        masks = dst.init_masks(jax.random.key(1), params, dst.layer_densities(params, 0.75, "erk"))
-    else:
-        densities = structures.structured_densities(params, 0.75, "uniform", structure)
-        masks = dst.init_masks(jax.random.key(1), params, densities, structure=structure)
+    masks = masks_for(params, 0.75, structure)
     x = jax.random.normal(jax.random.key(2), (STEPS, 16, 32))
     y = jax.random.randint(jax.random.key(3), (STEPS, 16), 0, 8)
     return model, params, masks, layers, x, y
