@@ -141,8 +141,8 @@ class Backend(NamedTuple):
     * ``fixed_fan_in``: every unit holds the same number of slots, so a layer's count cannot fall or move;
     * ``stores``: the layer is held as slots (``csr``, ``condensed``), or as its dense kernel and mask
       (``masked``, ``dense``: the model runs on the dense params, nothing is converted);
-    * ``fields``: the topology's fields an exported model keeps, and ``topology_from(fields, n_in)`` the
-      topology rebuilt from them (the transposes are derived);
+    * ``fields``: the topology's fields an exported model keeps, and ``topology_from(fields, layout)`` the
+      topology rebuilt from them (the transposes are derived; a convolution's keyed as its layout's kernel);
     * ``count_of(values) -> int``: the ``layout.count`` that stored ``values`` have (slots, or a fan-in);
     * ``matmul_xla(x, values, topology)``: the product by XLA's gathers alone, without the compiled kernels
       (an exported model's batch of one);
@@ -338,7 +338,7 @@ def _dense_backend(name: str) -> Backend:
     return Backend(name, _dense_layout, lambda w, mask, layout: (w, mask, None),
                    lambda values, slots, topology, layout: (values, slots),
                    lambda x, values, topology: x @ values, _dense_slots, _dense_rebuild, fixed_fan_in=False,
-                   stores=False, fields=(), topology_from=lambda fields, n_in: None,
+                   stores=False, fields=(), topology_from=lambda fields, layout: None,
                    count_of=lambda values: int(np.size(values)), matmul_xla=lambda x, values, topology: x @ values)
 
 
@@ -358,7 +358,7 @@ def csr() -> Backend:
     return Backend("csr", _csr_layout, _csr_compress, _csr_expand,
                    lambda x, values, t: kernels.csr_matmul(x, values, t.cols, t.rowptr, t.transposed),
                    _csr_slots, _csr_rebuild, fixed_fan_in=False, stores=True, fields=("cols", "rowptr"),
-                   topology_from=lambda fields, n_in: csr_topology(fields["cols"], fields["rowptr"], n_in),
+                   topology_from=lambda fields, layout: _layout_topology(fields["cols"], fields["rowptr"], layout),
                    count_of=lambda values: int(np.size(values)),
                    matmul_xla=lambda x, values, t: kernels.csr_matmul_xla(x, values, t.cols, t.rowptr),
                    conv=_csr_conv)
@@ -369,7 +369,7 @@ def condensed() -> Backend:
     return Backend("condensed", _condensed_layout, _condensed_compress, _condensed_expand,
                    lambda x, values, t: kernels.condensed_matmul(x, values, t.indices, t.transposed),
                    _condensed_slots, _condensed_rebuild, fixed_fan_in=True, stores=True, fields=("indices",),
-                   topology_from=lambda fields, n_in: condensed_topology(fields["indices"], n_in),
+                   topology_from=lambda fields, layout: _condensed_topology(jnp.asarray(fields["indices"], jnp.int32), layout),
                    count_of=lambda values: int(np.shape(values)[1]),
                    matmul_xla=lambda x, values, t: kernels.condensed_matmul_gather(x, values, t.indices),
                    conv=_condensed_conv)

@@ -5,14 +5,16 @@ leaves (biases, norms, layers kept dense or masked), its model state (BatchNorm 
 stored layer in the chosen format:
 
 * ``dense``: every kernel dense, with exact zeros off its mask;
-* ``csr``: each sparse fully connected kernel as ``values``, ``cols`` and ``rowptr`` over its output
-  units, exactly its active weights;
+* ``csr``: each sparse fully connected kernel, and each sparse convolution the kernels can run, as
+  ``values``, ``cols`` and ``rowptr`` over its output units (a convolution's over its matrix view
+  ``kh * kw * c_in``), exactly its active weights;
 * ``condensed``: each as ``values [n_out, k]`` and ``indices [n_out, k]`` (constant fan-in only).
 
 :func:`load_exported` rebuilds the model and returns a jitted ``predict(x) -> logits`` (evaluation mode)
 that runs the stored layers on the compiled kernels (:mod:`dst.kernels`), a batch of one through their
 sparse matrix-vector product; without the kernels (or off the CPU) a batch of one takes an XLA gather.
-Convolutions stay dense in every format.
+Stored convolutions run on :func:`dst.kernels.csr_conv` with the strides and padding the file records;
+grouped or dilated convolutions (which the kernels do not run) stay dense in every format.
 
 ``dst-export RUN_DIR --format csr --out model.npz`` writes the file from a run's latest checkpoint.
 """
@@ -38,20 +40,23 @@ FORMATS = ("dense", "csr", "condensed")
 _VERSION = 1
 
 
-def _stored_layers(masks, layers):
-    shapes = {n: np.shape(m) for n, m in named_leaves(masks).items()}
-    return [n for n in layers if len(shapes[n]) == 2 and not np.all(named_leaves(masks)[n])]
+def _stored_layers(masks, layers, convolutions):
+    leaves = named_leaves(masks)
+    return [n for n in layers if (np.ndim(leaves[n]) == 2 or n in convolutions) and not np.all(leaves[n])]
 
 
 def export_model(path, fmt: str, model_config: dict, num_classes: int, params, masks, model_state,
-                 layers) -> dict:
+                 layers, convolutions: dict | None = None) -> dict:
     """Write ``params`` (dense, any values off ``masks``) under ``masks`` to ``path`` in format ``fmt``;
-    ``layers`` are the sparsifiable ones. Returns ``{layer: stored count}`` of the stored layers."""
+    ``layers`` are the sparsifiable ones, ``convolutions`` the :class:`dst.backends.ConvGeometry` of each
+    convolution among them that the kernels can run (:func:`dst.backends.convolutions`; the others stay
+    dense). Returns ``{layer: stored count}`` of the stored layers."""
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}.")
     params = jax.tree_util.tree_map(lambda p, m: np.where(np.asarray(m), np.asarray(p), 0).astype(np.asarray(p).dtype),
                                     params, masks)
-    stored = [] if fmt == "dense" else _stored_layers(masks, layers)
+    convolutions = convolutions or {}
+    stored = [] if fmt == "dense" else _stored_layers(masks, layers, convolutions)
     backend = backends.make(fmt) if stored else None
     arrays, counts = {}, {}
     m = named_leaves(masks)
@@ -60,7 +65,7 @@ def export_model(path, fmt: str, model_config: dict, num_classes: int, params, m
             arrays[f"params/{name}"] = np.asarray(leaf)
             continue
         try:
-            layout = backend.layout(np.asarray(m[name]))
+            layout = backend.layout(np.asarray(m[name]))._replace(conv=convolutions.get(name))
         except ValueError as err:
             raise ValueError(f"--format {fmt}: layer {name} {err}") from None
         values, _, topology = backend.compress(jnp.asarray(leaf), jnp.asarray(m[name]), layout)
@@ -71,7 +76,9 @@ def export_model(path, fmt: str, model_config: dict, num_classes: int, params, m
     for name, leaf in named_leaves(model_state).items():
         arrays[f"state/{name}"] = np.asarray(leaf)
     meta = {"version": _VERSION, "format": fmt, "model": model_config, "num_classes": num_classes,
-            "stored": {n: [list(np.shape(m[n])), counts[n]] for n in stored}}
+            "stored": {n: [list(np.shape(m[n])), counts[n]] for n in stored},
+            "convolutions": {n: {"strides": list(g.strides), "padding": g.padding} for n, g in convolutions.items()
+                             if n in stored}}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
     with open(path, "wb") as f:
         np.savez(f, **arrays)
@@ -115,11 +122,11 @@ def load_exported(path) -> Callable:
         apply = _dense_apply(model)
         return _predict(lambda x: apply(params, state, x), meta)
     backend = backends.make(meta["format"])
-    topologies = {n: backend.topology_from({f: arrays[f"stored/{n}/{f}"] for f in backend.fields}, shape[0])
-                  for n, (shape, _) in stored.items()}
+    layout_of = {n: _layout(shape, count, meta.get("convolutions", {}).get(n)) for n, (shape, count) in stored.items()}
+    topologies = {n: backend.topology_from({f: arrays[f"stored/{n}/{f}"] for f in backend.fields}, layout)
+                  for n, layout in layout_of.items()}
     values = {n: jnp.asarray(arrays[f"stored/{n}/values"]) for n in stored}
     params = _nest({**dense, **values})
-    layout_of = {n: backends.Layout(tuple(shape), count) for n, (shape, count) in stored.items()}
     kernel_apply = backends.stored_apply(model, backends.make(meta["format"]), layout_of)
     gather_apply = backends.stored_apply(model, _gather_backend(meta["format"]), layout_of)
     compiled = kernels.available() and jax.default_backend() == "cpu"
@@ -133,6 +140,15 @@ def load_exported(path) -> Callable:
         return apply(backends.Stored(params, topologies), state, x, False, None)[0]
 
     return _predict(forward, meta)
+
+
+def _layout(shape: list, count: int, conv: dict | None) -> backends.Layout:
+    """A stored layer's layout from the file: a 4-D kernel runs with its recorded strides and padding."""
+    if conv is None:
+        return backends.Layout(tuple(shape), count)
+    padding = conv["padding"] if isinstance(conv["padding"], str) else tuple(tuple(p) for p in conv["padding"])
+    geometry = backends.ConvGeometry(tuple(shape), tuple(conv["strides"]), padding)
+    return backends.Layout((int(np.prod(shape[:-1])), shape[-1]), count, geometry)
 
 
 def _read_export(path) -> tuple[dict, dict]:

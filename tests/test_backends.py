@@ -160,6 +160,6 @@ def test_every_backend_implements_the_one_protocol(name):
                                atol=1e-5)
     assert backend.count_of(values) == layout.count
     fields = {f: getattr(topology, f) for f in backend.fields}
-    for got, want in zip(jax.tree_util.tree_leaves(backend.topology_from(fields, layout.shape[0])),
+    for got, want in zip(jax.tree_util.tree_leaves(backend.topology_from(fields, layout)),
                          jax.tree_util.tree_leaves(topology)):
         np.testing.assert_array_equal(got, want)

@@ -107,8 +107,8 @@ def test_a_truncated_or_foreign_file_is_one_sentence_not_a_zip_traceback(runs, t
 @pytest.mark.slow   # a real LeNet-5 run on csr
 def test_a_run_with_stored_convolutions_exports_and_predicts_as_it_evaluated(tmp_path):
     """LeNet-5 on csr stores a convolution beside its fully connected layers; its checkpoint exports (the
-    convolution expanded from its slots over its 4-D kernel) and the exported model's test accuracy is the
-    run's own last evaluation, which ran the stored convolution."""
+    convolution expanded from its slots over its 4-D kernel, then stored again in the file) and the exported
+    model's test accuracy is the run's own last evaluation, which ran the stored convolution."""
     data_dir = write_dataset(tmp_path / "fashion_mnist")
     run_dir = tmp_path / "lenet5"
     done = dst_train_here("model=lenet5", "dataset=fashion_mnist", f"dataset.data_dir={data_dir}", "trainer.epochs=1",
@@ -120,6 +120,49 @@ def test_a_run_with_stored_convolutions_exports_and_predicts_as_it_evaluated(tmp
     path = tmp_path / "lenet5.npz"
     assert dst_export([str(run_dir), "--format", "csr", "--out", str(path)]) == 0
     predict = dst.load_exported(path)
+    assert "Conv_1/kernel" in predict.meta["convolutions"]          # stored, run on the kernels
     accuracy = float(np.mean(np.argmax(predict(data.test_x), -1) == data.test_y))
     summary = __import__("json").loads((run_dir / "summary.json").read_text())
     assert accuracy == pytest.approx(summary["test/accuracy"], abs=1 / len(data.test_y))
+
+
+@pytest.mark.parametrize("fmt", ["csr", "condensed"])
+def test_an_exported_conv_net_predicts_with_its_convolutions_stored(tmp_path, fmt):
+    """A WRN (BatchNorm, stride-2 and 1x1 shortcut convolutions) at 75% constant fan-in, written straight by
+    export_model: every convolution is stored with its geometry, and the loaded model (convolutions on the
+    kernels, batches of 7 and of one) predicts what the flax model does on the masked params."""
+    from algo_helpers import masks_for
+
+    from dst import backends
+    from dst import structures
+    from dst.export import export_model
+    from dst.masks import named_leaves
+    from dst.models.wide_resnet import WideResNet
+
+    config = {"_target_": "dst.models.wide_resnet.WideResNet", "depth": 10, "widen_factor": 1, "num_classes": 5}
+    model = WideResNet(depth=10, widen_factor=1, num_classes=5)
+    x = jax.random.normal(jax.random.key(1), (7, 8, 8, 3))
+    variables = model.init(jax.random.key(0), x)
+    params, model_state = variables["params"], {"batch_stats": variables["batch_stats"]}
+    # BatchNorm averages away from (0, 1), so evaluation mode is not the identity.
+    model_state = jax.tree_util.tree_map(lambda a: a + 0.1 * jax.random.uniform(jax.random.key(5), a.shape),
+                                         model_state)
+    layers = dst.sparsifiable_layers(params)
+    masks = masks_for(params, 0.75, structures.fan_in())
+    convolutions, kept = backends.convolutions(model, x, layers)
+    assert not kept and len(convolutions) >= 5
+    path = tmp_path / f"wrn.{fmt}.npz"
+    counts = export_model(path, fmt, config, 5, params, masks, model_state, layers, convolutions)
+    assert set(convolutions) <= set(counts)
+    predict = dst.load_exported(path)
+    meta = predict.meta
+    assert meta["convolutions"]["stem_conv/kernel"] == {"strides": [1, 1], "padding": [[1, 1], [1, 1]]}
+    assert any(c["strides"] == [2, 2] for c in meta["convolutions"].values())
+    with np.load(path) as data:       # the convolutions are stored, not written dense
+        assert not any(f"params/{n}" in data.files for n in convolutions)
+        held = {n: data[f"stored/{n}/values"].size for n in convolutions}
+    assert held == {n: int(np.sum(named_leaves(masks)[n])) for n in convolutions}
+    masked = jax.tree_util.tree_map(lambda p, m: np.where(m, p, 0), params, masks)
+    expected = model.apply({"params": masked, **model_state}, x, train=False)
+    np.testing.assert_allclose(predict(x), expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(predict(x[:1]), expected[:1], rtol=1e-4, atol=1e-5)

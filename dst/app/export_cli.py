@@ -60,7 +60,7 @@ def _dense_view(state: dict, shapes: dict, backend_name: str):
     for name, raw in topologies.items():
         values = jnp.asarray(p[name])
         layout = backends.kernel_layout(shapes[name], backend.count_of(values))
-        topology = backend.topology_from({f: jnp.asarray(raw[f]) for f in backend.fields}, layout.shape[0])
+        topology = backend.topology_from({f: jnp.asarray(raw[f]) for f in backend.fields}, layout)
         w, mask = backend.expand(values, jnp.asarray(m[name]), topology, layout)
         dense_p[name], dense_m[name] = np.asarray(w), np.asarray(mask)
     return replace_named(params, dense_p), replace_named(masks, dense_m)
@@ -86,14 +86,16 @@ def main(argv: list[str] | None = None) -> int:
         state = _latest_state(run_dir)
         params, masks = _dense_view(state, shapes, cfg["sparsity"].get("backend") or "masked")
         layers = dst.sparsifiable_layers(jax.tree_util.tree_map(np.asarray, params))
+        convolutions, kept = backends.convolutions(plan.model, sample, layers)
         counts = export_model(args.out, args.format, cfg["model"], plan.data.num_classes, params, masks,
-                              state.get("model_state") or {}, layers)
+                              state.get("model_state") or {}, layers, convolutions)
     except (ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
     size = pathlib.Path(args.out).stat().st_size
     stored = ", ".join(f"{n} ({c})" for n, c in counts.items()) or "none (every kernel dense)"
-    print(f"exported {run_dir} as {args.format} to {args.out} ({size / 2**20:.2f} MiB); stored layers: {stored}")
+    dense = "".join(f"; {n} stays dense ({why})" for n, why in kept.items()) if args.format != "dense" else ""
+    print(f"exported {run_dir} as {args.format} to {args.out} ({size / 2**20:.2f} MiB); stored layers: {stored}{dense}")
     return 0
 
 
