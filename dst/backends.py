@@ -398,7 +398,7 @@ def layouts(backend: Backend, masks, layers, capacity: float = 1.0, convolutions
         try:
             out[name] = backend.layout(leaves[name], capacity)._replace(conv=convolutions.get(name))
         except ValueError as err:
-            raise ValueError(f"sparsity.backend={backend.name}: layer {name} {err}") from None
+            raise ValueError(f"sparsity.backend={backend.name}: layer {name} {err}.") from None
     return out
 
 
@@ -548,6 +548,11 @@ def stored_apply(model: nn.Module, backend: Backend, layout_of: dict[str, Layout
                 return next_fun(*args, **kw)
             params = module.variables["params"]
             (x_in,) = args
+            if name in convs and (why := _unstorable(module, x_in)) is not None:
+                raise ValueError(f"sparsity.backend={backend.name} cannot run {name} on its kernels: the convolution "
+                                 f"is {why}, and they run 2-D convolutions without groups or dilation with SAME, "
+                                 "VALID or explicit padding; leave it out of the stored convolutions "
+                                 "(dst.backends.convolutions keeps it masked).")
             inputs[name] = x_in
             product = matmul if name not in convs else convs[name]
             y = product(x_in, params["kernel"], stored.topologies[name])

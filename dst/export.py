@@ -67,7 +67,7 @@ def export_model(path, fmt: str, model_config: dict, num_classes: int, params, m
         try:
             layout = backend.layout(np.asarray(m[name]))._replace(conv=convolutions.get(name))
         except ValueError as err:
-            raise ValueError(f"--format {fmt}: layer {name} {err}") from None
+            raise ValueError(f"--format {fmt}: layer {name} {err}.") from None
         values, _, topology = backend.compress(jnp.asarray(leaf), jnp.asarray(m[name]), layout)
         arrays[f"stored/{name}/values"] = np.asarray(values)
         for field in backend.fields:   # the transposes are rebuilt on loading

@@ -103,3 +103,39 @@ def test_a_conv_net_stored_on_csr_makes_the_masked_runs_decisions(name):
     # The step runs the compiled convolution, not XLA's.
     text = jax.jit(dst.make_train_step(None, tx, algo, storage=storage).full).lower(b, (x[0], y[0])).as_text()
     assert "dst_conv" in text and "dst_conv_dx" in text and "dst_conv_dw" in text
+
+
+def grouped_dilated_problem():
+    from user_models import GroupedDilatedNet
+
+    model = GroupedDilatedNet(num_classes=5)
+    x = jax.random.normal(jax.random.key(1), (4, 9, 9, 3))
+    params = model.init(jax.random.key(0), x)["params"]
+    return model, x, params, dst.sparsifiable_layers(params)
+
+
+def test_a_grouped_or_dilated_convolution_stays_masked_and_forcing_it_is_one_sentence():
+    """The kernels run neither groups nor dilation: such a convolution is kept with its reason; one forced into
+    storage with a hand-made geometry is refused in one sentence naming the layer, not a shape error."""
+    model, x, params, layers = grouped_dilated_problem()
+    geometries, kept = backends.convolutions(model, x, layers)
+    assert set(geometries) == {"plain/kernel"}
+    assert kept == {"grouped/kernel": "grouped (2 groups)", "dilated/kernel": "dilated"}
+    masks = masks_for(params, 0.5)
+    forced = {**geometries, "grouped/kernel": backends.ConvGeometry((3, 3, 4, 8), (1, 1), "SAME")}
+    storage = stored.make_storage(model, "csr", masks, layers, convolutions=forced)
+    values, _, topologies = backends.compress(storage.backend, storage.layout_of, params, masks)
+    with pytest.raises(ValueError) as err:
+        storage.apply_fn(backends.Stored(values, topologies), {}, x, False, None)
+    assert str(err.value) == (
+        "sparsity.backend=csr cannot run grouped/kernel on its kernels: the convolution is grouped (2 groups), and "
+        "they run 2-D convolutions without groups or dilation with SAME, VALID or explicit padding; leave it out of "
+        "the stored convolutions (dst.backends.convolutions keeps it masked).")
+    # As found, the plain convolution is stored and the other two run masked: the same logits as the masked model.
+    storage = stored.make_storage(model, "csr", masks, layers, convolutions=geometries)
+    assert "plain/kernel" in storage.layout_of and not {"grouped/kernel", "dilated/kernel"} & set(storage.layout_of)
+    masked = dst.apply_masks(params, masks)
+    values, _, topologies = backends.compress(storage.backend, storage.layout_of, masked, masks)
+    logits, _ = storage.apply_fn(backends.Stored(values, topologies), {}, x, False, None)
+    expected = model.apply({"params": masked}, x)
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)

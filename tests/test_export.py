@@ -166,3 +166,34 @@ def test_an_exported_conv_net_predicts_with_its_convolutions_stored(tmp_path, fm
     expected = model.apply({"params": masked, **model_state}, x, train=False)
     np.testing.assert_allclose(predict(x), expected, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(predict(x[:1]), expected[:1], rtol=1e-4, atol=1e-5)
+
+
+def test_convolutions_the_kernels_cannot_run_export_dense_and_an_unstorable_format_is_one_sentence(tmp_path):
+    """A grouped and a dilated convolution are written dense beside the stored plain one (the loaded model
+    predicts as the flax model does); asking condensed for layers without one fan-in is one sentence naming the
+    first such layer, and no file is left behind."""
+    from algo_helpers import masks_for
+    from user_models import GroupedDilatedNet
+
+    from dst import backends
+    from dst.export import export_model
+
+    model = GroupedDilatedNet(num_classes=5)
+    x = jax.random.normal(jax.random.key(1), (3, 9, 9, 3))
+    params = model.init(jax.random.key(0), x)["params"]
+    layers = dst.sparsifiable_layers(params)
+    masks = masks_for(params, 0.5)
+    convolutions, kept = backends.convolutions(model, x, layers)
+    config = {"_target_": "user_models.GroupedDilatedNet", "num_classes": 5}
+    path = tmp_path / "net.npz"
+    counts = export_model(path, "csr", config, 5, params, masks, {}, layers, convolutions)
+    assert "plain/kernel" in counts and not set(kept) & set(counts)
+    predict = dst.load_exported(path)
+    expected = model.apply({"params": dst.apply_masks(params, masks)}, x)
+    np.testing.assert_allclose(predict(x), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError) as err:
+        export_model(tmp_path / "no.npz", "condensed", config, 5, params, masks, {}, layers, convolutions)
+    assert str(err.value).startswith("--format condensed: layer plain/kernel has fan-ins from ")
+    assert str(err.value).endswith("the condensed backend needs one constant fan-in per layer "
+                                   "(sparsity.structure=fan_in or n_m).")
+    assert not (tmp_path / "no.npz").exists()

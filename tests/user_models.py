@@ -22,3 +22,16 @@ class TinyConvNet(nn.Module):
 def no_module(width: int = 3):
     """A factory that does not build a flax module (for the bad-input test)."""
     return jnp.zeros(width)
+
+
+class GroupedDilatedNet(nn.Module):
+    """A grouped and a dilated convolution, which the sparse kernels do not run, beside a plain one."""
+
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.relu(nn.Conv(8, (3, 3), name="plain")(x))
+        x = nn.relu(nn.Conv(8, (3, 3), feature_group_count=2, name="grouped")(x))
+        x = nn.relu(nn.Conv(8, (3, 3), kernel_dilation=2, name="dilated")(x))
+        return nn.Dense(self.num_classes)(x.mean(axis=(1, 2)))
