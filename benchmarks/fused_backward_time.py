@@ -45,8 +45,9 @@ def sweep(widths, densities, batch, rounds, isas):
             dyT = jnp.asarray(rng.normal(size=(n, batch)), jnp.float32)
             act = jax.ShapeDtypeStruct((n, batch), jnp.float32)
             val = jax.ShapeDtypeStruct((n * k,), jnp.float32)
-            fused = jax.jit(lambda v, tp, tr, ts, d, x: ffi("dst_spmm_t_sddmm", (act, val), v, tp, tr, ts, d, x))
-            separate = jax.jit(lambda v, c, p, tp, tr, ts, d, x: (
+            fused = jax.jit(lambda v, tp, tr, ts, d, x, act=act, val=val: ffi("dst_spmm_t_sddmm", (act, val), v, tp,
+                                                                                 tr, ts, d, x))
+            separate = jax.jit(lambda v, c, p, tp, tr, ts, d, x, act=act, val=val: (
                 ffi("dst_spmm_t", act, v, tp, tr, ts, d), ffi("dst_sddmm", val, c, p, d, x)))
             for isa in isas:
                 kernels.use_isa(isa)

@@ -29,9 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import dst
+from dst import backends
 from dst import kernels
 from dst import structures
-from dst import backends
 from dst.export import export_model
 from dst.models import build_model
 

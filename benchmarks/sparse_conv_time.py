@@ -95,8 +95,8 @@ def main():
                 csr(*c_args)
                 times[isa].append(timed(csr, *c_args))
         kernels.use_isa(chosen)
-        ms = lambda k: statistics.median(times[k]) * 1e3
-        ratio = lambda k: statistics.median(a / b for a, b in zip(times["masked"], times[k]))
+        ms = lambda k, times=times: statistics.median(times[k]) * 1e3
+        ratio = lambda k, times=times: statistics.median(a / b for a, b in zip(times["masked"], times[k]))
         print(f"| {channels} | {size} | {nnz:,} | {ms('masked'):.1f} | "
               + " | ".join(f"{ms(i):.1f} | {ratio(i):.2f}" for i in isas) + " |", flush=True)
 

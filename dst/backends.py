@@ -369,7 +369,8 @@ def condensed() -> Backend:
     return Backend("condensed", _condensed_layout, _condensed_compress, _condensed_expand,
                    lambda x, values, t: kernels.condensed_matmul(x, values, t.indices, t.transposed),
                    _condensed_slots, _condensed_rebuild, fixed_fan_in=True, stores=True, fields=("indices",),
-                   topology_from=lambda fields, layout: _condensed_topology(jnp.asarray(fields["indices"], jnp.int32), layout),
+                   topology_from=lambda fields, layout: _condensed_topology(jnp.asarray(fields["indices"], jnp.int32),
+                                                                            layout),
                    count_of=lambda values: int(np.shape(values)[1]),
                    matmul_xla=lambda x, values, t: kernels.condensed_matmul_gather(x, values, t.indices),
                    conv=_condensed_conv)
