@@ -30,6 +30,12 @@ baseline) and the best one the CPU runs is chosen when the module loads: :func:`
 :func:`use_isa`, for benchmarks) forces a lower one, so the AVX2 path can be measured and tested on an
 AVX-512 machine.
 
+The forward products (``dst_spmm``, ``dst_conv``) and the value gradients (``dst_sddmm``, ``dst_conv_dw``) skip the
+weights whose input is zero across the whole batch (a dead ReLU unit, a blank pixel of every image, a convolution's
+input channel that is zero everywhere): one pass finds such inputs, the structure handed to the loops leaves their
+weights out, and their gradients are written as zeros (:func:`skip_zero_inputs` switches it off for benchmarks,
+:func:`zero_input_counts` says how many were skipped). The fused backward pass and a batch of one do not skip.
+
 The products themselves, with their custom VJP and the XLA fallback, are in :mod:`dst.kernels.ops`.
 """
 
@@ -40,8 +46,10 @@ from dst.kernels._loader import isa
 from dst.kernels._loader import register
 from dst.kernels._loader import require
 from dst.kernels._loader import runnable_isas
+from dst.kernels._loader import skip_zero_inputs
 from dst.kernels._loader import status
 from dst.kernels._loader import use_isa
+from dst.kernels._loader import zero_input_counts
 from dst.kernels.conv import conv_transpose
 from dst.kernels.conv import csr_conv
 from dst.kernels.ops import Merged
@@ -77,10 +85,12 @@ __all__ = [
     "register",
     "require",
     "runnable_isas",
+    "skip_zero_inputs",
     "slots_by_unit",
     "status",
     "top_k_of_keys",
     "transpose",
     "Transposed",
     "use_isa",
+    "zero_input_counts",
 ]

@@ -65,6 +65,22 @@ def use_isa(name: str) -> str:
     return before
 
 
+def skip_zero_inputs(on: bool) -> bool:
+    """Whether the kernels skip the weights whose input is zero across the whole batch (a dead unit, a blank
+    pixel of every image, a convolution's input channel that is zero everywhere) in the forward product and
+    the value gradient, from now on; returns the setting before. On by default: the results are the same
+    floats (but for a weight that is inf or NaN, whose product with zero it skips). For benchmarks."""
+    return bool(_module().skip_zero_inputs(bool(on)))
+
+
+def zero_input_counts() -> tuple[int, int]:
+    """``(weights, skipped)``: how many weights the forward products and value gradients were given since
+    the last call (each call counts its layer's weights once), and how many of them read an input that was
+    zero across the batch and were skipped; the counts restart at zero."""
+    weights, skipped = _module().zero_input_counts()
+    return int(weights), int(skipped)
+
+
 def fused_backward_pays(n_in: int, nnz: int, batch: int) -> bool:
     """Whether ``dst_backward`` takes the fused pass (dx and dW together) on the ISA in use for a layer of
     ``n_in`` inputs and ``nnz`` weights at ``batch`` rows, rather than ``dst_spmm_t`` then ``dst_sddmm``."""

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "kernels.h"
+#include "zero_inputs.h"
 
 #include "xla/ffi/api/c_api.h"
 #include "xla/ffi/api/ffi.h"
@@ -65,9 +66,19 @@ ffi::Error ConvImpl(ffi::Buffer<ffi::F32> values, ffi::Buffer<ffi::S32> cols, ff
   if (auto err = ShapeOf(x, *y, kh, kw, sh, sw, &s); err.failure()) return err;
   const int64_t nnz = values.element_count();
   if (auto err = CheckRows(cols, rowptr, nnz, s); err.failure()) return err;
-  std::vector<int64_t> offsets(nnz);
-  dst::ActiveKernels().conv(values.typed_data(), cols.typed_data(), rowptr.typed_data(), x.typed_data(),
-                            y->typed_data(), s, offsets.data());
+  const float* v = values.typed_data();
+  const int32_t *c = cols.typed_data(), *p = rowptr.typed_data();
+  dst::NonZeroInputs kept;
+  if (dst::SkipZeroInputs()) {   // the weights of input channels that are zero everywhere add nothing
+    std::vector<uint8_t> zero;
+    if (dst::ZeroRows(x.typed_data(), s.c_in, s.hp * s.wp * s.batch, zero) > 0) {
+      dst::DropZeroInputs(v, c, p, s.n_out, s.c_in, zero, &kept);
+      v = kept.values.data(), c = kept.cols.data(), p = kept.rowptr.data();
+    }
+    dst::CountZeroInputs(nnz, nnz - p[s.n_out]);
+  }
+  std::vector<int64_t> offsets(p[s.n_out]);
+  dst::ActiveKernels().conv(v, c, p, x.typed_data(), y->typed_data(), s, offsets.data());
   return ffi::Error::Success();
 }
 
@@ -101,9 +112,24 @@ ffi::Error ConvDwImpl(ffi::Buffer<ffi::S32> cols, ffi::Buffer<ffi::S32> rowptr, 
                       int64_t sh, int64_t sw) {
   dst::ConvShape s;
   if (auto err = ShapeOf(x, dy, kh, kw, sh, sw, &s); err.failure()) return err;
-  if (auto err = CheckRows(cols, rowptr, dvalues->element_count(), s); err.failure()) return err;
-  dst::ActiveKernels().conv_dw(cols.typed_data(), rowptr.typed_data(), dy.typed_data(), x.typed_data(),
-                               dvalues->typed_data(), s);
+  const int64_t nnz = dvalues->element_count();
+  if (auto err = CheckRows(cols, rowptr, nnz, s); err.failure()) return err;
+  std::vector<uint8_t> zero;
+  if (!dst::SkipZeroInputs() || dst::ZeroRows(x.typed_data(), s.c_in, s.hp * s.wp * s.batch, zero) == 0) {
+    if (dst::SkipZeroInputs()) dst::CountZeroInputs(nnz, 0);
+    dst::ActiveKernels().conv_dw(cols.typed_data(), rowptr.typed_data(), dy.typed_data(), x.typed_data(),
+                                 dvalues->typed_data(), s);
+    return ffi::Error::Success();
+  }
+  // The weights of input channels that are zero everywhere have a zero gradient: the rest are computed.
+  dst::NonZeroInputs kept;
+  dst::DropZeroInputs(nullptr, cols.typed_data(), rowptr.typed_data(), s.n_out, s.c_in, zero, &kept);
+  dst::CountZeroInputs(nnz, nnz - static_cast<int64_t>(kept.cols.size()));
+  std::vector<float> dv(kept.cols.size());
+  dst::ActiveKernels().conv_dw(kept.cols.data(), kept.rowptr.data(), dy.typed_data(), x.typed_data(), dv.data(), s);
+  float* out = dvalues->typed_data();
+  for (int64_t t = 0; t < nnz; ++t) out[t] = 0.0f;
+  for (size_t k = 0; k < dv.size(); ++k) out[kept.slots[k]] = dv[k];
   return ffi::Error::Success();
 }
 

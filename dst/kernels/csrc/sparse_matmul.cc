@@ -19,8 +19,10 @@
 #include <vector>
 
 #include "kernels.h"
+#include "zero_inputs.h"
 
 #include "nanobind/nanobind.h"
+#include "nanobind/stl/pair.h"
 #include "nanobind/stl/string.h"
 #include "xla/ffi/api/c_api.h"
 #include "xla/ffi/api/ffi.h"
@@ -115,8 +117,18 @@ ffi::Error SpmmImpl(ffi::Buffer<ffi::F32> values, ffi::Buffer<ffi::S32> cols, ff
   }
   if (auto err = CheckStructure(cols, rowptr, values.element_count(), n_out, n_in); err.failure()) return err;
   std::vector<int32_t> cursor(n_out);
-  Kernels().spmm(values.typed_data(), cols.typed_data(), rowptr.typed_data(), xT.typed_data(), yT->typed_data(),
-                 n_in, n_out, batch, cursor.data());
+  const float* v = values.typed_data();
+  const int32_t *c = cols.typed_data(), *p = rowptr.typed_data();
+  dst::NonZeroInputs kept;
+  if (dst::SkipZeroInputs()) {   // the weights of inputs that are zero across the batch add nothing
+    std::vector<uint8_t> zero;
+    if (dst::ZeroRows(xT.typed_data(), n_in, batch, zero) > 0) {
+      dst::DropZeroInputs(v, c, p, n_out, n_in, zero, &kept);
+      v = kept.values.data(), c = kept.cols.data(), p = kept.rowptr.data();
+    }
+    dst::CountZeroInputs(values.element_count(), values.element_count() - p[n_out]);
+  }
+  Kernels().spmm(v, c, p, xT.typed_data(), yT->typed_data(), n_in, n_out, batch, cursor.data());
   return ffi::Error::Success();
 }
 
@@ -168,8 +180,22 @@ ffi::Error SddmmImpl(ffi::Buffer<ffi::S32> cols, ffi::Buffer<ffi::S32> rowptr, f
   const int64_t nnz = dvalues->element_count();
   const int64_t n_in = xT.dimensions().size() ? xT.dimensions()[0] : 1;
   if (auto err = CheckStructure(cols, rowptr, nnz, n_out, n_in); err.failure()) return err;
-  Kernels().sddmm(cols.typed_data(), rowptr.typed_data(), dyT.typed_data(), xT.typed_data(), dvalues->typed_data(),
-                  n_out, batch);
+  std::vector<uint8_t> zero;
+  if (!dst::SkipZeroInputs() || dst::ZeroRows(xT.typed_data(), n_in, batch, zero) == 0) {
+    if (dst::SkipZeroInputs()) dst::CountZeroInputs(nnz, 0);
+    Kernels().sddmm(cols.typed_data(), rowptr.typed_data(), dyT.typed_data(), xT.typed_data(),
+                    dvalues->typed_data(), n_out, batch);
+    return ffi::Error::Success();
+  }
+  // The weights of inputs that are zero across the batch have a zero gradient: the rest are computed.
+  dst::NonZeroInputs kept;
+  dst::DropZeroInputs(nullptr, cols.typed_data(), rowptr.typed_data(), n_out, n_in, zero, &kept);
+  dst::CountZeroInputs(nnz, nnz - static_cast<int64_t>(kept.cols.size()));
+  std::vector<float> dv(kept.cols.size());
+  Kernels().sddmm(kept.cols.data(), kept.rowptr.data(), dyT.typed_data(), xT.typed_data(), dv.data(), n_out, batch);
+  float* out = dvalues->typed_data();
+  for (int64_t t = 0; t < nnz; ++t) out[t] = 0.0f;
+  for (size_t k = 0; k < dv.size(); ++k) out[kept.slots[k]] = dv[k];
   return ffi::Error::Success();
 }
 
@@ -324,6 +350,9 @@ NB_MODULE(_cpu, m) {
       }
     return false;
   });
+  // Skipping the weights of inputs that are zero across the batch (zero_inputs.h), and what it skipped.
+  m.def("skip_zero_inputs", [](bool on) { return dst::SetSkipZeroInputs(on); });
+  m.def("zero_input_counts", []() { return dst::TakeZeroInputCounts(); });
   m.def("num_threads", []() {
 #ifdef _OPENMP
     return omp_get_max_threads();
