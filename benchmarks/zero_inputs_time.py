@@ -6,16 +6,22 @@ csr, a static train step (the plain step every dynamic algorithm takes between i
 
 * ``lenet300``: the default experiment's model, data and sparsity (LeNet-300-100, real Fashion-MNIST, 90%
   ERK), first trained ``--train-steps`` steps (default 469: one epoch at batch 128) so that ReLU units that
-  die in training are dead;
+  die in training are dead; its inputs standardised as the experiment has them (a blank pixel is then not
+  zero); ``lenet300_unit``: the same with pixels / 255 (``dataset.normalize=unit``: blank pixels are zeros);
 * ``wrn22_2``: WRN-22-2 on CIFAR-shaped random inputs at 95% uniform, every convolution stored, from
-  initialisation (``--train-steps`` 0).
+  initialisation (``--train-steps`` 0);
+* ``half_dead``: one 4000 x 4000 layer at 10%, batch 128, half of its inputs zero across the batch: its
+  forward product and value gradient alone (seconds per call, not per step).
 
 Per model: the share of the weights the kernels were given that they skipped (:func:`dst.kernels.
 zero_input_counts`, over the timed steps), and per-step medians with the skipping on and off, rounds
 interleaved, each timed step after an untimed one of the same variant, on the ISA in use (``DST_KERNELS_ISA``
 to force another).
 
-Run: ``.venv/bin/python benchmarks/zero_inputs_time.py [--models lenet300,wrn22_2] [--rounds 5]``
+Skipping pays only where many inputs are zero (``SkippingPays`` in ``zero_inputs.h``: a quarter of a layer's
+inputs or more); elsewhere the kernels scan the input and run the whole structure.
+
+Run: ``.venv/bin/python benchmarks/zero_inputs_time.py [--models lenet300,lenet300_unit,wrn22_2] [--rounds 5]``
 """
 
 from __future__ import annotations
@@ -31,18 +37,20 @@ import numpy as np
 import optax
 
 import dst
+import dst.data
 from dst import backends
 from dst import kernels
 from dst.models import build_model
 from dst.train import stored
 
-SETTINGS = {"lenet300": (0.9, "erk", 469, 128), "wrn22_2": (0.95, "uniform", 0, 128)}
+SETTINGS = {"lenet300": (0.9, "erk", 469, 128), "lenet300_unit": (0.9, "erk", 469, 128),
+            "wrn22_2": (0.95, "uniform", 0, 128)}
 
 
 def batches(name: str, batch: int):
     """An endless iterator of ``(x, y)`` batches: real Fashion-MNIST, or CIFAR-shaped random images."""
-    if name == "lenet300":
-        data = dst.data.load("fashion_mnist")
+    if name.startswith("lenet300"):   # unit: pixels / 255, so blank pixels are exact zeros (standard: not)
+        data = dst.data.load("fashion_mnist", normalize="unit" if name.endswith("unit") else "standard")
         x, y = data.train_x.reshape(len(data.train_x), -1), data.train_y
     else:
         rng = np.random.default_rng(0)
@@ -67,9 +75,46 @@ def timed_steps(step, state, fixed, skip: bool):
     return state, (time.perf_counter() - start) / len(fixed)
 
 
+def half_dead_layer(rounds: int, calls: int = 20):
+    """A 4000 x 4000 layer at 10% density, batch 128, half of its inputs zero across the batch (a layer after
+    ReLUs half of which are dead): forward product and value gradient, skipping on and off."""
+    rng = np.random.default_rng(0)
+    n, nnz = 4000, 1_600_000
+    cols = np.sort(rng.integers(0, n, nnz).reshape(n, -1), axis=1).reshape(-1).astype(np.int32)
+    rowptr = (np.arange(n + 1) * (nnz // n)).astype(np.int32)
+    values = jnp.asarray(rng.standard_normal(nnz).astype(np.float32))
+    x = rng.standard_normal((128, n)).astype(np.float32)
+    x[:, : n // 2] = 0.0
+    x, g = jnp.asarray(x), jnp.asarray(rng.standard_normal((128, n)).astype(np.float32))
+
+    def product(v):
+        y, pullback = jax.vjp(lambda vv: kernels.csr_matmul(x, vv, cols, rowptr), v)
+        return y, pullback(g)[0]
+
+    product = jax.jit(product)
+    times = {True: [], False: []}
+    counts = (0, 0)
+    for _ in range(rounds):
+        for skip in (True, False):
+            kernels.skip_zero_inputs(skip)
+            jax.block_until_ready(product(values))
+            kernels.zero_input_counts()
+            start = time.perf_counter()
+            for _ in range(calls):
+                out = product(values)
+            jax.block_until_ready(out)
+            times[skip].append((time.perf_counter() - start) / calls)
+            counts = kernels.zero_input_counts() if skip else counts
+    kernels.skip_zero_inputs(True)
+    on, off = statistics.median(times[True]), statistics.median(times[False])
+    ratio = statistics.median(b / a for a, b in zip(times[True], times[False]))
+    print(f"| 4000x4000 layer, half its inputs dead | 10% random | - | {counts[1] / max(counts[0], 1):.2%} | "
+          f"{on:.4f} | {off:.4f} | {ratio:.3f} |", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="lenet300,wrn22_2")
+    parser.add_argument("--models", default="lenet300,lenet300_unit,wrn22_2,half_dead")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per variant per round")
     parser.add_argument("--train-steps", type=int, default=None, help="steps before timing (default per model)")
@@ -80,11 +125,14 @@ def main():
     print("| model | setting | trained steps | weights skipped | skip on s/step | skip off s/step | off / on |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name in args.models.split(","):
+        if name == "half_dead":
+            half_dead_layer(args.rounds)
+            continue
         sparsity, distribution, train_steps, batch = SETTINGS[name]
         train_steps = train_steps if args.train_steps is None else args.train_steps
         feed = batches(name, batch)
         x0 = next(feed)[0]
-        model = build_model(name, num_classes=10)
+        model = build_model(name.split("_unit")[0], num_classes=10)
         variables = model.init(jax.random.key(0), x0[:1])
         params = variables["params"]
         model_state = {k: v for k, v in variables.items() if k != "params"}

@@ -96,7 +96,7 @@ def _run_both_ways(fn, *args):
 def test_a_dense_layer_skips_the_weights_of_inputs_that_are_zero_across_the_batch(isa):
     """Inputs 2, 5 and 11 are zero in every example (input 7 in some only): the forward product and the value
     gradient skip exactly the weights that read 2, 5 and 11, and compute what the dense product does, the same
-    floats as without skipping; those weights' gradients are zero."""
+    floats as without skipping; those weights' gradients are zero. With input 2 alone zero, nothing is skipped."""
     rng = np.random.default_rng(0)
     n_in, n_out, batch = 12, 7, 9
     mask = rng.random((n_in, n_out)) < 0.5
@@ -119,6 +119,11 @@ def test_a_dense_layer_skips_the_weights_of_inputs_that_are_zero_across_the_batc
     np.testing.assert_allclose(y, x @ np.where(mask, w, 0).astype(np.float32), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(dv, (x.T @ g)[cols, units], rtol=1e-5, atol=1e-5)
     assert np.all(np.asarray(dv)[np.isin(cols, [2, 5, 11])] == 0)
+    # One zero input of 12 is not worth copying the structure for (SkippingPays: a quarter or more): none skipped.
+    x[:, [5, 11]] = 1.0
+    (y, dv), _, (weights, skipped) = _run_both_ways(jax.jit(forward_and_value_gradient), values, x)
+    assert (weights, skipped) == (2 * len(values), 0)
+    np.testing.assert_allclose(y, x @ np.where(mask, w, 0).astype(np.float32), rtol=1e-5, atol=1e-5)
 
 
 @needs_kernels

@@ -71,8 +71,8 @@ ffi::Error ConvImpl(ffi::Buffer<ffi::F32> values, ffi::Buffer<ffi::S32> cols, ff
   dst::NonZeroInputs kept;
   if (dst::SkipZeroInputs()) {   // the weights of input channels that are zero everywhere add nothing
     std::vector<uint8_t> zero;
-    if (dst::ZeroRows(x.typed_data(), s.c_in, s.hp * s.wp * s.batch, zero) > 0) {
-      dst::DropZeroInputs(v, c, p, s.n_out, s.c_in, zero, &kept);
+    if (dst::SkippingPays(dst::ZeroRows(x.typed_data(), s.c_in, s.hp * s.wp * s.batch, zero), s.c_in)) {
+      dst::DropZeroInputs(v, c, p, s.n_out, dst::ColumnsOfChannels(zero, s.kh * s.kw), &kept);
       v = kept.values.data(), c = kept.cols.data(), p = kept.rowptr.data();
     }
     dst::CountZeroInputs(nnz, nnz - p[s.n_out]);
@@ -115,7 +115,8 @@ ffi::Error ConvDwImpl(ffi::Buffer<ffi::S32> cols, ffi::Buffer<ffi::S32> rowptr, 
   const int64_t nnz = dvalues->element_count();
   if (auto err = CheckRows(cols, rowptr, nnz, s); err.failure()) return err;
   std::vector<uint8_t> zero;
-  if (!dst::SkipZeroInputs() || dst::ZeroRows(x.typed_data(), s.c_in, s.hp * s.wp * s.batch, zero) == 0) {
+  if (!dst::SkipZeroInputs() ||
+      !dst::SkippingPays(dst::ZeroRows(x.typed_data(), s.c_in, s.hp * s.wp * s.batch, zero), s.c_in)) {
     if (dst::SkipZeroInputs()) dst::CountZeroInputs(nnz, 0);
     dst::ActiveKernels().conv_dw(cols.typed_data(), rowptr.typed_data(), dy.typed_data(), x.typed_data(),
                                  dvalues->typed_data(), s);
@@ -123,13 +124,12 @@ ffi::Error ConvDwImpl(ffi::Buffer<ffi::S32> cols, ffi::Buffer<ffi::S32> rowptr, 
   }
   // The weights of input channels that are zero everywhere have a zero gradient: the rest are computed.
   dst::NonZeroInputs kept;
-  dst::DropZeroInputs(nullptr, cols.typed_data(), rowptr.typed_data(), s.n_out, s.c_in, zero, &kept);
+  const std::vector<uint8_t> zero_col = dst::ColumnsOfChannels(zero, s.kh * s.kw);
+  dst::DropZeroInputs(nullptr, cols.typed_data(), rowptr.typed_data(), s.n_out, zero_col, &kept);
   dst::CountZeroInputs(nnz, nnz - static_cast<int64_t>(kept.cols.size()));
   std::vector<float> dv(kept.cols.size());
   dst::ActiveKernels().conv_dw(kept.cols.data(), kept.rowptr.data(), dy.typed_data(), x.typed_data(), dv.data(), s);
-  float* out = dvalues->typed_data();
-  for (int64_t t = 0; t < nnz; ++t) out[t] = 0.0f;
-  for (size_t k = 0; k < dv.size(); ++k) out[kept.slots[k]] = dv[k];
+  dst::ScatterKept(dv, kept.slots, dvalues->typed_data(), nnz);
   return ffi::Error::Success();
 }
 

@@ -122,8 +122,8 @@ ffi::Error SpmmImpl(ffi::Buffer<ffi::F32> values, ffi::Buffer<ffi::S32> cols, ff
   dst::NonZeroInputs kept;
   if (dst::SkipZeroInputs()) {   // the weights of inputs that are zero across the batch add nothing
     std::vector<uint8_t> zero;
-    if (dst::ZeroRows(xT.typed_data(), n_in, batch, zero) > 0) {
-      dst::DropZeroInputs(v, c, p, n_out, n_in, zero, &kept);
+    if (dst::SkippingPays(dst::ZeroRows(xT.typed_data(), n_in, batch, zero), n_in)) {
+      dst::DropZeroInputs(v, c, p, n_out, zero, &kept);
       v = kept.values.data(), c = kept.cols.data(), p = kept.rowptr.data();
     }
     dst::CountZeroInputs(values.element_count(), values.element_count() - p[n_out]);
@@ -181,7 +181,7 @@ ffi::Error SddmmImpl(ffi::Buffer<ffi::S32> cols, ffi::Buffer<ffi::S32> rowptr, f
   const int64_t n_in = xT.dimensions().size() ? xT.dimensions()[0] : 1;
   if (auto err = CheckStructure(cols, rowptr, nnz, n_out, n_in); err.failure()) return err;
   std::vector<uint8_t> zero;
-  if (!dst::SkipZeroInputs() || dst::ZeroRows(xT.typed_data(), n_in, batch, zero) == 0) {
+  if (!dst::SkipZeroInputs() || !dst::SkippingPays(dst::ZeroRows(xT.typed_data(), n_in, batch, zero), n_in)) {
     if (dst::SkipZeroInputs()) dst::CountZeroInputs(nnz, 0);
     Kernels().sddmm(cols.typed_data(), rowptr.typed_data(), dyT.typed_data(), xT.typed_data(),
                     dvalues->typed_data(), n_out, batch);
@@ -189,13 +189,11 @@ ffi::Error SddmmImpl(ffi::Buffer<ffi::S32> cols, ffi::Buffer<ffi::S32> rowptr, f
   }
   // The weights of inputs that are zero across the batch have a zero gradient: the rest are computed.
   dst::NonZeroInputs kept;
-  dst::DropZeroInputs(nullptr, cols.typed_data(), rowptr.typed_data(), n_out, n_in, zero, &kept);
+  dst::DropZeroInputs(nullptr, cols.typed_data(), rowptr.typed_data(), n_out, zero, &kept);
   dst::CountZeroInputs(nnz, nnz - static_cast<int64_t>(kept.cols.size()));
   std::vector<float> dv(kept.cols.size());
   Kernels().sddmm(kept.cols.data(), kept.rowptr.data(), dyT.typed_data(), xT.typed_data(), dv.data(), n_out, batch);
-  float* out = dvalues->typed_data();
-  for (int64_t t = 0; t < nnz; ++t) out[t] = 0.0f;
-  for (size_t k = 0; k < dv.size(); ++k) out[kept.slots[k]] = dv[k];
+  dst::ScatterKept(dv, kept.slots, dvalues->typed_data(), nnz);
   return ffi::Error::Success();
 }
 

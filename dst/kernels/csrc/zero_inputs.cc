@@ -37,24 +37,44 @@ int64_t ZeroRows(const float* x, int64_t rows, int64_t length, std::vector<uint8
 }
 
 void DropZeroInputs(const float* values, const int32_t* cols, const int32_t* rowptr, int64_t n_out,
-                    int64_t modulus, const std::vector<uint8_t>& zero, NonZeroInputs* out) {
-  const int64_t nnz = rowptr[n_out];
-  out->values.clear();
-  out->cols.clear();
-  out->slots.clear();
+                    const std::vector<uint8_t>& zero_col, NonZeroInputs* out) {
   out->rowptr.assign(n_out + 1, 0);
-  if (values) out->values.reserve(nnz);
-  out->cols.reserve(nnz);
-  out->slots.reserve(nnz);
+#pragma omp parallel for schedule(static)
   for (int64_t o = 0; o < n_out; ++o) {
-    for (int64_t t = rowptr[o]; t < rowptr[o + 1]; ++t) {
-      if (zero[cols[t] % modulus]) continue;
-      if (values) out->values.push_back(values[t]);
-      out->cols.push_back(cols[t]);
-      out->slots.push_back(static_cast<int32_t>(t));
-    }
-    out->rowptr[o + 1] = static_cast<int32_t>(out->cols.size());
+    int32_t kept = 0;
+    for (int64_t t = rowptr[o]; t < rowptr[o + 1]; ++t) kept += !zero_col[cols[t]];
+    out->rowptr[o + 1] = kept;
   }
+  for (int64_t o = 0; o < n_out; ++o) out->rowptr[o + 1] += out->rowptr[o];
+  const int64_t kept = out->rowptr[n_out];
+  out->values.resize(values ? kept : 0);
+  out->cols.resize(kept);
+  out->slots.resize(kept);
+#pragma omp parallel for schedule(static)
+  for (int64_t o = 0; o < n_out; ++o) {
+    int64_t at = out->rowptr[o];
+    for (int64_t t = rowptr[o]; t < rowptr[o + 1]; ++t) {
+      if (zero_col[cols[t]]) continue;
+      if (values) out->values[at] = values[t];
+      out->cols[at] = cols[t];
+      out->slots[at++] = static_cast<int32_t>(t);
+    }
+  }
+}
+
+void ScatterKept(const std::vector<float>& kept, const std::vector<int32_t>& slots, float* out, int64_t nnz) {
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < nnz; ++t) out[t] = 0.0f;
+  const int64_t n = static_cast<int64_t>(kept.size());
+#pragma omp parallel for schedule(static)
+  for (int64_t k = 0; k < n; ++k) out[slots[k]] = kept[k];
+}
+
+std::vector<uint8_t> ColumnsOfChannels(const std::vector<uint8_t>& zero_channel, int64_t taps) {
+  const int64_t c_in = static_cast<int64_t>(zero_channel.size());
+  std::vector<uint8_t> out(taps * c_in);
+  for (int64_t k = 0; k < taps * c_in; ++k) out[k] = zero_channel[k % c_in];
+  return out;
 }
 
 }  // namespace dst
