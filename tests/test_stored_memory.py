@@ -1,4 +1,4 @@
-"""Memory in proportion to the stored weights, read from the compiled program.
+"""Memory in proportion to the stored weights, read from the compiled program (fully connected and conv nets).
 
 An MLP whose middle layer is 120,000 x 120,000 (57.6 GB as a dense float32 kernel, more than this
 machine's 24 GiB) at density 1e-4 is built abstractly (``jax.eval_shape``: nothing is allocated) and its
@@ -7,6 +7,7 @@ outputs and temporaries) must stay within a small multiple of the stored state: 
 gradient of a stored layer is live during a plain step.
 """
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -106,3 +107,56 @@ def test_an_update_step_forms_the_dense_gradient_one_block_at_a_time(algo):
     assert stored_bytes < 2**28
     assert memory.temp_size_in_bytes < dense_bytes / 16
     assert memory.temp_size_in_bytes <= 8 * block_bytes + 8 * stored_bytes, (memory.temp_size_in_bytes, stored_bytes)
+
+
+class WideConvNet(nn.Module):
+    """A 3x3 convolution of ``width`` channels on ``width`` channels between a stem and a classifier."""
+
+    width: int
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.relu(nn.Conv(self.width, (3, 3), name="stem")(x))
+        x = nn.relu(nn.Conv(self.width, (3, 3), name="wide")(x))
+        return nn.Dense(10, name="head")(x.mean(axis=(1, 2)))
+
+
+def test_a_conv_net_whose_dense_kernel_would_not_fit_trains_in_memory_in_proportion_to_nnz():
+    """A 3x3 convolution of 32,768 channels on 32,768 (9.7e9 weights: 38.7 GB as a dense float32 kernel) stored
+    on csr at density 1e-4, built abstractly: the compiled plain step (static, SGD with momentum, batch 8 of 8x8
+    images) holds the stored state, the activations (the kernels' batch-last copies among them) and nothing in
+    proportion to the dense kernel."""
+    width, batch = 32_768, 8
+    model = WideConvNet(width)
+    x = jax.ShapeDtypeStruct((batch, 8, 8, 3), jnp.float32)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3))))["params"]
+    layers = dst.sparsifiable_layers(shapes)
+    geometries, kept = backends.convolutions(model, jnp.zeros((1, 8, 8, 3)), layers)
+    assert not kept and geometries["wide/kernel"].kernel == (3, 3, width, width)
+    dense_bytes = 4 * 9 * width * width
+    assert dense_bytes > 24 * 2**30                 # the kernel alone would not fit on this machine
+    n_in = 9 * width
+    fan_in = max(1, round(DENSITY * n_in))
+    layout = backends.Layout((n_in, width), fan_in * width, geometries["wide/kernel"])
+    backend = backends.make("csr")
+    layout_of = {"wide/kernel": layout}
+    storage = stored.Storage(backend, layout_of, backends.stored_apply(model, backend, layout_of), dense_metrics=False)
+    algo, tx = dst.algorithms.make("static"), optax.sgd(0.01, momentum=0.9)
+
+    def create():   # constant fan-in: the first `fan_in` inputs of every output channel (values do not matter)
+        params = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        masks = jax.tree_util.tree_map(lambda s: jnp.ones(s.shape, bool), shapes)
+        masks["wide"]["kernel"] = jnp.broadcast_to(jnp.arange(n_in)[:, None] < fan_in, (n_in, width)).reshape(
+            3, 3, width, width)
+        return dst.create_train_state(jax.random.key(1), params, masks, tx, algo, storage=storage)
+
+    state = jax.eval_shape(create)
+    step = dst.make_train_step(None, tx, algo, storage=storage)
+    compiled = step.plain if step.has_quiet_path else step.full
+    memory = jax.jit(compiled).lower(state, (x, jax.ShapeDtypeStruct((batch,), jnp.int32))).compile().memory_analysis()
+    stored_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(state))
+    activation_bytes = 4 * batch * 8 * 8 * width
+    used = memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes
+    assert stored_bytes < 2**28, stored_bytes
+    assert used <= 4 * stored_bytes + 16 * activation_bytes, (used, stored_bytes, activation_bytes)
+    assert used < dense_bytes / 16
