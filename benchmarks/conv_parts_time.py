@@ -2,7 +2,8 @@
 
 WRN-22-2's first-group convolution (3x3, 32 -> 32 channels, 32x32, stride 1, SAME) at 95% uniform sparsity,
 batch ``--batch`` (128): the compiled forward product, input gradient and value gradient on batch-last arrays
-(``dst_conv``, ``dst_conv_dx``, ``dst_conv_dw``), and the layout change of an activation into the kernels'
+(``dst_conv``, ``dst_conv_dx``, ``dst_conv_dw``), the two gradients in one pass (``dst_conv_backward``), and the
+layout change of an activation into the kernels'
 padded batch-last form by XLA (``transpose`` + ``pad``) and by the compiled pass (``dst_to_batch_last``), and out
 of it by XLA (``transpose``). Per-call medians of ``--calls`` calls, the ISA in use (``DST_KERNELS_ISA`` to force).
 
@@ -61,6 +62,9 @@ def main():
             v, *transposed, d, **attrs)), (values, dy)),
         "value gradient (dst_conv_dw)": (jax.jit(lambda d, xp: jax.ffi.ffi_call("dst_conv_dw", out(values.shape))(
             cols, rowptr, d, xp, **attrs)), (dy, xp)),
+        "both gradients in one pass (dst_conv_backward)": (jax.jit(lambda v, d, xp: jax.ffi.ffi_call(
+            "dst_conv_backward", (out(xp.shape), out(values.shape)))(v, *transposed, d, xp, **attrs)),
+            (values, dy, xp)),
         "NHWC to padded batch-last, XLA": (jax.jit(lambda x: jnp.pad(jnp.transpose(x, (3, 1, 2, 0)),
                                                                     ((0, 0), (1, 1), (1, 1), (0, 0)))), (x,)),
         "NHWC to padded batch-last, compiled": (jax.jit(lambda x: conv._to_batch_last(x, ((1, 1), (1, 1)))), (x,)),

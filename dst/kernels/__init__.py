@@ -22,7 +22,7 @@ scikit-build-core) against the XLA FFI headers of the installed jax. Its handler
   dense array read at them, front to back (:func:`slots_by_unit`, :func:`gather_by_unit`): storing a layer.
 * ``dst_conv``, ``dst_conv_dx`` and ``dst_conv_dw``: a stored convolution (its kernel's matrix view in CSR over
   the output channels), its input gradient and its value gradient, batch-last and without im2col
-  (:func:`csr_conv`, :mod:`dst.kernels.conv`).
+  (:func:`csr_conv`, :mod:`dst.kernels.conv`); ``dst_conv_backward``: both gradients in one pass (stride 1).
 
 The loops are compiled once per instruction set (AVX-512, AVX2 with FMA, and the compiler's portable
 baseline) and the best one the CPU runs is chosen when the module loads: :func:`isa` names it,

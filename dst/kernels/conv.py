@@ -15,7 +15,9 @@ groups), under one custom VJP:
 * ``dx`` walks the weights by input channel (:func:`conv_transpose`, keyed by ``(c, i, j)``; a stored
   layer builds it once per topology), one input channel per thread, each input row written once (at stride 1);
 * the value gradient is each weight's dot product of its output channel's gradient with the input it read:
-  no dense kernel gradient exists.
+  no dense kernel gradient exists. At stride 1, where the input is differentiated, the two gradients are one
+  pass (``dst_conv_backward``, SparseProp's fused backward): each weight's row of the output gradient is read
+  once for both.
 
 The loops are compiled per instruction set with the dense-layer kernels (:mod:`dst.kernels`). Without the
 kernels (or on an accelerator) the same function scatters the values into a dense kernel and calls XLA's
@@ -146,6 +148,11 @@ def _conv_fwd(geometry, values, cols, rowptr, transposed, x):
     return y, (values, cols, rowptr, transposed, xp, () if x.perturbed else None)
 
 
+# Whether a stride-1 convolution whose input is differentiated takes dst_conv_backward (read when a program is
+# traced; for benchmarks).
+FUSED_BACKWARD = True
+
+
 def _conv_bwd(geometry, residuals, dy):
     """The value gradient at the weights; the input gradient where the input is differentiated (the padded
     input's gradient, its border cut off)."""
@@ -154,8 +161,12 @@ def _conv_bwd(geometry, residuals, dy):
         return None, None, None, None, None
     dyT = _to_batch_last(dy)
     attrs = _attrs(geometry)
-    dvalues = jax.ffi.ffi_call("dst_conv_dw", jax.ShapeDtypeStruct(values.shape, jnp.float32),
-                               vmap_method="sequential")(cols, rowptr, dyT, xp, **attrs)
+    gradient = jax.ShapeDtypeStruct(values.shape, jnp.float32)
+    if x_perturbed is not None and geometry[2] == (1, 1) and FUSED_BACKWARD:   # both gradients in one pass
+        dxp, dvalues = jax.ffi.ffi_call("dst_conv_backward", (jax.ShapeDtypeStruct(xp.shape, jnp.float32), gradient),
+                                        vmap_method="sequential")(values, *transposed, dyT, xp, **attrs)
+        return dvalues, None, None, None, _from_batch_last(dxp, geometry[3])
+    dvalues = jax.ffi.ffi_call("dst_conv_dw", gradient, vmap_method="sequential")(cols, rowptr, dyT, xp, **attrs)
     if x_perturbed is None:
         return dvalues, None, None, None, None
     dxp = jax.ffi.ffi_call("dst_conv_dx", jax.ShapeDtypeStruct(xp.shape, jnp.float32), vmap_method="sequential")(

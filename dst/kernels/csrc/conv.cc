@@ -84,13 +84,10 @@ ffi::Error ConvImpl(ffi::Buffer<ffi::F32> values, ffi::Buffer<ffi::S32> cols, ff
 
 // tptr has c_in * kh * kw + 1 entries: the weights of input channel c at kernel offset (i, j) are the entries
 // [tptr[key], tptr[key + 1]) with key = (c * kh + i) * kw + j, at output channel trows[t] and slot tslots[t].
-ffi::Error ConvDxImpl(ffi::Buffer<ffi::F32> values, ffi::Buffer<ffi::S32> tptr, ffi::Buffer<ffi::S32> trows,
-                      ffi::Buffer<ffi::S32> tslots, ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dx,
-                      int64_t kh, int64_t kw, int64_t sh, int64_t sw) {
-  dst::ConvShape s;
-  if (auto err = ShapeOf(*dx, dy, kh, kw, sh, sw, &s); err.failure()) return err;
+ffi::Error CheckTransposed(ffi::Buffer<ffi::S32>& tptr, ffi::Buffer<ffi::S32>& trows, ffi::Buffer<ffi::S32>& tslots,
+                           int64_t nnz, const dst::ConvShape& s) {
   const dst::KernelTable& k = dst::ActiveKernels();
-  const int64_t nnz = values.element_count(), keys = s.c_in * s.kh * s.kw;
+  const int64_t keys = s.c_in * s.kh * s.kw;
   if (tptr.element_count() != keys + 1 || trows.element_count() != nnz || tslots.element_count() != nnz)
     return Invalid("the transposed structure must have c_in * kh * kw + 1 row pointers and one entry per value");
   const int32_t* p = tptr.typed_data();
@@ -99,11 +96,49 @@ ffi::Error ConvDxImpl(ffi::Buffer<ffi::F32> values, ffi::Buffer<ffi::S32> tptr, 
   if (!k.all_in_range(trows.typed_data(), nnz, 0, static_cast<int32_t>(s.n_out)) ||
       !k.all_in_range(tslots.typed_data(), nnz, 0, static_cast<int32_t>(nnz)))
     return Invalid("the transposed structure's rows must lie in [0, n_out) and its slots in [0, nnz)");
-  const bool unit_stride = s.sh == 1 && s.sw == 1;
-  std::vector<float> padded(unit_stride ? s.n_out * s.oh * (s.ow + 2 * (s.kw - 1)) * s.batch : 0);
-  std::vector<int64_t> offsets(unit_stride ? nnz : 0);
-  k.conv_dx(values.typed_data(), p, trows.typed_data(), tslots.typed_data(), dy.typed_data(), dx->typed_data(), s,
-            padded.data(), offsets.data());
+  return ffi::Error::Success();
+}
+
+// Scratch of the stride-1 input gradient: dy padded by kw - 1 on each side of each row, each weight's offset.
+struct DxScratch {
+  std::vector<float> padded;
+  std::vector<int64_t> offsets;
+  DxScratch(const dst::ConvShape& s, int64_t nnz) {
+    if (s.sh != 1 || s.sw != 1) return;
+    padded.resize(s.n_out * s.oh * (s.ow + 2 * (s.kw - 1)) * s.batch);
+    offsets.resize(nnz);
+  }
+};
+
+ffi::Error ConvDxImpl(ffi::Buffer<ffi::F32> values, ffi::Buffer<ffi::S32> tptr, ffi::Buffer<ffi::S32> trows,
+                      ffi::Buffer<ffi::S32> tslots, ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dx,
+                      int64_t kh, int64_t kw, int64_t sh, int64_t sw) {
+  dst::ConvShape s;
+  if (auto err = ShapeOf(*dx, dy, kh, kw, sh, sw, &s); err.failure()) return err;
+  const int64_t nnz = values.element_count();
+  if (auto err = CheckTransposed(tptr, trows, tslots, nnz, s); err.failure()) return err;
+  DxScratch scratch(s, nnz);
+  dst::ActiveKernels().conv_dx(values.typed_data(), tptr.typed_data(), trows.typed_data(), tslots.typed_data(),
+                               dy.typed_data(), dx->typed_data(), s, scratch.padded.data(), scratch.offsets.data());
+  return ffi::Error::Success();
+}
+
+// Both gradients at stride 1 in one pass (kernels_isa.cc, ConvDxDw); x is the padded input, shaped as dx.
+ffi::Error ConvBackwardImpl(ffi::Buffer<ffi::F32> values, ffi::Buffer<ffi::S32> tptr, ffi::Buffer<ffi::S32> trows,
+                            ffi::Buffer<ffi::S32> tslots, ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> x,
+                            ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dvalues, int64_t kh,
+                            int64_t kw, int64_t sh, int64_t sw) {
+  dst::ConvShape s;
+  if (auto err = ShapeOf(*dx, dy, kh, kw, sh, sw, &s); err.failure()) return err;
+  if (s.sh != 1 || s.sw != 1) return Invalid("the fused backward pass takes stride 1");
+  if (x.element_count() != dx->element_count()) return Invalid("the padded input must be shaped as its gradient");
+  const int64_t nnz = values.element_count();
+  if (dvalues->element_count() != nnz) return Invalid("the value gradient must have one entry per value");
+  if (auto err = CheckTransposed(tptr, trows, tslots, nnz, s); err.failure()) return err;
+  DxScratch scratch(s, nnz);
+  dst::ActiveKernels().conv_dx_dw(values.typed_data(), tptr.typed_data(), trows.typed_data(), tslots.typed_data(),
+                                  dy.typed_data(), x.typed_data(), dx->typed_data(), dvalues->typed_data(), s,
+                                  scratch.padded.data(), scratch.offsets.data());
   return ffi::Error::Success();
 }
 
@@ -201,6 +236,18 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(DstConvDx, ConvDxImpl,
                                   .Arg<ffi::Buffer<ffi::S32>>()   // tslots [nnz]
                                   .Arg<ffi::Buffer<ffi::F32>>()   // dy [n_out, oh, ow, B]
                                   .Ret<ffi::Buffer<ffi::F32>>()   // dx [c_in, hp, wp, B] (padded)
+                                      DST_CONV_ATTRS);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DstConvBackward, ConvBackwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // values [nnz]
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // tptr [c_in * kh * kw + 1]
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // trows [nnz]
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // tslots [nnz]
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // dy [n_out, oh, ow, B]
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // x [c_in, hp, wp, B] (padded)
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // dx [c_in, hp, wp, B] (padded)
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // dvalues [nnz]
                                       DST_CONV_ATTRS);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(DstConvDw, ConvDwImpl,

@@ -54,6 +54,11 @@ struct KernelTable {
   // dvalues[t] = <dy[o], x[c] shifted by (i, j)> for each nonzero t of output channel o
   void (*conv_dw)(const int32_t* cols, const int32_t* rowptr, const float* dy, const float* x, float* dvalues,
                   const ConvShape& s);
+  // conv_dx and conv_dw in one pass at stride 1 (each weight's row of dy loaded once for both; x: the padded
+  // input, shaped as dx; the same scratch as conv_dx)
+  void (*conv_dx_dw)(const float* values, const int32_t* tptr, const int32_t* trows, const int32_t* tslots,
+                     const float* dy, const float* x, float* dx, float* dvalues, const ConvShape& s,
+                     float* padded_dy, int64_t* offsets);
   // every a[j] in [lo, hi); and a[j - 1] <= a[j] throughout (the checks of the handlers' arguments)
   bool (*all_in_range)(const int32_t* a, int64_t n, int32_t lo, int32_t hi);
   bool (*nondecreasing)(const int32_t* a, int64_t n);

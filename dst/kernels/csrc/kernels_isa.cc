@@ -15,6 +15,7 @@
 // linker can never take a function compiled for one ISA in place of another's.
 
 #include <cstdint>
+#include <utility>
 
 #include "kernels.h"
 
@@ -283,12 +284,11 @@ void Sddmm(const int32_t* c, const int32_t* p, const float* dy, const float* x, 
 }
 
 // One chunk of kVecs vectors of input row i in the fused backward: for each of the row's nonzeros t, the
-// output-gradient chunk is loaded once and used twice, for dx[i] += value * dy[o] and for the partial dot
-// <dy[o], x[i]> that accumulates into dvalues[slot].
-template <int kVecs>
+// output-gradient chunk (source(t): the row of dy it reads) is loaded once and used twice, for
+// dx[i] += value * dy[o] and for the partial dot <dy[o], x[i]> that accumulates into dvalues[slot].
+template <int kVecs, typename Source>
 inline void FusedChunk(float* __restrict__ dx, float* __restrict__ dv, const float* __restrict__ v,
-                       const int32_t* __restrict__ ts, const int32_t* __restrict__ tr,
-                       const float* __restrict__ dy, const float* __restrict__ xi, int64_t batch, int64_t b0,
+                       const int32_t* __restrict__ ts, Source source, const float* __restrict__ xi, int64_t b0,
                        int64_t begin, int64_t end, bool first) {
   V xv[kVecs], acc[kVecs];
 #pragma GCC unroll 16
@@ -298,14 +298,13 @@ inline void FusedChunk(float* __restrict__ dx, float* __restrict__ dv, const flo
   }
   for (int64_t t = begin; t < end; ++t) {
     if (t + kFusedAhead < end) {   // this chunk of a row of dy kFusedAhead nonzeros on (a random order)
-      const char* ahead =
-          reinterpret_cast<const char*>(dy + static_cast<int64_t>(tr[t + kFusedAhead]) * batch + b0);
+      const char* ahead = reinterpret_cast<const char*>(source(t + kFusedAhead) + b0);
 #pragma GCC unroll 16
       for (int k = 0; k < kVecs * kLanes; k += 16) __builtin_prefetch(ahead + 4 * k);
     }
     const int32_t slot = ts[t];
     const float w = v[slot];
-    const float* d = dy + static_cast<int64_t>(tr[t]) * batch + b0;
+    const float* d = source(t) + b0;
     V dot0 = {}, dot1 = {};
     if constexpr (kFusedHoldsX) {
 #pragma GCC unroll 16
@@ -334,32 +333,38 @@ inline void FusedChunk(float* __restrict__ dx, float* __restrict__ dv, const flo
   for (int k = 0; k < kVecs; ++k) Store(dx + b0 + k * kLanes, acc[k]);
 }
 
-void SpmmTransposedSddmm(const float* v, const int32_t* tp, const int32_t* tr, const int32_t* ts,
-                         const float* dy, const float* x, float* dx, float* dv, int64_t n_in, int64_t batch) {
-#pragma omp parallel for schedule(dynamic, 16)
-  for (int64_t i = 0; i < n_in; ++i) {
-    float* dxi = dx + i * batch;
-    const float* xi = x + i * batch;
-    const int64_t begin = tp[i], end = tp[i + 1];
-    int64_t b0 = 0;
-    for (; b0 + kFusedVecs * kLanes <= batch; b0 += kFusedVecs * kLanes)
-      FusedChunk<kFusedVecs>(dxi, dv, v, ts, tr, dy, xi, batch, b0, begin, end, b0 == 0);
-    for (; b0 + kLanes <= batch; b0 += kLanes)
-      FusedChunk<1>(dxi, dv, v, ts, tr, dy, xi, batch, b0, begin, end, b0 == 0);
-    if (b0 < batch) {   // the batch's remainder (and batches smaller than a vector)
-      for (int64_t b = b0; b < batch; ++b) dxi[b] = 0.0f;
-      for (int64_t t = begin; t < end; ++t) {
-        const int32_t slot = ts[t];
-        const float* __restrict__ d = dy + static_cast<int64_t>(tr[t]) * batch;
-        float dot = 0.0f;
-        for (int64_t b = b0; b < batch; ++b) {
-          dxi[b] += v[slot] * d[b];
-          dot += xi[b] * d[b];
-        }
-        dv[slot] = b0 == 0 ? dot : dv[slot] + dot;
+// One input row of `length` floats in the fused backward: whole chunks, single vectors, then scalars. With
+// `first`, each weight's gradient starts at this row's partial dot; otherwise it adds to it.
+template <typename Source>
+inline void FusedRow(float* __restrict__ dxi, float* __restrict__ dv, const float* __restrict__ v,
+                     const int32_t* __restrict__ ts, Source source, const float* __restrict__ xi, int64_t length,
+                     int64_t begin, int64_t end, bool first) {
+  int64_t b0 = 0;
+  for (; b0 + kFusedVecs * kLanes <= length; b0 += kFusedVecs * kLanes)
+    FusedChunk<kFusedVecs>(dxi, dv, v, ts, source, xi, b0, begin, end, first && b0 == 0);
+  for (; b0 + kLanes <= length; b0 += kLanes)
+    FusedChunk<1>(dxi, dv, v, ts, source, xi, b0, begin, end, first && b0 == 0);
+  if (b0 < length) {   // the row's remainder (and rows shorter than a vector)
+    for (int64_t b = b0; b < length; ++b) dxi[b] = 0.0f;
+    for (int64_t t = begin; t < end; ++t) {
+      const int32_t slot = ts[t];
+      const float* __restrict__ d = source(t);
+      float dot = 0.0f;
+      for (int64_t b = b0; b < length; ++b) {
+        dxi[b] += v[slot] * d[b];
+        dot += xi[b] * d[b];
       }
+      dv[slot] = first && b0 == 0 ? dot : dv[slot] + dot;
     }
   }
+}
+
+void SpmmTransposedSddmm(const float* v, const int32_t* tp, const int32_t* tr, const int32_t* ts,
+                         const float* dy, const float* x, float* dx, float* dv, int64_t n_in, int64_t batch) {
+  auto row = [dy, tr, batch](int64_t t) { return dy + static_cast<int64_t>(tr[t]) * batch; };
+#pragma omp parallel for schedule(dynamic, 16)
+  for (int64_t i = 0; i < n_in; ++i)
+    FusedRow(dx + i * batch, dv, v, ts, row, x + i * batch, batch, tp[i], tp[i + 1], true);
 }
 
 // Convolutions (SparseProp's layout, Nikdan et al. 2023, without im2col): activations batch-last, each
@@ -434,12 +439,13 @@ void ConvDxStrided(const float* v, const int32_t* tp, const int32_t* tr, const i
   }
 }
 
-void ConvDx(const float* v, const int32_t* tp, const int32_t* tr, const int32_t* ts, const float* dy, float* dx,
-            const dst::ConvShape& s, float* padded, int64_t* offsets) {
-  if (s.sh != 1 || s.sw != 1) return ConvDxStrided(v, tp, tr, ts, dy, dx, s);
+// dy's rows with kw - 1 zero columns on each side (n_out * oh rows of ow + 2 (kw - 1) positions), and where
+// each weight of the transposed structure reads that padded dy for input row 0 (stride 1).
+void PadOutputGradient(const int32_t* tp, const int32_t* tr, const float* dy, const dst::ConvShape& s,
+                       float* padded, int64_t* offsets) {
   const int64_t pad = s.kw - 1, owp = s.ow + 2 * pad, b = s.batch;
 #pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < s.n_out * s.oh; ++r) {   // dy's rows with kw - 1 zero columns on each side
+  for (int64_t r = 0; r < s.n_out * s.oh; ++r) {
     float* out = padded + r * owp * b;
     for (int64_t k = 0; k < pad * b; ++k) out[k] = out[(pad + s.ow) * b + k] = 0.0f;
     const float* in = dy + r * s.ow * b;
@@ -447,21 +453,54 @@ void ConvDx(const float* v, const int32_t* tp, const int32_t* tr, const int32_t*
   }
   const int64_t keys = s.c_in * s.kh * s.kw;
 #pragma omp parallel for schedule(static)
-  for (int64_t key = 0; key < keys; ++key) {   // where each weight reads the padded dy for input row 0
+  for (int64_t key = 0; key < keys; ++key) {
     const int64_t i = key / s.kw % s.kh, j = key % s.kw;
     for (int64_t t = tp[key]; t < tp[key + 1]; ++t) offsets[t] = ((tr[t] * s.oh - i) * owp + (pad - j)) * b;
   }
-  const int64_t nnz = tp[keys], row = owp * b;
+}
+
+// The weights of input channel c whose kernel row reaches padded input row h from an output row: one
+// contiguous range [begin, end) of the transposed structure (keyed (c, i, j)).
+inline std::pair<int64_t, int64_t> RowWeights(const int32_t* tp, const dst::ConvShape& s, int64_t c, int64_t h) {
+  const int64_t i_lo = h - s.oh + 1 > 0 ? h - s.oh + 1 : 0, i_hi = h < s.kh - 1 ? h : s.kh - 1;
+  if (i_lo > i_hi) return {0, 0};
+  return {tp[(c * s.kh + i_lo) * s.kw], tp[(c * s.kh + i_hi + 1) * s.kw]};
+}
+
+void ConvDx(const float* v, const int32_t* tp, const int32_t* tr, const int32_t* ts, const float* dy, float* dx,
+            const dst::ConvShape& s, float* padded, int64_t* offsets) {
+  if (s.sh != 1 || s.sw != 1) return ConvDxStrided(v, tp, tr, ts, dy, dx, s);
+  PadOutputGradient(tp, tr, dy, s, padded, offsets);
+  const int64_t nnz = tp[s.c_in * s.kh * s.kw], row = (s.ow + 2 * (s.kw - 1)) * s.batch;
 #pragma omp parallel for collapse(2) schedule(dynamic, 4)
   for (int64_t c = 0; c < s.c_in; ++c)
     for (int64_t h = 0; h < s.hp; ++h) {
-      const int64_t i_lo = h - s.oh + 1 > 0 ? h - s.oh + 1 : 0, i_hi = h < s.kh - 1 ? h : s.kh - 1;
-      const int64_t begin = i_lo <= i_hi ? tp[(c * s.kh + i_lo) * s.kw] : 0;
-      const int64_t end = i_lo <= i_hi ? tp[(c * s.kh + i_hi + 1) * s.kw] : 0;
+      const auto [begin, end] = RowWeights(tp, s, c, h);
       const int64_t shift = h * row;
-      AxpyRow(dx + (c * s.hp + h) * s.wp * b, s.wp * b, begin, end, Indirect{v, ts, nnz},
+      AxpyRow(dx + (c * s.hp + h) * s.wp * s.batch, s.wp * s.batch, begin, end, Indirect{v, ts, nnz},
               [padded, offsets, shift](int64_t t) { return padded + (offsets[t] + shift); });
     }
+}
+
+// Both gradients of a stride-1 convolution in one pass (SparseProp's fused backward): for input row (c, h)
+// each weight's shifted row of the padded dy is loaded once, for dx[c, h] += value * dy and for the partial
+// dot <dy, x[c, h]> of its gradient (the padding is zero where the weight reads outside the output, so the
+// dot over the whole input row is that row's term). One input channel per thread, so each weight's
+// gradient has one writer.
+void ConvDxDw(const float* v, const int32_t* tp, const int32_t* tr, const int32_t* ts, const float* dy,
+              const float* x, float* dx, float* dv, const dst::ConvShape& s, float* padded, int64_t* offsets) {
+  PadOutputGradient(tp, tr, dy, s, padded, offsets);
+  const int64_t row = (s.ow + 2 * (s.kw - 1)) * s.batch, length = s.wp * s.batch;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t c = 0; c < s.c_in; ++c) {
+    for (int64_t t = tp[c * s.kh * s.kw]; t < tp[(c + 1) * s.kh * s.kw]; ++t) dv[ts[t]] = 0.0f;
+    for (int64_t h = 0; h < s.hp; ++h) {
+      const auto [begin, end] = RowWeights(tp, s, c, h);
+      const int64_t shift = h * row, at = (c * s.hp + h) * length;
+      FusedRow(dx + at, dv, v, ts, [padded, offsets, shift](int64_t t) { return padded + (offsets[t] + shift); },
+               x + at, length, begin, end, false);
+    }
+  }
 }
 
 // The value gradient at the nonzeros: each weight's dot product of its output channel's gradient with the
@@ -516,5 +555,6 @@ bool NonDecreasing(const int32_t* a, int64_t n) {
 
 namespace dst {
 extern const KernelTable DST_ISA_TABLE = {DST_ISA_NAME, Spmm, Spmv, SpmmTransposed, Sddmm, SpmmTransposedSddmm,
-                                         kFusedHoldsX, Conv, ConvDx, ConvDw, AllInRange, NonDecreasing};
+                                         kFusedHoldsX, Conv, ConvDx, ConvDw, ConvDxDw, AllInRange,
+                                         NonDecreasing};
 }  // namespace dst

@@ -299,6 +299,7 @@ XLA_FFI_DECLARE_HANDLER_SYMBOL(DstGatherByUnit);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(DstConv);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(DstConvDx);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(DstConvDw);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(DstConvBackward);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(DstToBatchLast);
 
 template <typename T>
@@ -326,6 +327,7 @@ NB_MODULE(_cpu, m) {
     out["dst_conv"] = Encapsulate(DstConv);
     out["dst_conv_dx"] = Encapsulate(DstConvDx);
     out["dst_conv_dw"] = Encapsulate(DstConvDw);
+    out["dst_conv_backward"] = Encapsulate(DstConvBackward);
     out["dst_to_batch_last"] = Encapsulate(DstToBatchLast);
     return out;
   });
