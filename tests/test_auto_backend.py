@@ -86,7 +86,7 @@ def test_auto_stores_the_layers_it_chose_and_makes_the_masked_runs_decisions(tmp
     fixed = {"Dense_0/kernel": auto.LayerTiming(5.0, 1.0, 64), "Dense_1/kernel": auto.LayerTiming(1.0, 3.0, 64)}
     calls = []
 
-    def fake_choose(model, params, model_state, masks, layers, example, steps, rounds=5):
+    def fake_choose(model, params, model_state, masks, layers, example, steps, rounds=5, convolutions=None):
         calls.append((tuple(layers), example.shape[0], steps))
         return {n: t._replace(steps=10_000) for n, t in fixed.items() if n in layers}
 
@@ -128,3 +128,30 @@ def test_auto_keeps_every_layer_masked_where_csr_cannot_save(tmp_path, mnist, ca
     out = capsys.readouterr().out
     assert f"sparsity: backend auto keeps every layer masked: {why}" in out
     assert summary["backend"] == "auto" and "stored_layers" not in summary
+
+
+@pytest.mark.skipif(not kernels.available(), reason="needs the compiled kernels")
+def test_auto_times_each_convolution_at_the_input_it_sees():
+    """LeNet-5's convolutions are timed beside its dense layers (at their own input shapes: the batch of 28x28x1
+    images, then the first convolution's pooled output), each with both times; without geometries, only the
+    dense layers."""
+    import dst
+    from dst import backends
+    from dst.models import LeNet5
+
+    model = LeNet5(num_classes=10)
+    x = jnp.zeros((8, 28, 28, 1))
+    params = model.init(jax.random.key(0), x)["params"]
+    layers = dst.sparsifiable_layers(params)
+    masks = dst.init_masks(jax.random.key(1), params, dst.layer_densities(params, 0.9, "erk"))
+    convolutions, _ = backends.convolutions(model, x[:1], layers)
+    inputs = auto._layer_inputs(model, params, {}, x, layers)
+    assert set(convolutions) == {"Conv_0/kernel", "Conv_1/kernel"}
+    assert inputs["Conv_0/kernel"][1] == (8, 28, 28, 1) and inputs["Conv_1/kernel"][1][0] == 8
+    timings = auto.choose(model, params, {}, masks, layers, x, steps=100, rounds=2, convolutions=convolutions)
+    assert set(timings) == set(layers)
+    for name in convolutions:
+        assert timings[name].rows == 8 and timings[name].masked_ms > 0 and timings[name].sparse_ms > 0
+        assert timings[name].steps == 100
+    assert set(auto.choose(model, params, {}, masks, layers, x, steps=100, rounds=1)) == {
+        n for n in layers if n not in convolutions}

@@ -8,6 +8,7 @@ import pathlib
 
 import jax.numpy as jnp
 
+from dst import backends
 from dst import kernels
 from dst.train import auto
 from dst.train import distributed
@@ -42,7 +43,7 @@ def auto_fallback(plan) -> str | None:
 
 def auto_layers(plan, params, model_state, masks, layers, choice_file) -> tuple[str, list[str], dict]:
     """``(backend, stored layers, timings)`` of ``sparsity.backend=auto`` for ``plan`` (a
-    :class:`dst.app.run.Plan`): each 2-D layer of ``layers``
+    :class:`dst.app.run.Plan`): each 2-D layer of ``layers``, and each convolution the kernels run,
     timed masked and on csr at the run's shapes (:mod:`dst.train.auto`), both times and the choice on the
     console. A resumed run takes the choice its first start wrote to ``choice_file`` (timings are noisy,
     and the checkpoint holds the chosen layers' storage)."""
@@ -55,7 +56,9 @@ def auto_layers(plan, params, model_state, masks, layers, choice_file) -> tuple[
         print(f"sparsity: backend auto: the choice of this run's first start ({choice_file}).")
     else:
         example = jnp.zeros((plan.cfg["trainer"]["batch_size"],) + tuple(plan.data.example_shape), jnp.float32)
-        timings = auto.choose(plan.model, params, model_state, masks, layers, example, plan.total_steps)
+        convolutions, _ = backends.convolutions(plan.model, example[:1], layers)
+        timings = auto.choose(plan.model, params, model_state, masks, layers, example, plan.total_steps,
+                              convolutions=convolutions)
         if choice_file is not None and distributed.is_primary():
             pathlib.Path(choice_file).parent.mkdir(parents=True, exist_ok=True)
             pathlib.Path(choice_file).write_text(json.dumps({n: t._asdict() for n, t in timings.items()}, indent=1))

@@ -102,8 +102,6 @@ def stored_convolutions(plan, sp: dict, params, sparse_layers) -> tuple[dict, di
     """``(geometries, kept)``: the convolutions among ``sparse_layers`` that ``sparsity.backend`` stores
     (:func:`dst.backends.convolutions`), and why each other one stays masked."""
     convs = [n for n, leaf in named_leaves(params).items() if n in sparse_layers and len(leaf.shape) == 4]
-    if sp.get("backend") == "auto":
-        return {}, {n: "sparsity.backend=auto times fully connected layers" for n in convs}
     if not convs or sp.get("backend") not in ("csr", "condensed"):
         return {}, {}
     if plan.algo.trainable is not None:
