@@ -7,7 +7,9 @@ masked step runs XLA's convolutions on ``where(mask, w, 0)``; the csr step store
 kernels can run and the classifier (``dst.backends.convolutions``), so the step runs
 ``dst.kernels.csr_conv``. One jitted dispatch per step, as ``dst-train`` runs conv nets on the CPU.
 Variants interleave round by round (the csr step once per instruction set, ``--isas``, switched with
-``dst.kernels.use_isa``); the table shows per-step medians and masked / csr, the median of each round's ratio.
+``dst.kernels.use_isa``), and an ``auto`` step storing only the layers ``sparsity.backend=auto`` chooses for a run
+of 10,000 steps (:func:`dst.train.auto.choose`, timed on the first ISA); the table shows per-step medians and
+masked / csr, the median of each round's ratio.
 
 Run: ``.venv/bin/python benchmarks/conv_step_time.py [--model wrn22_2] [--batch 128] [--rounds 3]``
 """
@@ -26,6 +28,7 @@ import dst
 from dst import backends
 from dst import kernels
 from dst.models import build_model
+from dst.train import auto
 from dst.train import stored
 
 SETTINGS = [("95% uniform", 0.95, "uniform"), ("90% ERK", 0.9, "erk")]
@@ -48,13 +51,17 @@ def steps(model, batch, sparsity, distribution):
     algo, tx = dst.algorithms.make("static"), optax.sgd(0.1, momentum=0.9)
     geometries, _ = backends.convolutions(model, x[:1], layers)
     storage = stored.make_storage(model, "csr", masks, layers, convolutions=geometries)
+    # auto: the layers sparsity.backend=auto stores for a run of 10,000 steps (timed per layer on the ISA in use)
+    timings = auto.choose(model, params, model_state, masks, layers, x, steps=10_000, convolutions=geometries)
+    chosen = auto.stored_layers(timings)
+    auto_storage = stored.make_storage(model, "csr", masks, chosen, convolutions=geometries) if chosen else None
     out = {}
-    for name, store in (("masked", None), ("csr", storage)):
+    for name, store in (("masked", None), ("csr", storage), ("auto", auto_storage)):
         step = jax.jit(dst.make_train_step(dst.flax_apply(model) if store is None else None, tx, algo,
                                            storage=store).full, donate_argnums=0)
         state = dst.create_train_state(jax.random.key(4), params, masks, tx, algo, model_state, storage=store)
         out[name] = (step, state)
-    return out, (x, y), len(storage.layout_of)
+    return out, (x, y), (len(storage.layout_of), len(chosen))
 
 
 def time_setting(variants, batch, isas, rounds) -> dict:
@@ -75,10 +82,13 @@ def time_setting(variants, batch, isas, rounds) -> dict:
     run("masked")
     for isa in isas:
         run("csr", isa)
+    run("auto", isas[0])
+    times["auto"] = []
     for _ in range(rounds):
         times["masked"].append(run("masked"))
         for isa in isas:
             times[isa].append(run("csr", isa))
+        times["auto"].append(run("auto", isas[0]))
     return times
 
 
@@ -95,16 +105,17 @@ def main():
     print(f"# {platform.machine()}, {kernels.status()}; {args.model}, batch {args.batch}, {args.rounds} rounds; "
           "static train step, one dispatch per step")
     columns = " | ".join(f"csr {i} s/step | masked / csr {i}" for i in isas)
-    print(f"| setting | stored layers | masked s/step | {columns} |")
-    print("| --- | --- | --- | " + " | ".join("--- | ---" for _ in isas) + " |")
+    print(f"| setting | stored layers (auto) | masked s/step | {columns} | auto {isas[0]} s/step | masked / auto |")
+    print("| --- | --- | --- | " + " | ".join("--- | ---" for _ in isas) + " | --- | --- |")
     chosen = kernels.isa()
     for label, sparsity, distribution in SETTINGS:
         variants, batch, stored_layers = steps(model, args.batch, sparsity, distribution)
         times = time_setting(variants, batch, isas, args.rounds)
         kernels.use_isa(chosen)
-        ratios = {i: statistics.median(a / b for a, b in zip(times["masked"], times[i])) for i in isas}
-        print(f"| {label} | {stored_layers} | {statistics.median(times['masked']):.3f} | "
-              + " | ".join(f"{statistics.median(times[i]):.3f} | {ratios[i]:.2f}" for i in isas) + " |", flush=True)
+        ratios = {i: statistics.median(a / b for a, b in zip(times["masked"], times[i])) for i in [*isas, "auto"]}
+        print(f"| {label} | {stored_layers[0]} ({stored_layers[1]}) | {statistics.median(times['masked']):.3f} | "
+              + " | ".join(f"{statistics.median(times[i]):.3f} | {ratios[i]:.2f}" for i in [*isas, "auto"]) + " |",
+              flush=True)
 
 
 if __name__ == "__main__":
