@@ -69,6 +69,11 @@ def main():
                                                                     ((0, 0), (1, 1), (1, 1), (0, 0)))), (x,)),
         "NHWC to padded batch-last, compiled": (jax.jit(lambda x: conv._to_batch_last(x, ((1, 1), (1, 1)))), (x,)),
         "batch-last to NHWC, XLA": (jax.jit(lambda d: jnp.transpose(d, (3, 1, 2, 0))), (dy,)),
+        "padded batch-last to NHWC, XLA": (jax.jit(lambda d: jnp.transpose(d[:, 1:-1, 1:-1], (3, 1, 2, 0))), (xp,)),
+        "batch-last to NHWC, compiled": (jax.jit(lambda d: conv._from_batch_last(d)), (dy,)),
+        "padded batch-last to NHWC, compiled": (jax.jit(lambda d: conv._from_batch_last(
+            d, ((1, 1), (1, 1)))), (xp,)),
+        "copy of the activation (XLA, the floor)": (jax.jit(lambda d: d * 1.0001), (dy,)),
     }
     print(f"# {kernels.status()}; 3x3 {channels}->{channels} at {size}x{size}, batch {batch}, 95% uniform")
     print("| part | ms |")

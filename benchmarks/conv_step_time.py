@@ -97,6 +97,8 @@ def main():
     parser.add_argument("--model", default="wrn22_2")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--settings", default=",".join(label for label, _, _ in SETTINGS),
+                        help="which of the settings to run, by label")
     parser.add_argument("--isas", default=",".join(i for i in ("avx512", "avx2") if i in kernels.runnable_isas()))
     args = parser.parse_args()
     isas = [i for i in args.isas.split(",") if i]
@@ -108,7 +110,7 @@ def main():
     print(f"| setting | stored layers (auto) | masked s/step | {columns} | auto {isas[0]} s/step | masked / auto |")
     print("| --- | --- | --- | " + " | ".join("--- | ---" for _ in isas) + " | --- | --- |")
     chosen = kernels.isa()
-    for label, sparsity, distribution in SETTINGS:
+    for label, sparsity, distribution in (s for s in SETTINGS if s[0] in args.settings.split(",")):
         variants, batch, stored_layers = steps(model, args.batch, sparsity, distribution)
         times = time_setting(variants, batch, isas, args.rounds)
         kernels.use_isa(chosen)

@@ -114,6 +114,23 @@ def test_the_transposed_structure_lists_each_input_channel_and_offset_in_output_
 
 
 @pytest.mark.skipif(not ISAS, reason="the compiled kernels are not built")
+@pytest.mark.parametrize("batch,channels", [(1, 3), (4, 4), (7, 5), (16, 32), (33, 6)])
+def test_the_layout_passes_are_a_transpose_with_a_zero_border_and_its_inverse(batch, channels):
+    """``[B, H, W, C]`` to ``[C, top + H + bottom, left + W + right, B]`` with zeros around it, and back with the
+    border cut off, whatever the batch and channels (4 x 4 register blocks and the scalar edges)."""
+    kernels.register()
+    rng = np.random.default_rng(batch)
+    x = rng.normal(size=(batch, 5, 6, channels)).astype(np.float32)
+    pads = ((2, 1), (0, 3))
+    expected = np.pad(x.transpose(3, 1, 2, 0), ((0, 0), *pads, (0, 0)))
+    bl = jax.jit(kconv._to_batch_last, static_argnums=1)(x, pads)
+    np.testing.assert_array_equal(bl, expected)
+    y = rng.normal(size=expected.shape).astype(np.float32)
+    back = jax.jit(kconv._from_batch_last, static_argnums=1)(y, pads)
+    np.testing.assert_array_equal(back, y[:, 2:-1, :-3].transpose(3, 1, 2, 0))
+
+
+@pytest.mark.skipif(not ISAS, reason="the compiled kernels are not built")
 def test_a_malformed_structure_is_an_error_not_a_wrong_answer():
     with pytest.raises(ValueError, match="padding must be SAME, VALID or two"):
         kconv.csr_conv(jnp.ones((1, 5, 5, 3)), jnp.ones(1), np.zeros(1, np.int32), np.array([0, 1], np.int32),

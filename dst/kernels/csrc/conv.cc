@@ -11,6 +11,10 @@
 #include <string>
 #include <vector>
 
+#if defined(__SSE2__)
+#include <xmmintrin.h>
+#endif
+
 #include "kernels.h"
 #include "zero_inputs.h"
 
@@ -168,21 +172,33 @@ ffi::Error ConvDwImpl(ffi::Buffer<ffi::S32> cols, ffi::Buffer<ffi::S32> rowptr, 
   return ffi::Error::Success();
 }
 
-// The layout change before the loops: NHWC to batch-last with a zero border. Per spatial position a [batch,
-// channels] tile is transposed in 16 x 16 blocks: on a WRN-22-2 activation, 128 x 32 x 32 x 32, XLA's transpose
-// and pad took 11.5-12.0 ms, about three times the sparse forward product it feeds, and this pass 3.2-4.9
-// (benchmarks/conv_parts_time.py).
-constexpr int64_t kTile = 16;
+// The layout changes around the loops, NHWC to batch-last with a zero border and back: per spatial position a
+// [batch, channels] tile is transposed, in 4 x 4 blocks of SSE registers (x86-64's baseline; scalar elsewhere
+// and at the edges). On a WRN-22-2 activation, 128 x 32 x 32 x 32, XLA's transpose and pad took 10-12 ms,
+// about three times the sparse forward product it feeds (benchmarks/conv_parts_time.py).
 
-// to[c, p_to, b] = from[b, p_from, c] for one spatial position (p_*: its flat index in each layout).
-inline void TransposeTile(const float* from, float* to, int64_t batch, int64_t channels, int64_t from_b_stride,
-                          int64_t to_c_stride) {
-  for (int64_t b0 = 0; b0 < batch; b0 += kTile)
-    for (int64_t c0 = 0; c0 < channels; c0 += kTile) {
-      const int64_t b1 = b0 + kTile < batch ? b0 + kTile : batch, c1 = c0 + kTile < channels ? c0 + kTile : channels;
-      for (int64_t b = b0; b < b1; ++b)
-        for (int64_t c = c0; c < c1; ++c) to[c * to_c_stride + b] = from[b * from_b_stride + c];
+// to[j * to_stride + i] = from[i * from_stride + j] for i < rows, j < cols.
+inline void Transpose2D(const float* from, float* to, int64_t rows, int64_t cols, int64_t from_stride,
+                        int64_t to_stride) {
+  int64_t i = 0;
+#if defined(__SSE2__)
+  for (; i + 4 <= rows; i += 4) {
+    int64_t j = 0;
+    for (; j + 4 <= cols; j += 4) {
+      __m128 r0 = _mm_loadu_ps(from + i * from_stride + j), r1 = _mm_loadu_ps(from + (i + 1) * from_stride + j);
+      __m128 r2 = _mm_loadu_ps(from + (i + 2) * from_stride + j), r3 = _mm_loadu_ps(from + (i + 3) * from_stride + j);
+      _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+      _mm_storeu_ps(to + j * to_stride + i, r0);
+      _mm_storeu_ps(to + (j + 1) * to_stride + i, r1);
+      _mm_storeu_ps(to + (j + 2) * to_stride + i, r2);
+      _mm_storeu_ps(to + (j + 3) * to_stride + i, r3);
     }
+    for (; j < cols; ++j)
+      for (int64_t k = i; k < i + 4; ++k) to[j * to_stride + k] = from[k * from_stride + j];
+  }
+#endif
+  for (; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) to[j * to_stride + i] = from[i * from_stride + j];
 }
 
 ffi::Error ToBatchLastImpl(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> out, int64_t top, int64_t left) {
@@ -202,13 +218,38 @@ ffi::Error ToBatchLastImpl(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> 
           for (int64_t b = 0; b < batch; ++b) to[c * hp * wp * batch + b] = 0.0f;
         continue;
       }
-      TransposeTile(src + ((r - top) * w + (q - left)) * channels, to, batch, channels, h * w * channels,
-                    hp * wp * batch);
+      Transpose2D(src + ((r - top) * w + (q - left)) * channels, to, batch, channels, h * w * channels,
+                  hp * wp * batch);
     }
   return ffi::Error::Success();
 }
 
+// The layout change after the loops: batch-last without its border back to NHWC, the same 16 x 16 blocks the
+// other way round (per output position a [channels, batch] tile read, a [batch, channels] tile written).
+ffi::Error FromBatchLastImpl(ffi::Buffer<ffi::F32> y, ffi::ResultBuffer<ffi::F32> out, int64_t top, int64_t left) {
+  int64_t yd[4], od[4];
+  if (!Dims4(y, yd) || !Dims4(*out, od)) return Invalid("the layout change takes 4-D arrays");
+  const int64_t channels = yd[0], hp = yd[1], wp = yd[2], batch = yd[3], h = od[1], w = od[2];
+  if (od[0] != batch || od[3] != channels || top < 0 || left < 0 || top + h > hp || left + w > wp)
+    return Invalid("the NHWC array must be the batch-last one inside its border");
+  const float* src = y.typed_data();
+  float* dst_ = out->typed_data();
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < h; ++r)
+    for (int64_t q = 0; q < w; ++q)
+      Transpose2D(src + ((r + top) * wp + (q + left)) * batch, dst_ + (r * w + q) * channels, channels, batch,
+                  hp * wp * batch, h * w * channels);
+  return ffi::Error::Success();
+}
+
 }  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DstFromBatchLast, FromBatchLastImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // y [C, top + H + bottom, left + W + right, B]
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // [B, H, W, C]
+                                  .Attr<int64_t>("top")
+                                  .Attr<int64_t>("left"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(DstToBatchLast, ToBatchLastImpl,
                               ffi::Ffi::Bind()

@@ -301,6 +301,7 @@ XLA_FFI_DECLARE_HANDLER_SYMBOL(DstConvDx);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(DstConvDw);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(DstConvBackward);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(DstToBatchLast);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(DstFromBatchLast);
 
 template <typename T>
 nb::capsule Encapsulate(T* fn) {
@@ -329,6 +330,7 @@ NB_MODULE(_cpu, m) {
     out["dst_conv_dw"] = Encapsulate(DstConvDw);
     out["dst_conv_backward"] = Encapsulate(DstConvBackward);
     out["dst_to_batch_last"] = Encapsulate(DstToBatchLast);
+    out["dst_from_batch_last"] = Encapsulate(DstFromBatchLast);
     return out;
   });
   // The instruction sets this build can run on this CPU, best first; the one in use; and a switch to
