@@ -67,6 +67,19 @@ def test_a_stored_convolution_and_its_gradients_equal_the_dense_convolution(batc
                                rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("batch,height,width,kernel_shape,strides,padding", CASES[1:6])
+def test_the_dense_kernel_gradient_on_the_kernels_equals_xlas(batch, height, width, kernel_shape, strides, padding,
+                                                              isa):
+    """What a stored convolution's update ranks (``kernel_gradient``: every weight's gradient, on the kernels)."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(batch, height, width, kernel_shape[2])).astype(np.float32)
+    dense = lambda w: dense_conv(x, w, strides, padding)
+    dy = rng.normal(size=dense(np.zeros(kernel_shape, np.float32)).shape).astype(np.float32)
+    expected = jax.vjp(dense, np.zeros(kernel_shape, np.float32))[1](dy)[0]
+    got = jax.jit(lambda x, dy: kconv.kernel_gradient(x, dy, kernel_shape, strides, padding))(x, dy)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+
+
 def test_the_input_gradient_is_computed_only_where_the_input_is_differentiated(isa):
     """A convolution fed by data (its input not differentiated) takes the value gradient alone."""
     rng = np.random.default_rng(1)

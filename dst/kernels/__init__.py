@@ -52,6 +52,7 @@ from dst.kernels._loader import use_isa
 from dst.kernels._loader import zero_input_counts
 from dst.kernels.conv import conv_transpose
 from dst.kernels.conv import csr_conv
+from dst.kernels.conv import kernel_gradient
 from dst.kernels.ops import Merged
 from dst.kernels.ops import Transposed
 from dst.kernels.ops import compact
@@ -79,6 +80,7 @@ __all__ = [
     "fused_backward_pays",
     "gather_by_unit",
     "isa",
+    "kernel_gradient",
     "merge_slots",
     "row_ids",
     "Merged",

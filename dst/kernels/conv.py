@@ -85,6 +85,30 @@ def csr_conv(x: jax.Array, values: jax.Array, cols: jax.Array, rowptr: jax.Array
                         jnp.asarray(rowptr, jnp.int32), transposed, x)
 
 
+def kernel_gradient(x: jax.Array, dy: jax.Array, kernel_shape: Sequence[int], strides: Sequence[int] = (1, 1),
+                    padding="SAME") -> jax.Array:
+    """The dense kernel gradient ``[kh, kw, c_in, n_out]`` of a convolution (``csr_conv``'s geometry) from its input
+    ``x`` and output gradient ``dy`` (NHWC): the value gradient of a structure holding every weight, on the
+    kernels. A dynamic algorithm's update of a stored convolution needs it, inside ``lax.cond``, where XLA's CPU
+    convolution runs far slower (jax#12868): a WRN-22-2 RigL update on 18 stored convolutions took 81 s by XLA's
+    convolution (``dst-train experiment=rigl_wrn22_cifar10 sparsity.backend=auto``, 2026-12-06)."""
+    kh, kw, c_in, n_out = (int(d) for d in kernel_shape)
+    strides = tuple(int(s) for s in strides)
+    pads = _pads(x.shape[1:3], (kh, kw), strides, padding)
+    if not use_kernels():
+        return jax.vjp(lambda w: jax.lax.conv_general_dilated(x.astype(jnp.float32), w, strides, pads,
+                                                              dimension_numbers=("NHWC", "HWIO", "NHWC")),
+                       jnp.zeros((kh, kw, c_in, n_out), jnp.float32))[1](dy.astype(jnp.float32))[0]
+    _loader.register()
+    taps = kh * kw * c_in
+    cols = jnp.tile(jnp.arange(taps, dtype=jnp.int32), n_out)
+    rowptr = jnp.arange(0, taps * (n_out + 1), taps, dtype=jnp.int32)
+    gradient = jax.ffi.ffi_call("dst_conv_dw", jax.ShapeDtypeStruct((taps * n_out,), jnp.float32),
+                                vmap_method="sequential")(cols, rowptr, _to_batch_last(dy), _to_batch_last(x, pads),
+                                                          **_attrs((kh, kw, strides, pads)))
+    return gradient.reshape(n_out, taps).T.reshape(kh, kw, c_in, n_out)
+
+
 def dense_kernel(values, cols, rowptr, kernel_shape) -> jax.Array:
     """The dense ``[kh, kw, c_in, n_out]`` kernel of a stored convolution (zero off its weights)."""
     kh, kw, c_in, n_out = kernel_shape

@@ -109,10 +109,9 @@ def _check_size(name, rules, shape):
 
 
 def conv_kernel_gradient(geometry: backends.ConvGeometry, x, dy) -> jax.Array:
-    """A convolution's dense kernel gradient ``[kh, kw, c_in, n_out]`` from its inputs and output gradients."""
-    run = lambda w: jax.lax.conv_general_dilated(x.astype(jnp.float32), w, geometry.strides, geometry.padding,
-                                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return jax.vjp(run, jnp.zeros(geometry.kernel, jnp.float32))[1](dy.astype(jnp.float32))[0]
+    """A convolution's dense kernel gradient ``[kh, kw, c_in, n_out]`` from its inputs and output gradients (on the
+    compiled kernels where they run: an update computes it under ``lax.cond``, where XLA's CPU convolution is slow)."""
+    return kernels.kernel_gradient(x, dy, geometry.kernel, geometry.strides, geometry.padding)
 
 
 def dense_gradients(storage, grads, taps, by_unit: bool = False):

@@ -72,15 +72,9 @@ ffi::Error ConvImpl(ffi::Buffer<ffi::F32> values, ffi::Buffer<ffi::S32> cols, ff
   if (auto err = CheckRows(cols, rowptr, nnz, s); err.failure()) return err;
   const float* v = values.typed_data();
   const int32_t *c = cols.typed_data(), *p = rowptr.typed_data();
-  dst::NonZeroInputs kept;
-  if (dst::SkipZeroInputs()) {   // the weights of input channels that are zero everywhere add nothing
-    std::vector<uint8_t> zero;
-    if (dst::SkippingPays(dst::ZeroRows(x.typed_data(), s.c_in, s.hp * s.wp * s.batch, zero), s.c_in)) {
-      dst::DropZeroInputs(v, c, p, s.n_out, dst::ColumnsOfChannels(zero, s.kh * s.kw), &kept);
-      v = kept.values.data(), c = kept.cols.data(), p = kept.rowptr.data();
-    }
-    dst::CountZeroInputs(nnz, nnz - p[s.n_out]);
-  }
+  dst::NonZeroInputs kept;   // the weights of input channels that are zero everywhere add nothing
+  if (dst::ThinZeroInputs(v, c, p, s.n_out, nnz, x.typed_data(), s.c_in, s.hp * s.wp * s.batch, s.kh * s.kw, &kept))
+    v = kept.values.data(), c = kept.cols.data(), p = kept.rowptr.data();
   std::vector<int64_t> offsets(p[s.n_out]);
   dst::ActiveKernels().conv(v, c, p, x.typed_data(), y->typed_data(), s, offsets.data());
   return ffi::Error::Success();
@@ -153,22 +147,12 @@ ffi::Error ConvDwImpl(ffi::Buffer<ffi::S32> cols, ffi::Buffer<ffi::S32> rowptr, 
   if (auto err = ShapeOf(x, dy, kh, kw, sh, sw, &s); err.failure()) return err;
   const int64_t nnz = dvalues->element_count();
   if (auto err = CheckRows(cols, rowptr, nnz, s); err.failure()) return err;
-  std::vector<uint8_t> zero;
-  if (!dst::SkipZeroInputs() ||
-      !dst::SkippingPays(dst::ZeroRows(x.typed_data(), s.c_in, s.hp * s.wp * s.batch, zero), s.c_in)) {
-    if (dst::SkipZeroInputs()) dst::CountZeroInputs(nnz, 0);
-    dst::ActiveKernels().conv_dw(cols.typed_data(), rowptr.typed_data(), dy.typed_data(), x.typed_data(),
-                                 dvalues->typed_data(), s);
-    return ffi::Error::Success();
-  }
   // The weights of input channels that are zero everywhere have a zero gradient: the rest are computed.
-  dst::NonZeroInputs kept;
-  const std::vector<uint8_t> zero_col = dst::ColumnsOfChannels(zero, s.kh * s.kw);
-  dst::DropZeroInputs(nullptr, cols.typed_data(), rowptr.typed_data(), s.n_out, zero_col, &kept);
-  dst::CountZeroInputs(nnz, nnz - static_cast<int64_t>(kept.cols.size()));
-  std::vector<float> dv(kept.cols.size());
-  dst::ActiveKernels().conv_dw(kept.cols.data(), kept.rowptr.data(), dy.typed_data(), x.typed_data(), dv.data(), s);
-  dst::ScatterKept(dv, kept.slots, dvalues->typed_data(), nnz);
+  dst::ValueGradientSkipping(cols.typed_data(), rowptr.typed_data(), s.n_out, nnz, x.typed_data(), s.c_in,
+                             s.hp * s.wp * s.batch, s.kh * s.kw, dvalues->typed_data(),
+                             [&](const int32_t* c, const int32_t* p, float* out) {
+                               dst::ActiveKernels().conv_dw(c, p, dy.typed_data(), x.typed_data(), out, s);
+                             });
   return ffi::Error::Success();
 }
 

@@ -119,15 +119,9 @@ ffi::Error SpmmImpl(ffi::Buffer<ffi::F32> values, ffi::Buffer<ffi::S32> cols, ff
   std::vector<int32_t> cursor(n_out);
   const float* v = values.typed_data();
   const int32_t *c = cols.typed_data(), *p = rowptr.typed_data();
-  dst::NonZeroInputs kept;
-  if (dst::SkipZeroInputs()) {   // the weights of inputs that are zero across the batch add nothing
-    std::vector<uint8_t> zero;
-    if (dst::SkippingPays(dst::ZeroRows(xT.typed_data(), n_in, batch, zero), n_in)) {
-      dst::DropZeroInputs(v, c, p, n_out, zero, &kept);
-      v = kept.values.data(), c = kept.cols.data(), p = kept.rowptr.data();
-    }
-    dst::CountZeroInputs(values.element_count(), values.element_count() - p[n_out]);
-  }
+  dst::NonZeroInputs kept;   // the weights of inputs that are zero across the batch add nothing
+  if (dst::ThinZeroInputs(v, c, p, n_out, values.element_count(), xT.typed_data(), n_in, batch, 1, &kept))
+    v = kept.values.data(), c = kept.cols.data(), p = kept.rowptr.data();
   Kernels().spmm(v, c, p, xT.typed_data(), yT->typed_data(), n_in, n_out, batch, cursor.data());
   return ffi::Error::Success();
 }
@@ -180,20 +174,11 @@ ffi::Error SddmmImpl(ffi::Buffer<ffi::S32> cols, ffi::Buffer<ffi::S32> rowptr, f
   const int64_t nnz = dvalues->element_count();
   const int64_t n_in = xT.dimensions().size() ? xT.dimensions()[0] : 1;
   if (auto err = CheckStructure(cols, rowptr, nnz, n_out, n_in); err.failure()) return err;
-  std::vector<uint8_t> zero;
-  if (!dst::SkipZeroInputs() || !dst::SkippingPays(dst::ZeroRows(xT.typed_data(), n_in, batch, zero), n_in)) {
-    if (dst::SkipZeroInputs()) dst::CountZeroInputs(nnz, 0);
-    Kernels().sddmm(cols.typed_data(), rowptr.typed_data(), dyT.typed_data(), xT.typed_data(),
-                    dvalues->typed_data(), n_out, batch);
-    return ffi::Error::Success();
-  }
   // The weights of inputs that are zero across the batch have a zero gradient: the rest are computed.
-  dst::NonZeroInputs kept;
-  dst::DropZeroInputs(nullptr, cols.typed_data(), rowptr.typed_data(), n_out, zero, &kept);
-  dst::CountZeroInputs(nnz, nnz - static_cast<int64_t>(kept.cols.size()));
-  std::vector<float> dv(kept.cols.size());
-  Kernels().sddmm(kept.cols.data(), kept.rowptr.data(), dyT.typed_data(), xT.typed_data(), dv.data(), n_out, batch);
-  dst::ScatterKept(dv, kept.slots, dvalues->typed_data(), nnz);
+  dst::ValueGradientSkipping(cols.typed_data(), rowptr.typed_data(), n_out, nnz, xT.typed_data(), n_in, batch, 1,
+                             dvalues->typed_data(), [&](const int32_t* c, const int32_t* p, float* out) {
+                               Kernels().sddmm(c, p, dyT.typed_data(), xT.typed_data(), out, n_out, batch);
+                             });
   return ffi::Error::Success();
 }
 

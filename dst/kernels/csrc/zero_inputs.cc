@@ -77,4 +77,14 @@ std::vector<uint8_t> ColumnsOfChannels(const std::vector<uint8_t>& zero_channel,
   return out;
 }
 
+bool ThinZeroInputs(const float* values, const int32_t* cols, const int32_t* rowptr, int64_t n_out, int64_t weights,
+                    const float* x, int64_t rows, int64_t length, int64_t taps, NonZeroInputs* kept) {
+  if (!SkipZeroInputs()) return false;
+  std::vector<uint8_t> zero;
+  const bool pays = SkippingPays(ZeroRows(x, rows, length, zero), rows);
+  if (pays) DropZeroInputs(values, cols, rowptr, n_out, taps == 1 ? zero : ColumnsOfChannels(zero, taps), kept);
+  CountZeroInputs(weights, pays ? rowptr[n_out] - kept->rowptr[n_out] : 0);
+  return pays;
+}
+
 }  // namespace dst

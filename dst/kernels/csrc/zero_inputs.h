@@ -46,4 +46,26 @@ void ScatterKept(const std::vector<float>& kept, const std::vector<int32_t>& slo
 // A convolution's zero flags per matrix-view column (k = (i * kw + j) * c_in + c) from its input channels'.
 std::vector<uint8_t> ColumnsOfChannels(const std::vector<uint8_t>& zero_channel, int64_t taps);
 
+// What every skipping handler does first: where skipping is on and pays, `kept` gets the structure without the
+// weights of zero inputs and the call returns true; otherwise false (the layer's own structure runs). Counted
+// either way while skipping is on (`weights`: the layer's slots). x holds `rows` inputs of `length` floats (a
+// dense layer's input units, a convolution's padded input channels); `taps` matrix-view columns read each input
+// row (kh * kw for a convolution, 1 for a dense layer). `values` may be null (a value gradient needs none).
+bool ThinZeroInputs(const float* values, const int32_t* cols, const int32_t* rowptr, int64_t n_out, int64_t weights,
+                    const float* x, int64_t rows, int64_t length, int64_t taps, NonZeroInputs* kept);
+
+// A value gradient with the weights of zero inputs skipped: `run(cols, rowptr, out)` computes it over a
+// structure, here the thinned one (its gradients scattered back to the layer's slots, zeros elsewhere) or the
+// layer's own.
+template <typename Run>
+void ValueGradientSkipping(const int32_t* cols, const int32_t* rowptr, int64_t n_out, int64_t nnz, const float* x,
+                           int64_t rows, int64_t length, int64_t taps, float* dvalues, Run run) {
+  NonZeroInputs kept;
+  if (!ThinZeroInputs(nullptr, cols, rowptr, n_out, nnz, x, rows, length, taps, &kept))
+    return run(cols, rowptr, dvalues);
+  std::vector<float> dv(kept.cols.size());
+  run(kept.cols.data(), kept.rowptr.data(), dv.data());
+  ScatterKept(dv, kept.slots, dvalues, nnz);
+}
+
 }  // namespace dst
