@@ -6,12 +6,14 @@ uniform and 90% ERK over every sparsifiable layer (the stem convolution and the 
 masked step runs XLA's convolutions on ``where(mask, w, 0)``; the csr step stores every convolution the
 kernels can run and the classifier (``dst.backends.convolutions``), so the step runs
 ``dst.kernels.csr_conv``. One jitted dispatch per step, as ``dst-train`` runs conv nets on the CPU.
-Variants interleave round by round (the csr step once per instruction set, ``--isas``, switched with
+Variants interleave round by round, each timed over ``--steps`` consecutive steps after two settling ones (a
+single step right after another variant's ran up to twice as slow as a run's steady steps: masked 3.2 s against
+``dst-train``'s 1.5 s; the csr step once per instruction set, ``--isas``, switched with
 ``dst.kernels.use_isa``), and an ``auto`` step storing only the layers ``sparsity.backend=auto`` chooses for a run
 of 10,000 steps (:func:`dst.train.auto.choose`, timed on the first ISA); the table shows per-step medians and
 masked / csr, the median of each round's ratio.
 
-Run: ``.venv/bin/python benchmarks/conv_step_time.py [--model wrn22_2] [--batch 128] [--rounds 3]``
+Run: ``.venv/bin/python benchmarks/conv_step_time.py [--model wrn22_2] [--batch 128] [--rounds 3] [--steps 3]``
 """
 
 from __future__ import annotations
@@ -64,8 +66,9 @@ def steps(model, batch, sparsity, distribution):
     return out, (x, y), (len(storage.layout_of), len(chosen))
 
 
-def time_setting(variants, batch, isas, rounds) -> dict:
-    """Per-step seconds of each variant, rounds interleaved: ``{"masked": [...], isa: [...]}``."""
+def time_setting(variants, batch, isas, rounds, steps) -> dict:
+    """Per-step seconds of each variant, rounds interleaved (each round's: the median of ``steps`` consecutive
+    steps after two settling ones): ``{"masked": [...], isa: [...]}``."""
     states = {name: state for name, (_, state) in variants.items()}
     times = {"masked": []} | {i: [] for i in isas}
 
@@ -73,11 +76,16 @@ def time_setting(variants, batch, isas, rounds) -> dict:
         if isa is not None:
             kernels.use_isa(isa)
         step = variants[name][0]
-        states[name] = step(states[name], batch)[0]        # untimed: the previous variant's leftovers
-        start = time.perf_counter()
-        states[name], metrics = step(states[name], batch)
-        jax.block_until_ready(metrics)
-        return time.perf_counter() - start
+        for _ in range(2):   # untimed: the previous variant's leftovers (the state is donated: keep the new one)
+            states[name] = step(states[name], batch)[0]
+        jax.block_until_ready(states[name])
+        seconds = []
+        for _ in range(steps):   # consecutive steps, as a run takes them
+            start = time.perf_counter()
+            states[name], metrics = step(states[name], batch)
+            jax.block_until_ready(metrics)
+            seconds.append(time.perf_counter() - start)
+        return statistics.median(seconds)
 
     run("masked")
     for isa in isas:
@@ -97,6 +105,7 @@ def main():
     parser.add_argument("--model", default="wrn22_2")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=3, help="consecutive timed steps per variant and round")
     parser.add_argument("--settings", default=",".join(label for label, _, _ in SETTINGS),
                         help="which of the settings to run, by label")
     parser.add_argument("--isas", default=",".join(i for i in ("avx512", "avx2") if i in kernels.runnable_isas()))
@@ -112,7 +121,7 @@ def main():
     chosen = kernels.isa()
     for label, sparsity, distribution in (s for s in SETTINGS if s[0] in args.settings.split(",")):
         variants, batch, stored_layers = steps(model, args.batch, sparsity, distribution)
-        times = time_setting(variants, batch, isas, args.rounds)
+        times = time_setting(variants, batch, isas, args.rounds, args.steps)
         kernels.use_isa(chosen)
         ratios = {i: statistics.median(a / b for a, b in zip(times["masked"], times[i])) for i in [*isas, "auto"]}
         print(f"| {label} | {stored_layers[0]} ({stored_layers[1]}) | {statistics.median(times['masked']):.3f} | "
