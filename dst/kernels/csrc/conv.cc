@@ -185,12 +185,25 @@ inline void Transpose2D(const float* from, float* to, int64_t rows, int64_t cols
     for (int64_t j = 0; j < cols; ++j) to[j * to_stride + i] = from[i * from_stride + j];
 }
 
+// An NHWC activation [B, H, W, C] and its batch-last form [C, Hp, Wp, B] holding it inside a border whose top and
+// left are given: their sizes, or false where the two arrays do not fit together.
+struct Bordered {
+  int64_t batch, h, w, channels, hp, wp;
+};
+bool BorderedShape(ffi::Buffer<ffi::F32>& nhwc, ffi::Buffer<ffi::F32>& batch_last, int64_t top, int64_t left,
+                   Bordered* s) {
+  int64_t n[4], b[4];
+  if (!Dims4(nhwc, n) || !Dims4(batch_last, b)) return false;
+  *s = {n[0], n[1], n[2], n[3], b[1], b[2]};
+  return b[0] == s->channels && b[3] == s->batch && top >= 0 && left >= 0 && top + s->h <= s->hp &&
+         left + s->w <= s->wp;
+}
+
 ffi::Error ToBatchLastImpl(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> out, int64_t top, int64_t left) {
-  int64_t xd[4], od[4];
-  if (!Dims4(x, xd) || !Dims4(*out, od)) return Invalid("the layout change takes 4-D arrays");
-  const int64_t batch = xd[0], h = xd[1], w = xd[2], channels = xd[3], hp = od[1], wp = od[2];
-  if (od[0] != channels || od[3] != batch || top < 0 || left < 0 || top + h > hp || left + w > wp)
+  Bordered s;
+  if (!BorderedShape(x, *out, top, left, &s))
     return Invalid("the batch-last array must hold the input inside its border");
+  const auto [batch, h, w, channels, hp, wp] = s;
   const float* src = x.typed_data();
   float* dst_ = out->typed_data();
 #pragma omp parallel for schedule(static)
@@ -208,14 +221,13 @@ ffi::Error ToBatchLastImpl(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> 
   return ffi::Error::Success();
 }
 
-// The layout change after the loops: batch-last without its border back to NHWC, the same 16 x 16 blocks the
-// other way round (per output position a [channels, batch] tile read, a [batch, channels] tile written).
+// The layout change after the loops: batch-last without its border back to NHWC, the same transpose the other way
+// round (per output position a [channels, batch] tile read, a [batch, channels] tile written).
 ffi::Error FromBatchLastImpl(ffi::Buffer<ffi::F32> y, ffi::ResultBuffer<ffi::F32> out, int64_t top, int64_t left) {
-  int64_t yd[4], od[4];
-  if (!Dims4(y, yd) || !Dims4(*out, od)) return Invalid("the layout change takes 4-D arrays");
-  const int64_t channels = yd[0], hp = yd[1], wp = yd[2], batch = yd[3], h = od[1], w = od[2];
-  if (od[0] != batch || od[3] != channels || top < 0 || left < 0 || top + h > hp || left + w > wp)
+  Bordered s;
+  if (!BorderedShape(*out, y, top, left, &s))
     return Invalid("the NHWC array must be the batch-last one inside its border");
+  const auto [batch, h, w, channels, hp, wp] = s;
   const float* src = y.typed_data();
   float* dst_ = out->typed_data();
 #pragma omp parallel for schedule(static)
